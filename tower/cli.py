@@ -1,0 +1,243 @@
+"""tower's command line: run, sessions, check.
+
+Expected failures (bad project, unknown model, missing key, unusable database) print one line
+per problem to stderr and exit 2, never a traceback. litellm is imported only by commands
+that call models, never at import time here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tower import __version__
+from tower.core.events import Event, EventKind, ThreadState
+from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
+from tower.core.store import Store, StoreError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """An expected failure: one or more one-line messages, exit code 2."""
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tower",
+        description="A keyboard-driven control tower for many LLM agent loops.",
+    )
+    p.add_argument("--version", action="version", version=f"tower {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a project (headless for now)")
+    run.add_argument("project", metavar="DIR", help="project folder with a tower.toml")
+    run.add_argument("--headless", action="store_true", help="run without the TUI")
+    run.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
+    run.add_argument(
+        "--approve",
+        choices=("all", "none"),
+        default=None,
+        help="headless decisions: approve/answer everything, or deny/refuse everything "
+        "(default: none)",
+    )
+    run.add_argument("--json", action="store_true", help="print one JSON summary object")
+
+    ses = sub.add_parser("sessions", help="list recorded sessions")
+    ses.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
+    ses.add_argument("--json", action="store_true", help="print a JSON list")
+
+    chk = sub.add_parser("check", help="validate a project")
+    chk.add_argument("project", metavar="DIR", help="project folder with a tower.toml")
+    return p
+
+
+def _load(path: str) -> Project:
+    try:
+        return load_project(path)
+    except ProjectError as exc:
+        raise UsageError(*exc.problems) from None
+
+
+def _model_problems(project: Project) -> list[str]:
+    from tower.core.llm import check_model
+
+    file = project.root / PROJECT_FILE
+    problems = []
+    for i, agent in enumerate(project.agents):
+        for j, model in enumerate(agent.cascade):
+            problem = check_model(model)
+            if problem:
+                problems.append(f"{file}: agents[{i}].cascade[{j}]: {problem}")
+    return problems
+
+
+def _fmt_usd(x: float | None) -> str:
+    return "no limit" if x is None else f"${x:.4f}"
+
+
+class _Printer:
+    """Headless text output: one line per thread state change and per human decision."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+
+    def __call__(self, ev: Event) -> None:
+        if ev.kind is EventKind.THREAD_STATE:
+            state = ev.payload["state"]
+            reason = ev.payload.get("reason", "")
+            answer = ev.payload.get("answer")
+            line = f"{time.strftime('%H:%M:%S', time.localtime(ev.ts))}  {ev.thread:<24} {state:<8}"
+            if reason:
+                line += f" {reason}"
+            if answer and state == ThreadState.DONE:
+                short = " ".join(answer.split())
+                line += f" — {short[:100]}{'…' if len(short) > 100 else ''}"
+            print(line, file=self.out, flush=False)
+        elif ev.kind is EventKind.INBOX_CLOSED and ev.payload.get("by", "").startswith("rule"):
+            print(
+                f"{time.strftime('%H:%M:%S', time.localtime(ev.ts))}  {ev.thread:<24} "
+                f"inbox {ev.payload['item']} {ev.payload['resolution']} ({ev.payload['by']})",
+                file=self.out,
+            )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if not args.headless:
+        raise UsageError(
+            "tower run: the TUI is not built yet; add --headless to run the project without it"
+        )
+    project = _load(args.project)
+    problems = _model_problems(project)
+    if problems:
+        raise UsageError(*problems)
+    from tower.core.session import run_headless
+
+    approve = args.approve or "none"
+    printer = None if args.json else _Printer(sys.stdout)
+    if printer is not None:
+        print(
+            f"tower: running {project.name} ({len(project.tasks)} task(s)), approvals: {approve}",
+            flush=True,
+        )
+    try:
+        result = asyncio.run(run_headless(project, args.db, approve, printer))
+    except StoreError as exc:
+        raise UsageError(f"tower: {exc}") from None
+    s = result.summary
+    if args.json:
+        print(json.dumps(s))
+    else:
+        t = s["threads"]
+        print(
+            f"\nsession {s['session']}  project {project.name}"
+            + ("  (interrupted)" if result.interrupted else "")
+            + f"\nthreads: {t['done']} done, {t['failed']} failed, {t['killed']} killed"
+            f"   cost {_fmt_usd(s['cost_usd'])} of {_fmt_usd(s['budget_usd'])}"
+            f"   tokens {s['tokens']:,}   events {s['events']:,}"
+            f"\nlog: {result.db}"
+        )
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+async def _sessions(db: str | None) -> list[dict[str, Any]]:
+    store = await Store.open(db)
+    try:
+        return [row.to_dict() for row in await store.list_sessions()]
+    finally:
+        await store.close()
+
+
+def _ts(x: float | None) -> str:
+    return "-" if x is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(x))
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    if args.db is not None and not Path(args.db).exists():
+        raise UsageError(f"tower: no database at {args.db}")
+    try:
+        rows = asyncio.run(_sessions(args.db))
+    except StoreError as exc:
+        raise UsageError(f"tower: {exc}") from None
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print("no sessions yet")
+        return 0
+    header = (
+        f"{'ID':<22} {'PROJECT':<18} {'STARTED':<19} {'ENDED':<19} {'STATUS':<8} "
+        f"{'THREADS':>7} {'COST':>10}"
+    )
+    print(header)
+    for r in rows:
+        print(
+            f"{r['id']:<22} {r['project'][:18]:<18} {_ts(r['started']):<19} {_ts(r['ended']):<19} "
+            f"{r['status']:<8} {r['threads']:>7} {'$' + format(r['cost_usd'], '.4f'):>10}"
+        )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    project = _load(args.project)
+    problems = _model_problems(project)
+    if problems:
+        raise UsageError(*problems)
+    threads = sum(t.repeat for t in project.tasks)
+    models = ", ".join(project.all_models())
+    print(
+        f"{project.root / PROJECT_FILE}: ok — project {project.name!r}, "
+        f"{len(project.agents)} agent(s), {len(project.tasks)} task(s) ({threads} thread(s)), "
+        f"models {models}"
+    )
+    return 0
+
+
+def _setup_logging() -> None:
+    """Diagnostics go to a log file beside the database, never to the terminal."""
+    import logging
+
+    import platformdirs
+
+    folder = Path(platformdirs.user_log_dir("tower", appauthor=False))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(folder / "tower.log", encoding="utf-8")
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging()
+    commands = {"run": cmd_run, "sessions": cmd_sessions, "check": cmd_check}
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return commands[args.command](args)
+    except UsageError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""One agent loop: model call → tool calls → policy → approval gate → tool result → repeat.
+
+It ends when the agent calls `finish` (or answers without a tool), runs out of steps, fails
+or is killed. Every step is announced on the bus; the supervisor owns budgets and the inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+from tower.core import llm
+from tower.core.budget import Refusal
+from tower.core.events import EventKind, InboxKind, Resolution, ThreadState
+from tower.core.tools import ToolError, tool_schemas
+
+if TYPE_CHECKING:
+    from tower.core.supervisor import Supervisor, ThreadRun
+
+# Streamed text is coalesced into one event per thread at most this often.
+DELTA_INTERVAL_S = 0.1
+MAX_BACKOFF_S = 30.0
+
+
+async def run_thread(sup: Supervisor, th: ThreadRun) -> None:
+    tools = tool_schemas(th.agent.tools)
+    if not th.messages:
+        th.messages = [
+            {"role": "system", "content": th.agent.system_prompt},
+            {"role": "user", "content": th.prompt},
+        ]
+    while not th.ended:
+        if not await sup.checkpoint(th):
+            return
+        if th.steps >= th.agent.max_steps:
+            sup.finish(
+                th,
+                ThreadState.FAILED,
+                f"max_steps: {th.agent.max_steps} model calls without finishing",
+            )
+            return
+        for note in th.guidance:
+            th.messages.append(
+                {"role": "user", "content": f"Message from the human orchestrator: {note}"}
+            )
+        th.guidance.clear()
+        result = await _call_model(sup, th, tools)
+        if result is None:
+            return
+        th.messages.append(result.assistant_message())
+        if not result.tool_calls:
+            sup.finish(th, ThreadState.DONE, "answered", answer=result.text.strip())
+            return
+        for tc in result.tool_calls:
+            if not await sup.checkpoint(th):
+                return
+            if await _handle_tool(sup, th, tc, result.text.strip()):
+                return
+
+
+async def _call_model(
+    sup: Supervisor, th: ThreadRun, tools: list[dict[str, Any]]
+) -> llm.CallResult | None:
+    """Reserves, calls (retrying what may pass on retry), settles. None if the thread ended."""
+    meta = sup.project.project
+    bus = sup.bus
+    for attempt in range(meta.max_retries + 1):
+        model = th.model
+        prompt_est = llm.estimate_tokens(th.messages, tools)
+        max_tokens = th.agent.max_tokens
+        price = sup.price(model)
+        usd = price.cost(prompt_est, max_tokens) if price else 0.0
+        while True:
+            res = sup.reserve(th, usd, prompt_est + max_tokens)
+            if not isinstance(res, Refusal):
+                break
+            decision = await sup.ask(
+                th,
+                InboxKind.BUDGET,
+                ThreadState.PAUSED,
+                "budget",
+                scope=res.scope,
+                resource=res.resource,
+                reason=res.describe(),
+                need_usd=round(usd, 6),
+                need_tokens=prompt_est + max_tokens,
+                suggest_usd=round(max(usd * 10, usd - res.available), 6)
+                if res.resource == "usd"
+                else 0.0,
+                suggest_tokens=int(max(res.needed * 10, 0)) if res.resource == "tokens" else 0,
+            )
+            if decision.resolution is not Resolution.RAISED:
+                sup.finish(th, ThreadState.FAILED, "budget")
+                return None
+        th.reservation = res
+        th.call_id = call = sup.next_call_id()
+        bus.emit(
+            EventKind.LLM_STARTED,
+            th.id,
+            call=call,
+            step=th.steps + 1,
+            model=model,
+            attempt=attempt,
+            prompt_tokens_est=prompt_est,
+            max_tokens=max_tokens,
+            reserved_usd=res.usd,
+            reserved_tokens=res.tokens,
+        )
+        buffer: list[str] = []
+        last = time.monotonic()
+
+        def on_text(text: str, _call: str = call) -> None:
+            nonlocal last
+            buffer.append(text)
+            now = time.monotonic()
+            if now - last >= DELTA_INTERVAL_S:
+                bus.emit(EventKind.LLM_DELTA, th.id, call=_call, text="".join(buffer))
+                buffer.clear()
+                last = now
+
+        try:
+            result = await llm.stream_call(
+                model,
+                th.messages,
+                tools,
+                max_tokens,
+                meta.call_timeout_s,
+                on_text,
+                sup.sim_metadata(th, attempt),
+            )
+        except llm.CallError as err:
+            released = sup.ledger.release(res)
+            th.reservation = None
+            bus.emit(
+                EventKind.LLM_FAILED,
+                th.id,
+                call=call,
+                step=th.steps + 1,
+                model=model,
+                error=str(err),
+                retryable=err.retryable,
+                attempt=attempt,
+                released_usd=released,
+            )
+            if not err.retryable or attempt >= meta.max_retries:
+                sup.finish(th, ThreadState.FAILED, f"error: {err}")
+                return None
+            sup.set_state(th, ThreadState.RUNNING, f"retrying ({attempt + 1}/{meta.max_retries})")
+            delay = min(meta.retry_backoff_s * 2**attempt, MAX_BACKOFF_S)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            if not await sup.checkpoint(th):
+                return None
+            continue
+        if buffer:
+            bus.emit(EventKind.LLM_DELTA, th.id, call=call, text="".join(buffer))
+        cost = llm.completion_cost(model, result.prompt_tokens, result.completion_tokens)
+        if cost is None:
+            cost = price.cost(result.prompt_tokens, result.completion_tokens) if price else 0.0
+        tokens = result.prompt_tokens + result.completion_tokens
+        sup.ledger.settle(res, cost, tokens)
+        th.reservation = None
+        th.steps += 1
+        bus.emit(
+            EventKind.LLM_FINISHED,
+            th.id,
+            call=call,
+            step=th.steps,
+            model=model,
+            text=result.text,
+            tool_calls=[tc.as_message() for tc in result.tool_calls],
+            usage={
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "total_tokens": tokens,
+            },
+            cost_usd=cost,
+            price_known=price is not None,
+            reserved_usd=res.usd,
+            seconds=round(result.seconds, 4),
+            finish_reason=result.finish_reason,
+        )
+        return result
+    return None
+
+
+def _tool_message(call_id: str, content: str) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
+
+
+async def _handle_tool(sup: Supervisor, th: ThreadRun, tc: llm.ToolCall, reason: str) -> bool:
+    """Runs one tool call through policy and the approval gate; True when the thread ended."""
+    bus = sup.bus
+    try:
+        args = json.loads(tc.arguments or "{}")
+        if not isinstance(args, dict):
+            raise ValueError("arguments must be a JSON object")
+    except ValueError as exc:
+        bus.emit(
+            EventKind.TOOL_CALLED,
+            th.id,
+            call_id=tc.id,
+            tool=tc.name,
+            args={"_raw": tc.arguments[:2000]},
+            reason=reason,
+        )
+        return _result(
+            sup,
+            th,
+            tc,
+            False,
+            f"error: the arguments of {tc.name} were not valid JSON ({exc}); "
+            "call the tool again with a JSON object",
+        )
+    bus.emit(EventKind.TOOL_CALLED, th.id, call_id=tc.id, tool=tc.name, args=args, reason=reason)
+    if tc.name not in th.agent.tools:
+        return _result(
+            sup,
+            th,
+            tc,
+            False,
+            f"error: no tool named {tc.name!r}; your tools are {', '.join(th.agent.tools)}",
+        )
+    if tc.name == "finish":
+        answer = str(args.get("answer", "")).strip()
+        _result(sup, th, tc, True, "finished")
+        sup.finish(th, ThreadState.DONE, "finished", answer=answer)
+        return True
+    if tc.name == "ask_human":
+        question = str(args.get("question", "")).strip() or "(no question given)"
+        decision = await sup.ask(
+            th,
+            InboxKind.QUESTION,
+            ThreadState.WAITING,
+            "asked the human",
+            question=question,
+            reason=reason,
+            call_id=tc.id,
+        )
+        if decision.resolution is Resolution.ANSWERED:
+            return _result(sup, th, tc, True, decision.text or "")
+        note = f" ({decision.text})" if decision.text else ""
+        return _result(sup, th, tc, False, f"The human declined to answer{note}.")
+    if tc.name in sup.project.policy.ask:
+        decision = await sup.ask(
+            th,
+            InboxKind.APPROVAL,
+            ThreadState.WAITING,
+            f"waiting for approval of {tc.name}",
+            tool=tc.name,
+            args=args,
+            reason=reason,
+            call_id=tc.id,
+        )
+        if decision.resolution is not Resolution.APPROVED:
+            note = f": {decision.text}" if decision.text else ""
+            who = "the human" if decision.by == "human" else decision.by
+            return _result(sup, th, tc, False, f"denied by {who}{note}")
+        if decision.args is not None:
+            args = decision.args
+        if decision.text:
+            th.guidance.append(decision.text)
+    if th.workspace is None:
+        return _result(sup, th, tc, False, "error: this thread has no workspace")
+    try:
+        output = await th.workspace.run(tc.name, args)
+    except ToolError as exc:
+        return _result(sup, th, tc, False, f"error: {exc}")
+    except OSError as exc:
+        return _result(sup, th, tc, False, f"error: {exc.strerror or exc}")
+    return _result(sup, th, tc, True, output)
+
+
+def _result(sup: Supervisor, th: ThreadRun, tc: llm.ToolCall, ok: bool, content: str) -> bool:
+    th.messages.append(_tool_message(tc.id, content))
+    sup.bus.emit(EventKind.TOOL_RESULT, th.id, call_id=tc.id, tool=tc.name, ok=ok, result=content)
+    return th.ended

@@ -1,0 +1,84 @@
+"""The event bus: numbers each event, redacts secrets, folds it into the state, logs it.
+
+Emitting is synchronous and never waits on I/O: the store's writer drains its queue in the
+background. Subscribers (the headless printer, auto-approval, later the UI) see every event
+after the state already reflects it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tower.core.events import Event, EventKind
+from tower.core.state import TowerState, apply
+from tower.core.store import Store
+
+log = logging.getLogger("tower.bus")
+
+_SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+_MIN_SECRET_LEN = 8
+
+
+def secrets_from_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Values of environment variables whose names say they are secret, longest first."""
+    env = dict(os.environ) if env is None else env
+    found = {
+        value: name
+        for name, value in env.items()
+        if _SECRET_NAME.search(name) and len(value) >= _MIN_SECRET_LEN
+    }
+    return dict(sorted(found.items(), key=lambda kv: -len(kv[0])))
+
+
+Subscriber = Callable[[Event], None]
+
+
+class Bus:
+    def __init__(
+        self,
+        store: Store | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        secrets: dict[str, str] | None = None,
+    ) -> None:
+        self.state = TowerState()
+        self.store = store
+        self.seq = 0
+        self._clock = clock
+        self._secrets = secrets_from_env() if secrets is None else secrets
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        self._subscribers.append(fn)
+        return lambda: self._subscribers.remove(fn)
+
+    def _redact(self, text: str) -> str:
+        for value, name in self._secrets.items():
+            if value in text:
+                text = text.replace(value, f"[redacted {name}]")
+        return text
+
+    def emit(self, kind: EventKind, thread: str | None = None, /, **payload: Any) -> Event:
+        self.seq += 1
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)
+        if self._secrets:
+            redacted = self._redact(text)
+            if redacted is not text and redacted != text:
+                text = redacted
+                payload = json.loads(text)
+        ev = Event(self.seq, self._clock(), kind, thread, payload)
+        apply(self.state, ev)
+        if self.store is not None:
+            self.store.append(ev, text)
+        for fn in self._subscribers:
+            try:
+                fn(ev)
+            except Exception:  # a broken view must not stop the agents
+                log.exception("event subscriber failed on %s", kind)
+        return ev

@@ -1,0 +1,99 @@
+"""The one vocabulary of tower: event kinds, thread states, inbox kinds and the Event record.
+
+Everything the tower shows is folded from these events, live and in replay, so every other
+module names kinds and states through the enums here rather than through string literals.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class EventKind(StrEnum):
+    """What happened. Payload keys per kind are listed beside each member."""
+
+    SESSION_STARTED = "session_started"  # project, project_dir, budget_usd, budget_tokens, ...
+    SESSION_ENDED = "session_ended"  # reason: "finished" | "interrupted"
+    THREAD_SPAWNED = "thread_spawned"  # agent, task, title, cascade, model, priority, budgets
+    THREAD_STATE = "thread_state"  # state, reason?, answer?
+    LLM_STARTED = "llm_started"  # step, model, reserved_usd, reserved_tokens, call
+    LLM_DELTA = "llm_delta"  # call, text (coalesced stream text)
+    LLM_FINISHED = "llm_finished"  # call, step, model, text, tool_calls, usage, cost_usd, ...
+    LLM_FAILED = "llm_failed"  # call, step, model, error, retryable, attempt, released_usd
+    TOOL_CALLED = "tool_called"  # call_id, tool, args, reason
+    TOOL_RESULT = "tool_result"  # call_id, tool, ok, result
+    INBOX_OPENED = "inbox_opened"  # item, kind, tool?, args?, reason, question?, cost_so_far
+    INBOX_CLOSED = "inbox_closed"  # item, resolution, by, text?, args?
+    ESCALATED = "escalated"  # from_model, to_model, trigger
+    BUDGET_RAISED = "budget_raised"  # scope: "session" | "thread", usd, tokens
+    COMMENT = "comment"  # text, by
+
+
+class ThreadState(StrEnum):
+    """Lifecycle: queued → running ⇄ waiting ⇄ paused → done | failed | killed."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    PAUSED = "paused"
+    DONE = "done"
+    FAILED = "failed"
+    KILLED = "killed"
+
+    @property
+    def ended(self) -> bool:
+        return self in ENDED_STATES
+
+
+ENDED_STATES = frozenset({ThreadState.DONE, ThreadState.FAILED, ThreadState.KILLED})
+
+
+class InboxKind(StrEnum):
+    """Why a thread needs the human."""
+
+    APPROVAL = "approval"  # a tool call the policy wants approved
+    QUESTION = "question"  # the agent called ask_human
+    BUDGET = "budget"  # the thread could not reserve its next call
+    ESCALATION = "escalation"  # handed to the human (key or last model exhausted)
+    FAILURE = "failure"  # reserved for later issues: failed threads worth a look
+
+
+class Resolution(StrEnum):
+    """How an inbox item closed."""
+
+    APPROVED = "approved"
+    DENIED = "denied"
+    ANSWERED = "answered"
+    RAISED = "raised"
+    DECLINED = "declined"
+    DROPPED = "dropped"  # its thread ended (killed, failed) before a decision
+
+
+@dataclass(slots=True)
+class Event:
+    """One immutable fact: numbered within its session, timestamped, maybe tied to a thread."""
+
+    seq: int
+    ts: float
+    kind: EventKind
+    thread: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def payload_json(self) -> str:
+        return json.dumps(self.payload, separators=(",", ":"), ensure_ascii=False, default=str)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "kind": str(self.kind),
+            "thread": self.thread,
+            "payload": self.payload,
+        }
+
+    @classmethod
+    def from_row(cls, seq: int, ts: float, kind: str, thread: str | None, payload: str) -> Event:
+        return cls(seq, ts, EventKind(kind), thread, json.loads(payload))

@@ -1,0 +1,336 @@
+"""The litellm boundary: lazy import, model checks, prices, one streamed call, error reading.
+
+litellm takes seconds to import, so nothing imports it at module level; `load_litellm()` does
+it once (the TUI calls it off its critical path). Every model call, sim or real, goes through
+`litellm.acompletion` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tower.core.simprofiles import SIM_PROFILES, SimProfile, is_sim
+
+_litellm: Any = None
+log = logging.getLogger("tower.llm")
+
+
+def load_litellm() -> Any:
+    """Imports and configures litellm once: no network cost map, no banners, sim registered."""
+    global _litellm
+    if _litellm is not None:
+        return _litellm
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LITELLM_LOG", "ERROR")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    litellm.set_verbose = False
+    litellm.telemetry = False
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
+        lg = logging.getLogger(name)
+        lg.setLevel(logging.ERROR)
+        lg.handlers.clear()
+        lg.propagate = False
+    from tower.core.sim import SimProvider
+
+    litellm.custom_provider_map = [
+        *[p for p in litellm.custom_provider_map if p.get("provider") != "sim"],
+        {"provider": "sim", "custom_handler": SimProvider()},
+    ]
+    from litellm.utils import custom_llm_setup
+
+    custom_llm_setup()
+    _litellm = litellm
+    register_sim_prices({name: prof for name, prof in SIM_PROFILES.items()})
+    return litellm
+
+
+def register_sim_prices(profiles: dict[str, SimProfile]) -> None:
+    """Puts sim prices in litellm's cost map, so sim cost is computed as for real models."""
+    litellm = load_litellm()
+    litellm.register_model(
+        {
+            name: {
+                "input_cost_per_token": prof.input_usd_per_mtok / 1e6,
+                "output_cost_per_token": prof.output_usd_per_mtok / 1e6,
+                "litellm_provider": "sim",
+                "mode": "chat",
+                "max_tokens": prof.context_window,
+                "max_input_tokens": prof.context_window,
+                "max_output_tokens": prof.context_window,
+                "supports_function_calling": True,
+            }
+            for name, prof in profiles.items()
+        }
+    )
+
+
+# --- tokens and prices -------------------------------------------------------------------
+
+
+def estimate_tokens(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> int:
+    """A fast, slightly generous token estimate (~4 chars a token) used for reservations.
+
+    The sim models report prompt tokens with this same function, so a sim reservation is exact.
+    """
+    chars = 0
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif content:
+            chars += len(json.dumps(content))
+        for call in m.get("tool_calls") or ():
+            fn = call.get("function", {})
+            chars += len(fn.get("name", "")) + len(fn.get("arguments", ""))
+    if tools:
+        chars += len(json.dumps(tools))
+    return chars // 4 + 4 * len(messages) + 3
+
+
+def text_tokens(text: str) -> int:
+    return (len(text) + 3) // 4
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input_per_token: float
+    output_per_token: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return prompt_tokens * self.input_per_token + completion_tokens * self.output_per_token
+
+
+def model_price(model: str) -> Price | None:
+    """Per-token prices from litellm's cost map, or None when litellm does not know them."""
+    litellm = load_litellm()
+    info = litellm.model_cost.get(model)
+    if info is None:
+        try:
+            info = litellm.get_model_info(model)
+        except Exception:
+            return None
+    inp, out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+    if inp is None or out is None:
+        return None
+    return Price(float(inp), float(out))
+
+
+def completion_cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """Real cost of a finished call, from litellm's cost map."""
+    litellm = load_litellm()
+    try:
+        p, c = litellm.cost_per_token(
+            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
+    except Exception:
+        return None
+    return float(p + c)
+
+
+# --- model checks ------------------------------------------------------------------------
+
+# Variables some providers list as "missing" although they have working defaults.
+_OPTIONAL_ENV = {"OLLAMA_API_BASE", "HOSTED_VLLM_API_BASE", "LM_STUDIO_API_BASE"}
+
+
+def check_model(model: str) -> str | None:
+    """None if the model can be called here, else a one-line reason (unknown, missing key)."""
+    if is_sim(model):
+        return (
+            None
+            if model in SIM_PROFILES
+            else (f"unknown sim model {model!r} (expected one of {', '.join(SIM_PROFILES)})")
+        )
+    litellm = load_litellm()
+    try:
+        litellm.get_llm_provider(model)
+    except Exception:
+        return (
+            f"unknown model {model!r}: litellm cannot tell its provider "
+            "(use a known name like 'gpt-4o-mini' or a prefix like 'anthropic/…', 'ollama/…')"
+        )
+    try:
+        env = litellm.validate_environment(model)
+    except Exception:
+        return None
+    missing = [k for k in env.get("missing_keys", []) if k not in _OPTIONAL_ENV]
+    if missing:
+        return f"model {model!r} needs the environment variable {' and '.join(missing)}"
+    return None
+
+
+# --- one streamed call -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+    def as_message(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(slots=True)
+class CallResult:
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""
+    seconds: float = 0.0
+
+    def assistant_message(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {"role": "assistant", "content": self.text or None}
+        if self.tool_calls:
+            msg["tool_calls"] = [tc.as_message() for tc in self.tool_calls]
+        return msg
+
+
+class CallError(Exception):
+    """A failed model call, already read: a one-line message and whether a retry may help."""
+
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+_STATUS_LABEL = {
+    400: "bad request",
+    401: "authentication failed",
+    403: "permission denied",
+    404: "model not found",
+    408: "request timed out",
+    429: "rate limited",
+    500: "provider error",
+    502: "bad gateway",
+    503: "provider overloaded",
+    504: "gateway timeout",
+}
+
+
+def read_error(exc: BaseException, model: str) -> CallError:
+    """Turns whatever litellm raised into a one-line CallError."""
+    if isinstance(exc, CallError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return CallError(f"{model}: no answer within the call timeout", retryable=True)
+    name = type(exc).__name__
+    original = getattr(exc, "original_exception", None)
+    if original is not None:
+        name = type(original).__name__
+    text = str(getattr(exc, "message", None) or exc)
+    text = text.split(" Original exception")[0].splitlines()[0] if text else name
+    while text.startswith("litellm."):
+        text = text.split(": ", 1)[-1]
+    if " - " in text:
+        text = text.split(" - ", 1)[1]
+    status = getattr(exc, "status_code", None)
+    if (
+        "ContextWindow" in name
+        or "context length" in text.lower()
+        or "context window" in text.lower()
+    ):
+        return CallError(f"{model}: context window exceeded ({text[:160]})", retryable=False)
+    if "No module named" in text:
+        return CallError(f"{model}: litellm is missing a module: {text[:160]}", retryable=False)
+    if isinstance(status, int):
+        label = _STATUS_LABEL.get(status, f"HTTP {status}")
+        retryable = status in (408, 409, 429) or status >= 500
+        return CallError(f"{model}: {label} ({status}): {text[:200]}", retryable)
+    retryable = any(k in name for k in ("Timeout", "APIConnection", "ServiceUnavailable"))
+    return CallError(f"{model}: {name}: {text[:200]}", retryable)
+
+
+async def stream_call(
+    model: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    max_tokens: int,
+    timeout_s: float,
+    on_text: Callable[[str], None],
+    metadata: dict[str, Any] | None = None,
+) -> CallResult:
+    """One streamed completion, under a hard timeout; raises CallError on any failure."""
+    litellm = load_litellm()
+    result = CallResult()
+    started = time.monotonic()
+    parts: list[str] = []
+    calls: dict[int, list[str]] = {}
+    names: dict[int, str] = {}
+    ids: dict[int, str] = {}
+    try:
+        async with asyncio.timeout(timeout_s):
+            resp = await litellm.acompletion(
+                model=model,
+                messages=messages,
+                tools=tools or None,
+                max_tokens=max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+                metadata=metadata or {},
+                num_retries=0,
+            )
+            async for chunk in resp:
+                usage = getattr(chunk, "usage", None)
+                if usage is not None:
+                    result.prompt_tokens = usage.prompt_tokens or 0
+                    result.completion_tokens = usage.completion_tokens or 0
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                if choice.finish_reason:
+                    result.finish_reason = choice.finish_reason
+                delta = choice.delta
+                if delta is None:
+                    continue
+                if delta.content:
+                    parts.append(delta.content)
+                    on_text(delta.content)
+                for tc in delta.tool_calls or ():
+                    idx = tc.index or 0
+                    if tc.id:
+                        ids[idx] = tc.id
+                    fn = tc.function
+                    if fn is not None:
+                        if fn.name:
+                            names[idx] = fn.name
+                        if fn.arguments:
+                            calls.setdefault(idx, []).append(fn.arguments)
+                        else:
+                            calls.setdefault(idx, [])
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # litellm raises many unrelated types
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        raise read_error(exc, model) from None
+    result.text = "".join(parts)
+    for idx in sorted(set(calls) | set(names)):
+        result.tool_calls.append(
+            ToolCall(ids.get(idx, f"call_{idx}"), names.get(idx, ""), "".join(calls.get(idx, [])))
+        )
+    if not result.prompt_tokens:
+        result.prompt_tokens = estimate_tokens(messages, tools)
+    if not result.completion_tokens:
+        result.completion_tokens = text_tokens(result.text) + sum(
+            text_tokens(c.arguments) for c in result.tool_calls
+        )
+    result.seconds = time.monotonic() - started
+    return result

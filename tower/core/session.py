@@ -1,0 +1,74 @@
+"""Runs one session headless: open the log, start the supervisor, wait, close cleanly.
+
+Ctrl-C (SIGINT) and SIGTERM stop the threads, flush every emitted event and close the
+database before returning, so the log is complete after any exit but a hard kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tower.core.bus import Bus
+from tower.core.events import Event
+from tower.core.project import Project
+from tower.core.state import TowerState, summary
+from tower.core.store import Store
+from tower.core.supervisor import ApproveMode, Supervisor
+
+
+@dataclass(slots=True)
+class RunResult:
+    summary: dict[str, Any]
+    state: TowerState
+    interrupted: bool
+    db: Path
+
+
+async def run_headless(
+    project: Project,
+    db: str | Path | None,
+    approve: ApproveMode,
+    on_event: Callable[[Event], None] | None = None,
+    session_id: str | None = None,
+) -> RunResult:
+    """Runs every task of the project to its end; raises StoreError if the log cannot open."""
+    store = await Store.open(db)
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[int] = []
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, interrupted.set)
+                handled.append(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+        bus = Bus(store)
+        if on_event is not None:
+            bus.subscribe(on_event)
+        sup = Supervisor(
+            project,
+            bus,
+            session_id=session_id,
+            approve=approve,
+            workspaces_dir=store.path.parent / "workspaces",
+        )
+        await sup.start()
+        idle = asyncio.create_task(sup.wait_idle())
+        stop = asyncio.create_task(interrupted.wait())
+        await asyncio.wait({idle, stop}, return_when=asyncio.FIRST_COMPLETED)
+        idle.cancel()
+        stop.cancel()
+        await sup.close("interrupted" if interrupted.is_set() else "finished")
+        if store.error is not None:
+            raise store.error
+        return RunResult(summary(bus.state), bus.state, interrupted.is_set(), store.path)
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        await store.close()

@@ -1,0 +1,168 @@
+"""The offline `sim/…` models: a real litellm custom provider that follows per-task scripts.
+
+It is stateless: the k-th model call of a thread (k = assistant turns so far) plays script
+step k, with randomness seeded from (seed, thread, step, model, attempt). So a replayed,
+resumed or forked thread gets the same answers. Imported only by `llm.load_litellm()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litellm import CustomLLM
+from litellm.llms.custom_llm import CustomLLMError
+from litellm.types.utils import GenericStreamingChunk
+
+from tower.core.llm import estimate_tokens, text_tokens
+from tower.core.simprofiles import FAULT_NAMES, SIM_PROFILES, SimProfile
+
+# A streamed piece is at least this many tokens, and the stream sleeps at most ~20 times a
+# second: hundreds of sim threads then cost the event loop little.
+_MIN_PIECE_TOKENS = 4
+_TICK_S = 0.05
+
+
+def _chunk(
+    text: str = "",
+    tool: dict[str, Any] | None = None,
+    finished: bool = False,
+    reason: str = "",
+    usage: dict[str, int] | None = None,
+) -> GenericStreamingChunk:
+    return GenericStreamingChunk(
+        text=text, tool_use=tool, is_finished=finished, finish_reason=reason, usage=usage, index=0
+    )
+
+
+def _default_step(k: int, messages: list[dict[str, Any]], tools: set[str]) -> dict[str, Any]:
+    """Behaviour for a task without a script: look around, read one file, report."""
+    if k == 0 and "list_dir" in tools:
+        return {
+            "say": "Let me look at the workspace first.",
+            "tool": "list_dir",
+            "args": {"path": "."},
+        }
+    listing = next((m.get("content") or "" for m in messages if m.get("role") == "tool"), "")
+    files = [ln.strip() for ln in listing.splitlines() if ln.strip() and not ln.endswith("/")]
+    reads = sum(1 for m in messages if m.get("role") == "assistant") - 1
+    if files and reads < 1 and "read_file" in tools:
+        return {"say": f"Reading {files[0]}.", "tool": "read_file", "args": {"path": files[0]}}
+    last = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "tool"), "")
+    summary = f"Looked at {len(files)} file(s)" + (
+        f"; {files[0]} has {len(last.splitlines())} line(s)." if files else "."
+    )
+    if "finish" in tools:
+        return {"say": "That is all I need.", "tool": "finish", "args": {"answer": summary}}
+    return {"say": summary}
+
+
+class SimProvider(CustomLLM):
+    """litellm calls `astreaming` for `sim/<name>` with stream=True, `acompletion` otherwise."""
+
+    async def astreaming(  # type: ignore[override]
+        self, model: str, messages: list, *args: Any, **kwargs: Any
+    ) -> AsyncIterator[GenericStreamingChunk]:
+        optional = kwargs.get("optional_params") or {}
+        params = kwargs.get("litellm_params") or {}
+        sim: dict[str, Any] = (params.get("metadata") or {}).get("tower_sim") or {}
+        name = model if model.startswith("sim/") else f"sim/{model}"
+        base = SIM_PROFILES.get(name)
+        if base is None:
+            raise CustomLLMError(404, f"unknown sim model {name!r}")
+        prof: SimProfile = base.with_overrides(sim.get("profile") or {})
+        tool_names = {t.get("function", {}).get("name") for t in (optional.get("tools") or [])}
+        k = sum(1 for m in messages if m.get("role") == "assistant")
+        attempt = int(sim.get("attempt", 0))
+        thread = sim.get("thread", "")
+        seed = sim.get("seed", 0)
+        rng = random.Random(f"{seed}:{thread}:{k}:{name}:{attempt}")
+
+        script = sim.get("script")
+        if script:
+            step = (
+                script[k]
+                if k < len(script)
+                else {
+                    "say": "I have nothing left to do.",
+                    "tool": "finish" if "finish" in tool_names else None,
+                    "args": {"answer": "Done."},
+                }
+            )
+        else:
+            step = _default_step(k, messages, tool_names)
+
+        fault = step.get("fault") if attempt < int(step.get("fault_times", 1)) else None
+        if fault is None:
+            for fname in FAULT_NAMES:
+                chance = prof.faults.get(fname, 0.0)
+                if chance and rng.random() < chance:
+                    fault = fname
+                    break
+        if fault == "rate_limit":
+            raise CustomLLMError(429, f"{name} rate limit reached, retry later")
+        if fault == "server_error":
+            raise CustomLLMError(503, f"{name} is overloaded")
+        if fault == "timeout":
+            await asyncio.sleep(3600)  # the caller's timeout ends this
+
+        if prof.latency_s:
+            await asyncio.sleep(prof.latency_s)
+
+        args = step.get("args") or {}
+        if (
+            step.get("wrong_args") is not None
+            and prof.wrong_rate
+            and rng.random() < prof.wrong_rate
+        ):
+            args = step["wrong_args"]
+        text = step.get("say") or ""
+        tool = step.get("tool")
+        if tool is not None and tool not in tool_names:
+            tool = None  # a sim never calls a tool it was not offered
+        arguments = json.dumps(args, ensure_ascii=False)
+        if fault == "malformed_tool_json" and tool is not None:
+            arguments = arguments[: max(len(arguments) // 2, 1)] + '"'
+
+        async for piece in self._pieces(text, prof):
+            yield _chunk(piece)
+        if tool is not None:
+            yield _chunk(
+                tool={
+                    "id": f"call_{thread}_{k}_{attempt}",
+                    "type": "function",
+                    "index": 0,
+                    "function": {"name": tool, "arguments": arguments},
+                }
+            )
+        prompt = estimate_tokens(messages, optional.get("tools"))
+        completion = text_tokens(text) + (text_tokens(arguments) if tool else 0)
+        max_tokens = optional.get("max_tokens")
+        if max_tokens:
+            completion = min(completion, int(max_tokens))
+        yield _chunk(
+            finished=True,
+            reason="tool_calls" if tool else "stop",
+            usage={
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+        )
+
+    @staticmethod
+    async def _pieces(text: str, prof: SimProfile) -> AsyncIterator[str]:
+        if not text:
+            return
+        rate = prof.tokens_per_s
+        if not rate:
+            yield text
+            return
+        piece_chars = max(_MIN_PIECE_TOKENS, int(rate * _TICK_S)) * 4
+        for i in range(0, len(text), piece_chars):
+            piece = text[i : i + piece_chars]
+            await asyncio.sleep(text_tokens(piece) / rate)
+            yield piece

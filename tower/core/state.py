@@ -1,0 +1,237 @@
+"""TowerState and the reducer that folds events into it.
+
+`apply` is deterministic and does no I/O; live mode and replay call the same function on the
+same events, so what the screen shows is exactly what the log says. It updates the state in
+place (copying thousands of threads per event would make a million-event replay crawl).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tower.core.events import (
+    ENDED_STATES,
+    Event,
+    EventKind,
+    InboxKind,
+    Resolution,
+    ThreadState,
+)
+
+TAIL_CHARS = 4000
+
+
+@dataclass(slots=True)
+class ThreadView:
+    id: str
+    agent: str
+    task: str
+    title: str
+    cascade: list[str]
+    model: str
+    priority: int
+    created: float
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
+    state: ThreadState = ThreadState.QUEUED
+    reason: str = ""
+    answer: str | None = None
+    step: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    reserved_usd: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    tail: str = ""
+    current_tool: str | None = None
+    pending: int = 0
+    errors: int = 0
+    escalations: int = 0
+    tool_calls: int = 0
+
+
+@dataclass(slots=True)
+class InboxItem:
+    id: str
+    thread: str
+    kind: InboxKind
+    created: float
+    data: dict[str, Any]
+
+
+@dataclass(slots=True)
+class BudgetView:
+    limit_usd: float | None = None
+    limit_tokens: int | None = None
+    spent_usd: float = 0.0
+    reserved_usd: float = 0.0
+    tokens: int = 0
+
+
+@dataclass(slots=True)
+class TowerState:
+    session: str = ""
+    project: str = ""
+    started: float = 0.0
+    ended: float | None = None
+    end_reason: str | None = None
+    threads: dict[str, ThreadView] = field(default_factory=dict)
+    inbox: dict[str, InboxItem] = field(default_factory=dict)  # insertion order = oldest first
+    budget: BudgetView = field(default_factory=BudgetView)
+    events: int = 0
+    last_seq: int = 0
+    last_ts: float = 0.0
+    human_seconds: float = 0.0
+    decisions: int = 0
+
+    def count(self, state: ThreadState) -> int:
+        return sum(1 for t in self.threads.values() if t.state is state)
+
+    @property
+    def all_ended(self) -> bool:
+        return all(t.state in ENDED_STATES for t in self.threads.values())
+
+
+def _append_tail(view: ThreadView, text: str) -> None:
+    tail = view.tail + text
+    view.tail = tail[-TAIL_CHARS:] if len(tail) > TAIL_CHARS else tail
+
+
+def _short(args: Any, limit: int = 60) -> str:
+    text = ", ".join(f"{k}={v!r}" for k, v in args.items()) if isinstance(args, dict) else str(args)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def apply(state: TowerState, ev: Event) -> TowerState:
+    """Folds one event into the state and returns it."""
+    state.events += 1
+    state.last_seq = ev.seq
+    state.last_ts = ev.ts
+    p = ev.payload
+    kind = ev.kind
+    view = state.threads.get(ev.thread) if ev.thread is not None else None
+
+    if kind is EventKind.LLM_DELTA:
+        if view is not None:
+            _append_tail(view, p["text"])
+    elif kind is EventKind.LLM_STARTED:
+        if view is not None:
+            view.step = p["step"]
+            view.model = p["model"]
+            view.reserved_usd += p["reserved_usd"]
+            view.current_tool = None
+            if view.tail:
+                _append_tail(view, "\n")
+        state.budget.reserved_usd += p["reserved_usd"]
+    elif kind is EventKind.LLM_FINISHED:
+        cost = p["cost_usd"]
+        tokens = p["usage"]["total_tokens"]
+        state.budget.spent_usd += cost
+        state.budget.tokens += tokens
+        state.budget.reserved_usd = max(state.budget.reserved_usd - p["reserved_usd"], 0.0)
+        if view is not None:
+            view.cost_usd += cost
+            view.tokens += tokens
+            view.reserved_usd = max(view.reserved_usd - p["reserved_usd"], 0.0)
+    elif kind is EventKind.LLM_FAILED:
+        state.budget.reserved_usd = max(state.budget.reserved_usd - p["released_usd"], 0.0)
+        if view is not None:
+            view.reserved_usd = max(view.reserved_usd - p["released_usd"], 0.0)
+            if p.get("error") != "cancelled":
+                view.errors += 1
+                _append_tail(view, f"\n[error] {p['error']}")
+    elif kind is EventKind.TOOL_CALLED:
+        if view is not None:
+            view.current_tool = f"{p['tool']}({_short(p['args'])})"
+            view.tool_calls += 1
+    elif kind is EventKind.TOOL_RESULT:
+        if view is not None:
+            view.current_tool = None
+    elif kind is EventKind.THREAD_STATE:
+        if view is not None:
+            new = ThreadState(p["state"])
+            view.state = new
+            view.reason = p.get("reason", "")
+            if new is ThreadState.RUNNING and view.started is None:
+                view.started = ev.ts
+            if new in ENDED_STATES:
+                view.ended = ev.ts
+                view.current_tool = None
+                if "answer" in p:
+                    view.answer = p["answer"]
+    elif kind is EventKind.INBOX_OPENED:
+        item = InboxItem(p["item"], ev.thread or "", InboxKind(p["kind"]), ev.ts, p)
+        state.inbox[item.id] = item
+        if view is not None:
+            view.pending += 1
+    elif kind is EventKind.INBOX_CLOSED:
+        item = state.inbox.pop(p["item"], None)
+        if item is not None:
+            if view is not None:
+                view.pending = max(view.pending - 1, 0)
+            if p.get("by") == "human" and p["resolution"] != Resolution.DROPPED:
+                state.human_seconds += max(ev.ts - item.created, 0.0)
+                state.decisions += 1
+    elif kind is EventKind.ESCALATED:
+        if view is not None:
+            view.model = p["to_model"]
+            view.escalations += 1
+    elif kind is EventKind.BUDGET_RAISED:
+        if p["scope"] == "session":
+            b = state.budget
+            if p.get("usd"):
+                b.limit_usd = (b.limit_usd or 0.0) + p["usd"]
+            if p.get("tokens"):
+                b.limit_tokens = (b.limit_tokens or 0) + p["tokens"]
+        elif view is not None and p.get("usd"):
+            view.budget_usd = (view.budget_usd or 0.0) + p["usd"]
+    elif kind is EventKind.THREAD_SPAWNED:
+        state.threads[ev.thread or ""] = ThreadView(
+            id=ev.thread or "",
+            agent=p["agent"],
+            task=p["task"],
+            title=p["title"],
+            cascade=list(p["cascade"]),
+            model=p["model"],
+            priority=p["priority"],
+            created=ev.ts,
+            budget_usd=p.get("budget_usd"),
+            budget_tokens=p.get("budget_tokens"),
+        )
+    elif kind is EventKind.SESSION_STARTED:
+        state.session = p["session"]
+        state.project = p["project"]
+        state.started = ev.ts
+        state.budget.limit_usd = p.get("budget_usd")
+        state.budget.limit_tokens = p.get("budget_tokens")
+    elif kind is EventKind.SESSION_ENDED:
+        state.ended = ev.ts
+        state.end_reason = p.get("reason")
+    # COMMENT events change nothing the overview shows; the transcript reads them.
+    return state
+
+
+def fold(events: Iterable[Event], state: TowerState | None = None) -> TowerState:
+    """Folds events from scratch (or onto a snapshot)."""
+    state = state or TowerState()
+    for ev in events:
+        apply(state, ev)
+    return state
+
+
+def summary(state: TowerState) -> dict[str, Any]:
+    """The run summary shared by `tower run --json` and replay's `--print-state`."""
+    return {
+        "session": state.session,
+        "threads": {
+            "done": state.count(ThreadState.DONE),
+            "failed": state.count(ThreadState.FAILED),
+            "killed": state.count(ThreadState.KILLED),
+        },
+        "cost_usd": round(state.budget.spent_usd, 6),
+        "budget_usd": state.budget.limit_usd,
+        "tokens": state.budget.tokens,
+        "events": state.events,
+    }

@@ -1,0 +1,252 @@
+"""The session log: events and sessions in one SQLite file through aiosqlite.
+
+One writer task drains a queue in batches (executemany + one commit per batch), so emitting
+an event never waits on the disk and the log keeps up with hundreds of streaming threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import platformdirs
+
+from tower.core.events import Event, EventKind
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    project_dir TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    status TEXT NOT NULL DEFAULT 'running',
+    pid INTEGER,
+    host TEXT,
+    meta TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS events (
+    session TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    thread TEXT,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (session, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_kind ON events (session, kind);
+"""
+
+_INSERT = "INSERT INTO events (session, seq, ts, thread, kind, payload) VALUES (?, ?, ?, ?, ?, ?)"
+_BATCH = 5000
+_STOP = object()
+
+
+class StoreError(Exception):
+    """The database cannot be opened or written; the message names the path."""
+
+
+def default_db_path() -> Path:
+    return Path(platformdirs.user_data_dir("tower", appauthor=False)) / "tower.db"
+
+
+@dataclass(slots=True)
+class SessionRow:
+    id: str
+    project: str
+    project_dir: str
+    started: float
+    ended: float | None
+    status: str  # running | clean | crashed
+    threads: int
+    cost_usd: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "project": self.project,
+            "started": self.started,
+            "ended": self.ended,
+            "status": self.status,
+            "threads": self.threads,
+            "cost_usd": round(self.cost_usd, 6),
+        }
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """Owns one aiosqlite connection; use `await Store.open(path)` and always `await close()`."""
+
+    def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self.written = 0
+        self.error: BaseException | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str | Path | None = None) -> Store:
+        db = Path(path) if path is not None else default_db_path()
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the folder for database {db}: {exc.strerror}"
+            ) from None
+        if db.is_dir():
+            raise StoreError(f"database path {db} is a folder, expected a file")
+        conn: aiosqlite.Connection | None = None
+        try:
+            conn = await aiosqlite.connect(db)
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=NORMAL")
+            await conn.execute("PRAGMA busy_timeout=5000")
+            await conn.executescript(SCHEMA)
+            await conn.commit()
+        except sqlite3.Error as exc:
+            if conn is not None:
+                await conn.close()
+            raise StoreError(f"cannot open database {db}: {exc}") from None
+        return cls(db, conn)
+
+    # --- writing -----------------------------------------------------------------------
+
+    async def create_session(
+        self, session: str, project: str, project_dir: str, started: float, meta: dict[str, Any]
+    ) -> None:
+        try:
+            await self._conn.execute(
+                "INSERT INTO sessions (id, project, project_dir, started, status, pid, host, meta)"
+                " VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+                (
+                    session,
+                    project,
+                    project_dir,
+                    started,
+                    os.getpid(),
+                    socket.gethostname(),
+                    json.dumps(meta),
+                ),
+            )
+            await self._conn.commit()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to database {self.path}: {exc}") from None
+
+    def start_writer(self, session: str) -> None:
+        self._session = session
+        self._writer = asyncio.create_task(self._write_loop(), name="tower-store-writer")
+
+    def append(self, ev: Event, payload_json: str | None = None) -> None:
+        """Queues an event for the writer; never blocks."""
+        text = ev.payload_json() if payload_json is None else payload_json
+        self._queue.put_nowait((self._session, ev.seq, ev.ts, ev.thread, str(ev.kind), text))
+
+    async def _write_loop(self) -> None:
+        conn = self._conn
+        queue = self._queue
+        stop = False
+        while not stop:
+            taken = [await queue.get()]
+            while len(taken) < _BATCH and not queue.empty():
+                taken.append(queue.get_nowait())
+            batch = [row for row in taken if row is not _STOP]
+            stop = len(batch) != len(taken)
+            try:
+                if batch:
+                    await conn.executemany(_INSERT, batch)
+                    await conn.commit()
+                    self.written += len(batch)
+            except sqlite3.Error as exc:
+                self.error = StoreError(f"cannot write to database {self.path}: {exc}")
+                raise self.error from None
+            finally:
+                for _ in taken:
+                    queue.task_done()
+
+    async def flush(self) -> None:
+        """Waits until every event queued so far is committed."""
+        if self._writer is not None and not self._writer.done():
+            await self._queue.join()
+
+    async def end_session(self, session: str, status: str = "clean") -> None:
+        await self._stop_writer()
+        await self._conn.execute(
+            "UPDATE sessions SET ended = ?, status = ? WHERE id = ?", (time.time(), status, session)
+        )
+        await self._conn.commit()
+
+    async def _stop_writer(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            self._queue.put_nowait(_STOP)
+            await asyncio.shield(self._writer)
+        self._writer = None
+
+    async def close(self) -> None:
+        """Drains the writer and closes the connection; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._stop_writer()
+        finally:
+            await self._conn.close()
+
+    # --- reading -----------------------------------------------------------------------
+
+    async def list_sessions(self) -> list[SessionRow]:
+        sql = """
+        SELECT s.id, s.project, s.project_dir, s.started, s.ended, s.status, s.pid, s.host,
+          (SELECT count(*) FROM events e WHERE e.session = s.id AND e.kind = ?),
+          (SELECT coalesce(sum(json_extract(e.payload, '$.cost_usd')), 0) FROM events e
+             WHERE e.session = s.id AND e.kind = ?)
+        FROM sessions s ORDER BY s.started
+        """
+        host = socket.gethostname()
+        rows = []
+        async with self._conn.execute(
+            sql, (str(EventKind.THREAD_SPAWNED), str(EventKind.LLM_FINISHED))
+        ) as cur:
+            async for r in cur:
+                status = r[5]
+                if status == "running" and not (r[7] == host and _pid_alive(r[6])):
+                    status = "crashed"
+                rows.append(SessionRow(r[0], r[1], r[2], r[3], r[4], status, r[8], r[9]))
+        return rows
+
+    async def resolve_session(self, prefix: str) -> str | None:
+        async with self._conn.execute(
+            "SELECT id FROM sessions WHERE id LIKE ? ORDER BY started", (prefix + "%",)
+        ) as cur:
+            ids = [r[0] async for r in cur]
+        return ids[0] if len(ids) == 1 else None
+
+    async def events(self, session: str, after_seq: int = 0) -> AsyncIterator[Event]:
+        async with self._conn.execute(
+            "SELECT seq, ts, kind, thread, payload FROM events WHERE session = ? AND seq > ?"
+            " ORDER BY seq",
+            (session, after_seq),
+        ) as cur:
+            async for seq, ts, kind, thread, payload in cur:
+                yield Event.from_row(seq, ts, kind, thread, payload)

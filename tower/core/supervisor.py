@@ -1,0 +1,692 @@
+"""The supervisor: owns the agent threads, schedules them, and applies the human's commands.
+
+The UI and scripts steer tower only through the command methods here (spawn, pause, resume,
+kill, escalate, approve, deny, reply, raise_budget, decline); each turns into events on the
+bus, so whatever happened can be replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import logging
+import secrets
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tower.core import llm
+from tower.core.budget import INF, Account, Ledger, Refusal, Reservation
+from tower.core.bus import Bus
+from tower.core.events import EventKind, InboxKind, Resolution, ThreadState
+from tower.core.project import AgentSettings, Project
+from tower.core.simprofiles import SIM_PROFILES, is_sim
+from tower.core.tools import Workspace
+
+log = logging.getLogger("tower.supervisor")
+
+ApproveMode = Literal["all", "none"] | None
+
+
+class CommandError(Exception):
+    """A command that cannot apply (unknown thread or item, thread already ended...)."""
+
+
+@dataclass(slots=True)
+class Decision:
+    resolution: Resolution
+    by: str = "human"
+    text: str | None = None
+    args: dict[str, Any] | None = None
+
+
+@dataclass(eq=False)
+class ThreadRun:
+    """A thread's live, non-serialisable side: its task, futures and message history."""
+
+    id: str
+    agent: AgentSettings
+    prompt: str
+    task_id: str
+    title: str
+    cascade: list[str]
+    priority: int
+    order: int
+    workspace_src: Path | None
+    script: list[dict[str, Any]] | None
+    default_answer: str | None
+    budget_usd: float | None
+    budget_tokens: int | None
+    model_index: int = 0
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    task: asyncio.Task[None] | None = None
+    state: ThreadState = ThreadState.QUEUED
+    pause_requested: bool = False
+    resume: asyncio.Event = field(default_factory=asyncio.Event)
+    items: dict[str, tuple[InboxKind, asyncio.Future[Decision]]] = field(default_factory=dict)
+    escalation: asyncio.Future[Decision] | None = None
+    reservation: Reservation | None = None
+    call_id: str | None = None
+    slot_model: str | None = None
+    guidance: list[str] = field(default_factory=list)
+    workspace: Workspace | None = None
+
+    @property
+    def model(self) -> str:
+        return self.cascade[self.model_index]
+
+    @property
+    def ended(self) -> bool:
+        return self.state.ended
+
+
+def new_session_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def _fill(value: Any, n: int | None) -> Any:
+    """Replaces {n} in every string of a scripted value (repeat tasks)."""
+    if n is None:
+        return value
+    if isinstance(value, str):
+        return value.replace("{n}", str(n))
+    if isinstance(value, list):
+        return [_fill(v, n) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, n) for k, v in value.items()}
+    return value
+
+
+class Supervisor:
+    def __init__(
+        self,
+        project: Project,
+        bus: Bus,
+        *,
+        session_id: str | None = None,
+        approve: ApproveMode = None,
+        workspaces_dir: Path | None = None,
+    ) -> None:
+        self.project = project
+        self.bus = bus
+        self.session_id = session_id or new_session_id()
+        self.approve_mode = approve
+        self.workspaces_dir = workspaces_dir
+        b = project.budget
+        self.ledger = Ledger(
+            session=Account(
+                limit_usd=b.usd if b.usd is not None else INF,
+                limit_tokens=b.tokens if b.tokens is not None else INF,
+            )
+        )
+        self.runs: dict[str, ThreadRun] = {}
+        self._queue: list[tuple[int, int, str]] = []  # (-priority, order, id), kept sorted
+        self._order = itertools.count()
+        self._items = itertools.count(1)
+        self._calls = itertools.count(1)
+        self._running = 0
+        self._per_model: Counter[str] = Counter()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._item_owner: dict[str, str] = {}
+        self._prices: dict[str, llm.Price | None] = {}
+        self._closing = False
+        if approve is not None:
+            bus.subscribe(self._auto_decide_soon)
+
+    # --- session lifecycle --------------------------------------------------------------
+
+    async def start(self, spawn_tasks: bool = True) -> None:
+        """Registers prices, records the session start, and spawns the project's tasks."""
+        await asyncio.to_thread(llm.load_litellm)
+        overrides = {
+            name: prof.with_overrides(self.project.model_settings(name).sim_overrides())
+            for name, prof in SIM_PROFILES.items()
+        }
+        llm.register_sim_prices(overrides)
+        for model in self.project.all_models():
+            self._prices[model] = llm.model_price(model)
+        p = self.project
+        store = self.bus.store
+        meta = {"seed": p.project.seed, "approve": self.approve_mode}
+        if store is not None:
+            await store.create_session(self.session_id, p.name, str(p.root), time.time(), meta)
+            store.start_writer(self.session_id)
+        self.bus.emit(
+            EventKind.SESSION_STARTED,
+            session=self.session_id,
+            project=p.name,
+            project_dir=str(p.root),
+            budget_usd=p.budget.usd,
+            budget_tokens=p.budget.tokens,
+            max_concurrent=p.limits.max_concurrent,
+            seed=p.project.seed,
+            approve=self.approve_mode,
+        )
+        if spawn_tasks:
+            for task in p.tasks:
+                copies = [None] if task.repeat == 1 else list(range(1, task.repeat + 1))
+                for n in copies:
+                    self.spawn(
+                        task.agent,
+                        _fill(task.prompt, n),
+                        task_id=task.id if n is None else f"{task.id}-{n}",
+                        title=_fill(task.title, n) or None,
+                        priority=task.priority,
+                        budget_usd=task.budget_usd,
+                        workspace=task.workspace,
+                        script=[_fill(s.model_dump(exclude_none=True), n) for s in task.script]
+                        or None,
+                        answer=_fill(task.answer, n),
+                    )
+
+    async def wait_idle(self) -> None:
+        """Returns once every thread has ended."""
+        await self._idle.wait()
+
+    async def close(self, reason: str = "finished") -> None:
+        """Stops every thread (without marking it killed: it may be resumed) and ends the log."""
+        self._closing = True
+        tasks = []
+        for th in self.runs.values():
+            if th.task is not None and not th.task.done():
+                th.task.cancel()
+                tasks.append(th.task)
+            self._release(th)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.bus.emit(EventKind.SESSION_ENDED, reason=reason)
+        store = self.bus.store
+        if store is not None:
+            await store.end_session(self.session_id, "clean")
+
+    # --- spawning and scheduling --------------------------------------------------------
+
+    def spawn(
+        self,
+        agent: str,
+        prompt: str,
+        *,
+        task_id: str | None = None,
+        title: str | None = None,
+        model: str | None = None,
+        priority: int = 0,
+        budget_usd: float | None = None,
+        workspace: str | None = None,
+        script: list[dict[str, Any]] | None = None,
+        answer: str | None = None,
+    ) -> str:
+        try:
+            settings = self.project.agent(agent)
+        except KeyError:
+            raise CommandError(f"unknown agent {agent!r}") from None
+        cascade = list(settings.cascade)
+        if model is not None:
+            problem = llm.check_model(model) if model not in cascade else None
+            if problem:
+                raise CommandError(problem)
+            cascade = [model, *[m for m in cascade if m != model]]
+            self._prices.setdefault(model, llm.model_price(model))
+        base = task_id or agent
+        tid = base
+        for k in itertools.count(2):
+            if tid not in self.runs:
+                break
+            tid = f"{base}-{k}"
+        b = self.project.budget
+        th = ThreadRun(
+            id=tid,
+            agent=settings,
+            prompt=prompt,
+            task_id=task_id or "",
+            title=title or prompt.splitlines()[0][:80],
+            cascade=cascade,
+            priority=priority,
+            order=next(self._order),
+            workspace_src=(self.project.root / workspace) if workspace else None,
+            script=script,
+            default_answer=answer,
+            budget_usd=budget_usd if budget_usd is not None else b.thread_usd,
+            budget_tokens=b.thread_tokens,
+        )
+        self.runs[tid] = th
+        self.ledger.open_thread(
+            tid,
+            th.budget_usd if th.budget_usd is not None else INF,
+            th.budget_tokens if th.budget_tokens is not None else INF,
+        )
+        self._idle.clear()
+        self.bus.emit(
+            EventKind.THREAD_SPAWNED,
+            tid,
+            agent=agent,
+            task=th.task_id,
+            title=th.title,
+            prompt=prompt,
+            cascade=cascade,
+            model=th.model,
+            priority=priority,
+            budget_usd=th.budget_usd,
+            budget_tokens=th.budget_tokens,
+            max_steps=settings.max_steps,
+        )
+        bisect.insort(self._queue, (-priority, th.order, tid))
+        self._pump()
+        return tid
+
+    def _model_cap(self, model: str) -> int | None:
+        return self.project.model_settings(model).max_concurrent
+
+    def _pump(self) -> None:
+        """Starts queued threads in priority order while global and per-model slots are free."""
+        if self._closing:
+            return
+        cap = self.project.limits.max_concurrent
+        i = 0
+        while i < len(self._queue) and self._running < cap:
+            tid = self._queue[i][2]
+            th = self.runs[tid]
+            mcap = self._model_cap(th.model)
+            if th.pause_requested or (mcap is not None and self._per_model[th.model] >= mcap):
+                i += 1
+                continue
+            del self._queue[i]
+            self._running += 1
+            th.slot_model = th.model
+            self._per_model[th.model] += 1
+            th.task = asyncio.create_task(self._run(th), name=f"thread:{tid}")
+
+    def _free_slot(self, th: ThreadRun) -> None:
+        if th.slot_model is not None:
+            self._running -= 1
+            self._per_model[th.slot_model] -= 1
+            th.slot_model = None
+
+    async def _run(self, th: ThreadRun) -> None:
+        from tower.core.agent import run_thread
+
+        try:
+            th.workspace = await asyncio.to_thread(self._prepare_workspace, th)
+            self.set_state(th, ThreadState.RUNNING)
+            await run_thread(self, th)
+            if not th.ended:
+                self.finish(th, ThreadState.FAILED, "loop ended without an outcome")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("thread %s crashed", th.id)
+            self.finish(th, ThreadState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _prepare_workspace(self, th: ThreadRun) -> Workspace:
+        """Gives the thread its folder: a private copy of the task's workspace, by default."""
+        base = self.workspaces_dir
+        src = th.workspace_src
+        if src is not None and not self.project.project.copy_workspaces:
+            return Workspace(src)
+        if base is None:
+            if src is not None:
+                return Workspace(src)
+            raise RuntimeError("no workspaces folder configured")
+        dest = base / self.session_id / th.id
+        if not dest.exists():
+            if src is not None:
+                shutil.copytree(src, dest, symlinks=True)
+            else:
+                dest.mkdir(parents=True, exist_ok=True)
+        return Workspace(dest)
+
+    # --- state, endings, inbox ----------------------------------------------------------
+
+    def set_state(self, th: ThreadRun, state: ThreadState, reason: str = "", **extra: Any) -> None:
+        if th.ended:
+            return
+        view = self.bus.state.threads.get(th.id)
+        if th.state is state and view is not None and view.reason == reason and not extra:
+            return
+        th.state = state
+        self.bus.emit(EventKind.THREAD_STATE, th.id, state=str(state), reason=reason, **extra)
+
+    def _release(self, th: ThreadRun) -> None:
+        """Returns a thread's in-flight reservation, recording it so the log balances."""
+        if th.reservation is not None:
+            released = self.ledger.release(th.reservation)
+            self.bus.emit(
+                EventKind.LLM_FAILED,
+                th.id,
+                call=th.call_id,
+                step=th.steps + 1,
+                model=th.model,
+                error="cancelled",
+                retryable=False,
+                attempt=0,
+                released_usd=released,
+            )
+            th.reservation = None
+
+    def finish(
+        self, th: ThreadRun, state: ThreadState, reason: str = "", answer: str | None = None
+    ) -> None:
+        """Ends a thread: releases budget, drops its inbox items, frees its slot."""
+        if th.ended:
+            return
+        self._release(th)
+        for item, (_kind, fut) in list(th.items.items()):
+            self.bus.emit(
+                EventKind.INBOX_CLOSED,
+                th.id,
+                item=item,
+                resolution=str(Resolution.DROPPED),
+                by="tower",
+            )
+            if not fut.done():
+                fut.cancel()
+        th.items.clear()
+        th.escalation = None
+        extra = {"answer": answer} if answer is not None else {}
+        self.set_state(th, state, reason, **extra)
+        th.state = state
+        if (-th.priority, th.order, th.id) in self._queue:
+            self._queue.remove((-th.priority, th.order, th.id))
+        self._free_slot(th)
+        if all(t.ended for t in self.runs.values()):
+            self._idle.set()
+        self._pump()
+
+    def open_item(
+        self, th: ThreadRun, kind: InboxKind, **data: Any
+    ) -> tuple[str, asyncio.Future[Decision]]:
+        item = f"i{next(self._items)}"
+        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        th.items[item] = (kind, fut)
+        self._item_owner[item] = th.id
+        view = self.bus.state.threads[th.id]
+        self.bus.emit(
+            EventKind.INBOX_OPENED,
+            th.id,
+            item=item,
+            kind=str(kind),
+            cost_so_far=round(view.cost_usd, 6),
+            **data,
+        )
+        return item, fut
+
+    async def ask(
+        self, th: ThreadRun, kind: InboxKind, wait_state: ThreadState, why: str, **data: Any
+    ) -> Decision:
+        """Puts an item in the inbox and waits for the human's (or the rule's) decision."""
+        self.set_state(th, wait_state, why)
+        _item, fut = self.open_item(th, kind, **data)
+        decision = await fut
+        self.set_state(th, ThreadState.RUNNING)
+        return decision
+
+    async def checkpoint(self, th: ThreadRun) -> bool:
+        """Where pause and hand-to-human take effect: before each model call and tool call.
+
+        Returns False when the thread ended while it waited here.
+        """
+        if th.escalation is not None:
+            self.set_state(th, ThreadState.WAITING, "handed to the human")
+            decision = await th.escalation
+            th.escalation = None
+            if decision.resolution is Resolution.DENIED:
+                self.finish(th, ThreadState.FAILED, "stopped by the human")
+                return False
+            if decision.resolution is Resolution.ANSWERED and decision.text:
+                th.guidance.append(decision.text)
+        while th.pause_requested and not th.ended:
+            self.set_state(th, ThreadState.PAUSED, "paused by the human")
+            th.resume.clear()
+            await th.resume.wait()
+        if th.ended:
+            return False
+        self.set_state(th, ThreadState.RUNNING)
+        return True
+
+    def price(self, model: str) -> llm.Price | None:
+        if model not in self._prices:
+            self._prices[model] = llm.model_price(model)
+        return self._prices[model]
+
+    def next_call_id(self) -> str:
+        return f"c{next(self._calls)}"
+
+    # --- commands -----------------------------------------------------------------------
+
+    def _thread(self, tid: str) -> ThreadRun:
+        th = self.runs.get(tid)
+        if th is None:
+            raise CommandError(f"no thread {tid!r}")
+        return th
+
+    def _live(self, tid: str) -> ThreadRun:
+        th = self._thread(tid)
+        if th.ended:
+            raise CommandError(f"thread {tid} has already ended ({th.state})")
+        return th
+
+    def pause(self, tid: str) -> None:
+        th = self._live(tid)
+        th.pause_requested = True
+        if th.task is None:  # still queued: it stays out of the queue's way
+            self.set_state(th, ThreadState.PAUSED, "paused by the human")
+
+    def resume(self, tid: str) -> None:
+        th = self._live(tid)
+        th.pause_requested = False
+        th.resume.set()
+        if th.task is None:
+            self.set_state(th, ThreadState.QUEUED)
+            self._pump()
+
+    def pause_all(self) -> None:
+        for th in self.runs.values():
+            if not th.ended and not th.pause_requested:
+                self.pause(th.id)
+
+    def resume_all(self) -> None:
+        for th in self.runs.values():
+            if not th.ended and th.pause_requested:
+                self.resume(th.id)
+
+    def kill(self, tid: str, reason: str = "killed by the human") -> None:
+        """Cancels at once: the task is cancelled and its budget and inbox items released."""
+        th = self._live(tid)
+        task = th.task
+        self.finish(th, ThreadState.KILLED, reason)
+        if task is not None and not task.done():
+            task.cancel()
+
+    def escalate(self, tid: str, to: Literal["model", "human"] = "model", note: str = "") -> str:
+        """Moves the thread to its cascade's next model, or hands it to the human.
+
+        Returns the new model, or the inbox item id when handed to the human (which also
+        happens when the cascade has no stronger model left).
+        """
+        th = self._live(tid)
+        if to == "model" and th.model_index + 1 < len(th.cascade):
+            old = th.model
+            th.model_index += 1
+            if th.slot_model is not None:
+                self._per_model[th.slot_model] -= 1
+                th.slot_model = th.model
+                self._per_model[th.model] += 1
+            if th.model not in self._prices:
+                self._prices[th.model] = llm.model_price(th.model)
+            self.bus.emit(
+                EventKind.ESCALATED,
+                th.id,
+                from_model=old,
+                to_model=th.model,
+                trigger=note or "human",
+            )
+            return th.model
+        if th.escalation is not None:
+            raise CommandError(f"thread {tid} is already waiting for the human")
+        why = note or (
+            "asked by the human" if to == "human" else "no stronger model left in the cascade"
+        )
+        item, fut = self.open_item(
+            th,
+            InboxKind.ESCALATION,
+            reason=why,
+            model=th.model,
+            last_output=self.bus.state.threads[th.id].tail[-500:],
+        )
+        th.escalation = fut
+        self.bus.emit(
+            EventKind.ESCALATED, th.id, from_model=th.model, to_model="human", trigger=why
+        )
+        return item
+
+    def _owner(self, item: str) -> tuple[ThreadRun, InboxKind, asyncio.Future[Decision]]:
+        tid = self._item_owner.get(item)
+        if tid is None or item not in self.runs[tid].items:
+            raise CommandError(f"no open inbox item {item!r}")
+        th = self.runs[tid]
+        kind, fut = th.items[item]
+        return th, kind, fut
+
+    def _decide(self, item: str, decision: Decision) -> None:
+        th, _kind, fut = self._owner(item)
+        del th.items[item]
+        payload: dict[str, Any] = {
+            "item": item,
+            "resolution": str(decision.resolution),
+            "by": decision.by,
+        }
+        if decision.text is not None:
+            payload["text"] = decision.text
+        if decision.args is not None:
+            payload["args"] = decision.args
+        self.bus.emit(EventKind.INBOX_CLOSED, th.id, **payload)
+        if not fut.done():
+            fut.set_result(decision)
+
+    def approve(
+        self,
+        item: str,
+        args: dict[str, Any] | None = None,
+        comment: str | None = None,
+        by: str = "human",
+    ) -> None:
+        _th, kind, _ = self._owner(item)
+        if kind is InboxKind.BUDGET:
+            raise CommandError(f"{item} asks for budget: raise it or decline")
+        if kind is InboxKind.QUESTION:
+            raise CommandError(f"{item} is a question: reply to it")
+        self._decide(item, Decision(Resolution.APPROVED, by, comment, args))
+
+    def deny(self, item: str, comment: str | None = None, by: str = "human") -> None:
+        _th, kind, _ = self._owner(item)
+        if kind is InboxKind.BUDGET:
+            self._decide(item, Decision(Resolution.DECLINED, by, comment))
+        else:
+            self._decide(item, Decision(Resolution.DENIED, by, comment))
+
+    def decline(self, item: str, by: str = "human") -> None:
+        self.deny(item, by=by)
+
+    def reply(self, target: str, text: str, by: str = "human") -> None:
+        """Answers a question or escalation item; on a thread id, attaches a comment."""
+        if target in self._item_owner:
+            _th, kind, _ = self._owner(target)
+            if kind in (InboxKind.QUESTION, InboxKind.ESCALATION):
+                self._decide(target, Decision(Resolution.ANSWERED, by, text))
+            else:  # a comment on an approval: approve with it attached
+                self._decide(target, Decision(Resolution.APPROVED, by, text))
+            return
+        th = self._live(target)
+        th.guidance.append(text)
+        self.bus.emit(EventKind.COMMENT, th.id, text=text, by=by)
+
+    def raise_budget(
+        self, target: str | None, usd: float = 0.0, tokens: int = 0, by: str = "human"
+    ) -> None:
+        """Raises a thread's or the session's caps; on a budget item, the cap that refused."""
+        if usd < 0 or tokens < 0:
+            raise CommandError("a budget can only be raised")
+        item = None
+        scope_thread: str | None = None
+        if target is not None and target in self._item_owner:
+            th, kind, _ = self._owner(target)
+            if kind is not InboxKind.BUDGET:
+                raise CommandError(f"{target} is not a budget request")
+            item = target
+            data = self.bus.state.inbox[target].data
+            scope_thread = th.id if data.get("scope") == "thread" else None
+            if not usd and not tokens:
+                usd = float(data.get("suggest_usd", 0.0))
+                tokens = int(data.get("suggest_tokens", 0))
+        elif target is not None:
+            scope_thread = self._thread(target).id
+        self.ledger.raise_limit(scope_thread, usd, tokens)
+        self.bus.emit(
+            EventKind.BUDGET_RAISED,
+            scope_thread,
+            scope="thread" if scope_thread else "session",
+            usd=usd,
+            tokens=tokens,
+            by=by,
+        )
+        if item is not None:
+            self._decide(item, Decision(Resolution.RAISED, by))
+
+    # --- automatic decisions (headless) -------------------------------------------------
+
+    def _auto_decide_soon(self, ev: Any) -> None:
+        if ev.kind is EventKind.INBOX_OPENED:
+            asyncio.get_running_loop().call_soon(self._auto_decide, ev.payload["item"])
+
+    def _auto_decide(self, item: str) -> None:
+        if item not in self._item_owner or item not in self.runs[self._item_owner[item]].items:
+            return
+        th, kind, _ = self._owner(item)
+        rule = f"rule:--approve {self.approve_mode}"
+        yes = self.approve_mode == "all"
+        if kind is InboxKind.BUDGET:
+            self.deny(item, "headless runs never raise a budget", by=rule)
+        elif kind is InboxKind.QUESTION:
+            if yes:
+                question = self.bus.state.inbox[item].data.get("question", "")
+                self.reply(item, self._scripted_answer(th, question), by=rule)
+            else:
+                self.deny(item, "the human declined to answer", by=rule)
+        elif yes:
+            self.approve(item, by=rule)
+        else:
+            self.deny(item, by=rule)
+
+    @staticmethod
+    def _scripted_answer(th: ThreadRun, question: str) -> str:
+        for step in th.script or ():
+            if step.get("tool") == "ask_human" and step.get("args", {}).get("question") == question:
+                if step.get("answer") is not None:
+                    return str(step["answer"])
+        if th.default_answer is not None:
+            return th.default_answer
+        return "No answer is available; use your best judgement and say what you assumed."
+
+    # --- helpers for the agent loop -----------------------------------------------------
+
+    def reserve(self, th: ThreadRun, usd: float, tokens: int) -> Reservation | Refusal:
+        return self.ledger.reserve(th.id, usd, tokens)
+
+    def sim_metadata(self, th: ThreadRun, attempt: int) -> dict[str, Any] | None:
+        if not is_sim(th.model):
+            return None
+        overrides = self.project.model_settings(th.model).sim_overrides()
+        return {
+            "tower_sim": {
+                "script": th.script,
+                "seed": self.project.project.seed,
+                "thread": th.id,
+                "attempt": attempt,
+                "profile": overrides,
+            }
+        }

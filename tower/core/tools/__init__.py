@@ -1,0 +1,64 @@
+"""Built-in tools: their JSON schemas for the model and their implementations.
+
+`ask_human` and `finish` are handled by the agent loop itself (they talk to the human or end
+the thread); the file tools live in `files.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tower.core.tools.files import ToolError, Workspace
+
+__all__ = ["TOOL_SCHEMAS", "ToolError", "Workspace", "tool_schemas"]
+
+
+def _fn(name: str, description: str, props: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {"type": "object", "properties": props, "required": required},
+        },
+    }
+
+
+_STR = {"type": "string"}
+
+TOOL_SCHEMAS: dict[str, dict[str, Any]] = {
+    "read_file": _fn(
+        "read_file",
+        "Read a text file from your workspace.",
+        {"path": {**_STR, "description": "Path relative to the workspace."}},
+        ["path"],
+    ),
+    "write_file": _fn(
+        "write_file",
+        "Create or overwrite a text file in your workspace (may need human approval).",
+        {"path": {**_STR, "description": "Path relative to the workspace."}, "content": _STR},
+        ["path", "content"],
+    ),
+    "list_dir": _fn(
+        "list_dir",
+        "List a folder of your workspace; folders end with '/'.",
+        {"path": {**_STR, "description": "Folder relative to the workspace; default '.'."}},
+        [],
+    ),
+    "ask_human": _fn(
+        "ask_human",
+        "Ask the human orchestrator a question and wait for the answer.",
+        {"question": _STR},
+        ["question"],
+    ),
+    "finish": _fn(
+        "finish",
+        "End the task with your final answer.",
+        {"answer": _STR},
+        ["answer"],
+    ),
+}
+
+
+def tool_schemas(names: list[str]) -> list[dict[str, Any]]:
+    return [TOOL_SCHEMAS[n] for n in names if n in TOOL_SCHEMAS]
