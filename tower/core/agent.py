@@ -18,6 +18,7 @@ from tower.core.events import EventKind, InboxKind, Resolution, ThreadState
 from tower.core.tools import ToolError, tool_schemas
 
 if TYPE_CHECKING:
+    from tower.core.bus import Bus
     from tower.core.supervisor import Supervisor, ThreadRun
 
 # Streamed text is coalesced into one event per thread at most this often.
@@ -59,6 +60,29 @@ async def run_thread(sup: Supervisor, th: ThreadRun) -> None:
                 return
             if await _handle_tool(sup, th, tc, result.text.strip()):
                 return
+
+
+class _Deltas:
+    """Coalesces streamed text into at most one event per DELTA_INTERVAL_S per call."""
+
+    def __init__(self, bus: Bus, thread: str, call: str) -> None:
+        self.bus, self.thread, self.call = bus, thread, call
+        self.parts: list[str] = []
+        self.last = time.monotonic()
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+        now = time.monotonic()
+        if now - self.last >= DELTA_INTERVAL_S:
+            self.flush()
+            self.last = now
+
+    def flush(self) -> None:
+        if self.parts:
+            self.bus.emit(
+                EventKind.LLM_DELTA, self.thread, call=self.call, text="".join(self.parts)
+            )
+            self.parts.clear()
 
 
 async def _call_model(
@@ -109,18 +133,7 @@ async def _call_model(
             reserved_usd=res.usd,
             reserved_tokens=res.tokens,
         )
-        buffer: list[str] = []
-        last = time.monotonic()
-
-        def on_text(text: str, _call: str = call) -> None:
-            nonlocal last
-            buffer.append(text)
-            now = time.monotonic()
-            if now - last >= DELTA_INTERVAL_S:
-                bus.emit(EventKind.LLM_DELTA, th.id, call=_call, text="".join(buffer))
-                buffer.clear()
-                last = now
-
+        deltas = _Deltas(bus, th.id, call)
         try:
             result = await llm.stream_call(
                 model,
@@ -128,7 +141,7 @@ async def _call_model(
                 tools,
                 max_tokens,
                 meta.call_timeout_s,
-                on_text,
+                deltas.add,
                 sup.sim_metadata(th, attempt),
             )
         except llm.CallError as err:
@@ -154,8 +167,7 @@ async def _call_model(
             if not await sup.checkpoint(th):
                 return None
             continue
-        if buffer:
-            bus.emit(EventKind.LLM_DELTA, th.id, call=call, text="".join(buffer))
+        deltas.flush()
         cost = llm.completion_cost(model, result.prompt_tokens, result.completion_tokens)
         if cost is None:
             cost = price.cost(result.prompt_tokens, result.completion_tokens) if price else 0.0

@@ -665,9 +665,12 @@ class Supervisor:
     @staticmethod
     def _scripted_answer(th: ThreadRun, question: str) -> str:
         for step in th.script or ():
-            if step.get("tool") == "ask_human" and step.get("args", {}).get("question") == question:
-                if step.get("answer") is not None:
-                    return str(step["answer"])
+            if (
+                step.get("tool") == "ask_human"
+                and step.get("args", {}).get("question") == question
+                and step.get("answer") is not None
+            ):
+                return str(step["answer"])
         if th.default_answer is not None:
             return th.default_answer
         return "No answer is available; use your best judgement and say what you assumed."
