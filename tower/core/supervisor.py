@@ -136,6 +136,7 @@ class Supervisor:
         self._item_owner: dict[str, str] = {}
         self._prices: dict[str, llm.Price | None] = {}
         self._closing = False
+        self._batch = False
         if approve is not None:
             bus.subscribe(self._auto_decide_soon)
 
@@ -169,6 +170,7 @@ class Supervisor:
             approve=self.approve_mode,
         )
         if spawn_tasks:
+            self._batch = True  # queue every task first, so priority decides who starts
             for task in p.tasks:
                 copies = [None] if task.repeat == 1 else list(range(1, task.repeat + 1))
                 for n in copies:
@@ -184,6 +186,8 @@ class Supervisor:
                         or None,
                         answer=_fill(task.answer, n),
                     )
+            self._batch = False
+            self._pump()
 
     async def wait_idle(self) -> None:
         """Returns once every thread has ended."""
@@ -191,6 +195,8 @@ class Supervisor:
 
     async def close(self, reason: str = "finished") -> None:
         """Stops every thread (without marking it killed: it may be resumed) and ends the log."""
+        if self._closing:
+            return
         self._closing = True
         tasks = []
         for th in self.runs.values():
@@ -284,7 +290,7 @@ class Supervisor:
 
     def _pump(self) -> None:
         """Starts queued threads in priority order while global and per-model slots are free."""
-        if self._closing:
+        if self._closing or self._batch:
             return
         cap = self.project.limits.max_concurrent
         i = 0

@@ -1,0 +1,106 @@
+"""Shared fixtures: projects from TOML text, a live supervisor on a real SQLite file, and a
+waiter that resolves on bus events (tests wait on conditions, never on sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from tower.core.bus import Bus  # noqa: E402
+from tower.core.events import Event, EventKind  # noqa: E402
+from tower.core.project import Project, load_project  # noqa: E402
+from tower.core.store import Store  # noqa: E402
+from tower.core.supervisor import ApproveMode, Supervisor  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_project(root: Path, toml: str, files: dict[str, str] | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "tower.toml").write_text(textwrap.dedent(toml), encoding="utf-8")
+    for rel, text in (files or {}).items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+class Waiter:
+    """Resolves `until(pred)` on the first event after which pred() holds."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._waits: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        bus.subscribe(self._on_event)
+
+    def _on_event(self, _ev: Event) -> None:
+        for pred, fut in list(self._waits):
+            if not fut.done() and pred():
+                fut.set_result(None)
+                self._waits.remove((pred, fut))
+
+    async def until(self, pred: Callable[[], bool], timeout: float = 15.0) -> None:
+        if pred():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waits.append((pred, fut))
+        await asyncio.wait_for(fut, timeout)
+
+
+@dataclass
+class Live:
+    project: Project
+    store: Store
+    bus: Bus
+    sup: Supervisor
+    waiter: Waiter
+    events: list[Event] = field(default_factory=list)
+
+    def kinds(self, thread: str, kind: EventKind) -> list[Event]:
+        return [e for e in self.events if e.thread == thread and e.kind is kind]
+
+    def view(self, thread: str):  # noqa: ANN201
+        return self.bus.state.threads[thread]
+
+    def item_of(self, thread: str) -> str:
+        items = [i for i in self.bus.state.inbox.values() if i.thread == thread]
+        assert len(items) == 1, items
+        return items[0].id
+
+
+@pytest.fixture
+async def live_factory(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
+    """Starts a supervisor on a project written to tmp_path; closes everything afterwards."""
+    opened: list[Live] = []
+
+    async def start(
+        toml: str,
+        files: dict[str, str] | None = None,
+        approve: ApproveMode = None,
+        spawn_tasks: bool = True,
+    ) -> Live:
+        root = write_project(tmp_path / f"proj{len(opened)}", toml, files)
+        project = load_project(root)
+        store = await Store.open(tmp_path / "tower.db")
+        bus = Bus(store, secrets={})
+        live_events: list[Event] = []
+        bus.subscribe(live_events.append)
+        sup = Supervisor(project, bus, approve=approve, workspaces_dir=tmp_path / "ws")
+        live = Live(project, store, bus, sup, Waiter(bus), live_events)
+        opened.append(live)
+        await sup.start(spawn_tasks=spawn_tasks)
+        return live
+
+    yield start
+    for live in opened:
+        try:
+            await live.sup.close()
+        finally:
+            await live.store.close()
