@@ -53,8 +53,9 @@ args = { answer = "written" }
 """
 
 
-def project(tasks: str, cap: int = 16, latency: float = 0.0, timeout: float = 30,
-            max_steps: int = 20) -> str:
+def project(
+    tasks: str, cap: int = 16, latency: float = 0.0, timeout: float = 30, max_steps: int = 20
+) -> str:
     return BASE.format(cap=cap, latency=latency, timeout=timeout, max_steps=max_steps) + tasks
 
 
@@ -127,9 +128,11 @@ async def test_approving_one_item_unblocks_exactly_that_thread(live_factory) -> 
     first = next(iter(live.bus.state.inbox.values()))
     live.sup.reply(first.id, "2025")
     await live.waiter.until(
-        lambda: live.view(first.thread).pending == 1
-        and next(i for i in live.bus.state.inbox.values() if i.thread == first.thread).kind
-        is InboxKind.APPROVAL
+        lambda: (
+            live.view(first.thread).pending == 1
+            and next(i for i in live.bus.state.inbox.values() if i.thread == first.thread).kind
+            is InboxKind.APPROVAL
+        )
     )
     others = [t for t in ("t-1", "t-2", "t-3") if t != first.thread]
     for tid in others:
@@ -167,8 +170,9 @@ async def test_pause_while_queued_keeps_it_queued_until_resume(live_factory) -> 
     # the slot is free, but a paused thread does not start
     assert live.sup.runs[queued].task is None
     live.sup.resume(queued)
-    await live.waiter.until(lambda: len(live.bus.state.inbox) == 1
-                            and live.view(queued).state is ThreadState.WAITING)
+    await live.waiter.until(
+        lambda: len(live.bus.state.inbox) == 1 and live.view(queued).state is ThreadState.WAITING
+    )
 
 
 async def test_kill_during_a_call_cancels_at_once_and_releases_budget(live_factory) -> None:
@@ -386,8 +390,11 @@ async def test_concurrency_cap_and_priority_order(live_factory) -> None:
 
     def watch(_ev):  # noqa: ANN001
         nonlocal running_max
-        active = sum(1 for v in live.bus.state.threads.values()
-                     if v.state in (ThreadState.RUNNING, ThreadState.WAITING))
+        active = sum(
+            1
+            for v in live.bus.state.threads.values()
+            if v.state in (ThreadState.RUNNING, ThreadState.WAITING)
+        )
         running_max = max(running_max, active)
 
     live.bus.subscribe(watch)
@@ -428,7 +435,8 @@ async def test_cost_matches_litellm_cost_map(live_factory) -> None:
     for ev in live.kinds("t", EventKind.LLM_FINISHED):
         u = ev.payload["usage"]
         p, c = litellm.cost_per_token(
-            model=ev.payload["model"], prompt_tokens=u["prompt_tokens"],
+            model=ev.payload["model"],
+            prompt_tokens=u["prompt_tokens"],
             completion_tokens=u["completion_tokens"],
         )
         assert ev.payload["cost_usd"] == pytest.approx(p + c)
