@@ -14,11 +14,11 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from tower.core.bus import Bus  # noqa: E402
-from tower.core.events import Event, EventKind  # noqa: E402
-from tower.core.project import Project, load_project  # noqa: E402
-from tower.core.store import Store  # noqa: E402
-from tower.core.supervisor import ApproveMode, Supervisor  # noqa: E402
+from tower.core.bus import Bus
+from tower.core.events import Event, EventKind
+from tower.core.project import Project, load_project
+from tower.core.store import Store
+from tower.core.supervisor import ApproveMode, Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ class Live:
     def kinds(self, thread: str, kind: EventKind) -> list[Event]:
         return [e for e in self.events if e.thread == thread and e.kind is kind]
 
-    def view(self, thread: str):  # noqa: ANN201
+    def view(self, thread: str):
         return self.bus.state.threads[thread]
 
     def item_of(self, thread: str) -> str:

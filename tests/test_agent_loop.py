@@ -62,7 +62,7 @@ def project(
 FILES = {"ws/readme.txt": "hello\n"}
 
 
-def ended(live, tid):  # noqa: ANN001, ANN201
+def ended(live, tid):
     return lambda: live.view(tid).state.ended
 
 
@@ -388,7 +388,7 @@ async def test_concurrency_cap_and_priority_order(live_factory) -> None:
     assert all(states[f"low-{i}"] is ThreadState.QUEUED for i in (1, 2, 3))
     running_max = 0
 
-    def watch(_ev):  # noqa: ANN001
+    def watch(_ev):
         nonlocal running_max
         active = sum(
             1
