@@ -6,9 +6,10 @@ user can fix a project without reading tower's code.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -166,6 +167,42 @@ class Project(_Strict):
         return self.models.get(model, ModelSettings())
 
 
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The settings class that holds the last key of loc (to list what was expected)."""
+    model: type[BaseModel] = Project
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:  # a dict key such as a model name: stay on the dict's value type
+            continue
+        inner = field.annotation
+        for arg in (*get_args(inner), inner):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                model = arg
+                break
+            if get_args(arg):  # list[Model], dict[str, Model]
+                found = [
+                    a for a in get_args(arg) if isinstance(a, type) and issubclass(a, BaseModel)
+                ]
+                if found:
+                    model = found[0]
+                    break
+        else:
+            return None
+    return model
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    model = _model_at(loc)
+    if model is None:
+        return "unknown key"
+    allowed = [k for k in model.model_fields if k != "root"]
+    guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    return f"unknown key{hint}; expected one of {', '.join(allowed)}"
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -181,7 +218,7 @@ def _cross_check(p: Project) -> list[str]:
     problems: list[str] = []
     agent_names = [a.name for a in p.agents]
     for i, agent in enumerate(p.agents):
-        if agent_names.count(agent.name) > 1:
+        if agent.name in agent_names[:i]:
             problems.append(f"agents[{i}].name: duplicate agent name {agent.name!r}")
         for j, tool in enumerate(agent.tools):
             if tool not in BUILTIN_TOOLS:
@@ -202,10 +239,11 @@ def _cross_check(p: Project) -> list[str]:
             )
     for j, tool in enumerate(p.policy.ask):
         if tool not in BUILTIN_TOOLS:
-            problems.append(f"policy.ask[{j}]: unknown tool {tool!r}")
+            expected = ", ".join(BUILTIN_TOOLS)
+            problems.append(f"policy.ask[{j}]: unknown tool {tool!r}, expected one of {expected}")
     task_ids = [t.id for t in p.tasks]
     for i, task in enumerate(p.tasks):
-        if task_ids.count(task.id) > 1:
+        if task.id in task_ids[:i]:
             problems.append(f"tasks[{i}].id: duplicate task id {task.id!r}")
         if task.agent not in agent_names:
             problems.append(
@@ -233,6 +271,8 @@ def parse_project(text: str, root: Path, filename: str = PROJECT_FILE) -> Projec
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProjectError([f"{filename}: not valid TOML: {exc}"]) from None
+    if "root" in data:
+        raise ProjectError([f"{filename}: root: {_unknown_key(('root',))}"])
     try:
         project = Project.model_validate({**data, "root": root})
     except ValidationError as exc:
@@ -240,7 +280,7 @@ def parse_project(text: str, root: Path, filename: str = PROJECT_FILE) -> Projec
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown key"
+                msg = _unknown_key(err["loc"])
             elif err["type"] == "missing":
                 msg = "required key is missing"
             problems.append(f"{filename}: {_loc(err['loc'])}: {msg}")

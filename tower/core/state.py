@@ -176,7 +176,8 @@ def apply(state: TowerState, ev: Event) -> TowerState:
                 state.decisions += 1
     elif kind is EventKind.ESCALATED:
         if view is not None:
-            view.model = p["to_model"]
+            if p["to_model"] != "human":  # handed to the human: the model stays the same
+                view.model = p["to_model"]
             view.escalations += 1
     elif kind is EventKind.BUDGET_RAISED:
         if p["scope"] == "session":
@@ -185,8 +186,11 @@ def apply(state: TowerState, ev: Event) -> TowerState:
                 b.limit_usd = (b.limit_usd or 0.0) + p["usd"]
             if p.get("tokens"):
                 b.limit_tokens = (b.limit_tokens or 0) + p["tokens"]
-        elif view is not None and p.get("usd"):
-            view.budget_usd = (view.budget_usd or 0.0) + p["usd"]
+        elif view is not None:
+            if p.get("usd"):
+                view.budget_usd = (view.budget_usd or 0.0) + p["usd"]
+            if p.get("tokens"):
+                view.budget_tokens = (view.budget_tokens or 0) + p["tokens"]
     elif kind is EventKind.THREAD_SPAWNED:
         state.threads[ev.thread or ""] = ThreadView(
             id=ev.thread or "",

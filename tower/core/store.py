@@ -7,7 +7,9 @@ an event never waits on the disk and the log keeps up with hundreds of streaming
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -45,6 +47,8 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_kind ON events (session, kind);
 """
+
+log = logging.getLogger("tower.store")
 
 _INSERT = "INSERT INTO events (session, seq, ts, thread, kind, payload) VALUES (?, ?, ?, ?, ?, ?)"
 _BATCH = 5000
@@ -159,7 +163,9 @@ class Store:
         self._writer = asyncio.create_task(self._write_loop(), name="tower-store-writer")
 
     def append(self, ev: Event, payload_json: str | None = None) -> None:
-        """Queues an event for the writer; never blocks."""
+        """Queues an event for the writer; never blocks. Raises once the log is broken."""
+        if self.error is not None:
+            raise self.error
         text = ev.payload_json() if payload_json is None else payload_json
         self._queue.put_nowait((self._session, ev.seq, ev.ts, ev.thread, str(ev.kind), text))
 
@@ -174,24 +180,32 @@ class Store:
             batch = [row for row in taken if row is not _STOP]
             stop = len(batch) != len(taken)
             try:
-                if batch:
+                if batch and self.error is None:
                     await conn.executemany(_INSERT, batch)
                     await conn.commit()
                     self.written += len(batch)
             except sqlite3.Error as exc:
+                # Keep draining so nobody waits forever, but every later flush/append fails
+                # loudly: a session whose log is broken must not look fine.
                 self.error = StoreError(f"cannot write to database {self.path}: {exc}")
-                raise self.error from None
+                log.error("%s", self.error)
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.rollback()
             finally:
                 for _ in taken:
                     queue.task_done()
 
     async def flush(self) -> None:
-        """Waits until every event queued so far is committed."""
+        """Waits until every event queued so far is committed; raises if any write failed."""
         if self._writer is not None and not self._writer.done():
             await self._queue.join()
+        if self.error is not None:
+            raise self.error
 
     async def end_session(self, session: str, status: str = "clean") -> None:
         await self._stop_writer()
+        if self.error is not None:
+            raise self.error
         await self._conn.execute(
             "UPDATE sessions SET ended = ?, status = ? WHERE id = ?", (time.time(), status, session)
         )
@@ -237,7 +251,8 @@ class Store:
 
     async def resolve_session(self, prefix: str) -> str | None:
         async with self._conn.execute(
-            "SELECT id FROM sessions WHERE id LIKE ? ORDER BY started", (prefix + "%",)
+            "SELECT id FROM sessions WHERE substr(id, 1, ?) = ? ORDER BY started",
+            (len(prefix), prefix),
         ) as cur:
             ids = [r[0] async for r in cur]
         return ids[0] if len(ids) == 1 else None

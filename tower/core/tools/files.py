@@ -7,7 +7,9 @@ model that tries `../` gets told no, the thread goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +70,16 @@ class Workspace:
         if path.is_dir():
             raise ToolError(f"{rel} is a folder")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tower-tmp")
-        tmp.write_text(content, encoding="utf-8")
-        os.replace(tmp, path)
+        # A fresh, exclusively created temp file: a planted symlink cannot redirect the write.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(content)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         return f"wrote {len(content)} characters to {rel}"
 
     def _list(self, rel: Any) -> str:
