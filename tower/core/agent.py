@@ -28,6 +28,7 @@ MAX_BACKOFF_S = 30.0
 
 async def run_thread(sup: Supervisor, th: ThreadRun) -> None:
     tools = tool_schemas(th.agent.tools)
+    tools_chars = llm.schema_chars(tools)
     if not th.messages:
         th.messages = [
             {"role": "system", "content": th.agent.system_prompt},
@@ -48,7 +49,7 @@ async def run_thread(sup: Supervisor, th: ThreadRun) -> None:
                 {"role": "user", "content": f"Message from the human orchestrator: {note}"}
             )
         th.guidance.clear()
-        result = await _call_model(sup, th, tools)
+        result = await _call_model(sup, th, tools, tools_chars)
         if result is None:
             return
         th.messages.append(result.assistant_message())
@@ -86,14 +87,14 @@ class _Deltas:
 
 
 async def _call_model(
-    sup: Supervisor, th: ThreadRun, tools: list[dict[str, Any]]
+    sup: Supervisor, th: ThreadRun, tools: list[dict[str, Any]], tools_chars: int
 ) -> llm.CallResult | None:
     """Reserves, calls (retrying what may pass on retry), settles. None if the thread ended."""
     meta = sup.project.project
     bus = sup.bus
     for attempt in range(meta.max_retries + 1):
         model = th.model
-        prompt_est = llm.estimate_tokens(th.messages, tools)
+        prompt_est = llm.estimate_tokens(th.messages, tools, tools_chars)
         max_tokens = th.agent.max_tokens
         price = sup.price(model)
         usd = price.cost(prompt_est, max_tokens) if price else 0.0
@@ -168,7 +169,8 @@ async def _call_model(
                 return None
             continue
         deltas.flush()
-        cost = llm.completion_cost(model, result.prompt_tokens, result.completion_tokens)
+        # litellm prices the usage from its cost map; the same map's per-token prices otherwise.
+        cost = result.cost_usd
         if cost is None:
             cost = price.cost(result.prompt_tokens, result.completion_tokens) if price else 0.0
         tokens = result.prompt_tokens + result.completion_tokens

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tower.core.events import Event, EventKind
+from tower.core.events import Event, EventKind, encode_payload
 from tower.core.state import TowerState, apply
 from tower.core.store import Store
 
@@ -66,7 +66,7 @@ class Bus:
 
     def emit(self, kind: EventKind, thread: str | None = None, /, **payload: Any) -> Event:
         self.seq += 1
-        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)
+        text = encode_payload(payload)
         if self._secrets:
             redacted = self._redact(text)
             if redacted is not text and redacted != text:

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+# One shared encoder: json.dumps with options builds a new encoder on every call.
+encode_payload = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
 
 class EventKind(StrEnum):
     """What happened. Payload keys per kind are listed beside each member."""
@@ -83,7 +86,7 @@ class Event:
     payload: dict[str, Any] = field(default_factory=dict)
 
     def payload_json(self) -> str:
-        return json.dumps(self.payload, separators=(",", ":"), ensure_ascii=False, default=str)
+        return encode_payload(self.payload)
 
     def to_dict(self) -> dict[str, Any]:
         return {

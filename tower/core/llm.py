@@ -76,8 +76,14 @@ def register_sim_prices(profiles: dict[str, SimProfile]) -> None:
 # --- tokens and prices -------------------------------------------------------------------
 
 
+def schema_chars(tools: list[dict[str, Any]] | None) -> int:
+    return len(json.dumps(tools)) if tools else 0
+
+
 def estimate_tokens(
-    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    tools_chars: int | None = None,
 ) -> int:
     """A fast, slightly generous token estimate (~4 chars a token) used for reservations.
 
@@ -93,8 +99,7 @@ def estimate_tokens(
         for call in m.get("tool_calls") or ():
             fn = call.get("function", {})
             chars += len(fn.get("name", "")) + len(fn.get("arguments", ""))
-    if tools:
-        chars += len(json.dumps(tools))
+    chars += schema_chars(tools) if tools_chars is None else tools_chars
     return chars // 4 + 4 * len(messages) + 3
 
 
@@ -124,18 +129,6 @@ def model_price(model: str) -> Price | None:
     if inp is None or out is None:
         return None
     return Price(float(inp), float(out))
-
-
-def completion_cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """Real cost of a finished call, from litellm's cost map."""
-    litellm = load_litellm()
-    try:
-        p, c = litellm.cost_per_token(
-            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
-        )
-    except Exception:
-        return None
-    return float(p + c)
 
 
 # --- model checks ------------------------------------------------------------------------
@@ -195,6 +188,7 @@ class CallResult:
     completion_tokens: int = 0
     finish_reason: str = ""
     seconds: float = 0.0
+    cost_usd: float | None = None  # as litellm priced the usage, when it reports it
 
     def assistant_message(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": self.text or None}
@@ -292,6 +286,8 @@ async def stream_call(
                 if usage is not None:
                     result.prompt_tokens = usage.prompt_tokens or 0
                     result.completion_tokens = usage.completion_tokens or 0
+                    cost = getattr(usage, "cost", None)
+                    result.cost_usd = float(cost) if cost is not None else None
                 if not chunk.choices:
                     continue
                 choice = chunk.choices[0]

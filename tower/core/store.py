@@ -52,7 +52,6 @@ log = logging.getLogger("tower.store")
 
 _INSERT = "INSERT INTO events (session, seq, ts, thread, kind, payload) VALUES (?, ?, ?, ?, ?, ?)"
 _BATCH = 5000
-_STOP = object()
 
 
 class StoreError(Exception):
@@ -104,7 +103,13 @@ class Store:
     def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
         self.path = path
         self._conn = conn
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        # Rows wait in a plain list that the writer swaps out whole: cheaper per event than a
+        # queue, and one wake-up serves a whole batch.
+        self._pending: list[tuple[Any, ...]] = []
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._appended = 0
+        self._stopping = False
         self._writer: asyncio.Task[None] | None = None
         self.written = 0
         self.error: BaseException | None = None
@@ -167,38 +172,42 @@ class Store:
         if self.error is not None:
             raise self.error
         text = ev.payload_json() if payload_json is None else payload_json
-        self._queue.put_nowait((self._session, ev.seq, ev.ts, ev.thread, str(ev.kind), text))
+        self._pending.append((self._session, ev.seq, ev.ts, ev.thread, ev.kind.value, text))
+        self._appended += 1
+        self._wake.set()
 
     async def _write_loop(self) -> None:
         conn = self._conn
-        queue = self._queue
-        stop = False
-        while not stop:
-            taken = [await queue.get()]
-            while len(taken) < _BATCH and not queue.empty():
-                taken.append(queue.get_nowait())
-            batch = [row for row in taken if row is not _STOP]
-            stop = len(batch) != len(taken)
-            try:
-                if batch and self.error is None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            rows, self._pending = self._pending, []
+            for start in range(0, len(rows), _BATCH):
+                batch = rows[start : start + _BATCH]
+                if self.error is not None:
+                    break
+                try:
                     await conn.executemany(_INSERT, batch)
                     await conn.commit()
                     self.written += len(batch)
-            except sqlite3.Error as exc:
-                # Keep draining so nobody waits forever, but every later flush/append fails
-                # loudly: a session whose log is broken must not look fine.
-                self.error = StoreError(f"cannot write to database {self.path}: {exc}")
-                log.error("%s", self.error)
-                with contextlib.suppress(sqlite3.Error):
-                    await conn.rollback()
-            finally:
-                for _ in taken:
-                    queue.task_done()
+                except sqlite3.Error as exc:
+                    # Every later flush/append fails loudly: a broken log must not look fine.
+                    self.error = StoreError(f"cannot write to database {self.path}: {exc}")
+                    log.error("%s", self.error)
+                    with contextlib.suppress(sqlite3.Error):
+                        await conn.rollback()
+            self._progress.set()
+            if self._stopping and not self._pending:
+                return
 
     async def flush(self) -> None:
-        """Waits until every event queued so far is committed; raises if any write failed."""
-        if self._writer is not None and not self._writer.done():
-            await self._queue.join()
+        """Waits until every event appended so far is committed; raises if any write failed."""
+        target = self._appended
+        while self.written < target and self.error is None:
+            if self._writer is None or self._writer.done():
+                break
+            self._progress.clear()
+            await self._progress.wait()
         if self.error is not None:
             raise self.error
 
@@ -213,7 +222,8 @@ class Store:
 
     async def _stop_writer(self) -> None:
         if self._writer is not None and not self._writer.done():
-            self._queue.put_nowait(_STOP)
+            self._stopping = True
+            self._wake.set()
             await asyncio.shield(self._writer)
         self._writer = None
 

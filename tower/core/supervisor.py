@@ -137,6 +137,8 @@ class Supervisor:
         self._prices: dict[str, llm.Price | None] = {}
         self._closing = False
         self._batch = False
+        self._ended = 0
+        self._sim_overrides: dict[str, dict[str, Any]] = {}
         if approve is not None:
             bus.subscribe(self._auto_decide_soon)
 
@@ -399,7 +401,8 @@ class Supervisor:
         if (-th.priority, th.order, th.id) in self._queue:
             self._queue.remove((-th.priority, th.order, th.id))
         self._free_slot(th)
-        if all(t.ended for t in self.runs.values()):
+        self._ended += 1
+        if self._ended == len(self.runs):
             self._idle.set()
         self._pump()
 
@@ -689,7 +692,10 @@ class Supervisor:
     def sim_metadata(self, th: ThreadRun, attempt: int) -> dict[str, Any] | None:
         if not is_sim(th.model):
             return None
-        overrides = self.project.model_settings(th.model).sim_overrides()
+        overrides = self._sim_overrides.get(th.model)
+        if overrides is None:
+            overrides = self.project.model_settings(th.model).sim_overrides()
+            self._sim_overrides[th.model] = overrides
         return {
             "tower_sim": {
                 "script": th.script,
