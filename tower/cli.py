@@ -103,7 +103,7 @@ class _Printer:
             if answer and state == ThreadState.DONE:
                 short = " ".join(answer.split())
                 line += f" — {short[:100]}{'…' if len(short) > 100 else ''}"
-            print(line, file=self.out, flush=False)
+            print(line.rstrip(), file=self.out, flush=False)
         elif ev.kind is EventKind.INBOX_CLOSED and ev.payload.get("by", "").startswith("rule"):
             print(
                 f"{time.strftime('%H:%M:%S', time.localtime(ev.ts))}  {ev.thread:<24} "
