@@ -271,6 +271,16 @@ class Store:
             ids = [r[0] async for r in cur]
         return ids[0] if len(ids) == 1 else None
 
+    async def thread_events(self, session: str, thread: str) -> AsyncIterator[Event]:
+        """One thread's events in order (the detail view's transcript)."""
+        async with self._conn.execute(
+            "SELECT seq, ts, kind, thread, payload FROM events WHERE session = ? AND thread = ?"
+            " ORDER BY seq",
+            (session, thread),
+        ) as cur:
+            async for seq, ts, kind, th, payload in cur:
+                yield Event.from_row(seq, ts, kind, th, payload)
+
     async def events(self, session: str, after_seq: int = 0) -> AsyncIterator[Event]:
         async with self._conn.execute(
             "SELECT seq, ts, kind, thread, payload FROM events WHERE session = ? AND seq > ?"

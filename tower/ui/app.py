@@ -1,0 +1,773 @@
+"""The control tower: budget bar, thread list, inbox and live panels over the core.
+
+The UI is a projection: it renders the reducer's TowerState on a 10 Hz timer (only what
+changed, inside one batch_update) and steers tower only through the supervisor's commands.
+litellm is imported in a worker thread after the first frame, never on the UI's path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.command import Hit, Hits, Provider
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Input
+
+from tower.core.bus import Bus
+from tower.core.events import Event, EventKind, InboxKind, ThreadState
+from tower.core.project import Project
+from tower.core.state import TowerState
+from tower.core.store import Store, StoreError
+from tower.core.supervisor import CommandError, Supervisor
+from tower.ui.format import BurnMeter, usd
+from tower.ui.screens.detail import ThreadScreen
+from tower.ui.screens.dialogs import (
+    AmountDialog,
+    ArgsDialog,
+    ConfirmDialog,
+    SpawnDialog,
+    SpawnRequest,
+    TextDialog,
+)
+from tower.ui.screens.help import HelpScreen
+from tower.ui.widgets.budget import BudgetBar
+from tower.ui.widgets.inbox import InboxDetail, InboxList, counts_title, summary_of
+from tower.ui.widgets.panels import PanelGrid
+from tower.ui.widgets.rowlist import RowList
+from tower.ui.widgets.threads import SORTS, ThreadList
+
+TICK_S = 0.1
+_EMPTY = TowerState()
+
+# (id, keys, action, footer label, description). The id is what keys.toml remaps.
+VERBS: list[tuple[str, str, str, str, str]] = [
+    ("spawn", "n", "spawn", "Spawn", "spawn a thread (agent, task, model, budget)"),
+    ("pause", "p", "pause", "Pause", "pause or resume the selected thread"),
+    ("pause_all", "P", "pause_all", "Pause all", "pause or resume every thread"),
+    ("kill", "x", "kill", "Kill", "kill the selected thread (asks first)"),
+    ("escalate", "e", "escalate", "Escalate", "move the thread to its cascade's next model"),
+    ("hand", "h", "hand", "To human", "hand the thread to the human (inbox item)"),
+    ("approve", "a", "approve", "Approve", "approve the item (budget: raise as suggested)"),
+    ("deny", "d", "deny", "Deny", "deny the item (question: refuse; budget: decline)"),
+    ("edit", "E", "edit", "Edit+approve", "edit a tool call's arguments, then approve"),
+    ("reply", "r", "reply", "Reply", "answer a question, or comment on the thread"),
+    ("approve_similar", "A", "approve_similar", "Approve like", "approve all items like this"),
+    ("raise_budget", "b", "raise_budget", "Budget", "raise a budget by an amount you type"),
+    ("next_item", "right_square_bracket", "next_item", "Next item", "next item that needs you"),
+    ("prev_item", "left_square_bracket", "prev_item", "Prev item", "previous item that needs you"),
+    ("filter", "slash", "filter", "Filter", "filter the thread list"),
+    ("sort", "s", "sort", "Sort", "sort by the next column"),
+    ("reverse", "S", "reverse", "Reverse", "reverse the sort order"),
+    ("pin", "space", "pin", "Pin", "pin the thread's panel (or unpin)"),
+    ("inbox", "i", "focus_inbox", "Inbox", "focus the inbox"),
+    ("threads", "t", "focus_threads", "Threads", "focus the thread list"),
+    ("palette", "colon", "command_palette", "Commands", "open the command palette (also ctrl+p)"),
+    ("help", "question_mark", "help", "Help", "list every key"),
+    ("quit", "q", "quit", "Quit", "quit (asks while threads run; flushes the log)"),
+]
+SHOWN_IN_FOOTER = {
+    "spawn",
+    "pause",
+    "kill",
+    "escalate",
+    "approve",
+    "deny",
+    "reply",
+    "filter",
+    "help",
+    "quit",
+}
+
+
+class TowerCommands(Provider):
+    """Every verb in the command palette, with its key."""
+
+    async def search(self, query: str) -> Hits:
+        app = self.app
+        assert isinstance(app, TowerApp)
+        matcher = self.matcher(query)
+        for bid, _keys, action, label, description in VERBS:
+            if action == "command_palette":
+                continue
+            text = f"{label}: {description}"
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(
+                    score,
+                    matcher.highlight(text),
+                    _runner(app, action),
+                    help=f"key: {app.key_of(bid)}",
+                )
+
+
+def _runner(app: App[Any], action: str) -> Callable[[], Any]:
+    async def run() -> None:
+        await app.run_action(action)
+
+    return run
+
+
+class TowerApp(App[int]):
+    TITLE = "tower"
+    CSS = """
+    Screen { layout: vertical; }
+    #main { height: 3fr; }
+    #left { width: 3fr; }
+    #right { width: 2fr; border-left: vkey $panel-lighten-2; }
+    #filter { display: none; height: 3; }
+    #filter.-on { display: block; }
+    ThreadList { height: 1fr; border: round $panel-lighten-2; }
+    ThreadList:focus, InboxList:focus { border: round $accent; }
+    InboxList { height: 1fr; border: round $panel-lighten-2; }
+    PanelGrid { height: 2fr; }
+    """
+    COMMANDS: ClassVar = App.COMMANDS | {TowerCommands}
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(keys, action, label, id=bid, show=bid in SHOWN_IN_FOOTER)
+        for bid, keys, action, label, _ in VERBS
+    ] + [Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="quit_ctrl_c")]
+
+    def __init__(
+        self,
+        project: Project,
+        db: str | Path | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        session_id: str | None = None,
+        keymap: dict[str, str] | None = None,
+        bell: bool = False,
+        theme: str | None = None,
+        watch: bool = True,
+    ) -> None:
+        super().__init__()
+        self.project = project
+        self.db = db
+        self.now = clock
+        self.session_id = session_id
+        self.bell_on = bell
+        self.watch = watch
+        self.theme_name = theme
+        self._user_keymap = keymap or {}
+        self.bus: Bus | None = None
+        self.sup: Supervisor | None = None
+        self.store: Store | None = None
+        self.note = "starting…"
+        self.burn = BurnMeter()
+        self.pinned: list[str] = []
+        self.booted = asyncio.Event()
+        self.closed = False
+        self._dirty: set[str] = set()
+        self._rows_dirty = True
+        self._inbox_dirty = True
+        self._new_items: list[Event] = []
+        self._failures: list[Event] = []
+        self._detail: ThreadScreen | None = None
+        self._last_second = -1
+        self._stop_watchers = asyncio.Event()
+        self.ticks = 0
+
+    # --- layout -------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield BudgetBar(id="budget")
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield Input(
+                    placeholder="filter threads (id, agent, task, state, model)…", id="filter"
+                )
+                yield ThreadList(self.state, self.now, id="threads")
+            with Vertical(id="right"):
+                yield InboxList(self.state, self.now, id="inbox")
+                yield InboxDetail(id="detail")
+        yield PanelGrid(id="panels")
+        yield Footer()
+
+    def state(self) -> TowerState:
+        return self.bus.state if self.bus is not None else _EMPTY
+
+    def on_mount(self) -> None:
+        self.query_one(ThreadList).border_title = "Threads"
+        self.query_one(InboxList).border_title = counts_title(_EMPTY)
+        if self._user_keymap:
+            self.set_keymap(self._user_keymap)
+        self.query_one(ThreadList).focus()
+        self.set_interval(TICK_S, self._tick)
+        self._tick()
+        self._boot()
+
+    def key_of(self, binding_id: str) -> str:
+        keys = self._user_keymap.get(binding_id)
+        if keys is None:
+            keys = next((k for bid, k, *_ in VERBS if bid == binding_id), "")
+        return ", ".join(self.get_key_display(Binding(k, "")) for k in keys.split(","))
+
+    # --- the core -----------------------------------------------------------------------
+
+    @work(exclusive=True, group="boot")
+    async def _boot(self) -> None:
+        from tower.core.llm import check_model
+
+        try:
+            self.store = await Store.open(self.db)
+        except StoreError as exc:
+            self.exit(return_code=2, message=Text(f"tower: {exc}"))
+            return
+        self.bus = Bus(self.store, clock=self.now)
+        self.bus.subscribe(self._on_event)
+        self.sup = Supervisor(
+            self.project,
+            self.bus,
+            session_id=self.session_id,
+            workspaces_dir=self.store.path.parent / "workspaces",
+        )
+        self.note = "loading models…"
+        problems = []
+        for model in self.project.all_models():
+            problem = await asyncio.to_thread(check_model, model)
+            if problem:
+                problems.append(f"{self.project.root / 'tower.toml'}: {problem}")
+        if problems:
+            await self.store.close()
+            self.exit(return_code=2, message=Text("\n".join(problems)))
+            return
+        await self.sup.start()
+        self.note = ""
+        self.booted.set()
+
+    def _on_event(self, ev: Event) -> None:
+        """Runs inside bus.emit: only marks what changed; drawing waits for the next tick."""
+        if ev.thread is not None:
+            self._dirty.add(ev.thread)
+        kind = ev.kind
+        if kind is EventKind.THREAD_STATE or kind is EventKind.THREAD_SPAWNED:
+            self._rows_dirty = True
+            if ev.payload.get("state") == ThreadState.FAILED:
+                self._failures.append(ev)
+        elif kind is EventKind.INBOX_OPENED:
+            self._inbox_dirty = True
+            self._new_items.append(ev)
+        elif kind is EventKind.INBOX_CLOSED:
+            self._inbox_dirty = True
+        if self._detail is not None and ev.thread == self._detail.thread:
+            self._detail.add_events([ev])
+
+    # --- drawing ------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self.ticks += 1
+        now = self.now()
+        state = self.state()
+        self.burn.add(now, state.budget.spent_usd)
+        second = int(now)
+        threads = self.query_one(ThreadList)
+        inbox = self.query_one(InboxList)
+        with self.batch_update():
+            self.query_one(BudgetBar).show(state, self.burn.per_minute(), self.note)
+            if self._rows_dirty or (self._dirty and threads.sort_key in ("cost", "tokens")):
+                threads.rebuild()
+                threads.border_title = (
+                    f"Threads {len(threads.rows)}/{len(state.threads)}"
+                    + (f" · filter “{threads.filter_text}”" if threads.filter_text else "")
+                    + f" · sort {threads.sort_key}"
+                )
+            elif self._dirty or second != self._last_second:
+                threads.refresh()
+            if self._inbox_dirty:
+                inbox.rebuild()
+                inbox.border_title = counts_title(state)
+                self._show_item()
+            elif second != self._last_second:
+                inbox.refresh()
+                self._show_item()
+            self._draw_panels(state)
+        self._last_second = second
+        self._dirty.clear()
+        self._rows_dirty = False
+        self._inbox_dirty = False
+        self._notify_pending(state)
+
+    def _panel_targets(self) -> list[str]:
+        threads = self.query_one(ThreadList)
+        count = self.query_one(PanelGrid).panel_count()
+        out = [t for t in self.pinned if t in self.state().threads][:count]
+        rows = threads.rows
+        start = min(threads.cursor, max(len(rows) - 1, 0))
+        order = rows[start:] + rows[:start][::-1]
+        for tid in order:
+            if len(out) >= count:
+                break
+            if tid not in out:
+                out.append(tid)
+        return out
+
+    def _draw_panels(self, state: TowerState) -> None:
+        grid = self.query_one(PanelGrid)
+        panels = grid.ensure_panels()
+        targets = self._panel_targets()
+        selected = self.query_one(ThreadList).current
+        for i, panel in enumerate(panels):
+            tid = targets[i] if i < len(targets) else None
+            if tid is None:
+                if panel.thread is not None:
+                    panel.show(None, False, False)
+                continue
+            view = state.threads[tid]
+            marks = (tid == selected, tid in self.pinned)
+            if tid in self._dirty or panel.thread != tid or getattr(panel, "_marks", None) != marks:
+                panel.show(view, *marks)
+                panel._marks = marks  # type: ignore[attr-defined]
+
+    def _show_item(self) -> None:
+        key = self.query_one(InboxList).current
+        state = self.state()
+        item = state.inbox.get(key) if key else None
+        agent = state.threads[item.thread].agent if item and item.thread in state.threads else ""
+        self.query_one(InboxDetail).show(item, self.now(), agent)
+
+    def _notify_pending(self, state: TowerState) -> None:
+        """Toasts only for what needs the human: new inbox items, budget stops, failures."""
+        items, failures = self._new_items, self._failures
+        self._new_items, self._failures = [], []
+        if not items and not failures:
+            return
+        budget = [e for e in items if e.payload["kind"] == InboxKind.BUDGET]
+        others = [e for e in items if e.payload["kind"] != InboxKind.BUDGET]
+        if len(others) <= 3:
+            for ev in others:
+                item = state.inbox.get(ev.payload["item"])
+                what = summary_of(item) if item else ev.payload["kind"]
+                what = what if len(what) <= 70 else what[:69] + "…"
+                self.notify(
+                    f"{ev.thread}: {what}",
+                    title=f"needs you · {ev.payload['kind']}",
+                    severity="warning",
+                    timeout=4,
+                )
+        else:
+            self.notify(
+                f"{len(others)} new items need you (] to go through them)",
+                title="inbox",
+                severity="warning",
+            )
+        if budget:
+            names = ", ".join(e.thread or "" for e in budget[:3])
+            more = f" and {len(budget) - 3} more" if len(budget) > 3 else ""
+            self.notify(
+                f"{names}{more} cannot reserve their next call",
+                title="budget stop",
+                severity="error",
+            )
+        if failures:
+            for ev in failures[:3]:
+                reason = str(ev.payload.get("reason", ""))[:100]
+                self.notify(f"{ev.thread}: {reason}", title="thread failed", severity="error")
+            if len(failures) > 3:
+                self.notify(f"{len(failures) - 3} more threads failed", severity="error")
+        if self.bell_on:
+            self.bell()
+
+    # --- selection helpers --------------------------------------------------------------
+
+    def selected_thread(self) -> str | None:
+        if isinstance(self.screen, ThreadScreen):
+            return self.screen.thread
+        return self.query_one(ThreadList).current
+
+    def current_item(self) -> str | None:
+        """The focused inbox item, else the oldest item of the selected thread."""
+        state = self.state()
+        inbox = self.query_one(InboxList)
+        if inbox.has_focus and inbox.current in state.inbox:
+            return inbox.current
+        tid = self.selected_thread()
+        for item in state.inbox.values():
+            if item.thread == tid:
+                return item.id
+        if not isinstance(self.screen, ThreadScreen) and inbox.current in state.inbox:
+            return inbox.current
+        return None
+
+    def _command(self, fn: Callable[[], Any], done: str | None = None) -> Any:
+        """Runs a supervisor command; a refusal is a toast, never a crash."""
+        if self.sup is None:
+            self.notify("still starting…", severity="warning")
+            return None
+        try:
+            result = fn()
+        except CommandError as exc:
+            self.notify(str(exc), severity="error")
+            return None
+        if done:
+            self.notify(done, timeout=2)
+        self._rows_dirty = self._inbox_dirty = True
+        return result
+
+    def _need_thread(self) -> str | None:
+        tid = self.selected_thread()
+        if tid is None:
+            self.notify("no thread selected", severity="warning")
+        return tid
+
+    def _need_item(self) -> str | None:
+        item = self.current_item()
+        if item is None:
+            self.notify("nothing in the inbox for this thread", severity="warning")
+        return item
+
+    # --- verbs --------------------------------------------------------------------------
+
+    def action_spawn(self) -> None:
+        if self.sup is None:
+            self.notify("still starting…", severity="warning")
+            return
+        project = self.sup.project
+        models = project.all_models()
+        tasks = [(t.title or t.id, t.prompt) for t in project.tasks]
+
+        def spawn(req: SpawnRequest | None) -> None:
+            if req is None or self.sup is None:
+                return
+            tid = self._command(
+                lambda: self.sup.spawn(  # type: ignore[union-attr]
+                    req.agent, req.prompt, model=req.model, budget_usd=req.budget_usd
+                )
+            )
+            if tid:
+                self.notify(f"spawned {tid}", timeout=2)
+                self._rows_dirty = True
+                self.call_after_refresh(lambda: self.query_one(ThreadList).select_key(tid))
+
+        self.push_screen(SpawnDialog([a.name for a in project.agents], models, tasks), spawn)
+
+    def action_pause(self) -> None:
+        tid = self._need_thread()
+        if tid is None or self.sup is None:
+            return
+        run = self.sup.runs.get(tid)
+        if run is not None and run.pause_requested:
+            self._command(lambda: self.sup.resume(tid), f"resumed {tid}")  # type: ignore[union-attr]
+        else:
+            self._command(lambda: self.sup.pause(tid), f"pausing {tid}")  # type: ignore[union-attr]
+
+    def action_pause_all(self) -> None:
+        if self.sup is None:
+            return
+        live = [r for r in self.sup.runs.values() if not r.ended]
+        if live and all(r.pause_requested for r in live):
+            self._command(self.sup.resume_all, f"resumed {len(live)} thread(s)")
+        else:
+            self._command(self.sup.pause_all, f"pausing {len(live)} thread(s)")
+
+    def action_kill(self) -> None:
+        tid = self._need_thread()
+        if tid is None:
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._command(lambda: self.sup.kill(tid), f"killed {tid}")  # type: ignore[union-attr]
+
+        self.push_screen(ConfirmDialog(f"Kill thread {tid}?", yes="Kill"), confirmed)
+
+    def action_escalate(self) -> None:
+        tid = self._need_thread()
+        if tid is None or self.sup is None:
+            return
+        result = self._command(lambda: self.sup.escalate(tid, "model"))  # type: ignore[union-attr]
+        if result and str(result).startswith("i"):
+            self.notify(f"{tid}: no stronger model left — handed to you ({result})")
+        elif result:
+            self.notify(f"{tid} escalated to {result}", timeout=2)
+
+    def action_hand(self) -> None:
+        tid = self._need_thread()
+        if tid is not None:
+            self._command(
+                lambda: self.sup.escalate(tid, "human"),  # type: ignore[union-attr]
+                f"{tid} handed to you: it stops at its next checkpoint",
+            )
+
+    def _kind(self, item: str) -> InboxKind | None:
+        found = self.state().inbox.get(item)
+        return found.kind if found else None
+
+    def action_approve(self) -> None:
+        item = self._need_item()
+        if item is None or self.sup is None:
+            return
+        kind = self._kind(item)
+        if kind is InboxKind.BUDGET:
+            self._command(lambda: self.sup.raise_budget(item), "budget raised")  # type: ignore[union-attr]
+        elif kind is InboxKind.QUESTION:
+            self.action_reply()
+        else:
+            self._command(lambda: self.sup.approve(item), f"approved {item}")  # type: ignore[union-attr]
+
+    def action_deny(self) -> None:
+        item = self._need_item()
+        if item is not None:
+            self._command(lambda: self.sup.deny(item), f"denied {item}")  # type: ignore[union-attr]
+
+    def action_edit(self) -> None:
+        item = self._need_item()
+        if item is None:
+            return
+        found = self.state().inbox[item]
+        if found.kind is not InboxKind.APPROVAL:
+            self.notify("only a tool call's arguments can be edited", severity="warning")
+            return
+
+        def edited(args: dict[str, Any] | None) -> None:
+            if args is not None:
+                self._command(
+                    lambda: self.sup.approve(item, args=args),  # type: ignore[union-attr]
+                    f"approved {item} with edited arguments",
+                )
+
+        self.push_screen(
+            ArgsDialog(str(found.data.get("tool")), found.data.get("args", {})), edited
+        )
+
+    def action_reply(self) -> None:
+        item = self.current_item()
+        tid = self.selected_thread()
+        if item is None and tid is None:
+            self.notify("no thread selected", severity="warning")
+            return
+        found = self.state().inbox.get(item) if item else None
+        if found is not None and found.kind is InboxKind.QUESTION:
+            title = f"{found.thread} asks: {found.data.get('question', '')}"
+            target = item
+        elif found is not None and found.kind is InboxKind.ESCALATION:
+            title = f"Guidance for {found.thread}"
+            target = item
+        elif found is not None and found.kind is InboxKind.APPROVAL:
+            title = f"Approve {found.data.get('tool')} for {found.thread} with a comment"
+            target = item
+        else:
+            title = f"Comment to {tid} (read before its next model call)"
+            target = tid
+
+        def send(text: str | None) -> None:
+            if text and target:
+                self._command(lambda: self.sup.reply(target, text), "sent")  # type: ignore[union-attr]
+
+        self.push_screen(TextDialog(title), send)
+
+    def action_approve_similar(self) -> None:
+        item = self._need_item()
+        if item is None or self.sup is None:
+            return
+        state = self.state()
+        found = state.inbox[item]
+        if found.kind is not InboxKind.APPROVAL:
+            self.notify("approve-all-like-this works on tool approvals", severity="warning")
+            return
+        agent = state.threads[found.thread].agent
+        tool = found.data.get("tool")
+        same = [
+            i.id
+            for i in state.inbox.values()
+            if i.kind is InboxKind.APPROVAL
+            and i.data.get("tool") == tool
+            and state.threads[i.thread].agent == agent
+        ]
+        for key in same:
+            self._command(lambda key=key: self.sup.approve(key))  # type: ignore[union-attr,misc]
+        self.notify(f"approved {len(same)} {tool} call(s) of agent {agent}")
+
+    def action_raise_budget(self) -> None:
+        if self.sup is None:
+            return
+        item = self.current_item()
+        found = self.state().inbox.get(item) if item else None
+        if found is not None and found.kind is InboxKind.BUDGET:
+            title = f"Raise the {found.data.get('scope')} budget for {found.thread} by (USD)"
+            suggestion = float(found.data.get("suggest_usd") or 0.01)
+            target: str | None = item
+        else:
+            title = "Raise the session budget by (USD)"
+            suggestion = max((self.state().budget.limit_usd or 0.0) * 0.25, 0.01)
+            target = None
+
+        def raised(amount: float | None) -> None:
+            if amount:
+                self._command(
+                    lambda: self.sup.raise_budget(target, usd=amount),  # type: ignore[union-attr]
+                    f"budget raised by {usd(amount)}",
+                )
+
+        self.push_screen(AmountDialog(title, suggestion), raised)
+
+    def _jump(self, step: int) -> None:
+        inbox = self.query_one(InboxList)
+        keys = inbox.rows
+        if not keys:
+            self.notify("nothing needs you", timeout=2)
+            return
+        current = inbox.current
+        index = keys.index(current) if current in keys else -1
+        if not inbox.has_focus and index >= 0:
+            step = 0  # coming from elsewhere: land on the selected item first
+        index = (index + step) % len(keys)
+        inbox.cursor = index
+        item = self.state().inbox.get(keys[index])
+        if item is not None:
+            threads = self.query_one(ThreadList)
+            if not threads.select_key(item.thread) and threads.filter_text:
+                threads.filter_text = ""
+                threads.rebuild()
+                threads.select_key(item.thread)
+        self._show_item()
+        inbox.focus()
+
+    def action_next_item(self) -> None:
+        self._jump(1)
+
+    def action_prev_item(self) -> None:
+        self._jump(-1)
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("-on")
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        threads = self.query_one(ThreadList)
+        threads.filter_text = event.value.strip()
+        self._rows_dirty = True
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self.query_one(ThreadList).focus()
+
+    def key_escape(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.has_focus or box.value:
+            box.value = ""
+            box.remove_class("-on")
+            self.query_one(ThreadList).focus()
+
+    def action_sort(self) -> None:
+        threads = self.query_one(ThreadList)
+        threads.sort_key = SORTS[(SORTS.index(threads.sort_key) + 1) % len(SORTS)]
+        self._rows_dirty = True
+
+    def action_reverse(self) -> None:
+        threads = self.query_one(ThreadList)
+        threads.reverse = not threads.reverse
+        self._rows_dirty = True
+
+    def action_pin(self) -> None:
+        tid = self._need_thread()
+        if tid is None:
+            return
+        if tid in self.pinned:
+            self.pinned.remove(tid)
+        else:
+            self.pinned.insert(0, tid)
+        self._dirty.add(tid)
+
+    def action_focus_inbox(self) -> None:
+        self.query_one(InboxList).focus()
+
+    def action_focus_threads(self) -> None:
+        self.query_one(ThreadList).focus()
+
+    def action_help(self) -> None:
+        rows = [(self.key_of(bid), bid, desc) for bid, _k, _a, _l, desc in VERBS]
+        rows += [
+            ("enter", "-", "open the selected thread: transcript and cost per step"),
+            ("tab", "-", "cycle focus: threads, inbox"),
+            ("escape", "-", "back / close"),
+        ]
+        self.push_screen(HelpScreen(rows))
+
+    @on(RowList.Highlighted)
+    def _highlighted(self, event: RowList.Highlighted) -> None:
+        if isinstance(event.rowlist, InboxList):
+            self._show_item()
+        else:
+            self._dirty.update(self._panel_targets())
+
+    @on(RowList.Selected)
+    async def _open(self, event: RowList.Selected) -> None:
+        key = event.key
+        if isinstance(event.rowlist, InboxList):
+            item = self.state().inbox.get(key or "")
+            key = item.thread if item else None
+        if key is not None:
+            await self.open_thread(key)
+
+    async def open_thread(self, tid: str) -> None:
+        """The detail view: past events from the log, then live ones as they come."""
+        if self.store is None or self.sup is None:
+            return
+        screen = ThreadScreen(tid)
+        await self.push_screen(screen)
+        await self.store.flush()
+        events = [ev async for ev in self.store.thread_events(self.sup.session_id, tid)]
+        screen.add_events(events)
+        view = self.state().threads.get(tid)
+        if view is not None:
+            screen.show_head(
+                Text(
+                    f"{view.id} · {view.agent} · {view.state} {view.reason} · {view.model}"
+                    f" · step {view.step} · {usd(view.cost_usd)}\n{view.title}"
+                )
+            )
+        self._detail = screen
+
+    def on_screen_resume(self) -> None:
+        if not isinstance(self.screen, ThreadScreen):
+            self._detail = None
+
+    # --- leaving ------------------------------------------------------------------------
+
+    async def action_quit(self) -> None:
+        live = [t for t in self.state().threads.values() if not t.state.ended]
+        if not live:
+            await self.shutdown()
+            self.exit(0)
+            return
+
+        async def confirmed(yes: bool | None) -> None:
+            if yes:
+                await self.shutdown()
+                self.exit(0)
+
+        self.push_screen(
+            ConfirmDialog(
+                f"{len(live)} thread(s) have not finished. Quit? They stop now; the log keeps "
+                "everything.",
+                yes="Quit",
+            ),
+            confirmed,
+        )
+
+    async def shutdown(self) -> None:
+        """Stops the threads and closes the log; every emitted event is committed."""
+        if self.closed:
+            return
+        self.closed = True
+        self._stop_watchers.set()
+        try:
+            if self.sup is not None:
+                await self.sup.close("quit")
+        finally:
+            if self.store is not None:
+                await self.store.close()
+
+    async def on_unmount(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.shutdown()

@@ -1,0 +1,81 @@
+"""The budget bar along the top: money spent / reserved / limit, burn rate, time left,
+tokens, human attention, and thread counts. Warning colour at 80 %, error at 100 %."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from tower.core.events import ThreadState
+from tower.core.state import TowerState
+from tower.ui.format import budget_level, duration_minutes, minutes_left, tokens, usd
+
+BAR_WIDTH = 24
+
+
+def bar(spent: float, reserved: float, limit: float | None, width: int = BAR_WIDTH) -> Text:
+    text = Text()
+    if not limit:
+        text.append("─" * width, style="dim")
+        return text
+    s = min(round(spent / limit * width), width)
+    r = min(round((spent + reserved) / limit * width), width) - s
+    text.append("█" * s, style="bold")
+    text.append("▒" * r)
+    text.append("░" * (width - s - r), style="dim")
+    return text
+
+
+class BudgetBar(Static):
+    DEFAULT_CSS = """
+    BudgetBar { height: 2; padding: 0 1; background: $panel; color: $text; }
+    BudgetBar.-warning { background: $warning 35%; }
+    BudgetBar.-error { background: $error 45%; }
+    """
+
+    def show(self, state: TowerState, burn_per_min: float, note: str = "") -> None:
+        b = state.budget
+        level = budget_level(b.spent_usd, b.reserved_usd, b.limit_usd)
+        self.set_class(level == "warning", "-warning")
+        self.set_class(level == "error", "-error")
+        line1 = Text(no_wrap=True, overflow="ellipsis")
+        line1.append("tower ", style="bold")
+        line1.append(f"{state.project or '…'} ", style="bold")
+        line1.append_text(bar(b.spent_usd, b.reserved_usd, b.limit_usd))
+        line1.append(f" {usd(b.spent_usd)} spent")
+        line1.append(f" · {usd(b.reserved_usd)} reserved")
+        if b.limit_usd:
+            pct = (b.spent_usd + b.reserved_usd) / b.limit_usd * 100
+            line1.append(f" · limit {usd(b.limit_usd, 2)} ({pct:.0f}%)")
+        else:
+            line1.append(" · no limit")
+        line1.append(f" · burn {usd(burn_per_min)}/min")
+        left = minutes_left(b.limit_usd, b.spent_usd, b.reserved_usd, burn_per_min)
+        line1.append(f" · {duration_minutes(left)} left")
+        line2 = Text(no_wrap=True, overflow="ellipsis")
+        line2.append(f"tokens {tokens(b.tokens)}")
+        if b.limit_tokens:
+            line2.append(f"/{tokens(b.limit_tokens)}")
+        human = state.human_seconds / 60
+        line2.append(f" · human {human:.1f} min ({state.decisions} decision(s))")
+        counts = [
+            (ThreadState.RUNNING, "running"),
+            (ThreadState.WAITING, "waiting"),
+            (ThreadState.PAUSED, "paused"),
+            (ThreadState.QUEUED, "queued"),
+            (ThreadState.DONE, "done"),
+            (ThreadState.FAILED, "failed"),
+            (ThreadState.KILLED, "killed"),
+        ]
+        tally = {s: 0 for s, _ in counts}
+        for view in state.threads.values():
+            tally[view.state] += 1
+        line2.append(" · threads ")
+        line2.append(
+            " ".join(f"{n} {label}" for s, label in counts if (n := tally[s])) or "none yet"
+        )
+        if state.inbox:
+            line2.append(f" · inbox {len(state.inbox)}", style="bold")
+        if note:
+            line2.append(f" · {note}", style="italic")
+        self.update(Text("\n").join([line1, line2]))

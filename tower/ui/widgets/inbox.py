@@ -1,0 +1,132 @@
+"""The inbox: everything that needs the human, oldest first, and the selected item in full."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import ClassVar
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from tower.core.events import InboxKind
+from tower.core.state import InboxItem, TowerState
+from tower.ui.format import age, fit, pretty_args, usd
+from tower.ui.widgets.rowlist import RowList
+
+KIND_LABEL = {
+    InboxKind.APPROVAL: "approve?",
+    InboxKind.QUESTION: "question",
+    InboxKind.BUDGET: "budget",
+    InboxKind.ESCALATION: "handoff",
+    InboxKind.FAILURE: "failure",
+}
+
+# What each key does on each kind of item, shown under the item.
+KEY_HINTS = {
+    InboxKind.APPROVAL: "a approve · d deny · E edit args, then approve · r approve with comment"
+    " · A approve all like this",
+    InboxKind.QUESTION: "r reply · d refuse to answer",
+    InboxKind.BUDGET: "a raise by the suggested amount · b raise by… · d decline (thread fails)",
+    InboxKind.ESCALATION: "r reply with guidance · a let it continue · d stop the thread",
+    InboxKind.FAILURE: "d dismiss",
+}
+
+
+def summary_of(item: InboxItem) -> str:
+    d = item.data
+    if item.kind is InboxKind.APPROVAL:
+        args = d.get("args") or {}
+        target = args.get("path") or next((str(v) for v in args.values()), "")
+        return f"{d.get('tool')} {target}".strip()
+    if item.kind is InboxKind.QUESTION:
+        return str(d.get("question", ""))
+    return str(d.get("reason", ""))
+
+
+def counts_title(state: TowerState) -> str:
+    counts = Counter(item.kind for item in state.inbox.values())
+    if not counts:
+        return "Inbox · nothing needs you"
+    parts = [f"{n} {KIND_LABEL[k]}" for k, n in counts.most_common()]
+    return f"Inbox {len(state.inbox)} · " + " · ".join(parts)
+
+
+class InboxList(RowList):
+    COMPONENT_CLASSES: ClassVar[set[str]] = RowList.COMPONENT_CLASSES | {
+        *(f"inbox--{k}" for k in InboxKind)
+    }
+    DEFAULT_CSS = """
+    InboxList > .inbox--approval { color: $warning; }
+    InboxList > .inbox--question { color: $accent; }
+    InboxList > .inbox--budget { color: $error; }
+    InboxList > .inbox--escalation { color: $secondary; }
+    InboxList > .inbox--failure { color: $error; }
+    """
+
+    def __init__(
+        self, state: Callable[[], TowerState], now: Callable[[], float], *, id: str | None = None
+    ) -> None:
+        super().__init__(id=id)
+        self._state = state
+        self._now = now
+
+    def rebuild(self) -> None:
+        self.set_rows(list(self._state().inbox))
+
+    def header(self, width: int) -> Text:
+        rest = max(width - 9 - 16 - 8 - 3, 8)
+        return Text(
+            " ".join([fit("KIND", 9), fit("THREAD", 16), fit("WHAT", rest), "AGE".rjust(6)])
+        )
+
+    def row(self, key: str, width: int) -> Text:
+        item = self._state().inbox.get(key)
+        if item is None:
+            return Text("")
+        rest = max(width - 9 - 16 - 8 - 3, 8)
+        text = Text(no_wrap=True, overflow="crop")
+        text.append(
+            fit(KIND_LABEL[item.kind], 9), self.get_component_rich_style(f"inbox--{item.kind}")
+        )
+        text.append(" " + fit(item.thread, 16) + " " + fit(summary_of(item), rest) + " ")
+        text.append(age(self._now() - item.created).rjust(6))
+        return text
+
+
+class InboxDetail(Static):
+    """The selected item in full: arguments pretty-printed, reason, cost so far, age, keys."""
+
+    DEFAULT_CSS = """
+    InboxDetail { padding: 0 1; height: auto; max-height: 60%; overflow-y: auto; }
+    """
+
+    def show(self, item: InboxItem | None, now: float, agent: str = "") -> None:
+        if item is None:
+            self.update(Text("Select an item to see it in full.", style="dim"))
+            return
+        d = item.data
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column()
+        grid.add_row("thread", f"{item.thread} ({agent})" if agent else item.thread)
+        grid.add_row("kind", KIND_LABEL[item.kind])
+        if item.kind is InboxKind.APPROVAL:
+            grid.add_row("tool", str(d.get("tool")))
+        if item.kind is InboxKind.QUESTION:
+            grid.add_row("question", Text(str(d.get("question", ""))))
+        if d.get("reason"):
+            grid.add_row("reason", Text(str(d["reason"])))
+        grid.add_row("cost so far", usd(d.get("cost_so_far", 0.0)))
+        grid.add_row("waiting", age(now - item.created))
+        parts: list[object] = [grid]
+        if item.kind is InboxKind.APPROVAL:
+            parts.append(Text("arguments", style="bold"))
+            parts.append(Text(pretty_args(d.get("args", {}))))
+        if item.kind is InboxKind.ESCALATION and d.get("last_output"):
+            parts.append(Text("last output", style="bold"))
+            parts.append(Text(str(d["last_output"])[-400:]))
+        parts.append(Text(KEY_HINTS[item.kind], style="dim italic"))
+        self.update(Group(*parts))  # type: ignore[arg-type]

@@ -1,0 +1,149 @@
+"""A keyboard list drawn with Textual's Line API: only the visible rows are rendered.
+
+The thread list and the inbox can hold thousands of rows that change many times a second;
+here a change costs one `refresh()` and the rendering of the lines on screen, never a widget
+per row.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from textual.binding import Binding, BindingType
+from textual.geometry import Region, Size, Spacing
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+
+class RowList(ScrollView, can_focus=True):
+    """Rows identified by string keys; a header line on top; a cursor that follows its key."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("up,k", "cursor(-1)", "Up", show=False),
+        Binding("down,j", "cursor(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("home", "jump(0)", "First", show=False),
+        Binding("end", "jump(-1)", "Last", show=False),
+    ]
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"rowlist--header", "rowlist--cursor"}
+    DEFAULT_CSS = """
+    RowList { background: $surface; }
+    RowList > .rowlist--header { text-style: bold; color: $text-muted; }
+    RowList > .rowlist--cursor { background: $accent 30%; }
+    RowList:focus > .rowlist--cursor { background: $accent 55%; }
+    """
+
+    cursor: reactive[int] = reactive(0)
+
+    class Highlighted(Message):
+        def __init__(self, rowlist: RowList, key: str | None) -> None:
+            super().__init__()
+            self.rowlist = rowlist
+            self.key = key
+
+        @property
+        def control(self) -> RowList:
+            return self.rowlist
+
+    class Selected(Highlighted):
+        """Enter on a row."""
+
+    def __init__(self, *, name: str | None = None, id: str | None = None) -> None:
+        super().__init__(name=name, id=id)
+        self.rows: list[str] = []
+        self._last_key: str | None = None
+
+    # --- data -------------------------------------------------------------------------
+
+    @property
+    def current(self) -> str | None:
+        return self.rows[self.cursor] if 0 <= self.cursor < len(self.rows) else None
+
+    def set_rows(self, keys: list[str]) -> None:
+        """Replaces the rows; the cursor stays on the same key when it is still there."""
+        key = self.current
+        self.rows = keys
+        self.virtual_size = Size(self.size.width, len(keys) + 1)
+        if key is not None and key in keys:
+            index = keys.index(key)
+            if index != self.cursor:
+                self.cursor = index
+        elif self.cursor >= len(keys):
+            self.cursor = max(len(keys) - 1, 0)
+        self._announce()
+        self.refresh()
+
+    def select_key(self, key: str) -> bool:
+        if key in self.rows:
+            self.cursor = self.rows.index(key)
+            return True
+        return False
+
+    def _announce(self) -> None:
+        key = self.current
+        if key != self._last_key:
+            self._last_key = key
+            self.post_message(self.Highlighted(self, key))
+
+    def watch_cursor(self, value: int) -> None:
+        if self.rows:
+            # +1: the header occupies the first line.
+            self.scroll_to_region(
+                Region(0, value + 1, 1, 1), spacing=Spacing(1, 0, 0, 0), animate=False, force=True
+            )
+        self._announce()
+        self.refresh()
+
+    # --- keys -------------------------------------------------------------------------
+
+    def action_cursor(self, delta: int) -> None:
+        if self.rows:
+            self.cursor = min(max(self.cursor + delta, 0), len(self.rows) - 1)
+
+    def action_page(self, direction: int) -> None:
+        self.action_cursor(direction * max(self.size.height - 2, 1))
+
+    def action_jump(self, where: int) -> None:
+        if self.rows:
+            self.cursor = 0 if where == 0 else len(self.rows) - 1
+
+    def key_enter(self) -> None:
+        if self.current is not None:
+            self.post_message(self.Selected(self, self.current))
+
+    async def _on_click(self, event) -> None:
+        row = event.y + self.scroll_offset.y - 1
+        if 0 <= row < len(self.rows):
+            self.cursor = row
+
+    # --- drawing ------------------------------------------------------------------------
+
+    def header(self, width: int) -> Text:
+        return Text("")
+
+    def row(self, key: str, width: int) -> Text:
+        raise NotImplementedError  # subclasses draw their rows
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        base = self.rich_style
+        if y == 0:
+            text = self.header(width)
+            style = base + self.get_component_rich_style("rowlist--header")
+        else:
+            index = y - 1 + self.scroll_offset.y
+            if index >= len(self.rows):
+                return Strip.blank(width, base)
+            text = self.row(self.rows[index], width)
+            style = base
+            if index == self.cursor:
+                style = base + self.get_component_rich_style("rowlist--cursor")
+        segments = list(text.render(self.app.console))
+        strip = Strip(Segment.apply_style(segments, style), text.cell_len)
+        return strip.crop_extend(0, width, style if isinstance(style, Style) else None)
