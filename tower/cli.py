@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tower {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a project (headless for now)")
+    run = sub.add_parser("run", help="run a project in the TUI (or --headless)")
     run.add_argument("project", metavar="DIR", help="project folder with a tower.toml")
     run.add_argument("--headless", action="store_true", help="run without the TUI")
     run.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
@@ -112,11 +112,45 @@ class _Printer:
             )
 
 
+def _preflight_db(db: str | None) -> None:
+    """Fails fast (exit 2) on an unusable --db before the TUI takes the terminal."""
+
+    async def probe() -> None:
+        store = await Store.open(db)
+        await store.close()
+
+    try:
+        asyncio.run(probe())
+    except StoreError as exc:
+        raise UsageError(f"tower: {exc}") from None
+
+
+def run_tui(project_dir: str | Path, db: str | None) -> int:
+    """Opens the control tower on a project; model checks happen inside, off the first frame."""
+    project = _load(str(project_dir))
+    if not sys.stdout.isatty() or not sys.stdin.isatty():
+        raise UsageError("tower: the TUI needs a terminal; use --headless (see tower run --help)")
+    _preflight_db(db)
+    from tower.ui.app import VERBS, TowerApp
+    from tower.ui.keymap import ConfigError, load_config, validate_keys
+
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    problems = validate_keys(config, {bid for bid, *_ in VERBS})
+    if problems:
+        raise UsageError(*problems)
+    app = TowerApp(project, db, keymap=config.keymap(), bell=config.bell, theme=config.theme)
+    app.run()
+    return app.return_code or 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if not args.headless:
-        raise UsageError(
-            "tower run: the TUI is not built yet; add --headless to run the project without it"
-        )
+        if args.json or args.approve:
+            raise UsageError("tower run: --json and --approve only apply with --headless")
+        return run_tui(args.project, args.db)
     project = _load(args.project)
     problems = _model_problems(project)
     if problems:
@@ -227,8 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     commands = {"run": cmd_run, "sessions": cmd_sessions, "check": cmd_check}
     if args.command is None:
-        parser.print_help()
-        return 0
+        from tower.resources import demo_project_dir
+
+        try:
+            return run_tui(demo_project_dir(), None)
+        except UsageError as exc:
+            for line in exc.lines:
+                print(line, file=sys.stderr)
+            return EXIT_USAGE
     try:
         return commands[args.command](args)
     except UsageError as exc:

@@ -20,10 +20,11 @@ from litellm.types.utils import GenericStreamingChunk
 from tower.core.llm import estimate_tokens, text_tokens
 from tower.core.simprofiles import FAULT_NAMES, SIM_PROFILES, SimProfile
 
-# A streamed piece is at least this many tokens, and the stream sleeps at most ~20 times a
-# second: hundreds of sim threads then cost the event loop little.
+# A streamed piece is at least this many tokens, and a sim stream yields about twice a
+# second at most: a thousand streaming sim threads then cost litellm's chunk handling (about
+# 0.1 ms a chunk) a fraction of a core, and the token rate is still the configured one.
 _MIN_PIECE_TOKENS = 4
-_TICK_S = 0.05
+_TICK_S = 0.5
 
 
 def _chunk(
@@ -110,7 +111,8 @@ class SimProvider(CustomLLM):
             await asyncio.sleep(3600)  # the caller's timeout ends this
 
         if prof.latency_s:
-            await asyncio.sleep(prof.latency_s)
+            # Real providers jitter; identical threads would otherwise move in lockstep.
+            await asyncio.sleep(prof.latency_s * (0.5 + rng.random()))
 
         args = step.get("args") or {}
         if (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,11 +21,12 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.command import Hit, Hits, Provider
 from textual.containers import Horizontal, Vertical
+from textual.theme import Theme
 from textual.widgets import Footer, Input
 
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, ThreadState
-from tower.core.project import Project
+from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
 from tower.core.state import TowerState
 from tower.core.store import Store, StoreError
 from tower.core.supervisor import CommandError, Supervisor
@@ -39,6 +41,7 @@ from tower.ui.screens.dialogs import (
     TextDialog,
 )
 from tower.ui.screens.help import HelpScreen
+from tower.ui.themes import load_themes, theme_dirs, watch_file, watch_themes
 from tower.ui.widgets.budget import BudgetBar
 from tower.ui.widgets.inbox import InboxDetail, InboxList, counts_title, summary_of
 from tower.ui.widgets.panels import PanelGrid
@@ -46,6 +49,7 @@ from tower.ui.widgets.rowlist import RowList
 from tower.ui.widgets.threads import SORTS, ThreadList
 
 TICK_S = 0.1
+DEFAULT_THEME = "tower-dark"
 _EMPTY = TowerState()
 
 # (id, keys, action, footer label, description). The id is what keys.toml remaps.
@@ -197,12 +201,67 @@ class TowerApp(App[int]):
     def on_mount(self) -> None:
         self.query_one(ThreadList).border_title = "Threads"
         self.query_one(InboxList).border_title = counts_title(_EMPTY)
+        self._apply_themes(*load_themes(), first=True)
         if self._user_keymap:
             self.set_keymap(self._user_keymap)
         self.query_one(ThreadList).focus()
         self.set_interval(TICK_S, self._tick)
         self._tick()
         self._boot()
+        if self.watch:
+            self._watch_themes()
+            self._watch_project()
+
+    # --- themes and live reload ---------------------------------------------------------
+
+    def _apply_themes(
+        self, themes: dict[str, Theme], errors: list[str], first: bool = False
+    ) -> None:
+        """Registers theme files; a broken file is reported and its previous version stays."""
+        for theme in themes.values():
+            self.register_theme(theme)
+        for error in errors:
+            self.notify(error, title="theme file not loaded", severity="error", timeout=8)
+        wanted = self.theme_name if first else self.theme
+        if wanted in themes or (first and wanted in self.available_themes):
+            self.theme = wanted  # re-applies an edited theme too
+        elif first and DEFAULT_THEME in self.available_themes:
+            if wanted:
+                self.notify(f"no theme named {wanted!r}; using {DEFAULT_THEME}", severity="warning")
+            self.theme = DEFAULT_THEME
+        if not first and self.theme in themes:
+            self.refresh_css()
+
+    @work(group="watch-themes")
+    async def _watch_themes(self) -> None:
+        await watch_themes(theme_dirs(), self._apply_themes, self._stop_watchers)
+
+    @work(group="watch-project")
+    async def _watch_project(self) -> None:
+        path = self.project.root / PROJECT_FILE
+        await watch_file(path, self._reload_project, self._stop_watchers)
+
+    async def _reload_project(self, path: Path) -> None:
+        """An edited tower.toml: new agents and tasks can be spawned; a bad edit changes nothing."""
+        try:
+            project = await asyncio.to_thread(load_project, path.parent)
+        except ProjectError as exc:
+            first = exc.problems[0] if exc.problems else "invalid"
+            more = f" (+{len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+            self.notify(
+                f"{first}{more} — kept the previous version",
+                title="tower.toml not reloaded",
+                severity="error",
+                timeout=10,
+            )
+            return
+        self.project = project
+        if self.sup is not None:
+            self.sup.project = project
+        self.notify(
+            f"{len(project.agents)} agent(s), {len(project.tasks)} task(s) ready to spawn (n)",
+            title="tower.toml reloaded",
+        )
 
     def key_of(self, binding_id: str) -> str:
         keys = self._user_keymap.get(binding_id)
@@ -240,6 +299,9 @@ class TowerApp(App[int]):
             self.exit(return_code=2, message=Text("\n".join(problems)))
             return
         await self.sup.start()
+        # litellm, pydantic and the threads' settings are alive for good: a full collection
+        # walking them stalls the screen for ~150 ms, so move them out of the collector's way.
+        gc.freeze()
         self.note = ""
         self.booted.set()
 

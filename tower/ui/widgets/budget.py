@@ -78,4 +78,4 @@ class BudgetBar(Static):
             line2.append(f" · inbox {len(state.inbox)}", style="bold")
         if note:
             line2.append(f" · {note}", style="italic")
-        self.update(Text("\n").join([line1, line2]))
+        self.update(Text("\n").join([line1, line2]), layout=False)  # fixed height: no layout

@@ -14,7 +14,7 @@ from textual.widgets import Static
 from tower.core.events import InboxKind
 from tower.core.state import InboxItem, TowerState
 from tower.ui.format import age, fit, pretty_args, usd
-from tower.ui.widgets.rowlist import RowList
+from tower.ui.widgets.rowlist import Cells, RowList
 
 KIND_LABEL = {
     InboxKind.APPROVAL: "approve?",
@@ -76,36 +76,34 @@ class InboxList(RowList):
     def rebuild(self) -> None:
         self.set_rows(list(self._state().inbox))
 
-    def header(self, width: int) -> Text:
+    def header(self, width: int) -> Cells:
         rest = max(width - 9 - 16 - 8 - 3, 8)
-        return Text(
-            " ".join([fit("KIND", 9), fit("THREAD", 16), fit("WHAT", rest), "AGE".rjust(6)])
-        )
+        return [
+            (" ".join([fit("KIND", 9), fit("THREAD", 16), fit("WHAT", rest), "AGE".rjust(6)]), None)
+        ]
 
-    def row(self, key: str, width: int) -> Text:
+    def row(self, key: str, width: int) -> Cells:
         item = self._state().inbox.get(key)
         if item is None:
-            return Text("")
+            return []
         rest = max(width - 9 - 16 - 8 - 3, 8)
-        text = Text(no_wrap=True, overflow="crop")
-        text.append(
-            fit(KIND_LABEL[item.kind], 9), self.get_component_rich_style(f"inbox--{item.kind}")
-        )
-        text.append(" " + fit(item.thread, 16) + " " + fit(summary_of(item), rest) + " ")
-        text.append(age(self._now() - item.created).rjust(6))
-        return text
+        return [
+            (fit(KIND_LABEL[item.kind], 9), self.style_of(f"inbox--{item.kind}")),
+            (" " + fit(item.thread, 16) + " " + fit(summary_of(item), rest) + " ", None),
+            (age(self._now() - item.created).rjust(6), None),
+        ]
 
 
 class InboxDetail(Static):
     """The selected item in full: arguments pretty-printed, reason, cost so far, age, keys."""
 
     DEFAULT_CSS = """
-    InboxDetail { padding: 0 1; height: auto; max-height: 60%; overflow-y: auto; }
+    InboxDetail { padding: 0 1; height: 1fr; overflow: hidden; }
     """
 
     def show(self, item: InboxItem | None, now: float, agent: str = "") -> None:
         if item is None:
-            self.update(Text("Select an item to see it in full.", style="dim"))
+            self.update(Text("Select an item to see it in full.", style="dim"), layout=False)
             return
         d = item.data
         grid = Table.grid(padding=(0, 1))
@@ -129,4 +127,4 @@ class InboxDetail(Static):
             parts.append(Text("last output", style="bold"))
             parts.append(Text(str(d["last_output"])[-400:]))
         parts.append(Text(KEY_HINTS[item.kind], style="dim italic"))
-        self.update(Group(*parts))  # type: ignore[arg-type]
+        self.update(Group(*parts), layout=False)  # type: ignore[arg-type]

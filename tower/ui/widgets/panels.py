@@ -39,7 +39,7 @@ class ThreadPanel(Static):
         if view is None:
             self.border_title = ""
             self.border_subtitle = ""
-            self.update("")
+            self.update("", layout=False)
             return
         self.border_title = f"{'📌 ' if pinned else ''}{view.id} · {view.state}"
         self.border_subtitle = f"{view.model} · step {view.step} · {usd(view.cost_usd)}"
@@ -55,7 +55,7 @@ class ThreadPanel(Static):
         if view.answer is not None and view.state.ended:
             tail_lines = [*tail_lines[-(lines_available - 2) :], "", f"answer: {view.answer}"]
         text.append("\n".join(tail_lines))
-        self.update(text)
+        self.update(text, layout=False)  # the grid fixes the size: repaint only
 
 
 class PanelGrid(Grid):

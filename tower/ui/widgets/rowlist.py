@@ -11,13 +11,15 @@ from typing import ClassVar
 
 from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.geometry import Region, Size, Spacing
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+
+# A drawn row: (text, style) pieces; the texts are single-width characters, cut to fit.
+Cells = list[tuple[str, Style | None]]
 
 
 class RowList(ScrollView, can_focus=True):
@@ -56,6 +58,7 @@ class RowList(ScrollView, can_focus=True):
 
     def __init__(self, *, name: str | None = None, id: str | None = None) -> None:
         super().__init__(name=name, id=id)
+        self._style_cache: dict[str, Style] = {}
         self.rows: list[str] = []
         self._last_key: str | None = None
 
@@ -124,26 +127,41 @@ class RowList(ScrollView, can_focus=True):
 
     # --- drawing ------------------------------------------------------------------------
 
-    def header(self, width: int) -> Text:
-        return Text("")
+    def style_of(self, component: str) -> Style:
+        """A component class's style, cached until the styles change (theme switch)."""
+        cache = self._style_cache
+        style = cache.get(component)
+        if style is None:
+            style = cache[component] = self.get_component_rich_style(component)
+        return style
 
-    def row(self, key: str, width: int) -> Text:
+    def notify_style_update(self) -> None:
+        self._style_cache.clear()
+        super().notify_style_update()
+
+    def header(self, width: int) -> Cells:
+        return []
+
+    def row(self, key: str, width: int) -> Cells:
         raise NotImplementedError  # subclasses draw their rows
 
     def render_line(self, y: int) -> Strip:
         width = self.size.width
         base = self.rich_style
         if y == 0:
-            text = self.header(width)
-            style = base + self.get_component_rich_style("rowlist--header")
+            cells = self.header(width)
+            line_style = base + self.style_of("rowlist--header")
         else:
             index = y - 1 + self.scroll_offset.y
             if index >= len(self.rows):
                 return Strip.blank(width, base)
-            text = self.row(self.rows[index], width)
-            style = base
+            cells = self.row(self.rows[index], width)
+            line_style = base
             if index == self.cursor:
-                style = base + self.get_component_rich_style("rowlist--cursor")
-        segments = list(text.render(self.app.console))
-        strip = Strip(Segment.apply_style(segments, style), text.cell_len)
-        return strip.crop_extend(0, width, style if isinstance(style, Style) else None)
+                line_style = base + self.style_of("rowlist--cursor")
+        segments = [
+            Segment(text, line_style + style if style is not None else line_style)
+            for text, style in cells
+        ]
+        length = sum(len(text) for text, _ in cells)
+        return Strip(segments, length).crop_extend(0, width, line_style)

@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
-from rich.text import Text
-
 from tower.core.events import ThreadState
 from tower.core.state import ThreadView, TowerState
 from tower.ui.format import age, fit, tokens, usd
-from tower.ui.widgets.rowlist import RowList
+from tower.ui.widgets.rowlist import Cells, RowList
 
 # Column name, width (None: takes the rest).
 COLUMNS: list[tuple[str, int | None]] = [
@@ -110,58 +108,47 @@ class ThreadList(RowList):
         widths[3] = max(width - used - 1, 4)
         return widths
 
-    def header(self, width: int) -> Text:
+    def header(self, width: int) -> Cells:
         arrow = "▼" if not self.reverse else "▲"
-        names = []
-        for name, _ in COLUMNS:
-            label = name
-            if name.lower() == self.sort_key:
-                label = f"{name}{arrow}"
-            names.append(label)
-        widths = self._widths(width)
-        return Text(
-            " ".join(
-                (n.rjust(w) if n.rstrip("▼▲") in _RIGHT else fit(n, w))
-                for n, w in zip(names, widths, strict=True)
-                if w
-            )
-        )
+        out: Cells = []
+        for (name, _), w in zip(COLUMNS, self._widths(width), strict=True):
+            if not w:
+                continue
+            label = f"{name}{arrow}" if name.lower() == self.sort_key else name
+            out.append(((label.rjust(w) if name in _RIGHT else fit(label, w)) + " ", None))
+        return out
 
-    def row(self, key: str, width: int) -> Text:
+    def row(self, key: str, width: int) -> Cells:
         view = self._state().threads.get(key)
         if view is None:
-            return Text("")
+            return []
         w = self._widths(width)
-        now = self._now()
-        end = view.ended if view.ended is not None else now
+        end = view.ended if view.ended is not None else self._now()
         needs = needs_you(view)
-        state_style = self.get_component_rich_style(f"threads--{view.state}")
-        cells: list[tuple[str, object]] = [
-            ("●" if needs else " ", self.get_component_rich_style("threads--needs")),
-            (view.id, None),
-            (view.agent, None),
-            (view.title, None),
-            (str(view.state), state_style),
-            (
-                view.model.removeprefix("sim/") if view.model.startswith("sim/") else view.model,
-                None,
-            ),
-            (str(view.step), None),
-            (tokens(view.tokens), None),
-            (usd(view.cost_usd), None),
-            (age(end - view.created), None),
-        ]
-        text = Text(no_wrap=True, overflow="crop")
-        first = True
-        for i, ((value, style), width_i) in enumerate(zip(cells, w, strict=True)):
+        bold = self.style_of("threads--needs") if needs else None
+        model = view.model[4:] if view.model.startswith("sim/") else view.model
+        values = (
+            "●" if needs else " ",
+            view.id,
+            view.agent,
+            view.title,
+            str(view.state),
+            model,
+            str(view.step),
+            tokens(view.tokens),
+            usd(view.cost_usd),
+            age(end - view.created),
+        )
+        out: Cells = []
+        for i, (value, width_i) in enumerate(zip(values, w, strict=True)):
             if not width_i:
                 continue
-            if not first:
-                text.append(" ")
-            first = False
-            right = COLUMNS[i][0] in _RIGHT
-            cell = value[:width_i].rjust(width_i) if right else fit(value, width_i)
-            text.append(cell, style=style)  # type: ignore[arg-type]
-        if needs:
-            text.stylize("bold")
-        return text
+            name = COLUMNS[i][0]
+            cell = value[:width_i].rjust(width_i) if name in _RIGHT else fit(value, width_i)
+            style = None
+            if i == 0 or (needs and name == "ID"):
+                style = bold
+            elif name == "STATE":
+                style = self.style_of(f"threads--{view.state}")
+            out.append((cell + " ", style))
+        return out
