@@ -23,6 +23,12 @@ from tower.core.events import (
 TAIL_CHARS = 4000
 
 
+def _less(amount: float, minus: float) -> float:
+    """Subtracts a released reservation; float residue below a billionth is zero."""
+    left = amount - minus
+    return left if left > 1e-12 else 0.0
+
+
 @dataclass(slots=True)
 class ThreadView:
     id: str
@@ -130,15 +136,15 @@ def apply(state: TowerState, ev: Event) -> TowerState:
         tokens = p["usage"]["total_tokens"]
         state.budget.spent_usd += cost
         state.budget.tokens += tokens
-        state.budget.reserved_usd = max(state.budget.reserved_usd - p["reserved_usd"], 0.0)
+        state.budget.reserved_usd = _less(state.budget.reserved_usd, p["reserved_usd"])
         if view is not None:
             view.cost_usd += cost
             view.tokens += tokens
-            view.reserved_usd = max(view.reserved_usd - p["reserved_usd"], 0.0)
+            view.reserved_usd = _less(view.reserved_usd, p["reserved_usd"])
     elif kind is EventKind.LLM_FAILED:
-        state.budget.reserved_usd = max(state.budget.reserved_usd - p["released_usd"], 0.0)
+        state.budget.reserved_usd = _less(state.budget.reserved_usd, p["released_usd"])
         if view is not None:
-            view.reserved_usd = max(view.reserved_usd - p["released_usd"], 0.0)
+            view.reserved_usd = _less(view.reserved_usd, p["released_usd"])
             if p.get("error") != "cancelled":
                 view.errors += 1
                 _append_tail(view, f"\n[error] {p['error']}")

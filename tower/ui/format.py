@@ -9,10 +9,13 @@ from typing import Any
 
 
 def usd(x: float | None, places: int = 4) -> str:
+    """Dollars; sums below a billionth are float residue and show as zero."""
     if x is None:
         return "—"
-    if x and abs(x) < 10**-places:
-        return f"${x:.2e}"
+    if abs(x) < 1e-9:
+        return f"${0:.{places}f}"
+    if abs(x) < 10**-places:
+        return f"${x:.6f}"
     return f"${x:,.{places}f}"
 
 

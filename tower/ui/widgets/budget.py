@@ -78,4 +78,7 @@ class BudgetBar(Static):
             line2.append(f" · inbox {len(state.inbox)}", style="bold")
         if note:
             line2.append(f" · {note}", style="italic")
-        self.update(Text("\n").join([line1, line2]), layout=False)  # fixed height: no layout
+        text = Text("\n").join([line1, line2])
+        text.no_wrap = True
+        text.overflow = "ellipsis"
+        self.update(text, layout=False)  # fixed height: no layout

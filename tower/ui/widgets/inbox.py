@@ -74,22 +74,29 @@ class InboxList(RowList):
         self._now = now
 
     def rebuild(self) -> None:
-        self.set_rows(list(self._state().inbox))
+        """Oldest first; items of the same instant in thread order, so the list is stable."""
+        items = sorted(self._state().inbox.values(), key=lambda i: (i.created, i.thread, i.id))
+        self.set_rows([i.id for i in items])
+
+    @staticmethod
+    def _widths(width: int) -> tuple[int, int]:
+        """THREAD and WHAT widths: the thread name gives way on narrow screens."""
+        thread = min(16, max(8, width // 5))
+        return thread, max(width - 9 - thread - 6 - 3, 8)
 
     def header(self, width: int) -> Cells:
-        rest = max(width - 9 - 16 - 8 - 3, 8)
-        return [
-            (" ".join([fit("KIND", 9), fit("THREAD", 16), fit("WHAT", rest), "AGE".rjust(6)]), None)
-        ]
+        thread, rest = self._widths(width)
+        cells = [fit("KIND", 9), fit("THREAD", thread), fit("WHAT", rest), "AGE".rjust(6)]
+        return [(" ".join(cells), None)]
 
     def row(self, key: str, width: int) -> Cells:
         item = self._state().inbox.get(key)
         if item is None:
             return []
-        rest = max(width - 9 - 16 - 8 - 3, 8)
+        thread, rest = self._widths(width)
         return [
             (fit(KIND_LABEL[item.kind], 9), self.style_of(f"inbox--{item.kind}")),
-            (" " + fit(item.thread, 16) + " " + fit(summary_of(item), rest) + " ", None),
+            (" " + fit(item.thread, thread) + " " + fit(summary_of(item), rest) + " ", None),
             (age(self._now() - item.created).rjust(6), None),
         ]
 
