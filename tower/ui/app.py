@@ -74,7 +74,7 @@ VERBS: list[tuple[str, str, str, str, str]] = [
     ("pin", "space", "pin", "Pin", "pin the thread's panel (or unpin)"),
     ("inbox", "i", "focus_inbox", "Inbox", "focus the inbox"),
     ("threads", "t", "focus_threads", "Threads", "focus the thread list"),
-    ("palette", "colon", "command_palette", "Commands", "open the command palette (also ctrl+p)"),
+    ("palette", "colon,ctrl+p", "command_palette", "Commands", "open the command palette"),
     ("help", "question_mark", "help", "Help", "list every key"),
     ("quit", "q", "quit", "Quit", "quit (asks while threads run; flushes the log)"),
 ]
@@ -319,8 +319,12 @@ class TowerApp(App[int]):
             self._new_items.append(ev)
         elif kind is EventKind.INBOX_CLOSED:
             self._inbox_dirty = True
-        if self._detail is not None and ev.thread == self._detail.thread:
-            self._detail.add_events([ev])
+        detail = self._detail
+        if detail is not None and ev.thread == detail.thread:
+            if detail.is_attached:
+                detail.add_events([ev])
+            else:
+                self._detail = None
 
     # --- drawing ------------------------------------------------------------------------
 
@@ -454,9 +458,7 @@ class TowerApp(App[int]):
         for item in state.inbox.values():
             if item.thread == tid:
                 return item.id
-        if not isinstance(self.screen, ThreadScreen) and inbox.current in state.inbox:
-            return inbox.current
-        return None
+        return None  # never another thread's item: verbs act on what is selected
 
     def _command(self, fn: Callable[[], Any], done: str | None = None) -> Any:
         """Runs a supervisor command; a refusal is a toast, never a crash."""
@@ -790,8 +792,8 @@ class TowerApp(App[int]):
             )
         self._detail = screen
 
-    def on_screen_resume(self) -> None:
-        if not isinstance(self.screen, ThreadScreen):
+    def detail_closed(self, screen: ThreadScreen) -> None:
+        if self._detail is screen:
             self._detail = None
 
     # --- leaving ------------------------------------------------------------------------

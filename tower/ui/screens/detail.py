@@ -96,6 +96,11 @@ class ThreadScreen(Screen[None]):
         table.border_title = "cost per step"
         table.add_columns("step", "model", "prompt", "output", "cost", "secs")
 
+    def on_unmount(self) -> None:
+        closed = getattr(self.app, "detail_closed", None)
+        if closed is not None:
+            closed(self)
+
     def add_events(self, events: list[Event]) -> None:
         log = self.query_one(RichLog)
         table = self.query_one(DataTable)
