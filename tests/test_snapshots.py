@@ -3,6 +3,7 @@ clock and session id, no animations), so any visual change is a visible diff."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -40,13 +41,21 @@ def make_app(tmp_path: Path) -> TowerApp:
 
 
 async def settle(pilot) -> None:  # noqa: ANN001
+    """Waits, on the bus's events, until the scene is complete; then lets the screen catch up."""
     app = pilot.app
-    await app.booted.wait()
-    for _ in range(2000):  # a bound, not a delay: each pause yields to the app once
+    await asyncio.wait_for(app.booted.wait(), 60)
+    ready = asyncio.Event()
+
+    def check(_event: object = None) -> None:
         if scene_ready(app):
-            break
+            ready.set()
+
+    app.bus.subscribe(check)
+    check()
+    await asyncio.wait_for(ready.wait(), 60)
+    ticks = app.ticks  # let two ticks turn the last events into toasts, then clear them
+    while app.ticks < ticks + 2:
         await pilot.pause()
-    assert scene_ready(app)
     app.clear_notifications()
     await pilot.pause()
     await pilot.pause()

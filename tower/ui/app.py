@@ -199,12 +199,18 @@ class TowerApp(App[int]):
         return self.bus.state if self.bus is not None else _EMPTY
 
     def on_mount(self) -> None:
-        self.query_one(ThreadList).border_title = "Threads"
-        self.query_one(InboxList).border_title = counts_title(_EMPTY)
+        # The main screen's widgets, kept: other screens (detail, dialogs) come on top of it.
+        self.threads_list = self.query_one(ThreadList)
+        self.inbox_list = self.query_one(InboxList)
+        self.panel_grid = self.query_one(PanelGrid)
+        self.budget_bar = self.query_one(BudgetBar)
+        self.inbox_detail = self.query_one(InboxDetail)
+        self.threads_list.border_title = "Threads"
+        self.inbox_list.border_title = counts_title(_EMPTY)
         self._apply_themes(*load_themes(), first=True)
         if self._user_keymap:
             self.set_keymap(self._user_keymap)
-        self.query_one(ThreadList).focus()
+        self.threads_list.focus()
         self.set_interval(TICK_S, self._tick)
         self._tick()
         self._boot()
@@ -334,10 +340,10 @@ class TowerApp(App[int]):
         state = self.state()
         self.burn.add(now, state.budget.spent_usd)
         second = int(now)
-        threads = self.query_one(ThreadList)
-        inbox = self.query_one(InboxList)
+        threads = self.threads_list
+        inbox = self.inbox_list
         with self.batch_update():
-            self.query_one(BudgetBar).show(state, self.burn.per_minute(), self.note)
+            self.budget_bar.show(state, self.burn.per_minute(), self.note)
             if self._rows_dirty or (self._dirty and threads.sort_key in ("cost", "tokens")):
                 threads.rebuild()
                 threads.border_title = (
@@ -362,8 +368,8 @@ class TowerApp(App[int]):
         self._notify_pending(state)
 
     def _panel_targets(self) -> list[str]:
-        threads = self.query_one(ThreadList)
-        count = self.query_one(PanelGrid).panel_count()
+        threads = self.threads_list
+        count = self.panel_grid.panel_count()
         out = [t for t in self.pinned if t in self.state().threads][:count]
         rows = threads.rows
         start = min(threads.cursor, max(len(rows) - 1, 0))
@@ -376,10 +382,10 @@ class TowerApp(App[int]):
         return out
 
     def _draw_panels(self, state: TowerState) -> None:
-        grid = self.query_one(PanelGrid)
+        grid = self.panel_grid
         panels = grid.ensure_panels()
         targets = self._panel_targets()
-        selected = self.query_one(ThreadList).current
+        selected = self.threads_list.current
         for i, panel in enumerate(panels):
             tid = targets[i] if i < len(targets) else None
             if tid is None:
@@ -393,11 +399,11 @@ class TowerApp(App[int]):
                 panel._marks = marks  # type: ignore[attr-defined]
 
     def _show_item(self) -> None:
-        key = self.query_one(InboxList).current
+        key = self.inbox_list.current
         state = self.state()
         item = state.inbox.get(key) if key else None
         agent = state.threads[item.thread].agent if item and item.thread in state.threads else ""
-        self.query_one(InboxDetail).show(item, self.now(), agent)
+        self.inbox_detail.show(item, self.now(), agent)
 
     def _notify_pending(self, state: TowerState) -> None:
         """Toasts only for what needs the human: new inbox items, budget stops, failures."""
@@ -446,12 +452,12 @@ class TowerApp(App[int]):
     def selected_thread(self) -> str | None:
         if isinstance(self.screen, ThreadScreen):
             return self.screen.thread
-        return self.query_one(ThreadList).current
+        return self.threads_list.current
 
     def current_item(self) -> str | None:
         """The focused inbox item, else the oldest item of the selected thread."""
         state = self.state()
-        inbox = self.query_one(InboxList)
+        inbox = self.inbox_list
         if inbox.has_focus and inbox.current in state.inbox:
             return inbox.current
         tid = self.selected_thread()
@@ -508,7 +514,7 @@ class TowerApp(App[int]):
             if tid:
                 self.notify(f"spawned {tid}", timeout=2)
                 self._rows_dirty = True
-                self.call_after_refresh(lambda: self.query_one(ThreadList).select_key(tid))
+                self.call_after_refresh(lambda: self.threads_list.select_key(tid))
 
         self.push_screen(SpawnDialog([a.name for a in project.agents], models, tasks), spawn)
 
@@ -673,7 +679,7 @@ class TowerApp(App[int]):
         self.push_screen(AmountDialog(title, suggestion), raised)
 
     def _jump(self, step: int) -> None:
-        inbox = self.query_one(InboxList)
+        inbox = self.inbox_list
         keys = inbox.rows
         if not keys:
             self.notify("nothing needs you", timeout=2)
@@ -686,7 +692,7 @@ class TowerApp(App[int]):
         inbox.cursor = index
         item = self.state().inbox.get(keys[index])
         if item is not None:
-            threads = self.query_one(ThreadList)
+            threads = self.threads_list
             if not threads.select_key(item.thread) and threads.filter_text:
                 threads.filter_text = ""
                 threads.rebuild()
@@ -707,28 +713,28 @@ class TowerApp(App[int]):
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        threads = self.query_one(ThreadList)
+        threads = self.threads_list
         threads.filter_text = event.value.strip()
         self._rows_dirty = True
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:
-        self.query_one(ThreadList).focus()
+        self.threads_list.focus()
 
     def key_escape(self) -> None:
         box = self.query_one("#filter", Input)
         if box.has_focus or box.value:
             box.value = ""
             box.remove_class("-on")
-            self.query_one(ThreadList).focus()
+            self.threads_list.focus()
 
     def action_sort(self) -> None:
-        threads = self.query_one(ThreadList)
+        threads = self.threads_list
         threads.sort_key = SORTS[(SORTS.index(threads.sort_key) + 1) % len(SORTS)]
         self._rows_dirty = True
 
     def action_reverse(self) -> None:
-        threads = self.query_one(ThreadList)
+        threads = self.threads_list
         threads.reverse = not threads.reverse
         self._rows_dirty = True
 
@@ -743,10 +749,10 @@ class TowerApp(App[int]):
         self._dirty.add(tid)
 
     def action_focus_inbox(self) -> None:
-        self.query_one(InboxList).focus()
+        self.inbox_list.focus()
 
     def action_focus_threads(self) -> None:
-        self.query_one(ThreadList).focus()
+        self.threads_list.focus()
 
     def action_help(self) -> None:
         rows = [(self.key_of(bid), bid, desc) for bid, _k, _a, _l, desc in VERBS]
