@@ -40,6 +40,13 @@ def make_app(tmp_path: Path) -> TowerApp:
     )
 
 
+async def ticks(pilot, n: int) -> None:  # noqa: ANN001
+    """Waits until the app's render timer has run n more times."""
+    target = pilot.app.ticks + n
+    while pilot.app.ticks < target:
+        await pilot.pause()
+
+
 async def settle(pilot) -> None:  # noqa: ANN001
     """Waits, on the bus's events, until the scene is complete; then lets the screen catch up."""
     app = pilot.app
@@ -53,9 +60,9 @@ async def settle(pilot) -> None:  # noqa: ANN001
     app.bus.subscribe(check)
     check()
     await asyncio.wait_for(ready.wait(), 60)
-    ticks = app.ticks  # let two ticks turn the last events into toasts, then clear them
-    while app.ticks < ticks + 2:
-        await pilot.pause()
+    await ticks(pilot, 2)  # the last events become rows and toasts
+    app.inbox_list.cursor = 0  # the cursor follows its item, so it depends on arrival order
+    await ticks(pilot, 2)
     app.clear_notifications()
     await pilot.pause()
     await pilot.pause()
