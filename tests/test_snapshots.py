@@ -40,14 +40,14 @@ def make_app(tmp_path: Path) -> TowerApp:
     )
 
 
-async def ticks(pilot, n: int) -> None:  # noqa: ANN001
+async def ticks(pilot, n: int) -> None:
     """Waits until the app's render timer has run n more times."""
     target = pilot.app.ticks + n
     while pilot.app.ticks < target:
         await pilot.pause()
 
 
-async def settle(pilot) -> None:  # noqa: ANN001
+async def settle(pilot) -> None:
     """Waits, on the bus's events, until the scene is complete; then lets the screen catch up."""
     app = pilot.app
     await asyncio.wait_for(app.booted.wait(), 60)
@@ -74,7 +74,7 @@ def test_main_screen(snap_compare, tmp_path, size) -> None:
 
 
 def test_inbox_item_selected(snap_compare, tmp_path) -> None:
-    async def run_before(pilot) -> None:  # noqa: ANN001
+    async def run_before(pilot) -> None:
         await settle(pilot)
         await pilot.press("right_square_bracket", "right_square_bracket")
 

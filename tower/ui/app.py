@@ -211,7 +211,7 @@ class TowerApp(App[int]):
         if self._user_keymap:
             self.set_keymap(self._user_keymap)
         self.threads_list.focus()
-        self.set_interval(TICK_S, self._tick)
+        self._timer = self.set_interval(TICK_S, self._tick)
         self._tick()
         self._boot()
         if self.watch:
@@ -335,6 +335,8 @@ class TowerApp(App[int]):
     # --- drawing ------------------------------------------------------------------------
 
     def _tick(self) -> None:
+        if self.closed:
+            return
         self.ticks += 1
         now = self.now()
         state = self.state()
@@ -830,6 +832,7 @@ class TowerApp(App[int]):
         if self.closed:
             return
         self.closed = True
+        self._timer.stop()
         self._stop_watchers.set()
         try:
             if self.sup is not None:

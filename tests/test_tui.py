@@ -1,0 +1,1010 @@
+"""The TUI, driven through Textual's pilot: every verb, what the screen shows, and a clean exit.
+
+Each test boots TowerApp on a small project of scripted `sim/instant` threads written to
+tmp_path; threads stop in the inbox (ask_human, write_file approvals, budget stops), so what
+the human does next is deterministic. Tests wait on conditions (a `pilot.pause()` loop with an
+overall timeout), never on fixed sleeps, and always shut the app down cleanly, after which the
+SQLite log must hold every emitted event and a cleanly ended session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.command import CommandInput, CommandList, CommandPalette
+from textual.geometry import Region
+from textual.notifications import Notification, Notify
+from textual.pilot import Pilot
+from textual.widget import Widget
+from textual.widgets import DataTable, Input, Label, RichLog, Select, Static, TextArea
+from textual.widgets._toast import Toast
+
+from tests.conftest import write_project
+from tower.core.events import Event, EventKind, InboxKind, ThreadState
+from tower.core.project import load_project
+from tower.core.state import InboxItem, ThreadView, TowerState
+from tower.ui.app import VERBS, TowerApp
+from tower.ui.screens.detail import ThreadScreen
+from tower.ui.screens.dialogs import (
+    AmountDialog,
+    ArgsDialog,
+    ConfirmDialog,
+    SpawnDialog,
+    TextDialog,
+)
+from tower.ui.screens.help import HelpScreen
+from tower.ui.widgets.budget import BudgetBar
+from tower.ui.widgets.inbox import InboxDetail, InboxList
+from tower.ui.widgets.threads import ThreadList
+
+# --- projects -------------------------------------------------------------------------------
+
+BASE = """
+[project]
+name = "tui"
+retry_backoff_s = 0
+
+[limits]
+max_concurrent = {cap}
+
+[[agents]]
+name = "a"
+cascade = ["sim/instant", "sim/small", "sim/large"]
+
+[[agents]]
+name = "b"
+cascade = ["sim/instant"]
+"""
+
+# ask_human, then write_file (needs approval), then finish.
+ASK = """
+[[tasks]]
+id = "{id}"
+agent = "{agent}"
+prompt = "{prompt}"
+repeat = {repeat}
+workspace = "ws"
+
+[[tasks.script]]
+say = "Need a decision."
+tool = "ask_human"
+args = {{ question = "Which year?" }}
+
+[[tasks.script]]
+say = "Writing the result."
+tool = "write_file"
+args = {{ path = "out.txt", content = "2025" }}
+
+[[tasks.script]]
+tool = "finish"
+args = {{ answer = "written" }}
+"""
+
+# write_file (needs approval), then finish.
+WRITE = """
+[[tasks]]
+id = "{id}"
+agent = "{agent}"
+prompt = "{prompt}"
+repeat = {repeat}
+
+[[tasks.script]]
+say = "Writing."
+tool = "write_file"
+args = {{ path = "out.txt", content = "original" }}
+
+[[tasks.script]]
+tool = "finish"
+args = {{ answer = "ok" }}
+"""
+
+FILES = {"ws/readme.txt": "hello\n"}
+
+
+def task(template: str, id: str, repeat: int = 1, agent: str = "a", prompt: str = "do it") -> str:
+    return template.format(id=id, repeat=repeat, agent=agent, prompt=prompt)
+
+
+def project(*tasks: str, cap: int = 16, extra: str = "") -> str:
+    return BASE.format(cap=cap) + extra + "".join(tasks)
+
+
+# --- the harness ----------------------------------------------------------------------------
+
+
+@dataclass
+class Tower:
+    app: TowerApp
+    pilot: Pilot[int]
+    db: Path
+    toasts: list[Notification] = field(default_factory=list)
+
+    # state
+    def state(self) -> TowerState:
+        return self.app.state()
+
+    def view(self, tid: str) -> ThreadView:
+        return self.state().threads[tid]
+
+    def items(self, tid: str | None = None) -> list[InboxItem]:
+        return [i for i in self.state().inbox.values() if tid is None or i.thread == tid]
+
+    def workspace(self, tid: str) -> Path:
+        assert self.app.sup is not None
+        ws = self.app.sup.runs[tid].workspace
+        assert ws is not None
+        return ws.root
+
+    async def events(self, tid: str) -> list[Event]:
+        """The thread's events as the log has them (what the detail screen reads)."""
+        store, sup = self.app.store, self.app.sup
+        assert store is not None and sup is not None
+        await store.flush()
+        return [ev async for ev in store.thread_events(sup.session_id, tid)]
+
+    # waiting
+    async def until(self, pred: Callable[[], Any], what: str = "", timeout: float = 10.0) -> None:
+        """Yields to the app until pred() holds; fails (never hangs) after timeout seconds."""
+
+        async def loop() -> None:
+            while not pred():
+                await self.pilot.pause()
+
+        try:
+            await asyncio.wait_for(loop(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for: {what or pred}") from None
+
+    async def ready(self, pred: Callable[[], Any], what: str = "") -> None:
+        """until(pred), then let the screen catch up, as a human would look before a key."""
+        await self.until(pred, what)
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Waits until the next UI tick after now has drawn (ticks run at 10 Hz)."""
+        target = self.app.ticks + 2
+        await self.until(lambda: self.app.ticks >= target, "two UI ticks")
+
+    async def press(self, *keys: str) -> None:
+        await self.pilot.press(*keys)
+
+    async def screen_is(self, kind: type) -> Any:
+        await self.until(lambda: isinstance(self.app.screen, kind), f"screen {kind.__name__}")
+        return self.app.screen
+
+    # what is drawn
+    @property
+    def threads(self) -> ThreadList:
+        return self.app.query_one(ThreadList)
+
+    @property
+    def inbox(self) -> InboxList:
+        return self.app.query_one(InboxList)
+
+    def rows(self) -> list[str]:
+        """The thread list's rows as drawn (render_line; line 0 is the header)."""
+        tl = self.threads
+        return [tl.render_line(y).text for y in range(1, len(tl.rows) + 1)]
+
+    def row(self, tid: str) -> str:
+        found = [r for r in self.rows() if f" {tid} " in r]
+        assert len(found) == 1, (tid, self.rows())
+        return found[0]
+
+    def inbox_rows(self) -> list[str]:
+        ib = self.inbox
+        return [ib.render_line(y).text for y in range(1, len(ib.rows) + 1)]
+
+    def toast_texts(self) -> list[str]:
+        return [f"{n.title} | {n.message}" for n in self.toasts]
+
+
+def drawn(widget: Widget) -> str:
+    """Everything a widget draws (border, title and content), as plain text."""
+    width, height = widget.outer_size
+    return "\n".join(strip.text for strip in widget.render_lines(Region(0, 0, width, height)))
+
+
+def assert_log_complete(t: Tower) -> None:
+    """Every event the bus numbered is in the database; the session ended clean."""
+    app = t.app
+    assert app.closed
+    assert app.bus is not None and app.sup is not None
+    with contextlib.closing(sqlite3.connect(t.db)) as conn:
+        (count,) = conn.execute(
+            "SELECT count(*) FROM events WHERE session = ?", (app.sup.session_id,)
+        ).fetchone()
+        (max_seq,) = conn.execute(
+            "SELECT max(seq) FROM events WHERE session = ?", (app.sup.session_id,)
+        ).fetchone()
+        status, ended = conn.execute(
+            "SELECT status, ended FROM sessions WHERE id = ?", (app.sup.session_id,)
+        ).fetchone()
+        (last,) = conn.execute(
+            "SELECT kind FROM events WHERE session = ? ORDER BY seq DESC LIMIT 1",
+            (app.sup.session_id,),
+        ).fetchone()
+    assert count == max_seq == app.bus.seq > 0
+    assert status == "clean" and ended is not None
+    assert last == EventKind.SESSION_ENDED
+
+
+@contextlib.asynccontextmanager
+async def tower(
+    tmp_path: Path, toml: str, files: dict[str, str] | None = None, **kwargs: Any
+) -> AsyncIterator[Tower]:
+    """Boots the app on a project; on the way out shuts it down and checks the log."""
+    root = write_project(tmp_path / "proj", toml, FILES if files is None else files)
+    db = tmp_path / "t.db"
+    app = TowerApp(load_project(root), db, watch=False, **kwargs)
+    toasts: list[Notification] = []
+
+    def hook(message: object) -> None:
+        if isinstance(message, Notify):
+            toasts.append(message.notification)
+
+    async with app.run_test(size=(160, 48), message_hook=hook, notifications=True) as pilot:
+        await asyncio.wait_for(app.booted.wait(), 30)
+        t = Tower(app, pilot, db, toasts)
+        yield t
+        if app.is_running:  # leave through the app's own exit, as q does
+            await app.shutdown()
+            app.exit(0)
+            await t.until(lambda: not app.is_running, "the app exits")
+    assert_log_complete(t)
+
+
+def waiting_on(t: Tower, n: int, kind: InboxKind | None = None) -> Callable[[], bool]:
+    return lambda: (
+        len([i for i in t.items() if kind is None or i.kind is kind]) == n
+        and all(
+            v.state in (ThreadState.WAITING, ThreadState.PAUSED, ThreadState.QUEUED)
+            or v.state.ended
+            for v in t.state().threads.values()
+        )
+    )
+
+
+# --- spawn ----------------------------------------------------------------------------------
+
+
+async def test_spawn_dialog_creates_a_thread_with_model_and_budget(tmp_path: Path) -> None:
+    async with tower(tmp_path, project()) as t:
+        await t.press("n")
+        dialog = await t.screen_is(SpawnDialog)
+        dialog.query_one("#prompt", Input).focus()
+        await t.press(*"say", "space", *"hi")  # letters that are verbs elsewhere
+        assert dialog.query_one("#prompt", Input).value == "say hi"
+        dialog.query_one("#model", Select).value = "sim/large"
+        dialog.query_one("#budget", Input).focus()
+        await t.press(*"0.05")
+        await t.press("enter")
+        await t.screen_is(type(t.app.get_default_screen()))
+        await t.until(lambda: len(t.state().threads) == 1, "one thread")
+        (view,) = t.state().threads.values()
+        assert view.agent == "a" and view.title == "say hi"
+        assert view.model == "sim/large" and view.cascade[0] == "sim/large"
+        assert view.budget_usd == pytest.approx(0.05)
+        assert t.app.sup is not None and t.app.sup.runs[view.id].budget_usd == 0.05
+        await t.until(lambda: t.view(view.id).step >= 1, "its first model call")
+        await t.settle()
+        row = t.row(view.id)
+        assert "say hi" in row and " large " in row and "running" in row
+        assert t.threads.current == view.id  # the new thread is selected
+        assert any(f"spawned {view.id}" in s for s in t.toast_texts())
+
+
+async def test_spawn_with_a_bad_budget_shows_an_error_and_spawns_nothing(tmp_path: Path) -> None:
+    async with tower(tmp_path, project()) as t:
+        await t.press("n")
+        dialog = await t.screen_is(SpawnDialog)
+        dialog.query_one("#prompt", Input).value = "never spawned"
+        dialog.query_one("#budget", Input).value = "-1"
+        await t.press("ctrl+s")
+        error = dialog.query_one("#error", Label)
+        assert "positive" in str(error.content)
+        assert "the budget must be a positive number" in drawn(error)
+        assert t.app.screen is dialog  # still open, so the human can fix it
+        dialog.query_one("#budget", Input).value = "0"
+        await t.press("ctrl+s")
+        assert t.app.screen is dialog
+        dialog.query_one("#prompt", Input).value = ""
+        dialog.query_one("#budget", Input).value = ""
+        await t.press("ctrl+s")
+        assert "describe the task first" in drawn(dialog.query_one("#error", Label))
+        await t.press("escape")
+        await t.screen_is(type(t.app.get_default_screen()))
+        await t.settle()
+        assert t.state().threads == {}
+        assert t.rows() == []
+        assert not [e for e in t.toast_texts() if "spawned" in e]
+
+
+# --- pause ----------------------------------------------------------------------------------
+
+
+async def test_pause_one_thread_then_resume(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(task(ASK, "t", repeat=2))) as t:
+        await t.ready(waiting_on(t, 2), "two questions")
+        assert t.threads.current == "t-1"
+        await t.press("p")
+        sup = t.app.sup
+        assert sup is not None
+        assert sup.runs["t-1"].pause_requested and not sup.runs["t-2"].pause_requested
+        assert any("pausing t-1" in s for s in t.toast_texts())
+        # It waits for the human; the pause lands at its next checkpoint, after the answer.
+        await t.press("r")
+        dialog = await t.screen_is(TextDialog)
+        dialog.query_one(Input).value = "2025"
+        await t.press("enter")
+        await t.until(lambda: t.view("t-1").state is ThreadState.PAUSED, "t-1 paused")
+        await t.settle()
+        assert "paused" in t.row("t-1") and "waiting" in t.row("t-2")
+        assert t.view("t-2").state is ThreadState.WAITING
+        steps = t.view("t-1").step
+        await t.press("p")
+        assert not sup.runs["t-1"].pause_requested
+        assert any("resumed t-1" in s for s in t.toast_texts())
+        await t.until(
+            lambda: [i.kind for i in t.items("t-1")] == [InboxKind.APPROVAL], "t-1 continues"
+        )
+        assert t.view("t-1").step == steps + 1
+        await t.settle()
+        assert "waiting" in t.row("t-1")
+
+
+async def test_pause_all_and_resume_all(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(task(ASK, "t", repeat=3), cap=1)) as t:
+        await t.ready(waiting_on(t, 1), "one question, two queued")
+        assert [t.view(x).state for x in ("t-1", "t-2", "t-3")] == [
+            ThreadState.WAITING,
+            ThreadState.QUEUED,
+            ThreadState.QUEUED,
+        ]
+        sup = t.app.sup
+        assert sup is not None
+        await t.press("P")
+        assert all(sup.runs[x].pause_requested for x in ("t-1", "t-2", "t-3"))
+        assert any("pausing 3 thread(s)" in s for s in t.toast_texts())
+        # queued threads pause at once; the waiting one at its next checkpoint
+        assert t.view("t-2").state is ThreadState.PAUSED
+        assert t.view("t-3").state is ThreadState.PAUSED
+        await t.settle()
+        assert "paused" in t.row("t-2") and "paused" in t.row("t-3")
+        assert "3 paused" not in drawn(t.app.query_one(BudgetBar))
+        assert "2 paused" in drawn(t.app.query_one(BudgetBar))
+        await t.press("P")
+        assert not any(sup.runs[x].pause_requested for x in ("t-1", "t-2", "t-3"))
+        assert any("resumed 3 thread(s)" in s for s in t.toast_texts())
+        assert t.view("t-2").state is ThreadState.QUEUED
+        await t.settle()
+        assert "queued" in t.row("t-2") and "queued" in t.row("t-3")
+
+
+# --- kill -----------------------------------------------------------------------------------
+
+
+async def test_kill_asks_first_and_n_cancels(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(task(ASK, "t", repeat=2))) as t:
+        await t.ready(waiting_on(t, 2), "two questions")
+        await t.press("x")
+        dialog = await t.screen_is(ConfirmDialog)
+        assert "Kill thread t-1?" in drawn(dialog.query_one(Label))
+        await t.press("n")
+        await t.screen_is(type(t.app.get_default_screen()))
+        assert t.view("t-1").state is ThreadState.WAITING
+        assert len(t.items("t-1")) == 1
+
+
+async def test_kill_confirmed_takes_effect_within_one_frame(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(task(ASK, "t", repeat=2))) as t:
+        await t.ready(waiting_on(t, 2), "two questions")
+        assert len(t.inbox_rows()) == 2
+        await t.press("x")
+        await t.screen_is(ConfirmDialog)
+        await t.press("y")
+        await t.pilot.pause()
+        assert t.view("t-1").state is ThreadState.KILLED
+        assert t.items("t-1") == []
+        assert t.view("t-2").state is ThreadState.WAITING and len(t.items("t-2")) == 1
+        await t.settle()
+        assert "killed" in t.row("t-1")
+        rows = t.inbox_rows()
+        assert len(rows) == 1 and "t-2" in rows[0] and "t-1" not in rows[0]
+        assert "Inbox 1" in drawn(t.inbox)
+        assert any("killed t-1" in s for s in t.toast_texts())
+
+
+# --- escalate, hand to human -----------------------------------------------------------------
+
+
+async def test_escalate_moves_to_the_next_model_and_hand_opens_an_item(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(task(ASK, "t"))) as t:
+        await t.ready(waiting_on(t, 1), "a question")
+        assert "instant" in t.row("t")
+        await t.press("e")
+        assert t.view("t").model == "sim/small"
+        assert any("t escalated to sim/small" in s for s in t.toast_texts())
+        await t.settle()
+        assert " small " in t.row("t")
+        await t.press("h")
+        await t.until(lambda: len(t.items("t")) == 2, "a handoff item")
+        kinds = [i.kind for i in t.items("t")]
+        assert kinds == [InboxKind.QUESTION, InboxKind.ESCALATION]
+        assert t.view("t").model == "sim/small"  # handing over keeps the model
+        await t.settle()
+        assert any(r.startswith("handoff") and " t " in r for r in t.inbox_rows())
+        assert any("handed to you" in s for s in t.toast_texts())
+        assert any(s.startswith("needs you · escalation") for s in t.toast_texts())
+
+
+# --- approve, deny, edit ---------------------------------------------------------------------
+
+
+async def test_approve_unblocks_exactly_that_thread(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(task(WRITE, "w", repeat=3))) as t:
+        await t.ready(waiting_on(t, 3, InboxKind.APPROVAL), "three approvals")
+        assert t.threads.current == "w-1"
+        detail = drawn(t.app.query_one(InboxDetail))
+        assert "write_file" in detail and '"path": "out.txt"' in detail
+        await t.press("a")
+        await t.until(lambda: t.view("w-1").state is ThreadState.DONE, "w-1 done")
+        assert (t.workspace("w-1") / "out.txt").read_text() == "original"
+        for other in ("w-2", "w-3"):
+            assert t.view(other).state is ThreadState.WAITING
+            assert [i.kind for i in t.items(other)] == [InboxKind.APPROVAL]
+            assert not (t.workspace(other) / "out.txt").exists()
+        await t.settle()
+        assert "done" in t.row("w-1") and "waiting" in t.row("w-2")
+        assert len(t.inbox_rows()) == 2
+
+
+async def test_deny_refuses_the_tool_call(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(task(WRITE, "w"))) as t:
+        await t.ready(waiting_on(t, 1, InboxKind.APPROVAL), "an approval")
+        await t.press("d")
+        await t.until(lambda: t.view("w").state.ended, "w ended")
+        assert t.view("w").state is ThreadState.DONE  # the model went on and finished
+        assert not (t.workspace("w") / "out.txt").exists()
+        results = [e for e in await t.events("w") if e.kind is EventKind.TOOL_RESULT]
+        assert results[0].payload["tool"] == "write_file"
+        assert results[0].payload["ok"] is False
+        assert "denied by the human" in results[0].payload["result"]
+
+
+async def test_edit_arguments_then_approve(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(task(WRITE, "w"))) as t:
+        await t.ready(waiting_on(t, 1, InboxKind.APPROVAL), "an approval")
+        await t.press("E")
+        dialog = await t.screen_is(ArgsDialog)
+        area = dialog.query_one(TextArea)
+        assert json.loads(area.text) == {"path": "out.txt", "content": "original"}
+        area.text = "not json"
+        await t.press("ctrl+s")
+        assert "not valid JSON" in drawn(dialog.query_one("#error", Label))
+        assert t.app.screen is dialog
+        area.text = json.dumps({"path": "edited.txt", "content": "by hand"})
+        await t.press("ctrl+s")
+        await t.until(lambda: t.view("w").state.ended, "w ended")
+        assert t.view("w").state is ThreadState.DONE
+        root = t.workspace("w")
+        assert (root / "edited.txt").read_text() == "by hand"
+        assert not (root / "out.txt").exists()
+        closed = [e for e in await t.events("w") if e.kind is EventKind.INBOX_CLOSED]
+        assert closed[0].payload["args"] == {"path": "edited.txt", "content": "by hand"}
+
+
+# --- reply, comment --------------------------------------------------------------------------
+
+
+async def test_reply_answers_a_question(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(task(ASK, "t"))) as t:
+        await t.ready(waiting_on(t, 1, InboxKind.QUESTION), "a question")
+        assert "Which year?" in drawn(t.app.query_one(InboxDetail))
+        await t.press("r")
+        dialog = await t.screen_is(TextDialog)
+        assert "t asks: Which year?" in drawn(dialog.query_one(Label))
+        await t.press(*"2025", "enter")
+        await t.until(
+            lambda: [i.kind for i in t.items("t")] == [InboxKind.APPROVAL], "the next step"
+        )
+        results = [e for e in await t.events("t") if e.kind is EventKind.TOOL_RESULT]
+        assert results[0].payload == {
+            "call_id": results[0].payload["call_id"],
+            "tool": "ask_human",
+            "ok": True,
+            "result": "2025",
+        }
+        assert t.state().decisions == 1
+
+
+async def test_reply_on_a_thread_without_an_item_is_a_comment(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(task(ASK, "t"))) as t:
+        await t.ready(waiting_on(t, 1, InboxKind.QUESTION), "a question")
+        await t.press("p", "r", *"2025", "enter")  # pause, then answer: it stops, no item
+        await t.ready(lambda: t.view("t").state is ThreadState.PAUSED, "t paused")
+        assert t.items() == []
+        await t.press("r")
+        dialog = await t.screen_is(TextDialog)
+        assert "Comment to t" in drawn(dialog.query_one(Label))
+        dialog.query_one(Input).value = "mind the units"
+        await t.press("enter")
+        comments = [e for e in await t.events("t") if e.kind is EventKind.COMMENT]
+        assert [c.payload for c in comments] == [{"text": "mind the units", "by": "human"}]
+        assert any(s.endswith("| sent") for s in t.toast_texts())
+        # the comment reaches the model with its next call
+        await t.press("p")
+        await t.until(lambda: t.items("t"), "t's next step")
+        assert t.app.sup is not None
+        messages = t.app.sup.runs["t"].messages
+        assert any("mind the units" in (m.get("content") or "") for m in messages)
+
+
+async def test_verbs_on_a_thread_without_items_leave_other_threads_items_alone(
+    tmp_path: Path,
+) -> None:
+    async with tower(tmp_path, project(task(ASK, "t", repeat=2), cap=1)) as t:
+        await t.ready(waiting_on(t, 1), "t-1 asks, t-2 queued")
+        await t.press("down")
+        assert t.threads.current == "t-2" and t.items("t-2") == []
+        await t.press("d")  # nothing of t-2's to deny, and t-1's item is not t-2's
+        await t.press("a")
+        assert not isinstance(t.app.screen, TextDialog)  # a on a question would open a reply
+        assert [i.kind for i in t.items("t-1")] == [InboxKind.QUESTION]
+        assert t.toast_texts().count(" | nothing in the inbox for this thread") == 2
+        await t.press("r")
+        dialog = await t.screen_is(TextDialog)
+        assert "Comment to t-2" in drawn(dialog.query_one(Label))
+        dialog.query_one(Input).value = "wait for t-1"
+        await t.press("enter")
+        assert [i.kind for i in t.items("t-1")] == [InboxKind.QUESTION]
+        comments = [e for e in await t.events("t-2") if e.kind is EventKind.COMMENT]
+        assert [c.payload["text"] for c in comments] == ["wait for t-1"]
+
+
+# --- approve all like this -------------------------------------------------------------------
+
+
+async def test_approve_similar_approves_same_tool_and_agent_only(tmp_path: Path) -> None:
+    toml = project(
+        task(WRITE, "w", repeat=2),
+        task(WRITE, "v", agent="b"),
+        task(WRITE.replace("write_file", "list_dir"), "l"),
+        extra='\n[policy]\nask = ["write_file", "list_dir"]\n',
+    )
+    async with tower(tmp_path, toml) as t:
+        await t.ready(waiting_on(t, 4, InboxKind.APPROVAL), "four approvals")
+        assert t.threads.current == "w-1"
+        await t.press("A")
+        assert t.items("w-1") == [] and t.items("w-2") == []
+        assert len(t.items("v")) == 1 and len(t.items("l")) == 1
+        assert any("approved 2 write_file call(s) of agent a" in s for s in t.toast_texts())
+        await t.until(
+            lambda: all(t.view(x).state is ThreadState.DONE for x in ("w-1", "w-2")), "w done"
+        )
+        assert (t.workspace("w-1") / "out.txt").exists()
+        assert (t.workspace("w-2") / "out.txt").exists()
+        assert not (t.workspace("v") / "out.txt").exists()
+        assert t.view("v").state is ThreadState.WAITING
+        assert t.view("l").state is ThreadState.WAITING
+        await t.settle()
+        rows = t.inbox_rows()
+        assert len(rows) == 2 and any(" v " in r for r in rows) and any(" l " in r for r in rows)
+
+
+# --- budget items ----------------------------------------------------------------------------
+
+BUDGET = """
+[budget]
+thread_usd = 0.0005
+
+[[tasks]]
+id = "b"
+agent = "a"
+prompt = "list"
+repeat = 2
+
+[[tasks.script]]
+tool = "list_dir"
+[[tasks.script]]
+tool = "list_dir"
+[[tasks.script]]
+tool = "list_dir"
+[[tasks.script]]
+tool = "finish"
+args = { answer = "ok" }
+"""
+
+
+async def test_budget_items_raise_by_typed_amount_and_by_suggestion(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(BUDGET)) as t:
+        await t.ready(waiting_on(t, 2, InboxKind.BUDGET), "two budget stops")
+        assert all(t.view(x).state is ThreadState.PAUSED for x in ("b-1", "b-2"))
+        await t.settle()
+        assert "thread budget" in drawn(t.app.query_one(InboxDetail))
+        stops = [s for s in t.toast_texts() if s.startswith("budget stop |")]
+        assert all(any(tid in s for s in stops) for tid in ("b-1", "b-2")), stops
+        assert all(n.severity == "error" for n in t.toasts if n.title == "budget stop")
+        # b: raise by a typed amount
+        assert t.threads.current == "b-1"
+        await t.press("b")
+        dialog = await t.screen_is(AmountDialog)
+        box = dialog.query_one(Input)
+        box.value = "0.01"
+        await t.press("enter")
+        await t.until(lambda: t.view("b-1").state is ThreadState.DONE, "b-1 done")
+        assert t.view("b-1").budget_usd == pytest.approx(0.0105)
+        assert any("budget raised by $0.0100" in s for s in t.toast_texts())
+        # a: raise by the suggestion
+        await t.press("down")
+        assert t.threads.current == "b-2"
+        (item,) = t.items("b-2")
+        suggestion = item.data["suggest_usd"]
+        assert suggestion > 0
+        starts = len([e for e in await t.events("b-2") if e.kind is EventKind.LLM_STARTED])
+        await t.press("a")
+        assert t.view("b-2").budget_usd == pytest.approx(0.0005 + suggestion)
+        await t.until(
+            lambda: t.view("b-2").state is ThreadState.DONE or t.items("b-2"), "b-2 goes on"
+        )
+        after = [e for e in await t.events("b-2") if e.kind is EventKind.LLM_STARTED]
+        assert len(after) > starts
+        raised = [e for e in await t.events("b-2") if e.kind is EventKind.BUDGET_RAISED]
+        assert raised[0].payload["usd"] == suggestion
+
+
+# --- jumping between items, focus, filter, sort ---------------------------------------------
+
+
+async def test_next_and_previous_item(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(task(ASK, "t", repeat=3))) as t:
+        await t.ready(waiting_on(t, 3), "three questions")
+        order = [i.id for i in t.items()]
+        owner = {i.id: i.thread for i in t.items()}
+        assert t.threads.has_focus
+
+        async def jump(key: str, index: int) -> None:
+            await t.press(key)
+            assert t.inbox.has_focus
+            assert t.inbox.current == order[index]
+            assert t.threads.current == owner[order[index]]
+            assert f"{owner[order[index]]} (a)" in drawn(t.app.query_one(InboxDetail))
+
+        await jump("right_square_bracket", 0)  # from elsewhere: lands on the selected item
+        await jump("right_square_bracket", 1)
+        await jump("right_square_bracket", 2)
+        await jump("right_square_bracket", 0)  # wraps
+        await jump("left_square_bracket", 2)
+        await jump("left_square_bracket", 1)
+
+
+async def test_tab_cycles_focus_between_threads_and_inbox(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(task(ASK, "t"))) as t:
+        assert t.app.focused is t.threads
+        await t.press("tab")
+        assert t.app.focused is t.inbox
+        await t.press("tab")
+        assert t.app.focused is t.threads
+        await t.press("shift+tab")
+        assert t.app.focused is t.inbox
+        await t.press("t")
+        assert t.app.focused is t.threads
+        await t.press("i")
+        assert t.app.focused is t.inbox
+
+
+async def test_filter_narrows_the_list_and_escape_clears(tmp_path: Path) -> None:
+    toml = project(
+        task(ASK, "alpha", prompt="alpha report"),
+        task(ASK, "beta", prompt="beta summary", repeat=2),
+        task(ASK, "gamma", prompt="gamma notes"),
+    )
+    async with tower(tmp_path, toml) as t:
+        await t.ready(waiting_on(t, 4), "four questions")
+        assert len(t.rows()) == 4
+        await t.press("slash")
+        box = t.app.query_one("#filter", Input)
+        assert box.has_focus and box.display
+        await t.press(*"beta")  # letters that are verbs elsewhere go to the box
+        assert box.value == "beta"
+        await t.until(lambda: "filter “beta”" in drawn(t.threads), "the filter drawn")
+        assert all("beta summary" in r for r in t.rows())
+        assert len(t.rows()) == 2 and "Threads 2/4" in drawn(t.threads)
+        assert all(not v.state.ended for v in t.state().threads.values())
+        await t.press("enter")  # keeps the filter, back to the list
+        assert t.threads.has_focus and len(t.rows()) == 2
+        await t.press("slash", "escape")
+        await t.until(lambda: len(t.rows()) == 4, "all rows back")
+        assert box.value == "" and not box.display
+        assert t.threads.has_focus
+
+
+async def test_sort_cycles_and_reverse(tmp_path: Path) -> None:
+    toml = project(
+        task(ASK, "zeta", prompt="z"),
+        task(ASK, "alpha", prompt="a"),
+        task(ASK, "mid", prompt="m"),
+    )
+    async with tower(tmp_path, toml) as t:
+        await t.ready(waiting_on(t, 3), "three questions")
+        ids = lambda: [r.split()[1] for r in t.rows()]  # noqa: E731
+        assert ids() == ["zeta", "alpha", "mid"]  # spawned order
+        await t.press("s")
+        assert t.threads.sort_key == "id"
+        await t.until(lambda: ids() == ["alpha", "mid", "zeta"], "sorted by id")
+        assert "ID▼" in t.threads.render_line(0).text
+        assert "sort id" in drawn(t.threads)
+        await t.press("S")
+        await t.until(lambda: ids() == ["zeta", "mid", "alpha"], "reversed")
+        assert "ID▲" in t.threads.render_line(0).text
+        await t.press("S", "s")
+        assert t.threads.sort_key == "state"
+        await t.until(lambda: "sort state" in drawn(t.threads), "sort state")
+        assert "STATE▼" in t.threads.render_line(0).text
+
+
+# --- command palette, help -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["colon", "ctrl+p"])
+async def test_command_palette_runs_a_verb(tmp_path: Path, key: str) -> None:
+    async with tower(tmp_path, project(task(ASK, "t", repeat=2))) as t:
+        await t.ready(waiting_on(t, 2), "two questions")
+        await t.press(key)
+        palette = t.app.screen
+        assert isinstance(palette, CommandPalette)
+        await t.press(*"Pause")
+        assert palette.query_one(CommandInput).value == "Pause"
+        commands = palette.query_one(CommandList)
+        await t.until(
+            lambda: commands.option_count >= 2 and commands.highlighted == 0, "palette hits"
+        )
+        prompts = [str(commands.get_option_at_index(i).prompt) for i in range(2)]
+        assert prompts[0].startswith("Pause: pause or resume the selected thread")
+        assert prompts[1].startswith("Pause all: pause or resume every thread")
+        assert "key: p" in drawn(commands)
+        await t.press("enter")
+        sup = t.app.sup
+        assert sup is not None
+        await t.until(lambda: sup.runs["t-1"].pause_requested, "t-1 pausing")
+        assert not isinstance(t.app.screen, CommandPalette)
+        assert not sup.runs["t-2"].pause_requested
+
+
+async def test_help_lists_every_key(tmp_path: Path) -> None:
+    async with tower(tmp_path, project()) as t:
+        await t.press("question_mark")
+        screen = await t.screen_is(HelpScreen)
+        text = drawn(screen.query(Static).first())
+        for bid, *_ in VERBS:
+            assert bid in text, bid
+            assert t.app.key_of(bid) in text, bid
+        for line in ("enter", "tab", "escape"):
+            assert line in text
+        assert "kill the selected thread" in text
+        await t.press("escape")
+        await t.screen_is(type(t.app.get_default_screen()))
+
+
+# --- the thread detail screen ---------------------------------------------------------------
+
+
+async def test_detail_screen_shows_transcript_and_costs_and_verbs_work_there(
+    tmp_path: Path,
+) -> None:
+    async with tower(tmp_path, project(task(ASK, "t", repeat=2))) as t:
+        await t.ready(waiting_on(t, 2), "two questions")
+        await t.press("down")
+        assert t.threads.current == "t-2"
+        await t.press("r", *"2025", "enter")
+        await t.until(lambda: [i.kind for i in t.items("t-2")] == [InboxKind.APPROVAL], "t-2")
+        await t.press("enter")
+        screen = await t.screen_is(ThreadScreen)
+        assert screen.thread == "t-2"
+        log = screen.query_one(RichLog)
+        table = screen.query_one(DataTable)
+
+        def transcript() -> str:
+            return "\n".join(strip.text for strip in log.lines)
+
+        await t.until(lambda: "write_file" in transcript(), "transcript")
+        text = transcript()
+        assert "task: do it" in text
+        assert '→ ask_human({"question": "Which year?"})' in text
+        assert "← ask_human: 2025" in text
+        assert '→ write_file({"path": "out.txt", "content": "2025"})' in text
+        assert table.row_count == 2  # two model calls so far
+        assert [str(c) for c in table.get_row_at(0)][:2] == ["1", "sim/instant"]
+        assert "$" in str(table.get_row_at(1)[4])
+        assert "t-2 · a · waiting" in drawn(screen.query_one("#head", Static))
+        # verbs act on this screen's thread
+        await t.press("p")
+        sup = t.app.sup
+        assert sup is not None
+        assert sup.runs["t-2"].pause_requested and not sup.runs["t-1"].pause_requested
+        await t.press("a")
+        await t.until(lambda: t.view("t-2").state is ThreadState.PAUSED, "t-2 paused")
+        await t.until(lambda: "● paused" in transcript(), "live events in the transcript")
+        assert "approved by human" in transcript()
+        assert (t.workspace("t-2") / "out.txt").read_text() == "2025"
+        await t.press("p")
+        await t.until(lambda: t.view("t-2").state is ThreadState.DONE, "t-2 done")
+        await t.until(lambda: "● done — finished" in transcript(), "done in the transcript")
+        assert table.row_count == 3
+        await t.press("escape")
+        await t.screen_is(type(t.app.get_default_screen()))
+        assert t.view("t-1").state is ThreadState.WAITING
+
+
+async def test_leaving_the_detail_screen_stops_feeding_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with tower(tmp_path, project(task(ASK, "t"))) as t:
+        await t.ready(waiting_on(t, 1, InboxKind.QUESTION), "a question")
+        await t.press("enter")
+        await t.screen_is(ThreadScreen)
+        await t.press("escape")
+        await t.screen_is(type(t.app.get_default_screen()))
+        await t.press("r")
+        dialog = await t.screen_is(TextDialog)
+        dialog.query_one(Input).value = "2025"
+        await t.press("enter")
+        await t.ready(lambda: [i.kind for i in t.items("t")] == [InboxKind.APPROVAL], "next")
+        failures = [r for r in caplog.records if "event subscriber failed" in r.getMessage()]
+        assert failures == []
+
+
+# --- quitting -------------------------------------------------------------------------------
+
+
+async def test_quit_asks_while_threads_run_and_flushes_the_log(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(task(ASK, "t", repeat=2))) as t:
+        await t.ready(waiting_on(t, 2), "two questions")
+        await t.press("q")
+        dialog = await t.screen_is(ConfirmDialog)
+        assert "2 thread(s) have not finished" in drawn(dialog.query_one(Label))
+        await t.press("n")
+        await t.screen_is(type(t.app.get_default_screen()))
+        assert not t.app.closed and t.app.is_running
+        await t.press("q")
+        await t.screen_is(ConfirmDialog)
+        await t.press("y")
+        await t.until(lambda: not t.app.is_running, "the app exits")
+    assert t.app.return_code == 0
+    assert t.app.closed  # the harness then checks: every event is in the log, session clean
+
+
+async def test_quit_without_live_threads_exits_at_once(tmp_path: Path) -> None:
+    done = task(WRITE.replace("write_file", "list_dir"), "d")
+    async with tower(tmp_path, project(done)) as t:
+        await t.until(lambda: t.state().all_ended and t.state().threads, "all done")
+        await t.press("q")
+        await t.until(lambda: not t.app.is_running, "the app exits")
+    assert t.app.return_code == 0
+
+
+# --- notifications --------------------------------------------------------------------------
+
+
+async def test_toasts_for_new_items_and_failures_not_for_progress(tmp_path: Path) -> None:
+    toml = project(
+        task(ASK, "ask"),
+        task(WRITE.replace("write_file", "list_dir"), "fine"),
+        task(WRITE.replace("write_file", "list_dir"), "bad", agent="short"),
+        extra='\n[[agents]]\nname = "short"\ncascade = ["sim/instant"]\nmax_steps = 1\n',
+    )
+    async with tower(tmp_path, toml) as t:
+        await t.until(
+            lambda: (
+                t.view("fine").state is ThreadState.DONE
+                and t.view("bad").state is ThreadState.FAILED
+                and len(t.items("ask")) == 1
+            ),
+            "one done, one failed, one asking",
+        )
+        await t.settle()
+        assert sorted((n.title, n.message, n.severity) for n in t.toasts) == [
+            ("needs you · question", "ask: Which year?", "warning"),
+            ("thread failed", "bad: max_steps: 1 model calls without finishing", "error"),
+        ]  # and none for "fine", which finished: routine progress is not news
+        await t.until(lambda: len(t.app.screen.query(Toast)) == 2, "two toasts on screen")
+        shown = " ".join(drawn(toast) for toast in t.app.screen.query(Toast))
+        assert "ask: Which year?" in shown and "bad: max_steps" in shown
+        assert t.toast_texts() == [f"{n.title} | {n.message}" for n in t.app._notifications]
+
+
+# --- the budget bar -------------------------------------------------------------------------
+
+# $1 a token, one output token per call: a call costs exactly what it reserved, in whole
+# dollars, so the bar's levels can be reached exactly.
+DOLLAR = """
+[budget]
+usd = 1
+
+[models."sim/instant"]
+input_usd_per_mtok = 1000000
+output_usd_per_mtok = 1000000
+
+[[agents]]
+name = "one"
+cascade = ["sim/instant"]
+max_tokens = 1
+
+[[tasks]]
+id = "c"
+agent = "one"
+prompt = "count"
+
+[[tasks.script]]
+tool = "list_dir"
+[[tasks.script]]
+tool = "finish"
+args = { answer = "ok" }
+"""
+
+
+async def test_budget_bar_levels(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(DOLLAR)) as t:
+        bar = t.app.query_one(BudgetBar)
+        await t.ready(waiting_on(t, 1, InboxKind.BUDGET), "a session budget stop")
+        (item,) = t.items("c")
+        assert item.data["scope"] == "session"
+        need = item.data["need_usd"]
+        assert need > 1 and need == int(need)
+        await t.settle()
+        assert not bar.has_class("-warning") and not bar.has_class("-error")
+        assert "$0.0000 spent" in drawn(bar) and "limit $1.00 (0%)" in drawn(bar)
+        # raise the session to exactly the first call's cost: it runs and uses 100 %
+        await t.press("b")
+        dialog = await t.screen_is(AmountDialog)
+        dialog.query_one(Input).value = str(need - 1)
+        await t.press("enter")
+        await t.until(lambda: len(t.items("c")) == 1 and t.items("c")[0].id != item.id, "next")
+        assert t.state().budget.spent_usd == need == t.state().budget.limit_usd
+        await t.settle()
+        assert bar.has_class("-error")
+        text = drawn(bar)
+        assert f"${need:,.4f} spent" in text and f"limit ${need:,.2f} (100%)" in text
+        assert not bar.has_class("-warning")
+        # raise by a tenth: 1/1.1 = 91 % used, and still not enough for the next call
+        await t.press("b")
+        dialog = await t.screen_is(AmountDialog)
+        dialog.query_one(Input).value = str(need / 10)
+        await t.press("enter")
+        await t.until(lambda: t.state().budget.limit_usd == need * 1.1, "raised")
+        await t.settle()
+        assert bar.has_class("-warning") and not bar.has_class("-error")
+        assert "(91%)" in drawn(bar)
+        assert t.items("c") and t.view("c").state is ThreadState.PAUSED
+        # a on the budget item raises by the suggestion: back to normal, the thread finishes
+        await t.press("a")
+        await t.until(lambda: t.view("c").state is ThreadState.DONE, "c done")
+        await t.until(
+            lambda: not bar.has_class("-warning") and not bar.has_class("-error"), "ok level"
+        )
+
+
+# --- keymap ---------------------------------------------------------------------------------
+
+
+async def test_keymap_remaps_kill(tmp_path: Path) -> None:
+    async with tower(tmp_path, project(task(ASK, "t")), keymap={"kill": "X"}) as t:
+        await t.ready(waiting_on(t, 1), "a question")
+        await t.press("x")
+        await t.pilot.pause()
+        assert not isinstance(t.app.screen, ConfirmDialog)
+        assert t.view("t").state is ThreadState.WAITING
+        assert t.app.key_of("kill") == "X"
+        await t.press("X")
+        await t.screen_is(ConfirmDialog)
+        await t.press("y")
+        await t.pilot.pause()
+        assert t.view("t").state is ThreadState.KILLED
