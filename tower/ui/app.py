@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.command import Hit, Hits, Provider
@@ -49,6 +49,10 @@ from tower.ui.widgets.rowlist import RowList
 from tower.ui.widgets.threads import SORTS, ThreadList
 
 TICK_S = 0.1
+FREEZE_EVERY = 50  # ticks: 5 s
+FULL_GC_EVERY = 600  # ticks: a minute, at a moment without keys
+FULL_GC_LATEST = 3000  # ticks: five minutes at most
+KEY_IDLE_S = 2.0
 DEFAULT_THEME = "tower-dark"
 _EMPTY = TowerState()
 
@@ -178,6 +182,8 @@ class TowerApp(App[int]):
         self._last_second = -1
         self._stop_watchers = asyncio.Event()
         self.ticks = 0
+        self._last_full_gc = 0
+        self._last_key = 0.0
 
     # --- layout -------------------------------------------------------------------------
 
@@ -338,6 +344,7 @@ class TowerApp(App[int]):
         if self.closed:
             return
         self.ticks += 1
+        self._tend_garbage()
         now = self.now()
         state = self.state()
         self.burn.add(now, state.budget.spent_usd)
@@ -368,6 +375,29 @@ class TowerApp(App[int]):
         self._rows_dirty = False
         self._inbox_dirty = False
         self._notify_pending(state)
+
+    def _tend_garbage(self) -> None:
+        """Keeps full garbage collections off the keyboard's path.
+
+        Long-lived objects (thread histories, litellm's caches) pile up, and a full collection
+        walking them stalls a frame for 50-150 ms. Frozen objects are skipped, so they are
+        frozen every few seconds; once a minute, when no key was pressed for a while, they
+        are unfrozen and collected for real so cyclic garbage cannot pile up.
+        """
+        if self.ticks % FREEZE_EVERY == 0:
+            gc.freeze()
+        due = self.ticks - self._last_full_gc
+        idle = time.monotonic() - self._last_key > KEY_IDLE_S
+        if due >= FULL_GC_EVERY and (idle or due >= FULL_GC_LATEST):
+            self._last_full_gc = self.ticks
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key):
+            self._last_key = time.monotonic()
+        await super().on_event(event)
 
     def _panel_targets(self) -> list[str]:
         threads = self.threads_list
