@@ -52,10 +52,11 @@ async def settle(pilot) -> None:
     app = pilot.app
     await asyncio.wait_for(app.booted.wait(), 60)
     ready = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
-    def check(_event: object = None) -> None:
+    def check(_event: object = None) -> None:  # runs on the core's thread
         if scene_ready(app):
-            ready.set()
+            loop.call_soon_threadsafe(ready.set)
 
     app.bus.subscribe(check)
     check()

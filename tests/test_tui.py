@@ -145,10 +145,7 @@ class Tower:
 
     async def events(self, tid: str) -> list[Event]:
         """The thread's events as the log has them (what the detail screen reads)."""
-        store, sup = self.app.store, self.app.sup
-        assert store is not None and sup is not None
-        await store.flush()
-        return [ev async for ev in store.thread_events(sup.session_id, tid)]
+        return await self.app.thread_events(tid)
 
     # waiting
     async def until(self, pred: Callable[[], Any], what: str = "", timeout: float = 10.0) -> None:

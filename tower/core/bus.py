@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,6 +54,9 @@ class Bus:
         self._clock = clock
         self._secrets = secrets_from_env() if secrets is None else secrets
         self._subscribers: list[Subscriber] = []
+        # Held while the reducer changes the state; a reader on another thread (the TUI)
+        # holds it while it walks the state, so it never sees a half-applied event.
+        self.lock = threading.Lock()
 
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         self._subscribers.append(fn)
@@ -73,7 +77,8 @@ class Bus:
                 text = redacted
                 payload = json.loads(text)
         ev = Event(self.seq, self._clock(), kind, thread, payload)
-        apply(self.state, ev)
+        with self.lock:
+            apply(self.state, ev)
         if self.store is not None:
             self.store.append(ev, text)
         for fn in self._subscribers:

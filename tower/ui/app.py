@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
 from tower.core.state import TowerState
 from tower.core.store import Store, StoreError
 from tower.core.supervisor import CommandError, Supervisor
+from tower.ui.core_thread import CoreThread
 from tower.ui.format import BurnMeter, usd
 from tower.ui.screens.detail import ThreadScreen
 from tower.ui.screens.dialogs import (
@@ -53,6 +55,7 @@ FREEZE_EVERY = 50  # ticks: 5 s
 FULL_GC_EVERY = 600  # ticks: a minute, at a moment without keys
 FULL_GC_LATEST = 3000  # ticks: five minutes at most
 KEY_IDLE_S = 2.0
+GIL_SWITCH_S = 0.001  # Python's default is 5 ms
 DEFAULT_THEME = "tower-dark"
 _EMPTY = TowerState()
 
@@ -179,6 +182,8 @@ class TowerApp(App[int]):
         self._new_items: list[Event] = []
         self._failures: list[Event] = []
         self._detail: ThreadScreen | None = None
+        self._detail_events: list[Event] = []
+        self.core: CoreThread | None = None
         self._last_second = -1
         self._stop_watchers = asyncio.Event()
         self.ticks = 0
@@ -285,37 +290,50 @@ class TowerApp(App[int]):
 
     @work(exclusive=True, group="boot")
     async def _boot(self) -> None:
-        from tower.core.llm import check_model
-
+        # The core's thread holds the GIL for up to this long before the screen gets a turn.
+        sys.setswitchinterval(GIL_SWITCH_S)
+        self.core = CoreThread()
+        self.core.start()
+        self.note = "loading models…"
         try:
-            self.store = await Store.open(self.db)
+            problems = await self.core.run(self._core_boot())
         except StoreError as exc:
             self.exit(return_code=2, message=Text(f"tower: {exc}"))
             return
-        self.bus = Bus(self.store, clock=self.now)
-        self.bus.subscribe(self._on_event)
-        self.sup = Supervisor(
-            self.project,
-            self.bus,
-            session_id=self.session_id,
-            workspaces_dir=self.store.path.parent / "workspaces",
-        )
-        self.note = "loading models…"
-        problems = []
-        for model in self.project.all_models():
-            problem = await asyncio.to_thread(check_model, model)
-            if problem:
-                problems.append(f"{self.project.root / 'tower.toml'}: {problem}")
         if problems:
-            await self.store.close()
             self.exit(return_code=2, message=Text("\n".join(problems)))
             return
-        await self.sup.start()
         # litellm, pydantic and the threads' settings are alive for good: a full collection
         # walking them stalls the screen for ~150 ms, so move them out of the collector's way.
         gc.freeze()
         self.note = ""
         self.booted.set()
+
+    async def _core_boot(self) -> list[str]:
+        """On the core's loop: open the log, check the models, start the supervisor."""
+        from tower.core.llm import check_model
+
+        self.store = await Store.open(self.db)
+        bus = Bus(self.store, clock=self.now)
+        bus.subscribe(self._on_event)
+        sup = Supervisor(
+            self.project,
+            bus,
+            session_id=self.session_id,
+            workspaces_dir=self.store.path.parent / "workspaces",
+        )
+        problems = []
+        for model in self.project.all_models():
+            problem = await asyncio.to_thread(check_model, model)
+            if problem:
+                problems.append(f"{self.project.root / PROJECT_FILE}: {problem}")
+        if problems:
+            await self.store.close()
+            self.store = None
+            return problems
+        self.bus, self.sup = bus, sup
+        await sup.start()
+        return []
 
     def _on_event(self, ev: Event) -> None:
         """Runs inside bus.emit: only marks what changed; drawing waits for the next tick."""
@@ -333,10 +351,7 @@ class TowerApp(App[int]):
             self._inbox_dirty = True
         detail = self._detail
         if detail is not None and ev.thread == detail.thread:
-            if detail.is_attached:
-                detail.add_events([ev])
-            else:
-                self._detail = None
+            self._detail_events.append(ev)
 
     # --- drawing ------------------------------------------------------------------------
 
@@ -351,7 +366,7 @@ class TowerApp(App[int]):
         second = int(now)
         threads = self.threads_list
         inbox = self.inbox_list
-        with self.batch_update():
+        with self.state_lock(), self.batch_update():
             self.budget_bar.show(state, self.burn.per_minute(), self.note)
             if self._rows_dirty or (self._dirty and threads.sort_key in ("cost", "tokens")):
                 threads.rebuild()
@@ -370,11 +385,26 @@ class TowerApp(App[int]):
                 inbox.refresh()
                 self._show_item()
             self._draw_panels(state)
+        self._feed_detail()
         self._last_second = second
         self._dirty.clear()
         self._rows_dirty = False
         self._inbox_dirty = False
         self._notify_pending(state)
+
+    def state_lock(self) -> contextlib.AbstractContextManager[Any]:
+        """Held while the UI walks the state, so the core never changes it mid-walk."""
+        return self.bus.lock if self.bus is not None else contextlib.nullcontext()
+
+    def _feed_detail(self) -> None:
+        detail = self._detail
+        if detail is None or not self._detail_events:
+            return
+        events, self._detail_events = self._detail_events, []
+        if detail.is_attached:
+            detail.add_events(events)
+        else:
+            self._detail = None
 
     def _tend_garbage(self) -> None:
         """Keeps full garbage collections off the keyboard's path.
@@ -493,18 +523,18 @@ class TowerApp(App[int]):
         if inbox.has_focus and inbox.current in state.inbox:
             return inbox.current
         tid = self.selected_thread()
-        for item in state.inbox.values():
+        for item in list(state.inbox.values()):  # a snapshot: the core adds items meanwhile
             if item.thread == tid:
                 return item.id
         return None  # never another thread's item: verbs act on what is selected
 
-    def _command(self, fn: Callable[[], Any], done: str | None = None) -> Any:
-        """Runs a supervisor command; a refusal is a toast, never a crash."""
-        if self.sup is None:
+    async def _command(self, fn: Callable[[], Any], done: str | None = None) -> Any:
+        """Runs a supervisor command on the core's loop; a refusal is a toast, never a crash."""
+        if self.sup is None or self.core is None:
             self.notify("still starting…", severity="warning")
             return None
         try:
-            result = fn()
+            result = await self.core.call(fn)
         except CommandError as exc:
             self.notify(str(exc), severity="error")
             return None
@@ -535,10 +565,10 @@ class TowerApp(App[int]):
         models = project.all_models()
         tasks = [(t.title or t.id, t.prompt) for t in project.tasks]
 
-        def spawn(req: SpawnRequest | None) -> None:
+        async def spawn(req: SpawnRequest | None) -> None:
             if req is None or self.sup is None:
                 return
-            tid = self._command(
+            tid = await self._command(
                 lambda: self.sup.spawn(  # type: ignore[union-attr]
                     req.agent, req.prompt, model=req.model, budget_usd=req.budget_usd
                 )
@@ -550,50 +580,50 @@ class TowerApp(App[int]):
 
         self.push_screen(SpawnDialog([a.name for a in project.agents], models, tasks), spawn)
 
-    def action_pause(self) -> None:
+    async def action_pause(self) -> None:
         tid = self._need_thread()
         if tid is None or self.sup is None:
             return
         run = self.sup.runs.get(tid)
         if run is not None and run.pause_requested:
-            self._command(lambda: self.sup.resume(tid), f"resumed {tid}")  # type: ignore[union-attr]
+            await self._command(lambda: self.sup.resume(tid), f"resumed {tid}")  # type: ignore[union-attr]
         else:
-            self._command(lambda: self.sup.pause(tid), f"pausing {tid}")  # type: ignore[union-attr]
+            await self._command(lambda: self.sup.pause(tid), f"pausing {tid}")  # type: ignore[union-attr]
 
-    def action_pause_all(self) -> None:
+    async def action_pause_all(self) -> None:
         if self.sup is None:
             return
-        live = [r for r in self.sup.runs.values() if not r.ended]
+        live = [r for r in list(self.sup.runs.values()) if not r.ended]
         if live and all(r.pause_requested for r in live):
-            self._command(self.sup.resume_all, f"resumed {len(live)} thread(s)")
+            await self._command(self.sup.resume_all, f"resumed {len(live)} thread(s)")
         else:
-            self._command(self.sup.pause_all, f"pausing {len(live)} thread(s)")
+            await self._command(self.sup.pause_all, f"pausing {len(live)} thread(s)")
 
     def action_kill(self) -> None:
         tid = self._need_thread()
         if tid is None:
             return
 
-        def confirmed(yes: bool | None) -> None:
+        async def confirmed(yes: bool | None) -> None:
             if yes:
-                self._command(lambda: self.sup.kill(tid), f"killed {tid}")  # type: ignore[union-attr]
+                await self._command(lambda: self.sup.kill(tid), f"killed {tid}")  # type: ignore[union-attr]
 
         self.push_screen(ConfirmDialog(f"Kill thread {tid}?", yes="Kill"), confirmed)
 
-    def action_escalate(self) -> None:
+    async def action_escalate(self) -> None:
         tid = self._need_thread()
         if tid is None or self.sup is None:
             return
-        result = self._command(lambda: self.sup.escalate(tid, "model"))  # type: ignore[union-attr]
+        result = await self._command(lambda: self.sup.escalate(tid, "model"))  # type: ignore[union-attr]
         if result and str(result).startswith("i"):
             self.notify(f"{tid}: no stronger model left — handed to you ({result})")
         elif result:
             self.notify(f"{tid} escalated to {result}", timeout=2)
 
-    def action_hand(self) -> None:
+    async def action_hand(self) -> None:
         tid = self._need_thread()
         if tid is not None:
-            self._command(
+            await self._command(
                 lambda: self.sup.escalate(tid, "human"),  # type: ignore[union-attr]
                 f"{tid} handed to you: it stops at its next checkpoint",
             )
@@ -602,22 +632,22 @@ class TowerApp(App[int]):
         found = self.state().inbox.get(item)
         return found.kind if found else None
 
-    def action_approve(self) -> None:
+    async def action_approve(self) -> None:
         item = self._need_item()
         if item is None or self.sup is None:
             return
         kind = self._kind(item)
         if kind is InboxKind.BUDGET:
-            self._command(lambda: self.sup.raise_budget(item), "budget raised")  # type: ignore[union-attr]
+            await self._command(lambda: self.sup.raise_budget(item), "budget raised")  # type: ignore[union-attr]
         elif kind is InboxKind.QUESTION:
             self.action_reply()
         else:
-            self._command(lambda: self.sup.approve(item), f"approved {item}")  # type: ignore[union-attr]
+            await self._command(lambda: self.sup.approve(item), f"approved {item}")  # type: ignore[union-attr]
 
-    def action_deny(self) -> None:
+    async def action_deny(self) -> None:
         item = self._need_item()
         if item is not None:
-            self._command(lambda: self.sup.deny(item), f"denied {item}")  # type: ignore[union-attr]
+            await self._command(lambda: self.sup.deny(item), f"denied {item}")  # type: ignore[union-attr]
 
     def action_edit(self) -> None:
         item = self._need_item()
@@ -628,9 +658,9 @@ class TowerApp(App[int]):
             self.notify("only a tool call's arguments can be edited", severity="warning")
             return
 
-        def edited(args: dict[str, Any] | None) -> None:
+        async def edited(args: dict[str, Any] | None) -> None:
             if args is not None:
-                self._command(
+                await self._command(
                     lambda: self.sup.approve(item, args=args),  # type: ignore[union-attr]
                     f"approved {item} with edited arguments",
                 )
@@ -659,13 +689,13 @@ class TowerApp(App[int]):
             title = f"Comment to {tid} (read before its next model call)"
             target = tid
 
-        def send(text: str | None) -> None:
+        async def send(text: str | None) -> None:
             if text and target:
-                self._command(lambda: self.sup.reply(target, text), "sent")  # type: ignore[union-attr]
+                await self._command(lambda: self.sup.reply(target, text), "sent")  # type: ignore[union-attr]
 
         self.push_screen(TextDialog(title), send)
 
-    def action_approve_similar(self) -> None:
+    async def action_approve_similar(self) -> None:
         item = self._need_item()
         if item is None or self.sup is None:
             return
@@ -678,13 +708,13 @@ class TowerApp(App[int]):
         tool = found.data.get("tool")
         same = [
             i.id
-            for i in state.inbox.values()
+            for i in list(state.inbox.values())
             if i.kind is InboxKind.APPROVAL
             and i.data.get("tool") == tool
             and state.threads[i.thread].agent == agent
         ]
         for key in same:
-            self._command(lambda key=key: self.sup.approve(key))  # type: ignore[union-attr,misc]
+            await self._command(lambda key=key: self.sup.approve(key))  # type: ignore[union-attr,misc]
         self.notify(f"approved {len(same)} {tool} call(s) of agent {agent}")
 
     def action_raise_budget(self) -> None:
@@ -701,9 +731,9 @@ class TowerApp(App[int]):
             suggestion = max((self.state().budget.limit_usd or 0.0) * 0.25, 0.01)
             target = None
 
-        def raised(amount: float | None) -> None:
+        async def raised(amount: float | None) -> None:
             if amount:
-                self._command(
+                await self._command(
                     lambda: self.sup.raise_budget(target, usd=amount),  # type: ignore[union-attr]
                     f"budget raised by {usd(amount)}",
                 )
@@ -727,7 +757,8 @@ class TowerApp(App[int]):
             threads = self.threads_list
             if not threads.select_key(item.thread) and threads.filter_text:
                 threads.filter_text = ""
-                threads.rebuild()
+                with self.state_lock():
+                    threads.rebuild()
                 threads.select_key(item.thread)
         self._show_item()
         inbox.focus()
@@ -817,9 +848,12 @@ class TowerApp(App[int]):
             return
         screen = ThreadScreen(tid)
         await self.push_screen(screen)
-        await self.store.flush()
-        events = [ev async for ev in self.store.thread_events(self.sup.session_id, tid)]
+        self._detail_events = []
+        self._detail = screen  # live events from now on are queued for it
+        events = await self.thread_events(tid)
+        seen = events[-1].seq if events else 0
         screen.add_events(events)
+        self._detail_events = [e for e in self._detail_events if e.seq > seen]
         view = self.state().threads.get(tid)
         if view is not None:
             screen.show_head(
@@ -830,6 +864,18 @@ class TowerApp(App[int]):
             )
         self._detail = screen
 
+    async def thread_events(self, tid: str) -> list[Event]:
+        """A thread's events as the log has them, read on the core's loop."""
+        store, sup, core = self.store, self.sup, self.core
+        if store is None or sup is None or core is None:
+            return []
+
+        async def read() -> list[Event]:
+            await store.flush()
+            return [ev async for ev in store.thread_events(sup.session_id, tid)]
+
+        return await core.run(read())
+
     def detail_closed(self, screen: ThreadScreen) -> None:
         if self._detail is screen:
             self._detail = None
@@ -837,7 +883,7 @@ class TowerApp(App[int]):
     # --- leaving ------------------------------------------------------------------------
 
     async def action_quit(self) -> None:
-        live = [t for t in self.state().threads.values() if not t.state.ended]
+        live = [t for t in list(self.state().threads.values()) if not t.state.ended]
         if not live:
             await self.shutdown()
             self.exit(0)
@@ -864,12 +910,23 @@ class TowerApp(App[int]):
         self.closed = True
         self._timer.stop()
         self._stop_watchers.set()
+        core = self.core
+        if core is None:
+            return
+        sup, store = self.sup, self.store
+
+        async def close() -> None:
+            try:
+                if sup is not None:
+                    await sup.close("quit")
+            finally:
+                if store is not None:
+                    await store.close()
+
         try:
-            if self.sup is not None:
-                await self.sup.close("quit")
+            await core.run(close())
         finally:
-            if self.store is not None:
-                await self.store.close()
+            core.stop()
 
     async def on_unmount(self) -> None:
         with contextlib.suppress(Exception):
