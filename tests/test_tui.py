@@ -888,6 +888,20 @@ async def test_quit_without_live_threads_exits_at_once(tmp_path: Path) -> None:
     assert t.app.return_code == 0
 
 
+async def test_verbs_arriving_during_shutdown_are_ignored(tmp_path: Path) -> None:
+    """Keys typed right after q (the rest of a word) reach the app after the core stopped."""
+    done = task(WRITE.replace("write_file", "list_dir"), "d")
+    async with tower(tmp_path, project(done)) as t:
+        await t.until(lambda: t.state().all_ended and t.state().threads, "all done")
+        await t.app.shutdown()
+        for action in ("escalate", "pause", "pause_all", "hand", "approve", "deny"):
+            await t.app.run_action(action)  # the dispatch a key binding uses
+        assert t.app.is_running
+        t.app.exit(0)
+        await t.until(lambda: not t.app.is_running, "the app exits")
+    assert t.app.return_code == 0
+
+
 # --- notifications --------------------------------------------------------------------------
 
 

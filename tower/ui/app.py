@@ -530,6 +530,8 @@ class TowerApp(App[int]):
 
     async def _command(self, fn: Callable[[], Any], done: str | None = None) -> Any:
         """Runs a supervisor command on the core's loop; a refusal is a toast, never a crash."""
+        if self.closed:
+            return None  # keys typed while quitting: the core has stopped
         if self.sup is None or self.core is None:
             self.notify("still starting…", severity="warning")
             return None
@@ -867,7 +869,7 @@ class TowerApp(App[int]):
     async def thread_events(self, tid: str) -> list[Event]:
         """A thread's events as the log has them, read on the core's loop."""
         store, sup, core = self.store, self.sup, self.core
-        if store is None or sup is None or core is None:
+        if store is None or sup is None or core is None or self.closed:
             return []
 
         async def read() -> list[Event]:
