@@ -61,20 +61,22 @@ _EMPTY = TowerState()
 
 # (id, keys, action, footer label, description). The id is what keys.toml remaps.
 VERBS: list[tuple[str, str, str, str, str]] = [
-    ("spawn", "n", "spawn", "Spawn", "spawn a thread (agent, task, model, budget)"),
-    ("pause", "p", "pause", "Pause", "pause or resume the selected thread"),
-    ("pause_all", "P", "pause_all", "Pause all", "pause or resume every thread"),
-    ("kill", "x", "kill", "Kill", "kill the selected thread (asks first)"),
-    ("escalate", "e", "escalate", "Escalate", "move the thread to its cascade's next model"),
-    ("hand", "h", "hand", "To human", "hand the thread to the human (inbox item)"),
     ("approve", "a", "approve", "Approve", "approve the item (budget: raise as suggested)"),
     ("deny", "d", "deny", "Deny", "deny the item (question: refuse; budget: decline)"),
-    ("edit", "E", "edit", "Edit+approve", "edit a tool call's arguments, then approve"),
     ("reply", "r", "reply", "Reply", "answer a question, or comment on the thread"),
+    ("next_item", "right_square_bracket", "next_item", "Next item", "next item that needs you"),
+    ("spawn", "n", "spawn", "Spawn", "spawn a thread (agent, task, model, budget)"),
+    ("pause", "p", "pause", "Pause", "pause or resume the selected thread"),
+    ("kill", "x", "kill", "Kill", "kill the selected thread (asks first)"),
+    ("escalate", "e", "escalate", "Escalate", "move the thread to its cascade's next model"),
+    ("help", "question_mark", "help", "Help", "list every key"),
+    ("quit", "q", "quit", "Quit", "quit (asks while threads run; flushes the log)"),
+    ("hand", "h", "hand", "To human", "hand the thread to the human (inbox item)"),
+    ("edit", "E", "edit", "Edit+approve", "edit a tool call's arguments, then approve"),
     ("approve_similar", "A", "approve_similar", "Approve like", "approve all items like this"),
     ("raise_budget", "b", "raise_budget", "Budget", "raise a budget by an amount you type"),
-    ("next_item", "right_square_bracket", "next_item", "Next item", "next item that needs you"),
     ("prev_item", "left_square_bracket", "prev_item", "Prev item", "previous item that needs you"),
+    ("pause_all", "P", "pause_all", "Pause all", "pause or resume every thread"),
     ("filter", "slash", "filter", "Filter", "filter the thread list"),
     ("sort", "s", "sort", "Sort", "sort by the next column"),
     ("reverse", "S", "reverse", "Reverse", "reverse the sort order"),
@@ -82,21 +84,7 @@ VERBS: list[tuple[str, str, str, str, str]] = [
     ("inbox", "i", "focus_inbox", "Inbox", "focus the inbox"),
     ("threads", "t", "focus_threads", "Threads", "focus the thread list"),
     ("palette", "colon,ctrl+p", "command_palette", "Commands", "open the command palette"),
-    ("help", "question_mark", "help", "Help", "list every key"),
-    ("quit", "q", "quit", "Quit", "quit (asks while threads run; flushes the log)"),
 ]
-SHOWN_IN_FOOTER = {
-    "spawn",
-    "pause",
-    "kill",
-    "escalate",
-    "approve",
-    "deny",
-    "reply",
-    "filter",
-    "help",
-    "quit",
-}
 
 
 class TowerCommands(Provider):
@@ -143,8 +131,7 @@ class TowerApp(App[int]):
     """
     COMMANDS: ClassVar = App.COMMANDS | {TowerCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding(keys, action, label, id=bid, show=bid in SHOWN_IN_FOOTER)
-        for bid, keys, action, label, _ in VERBS
+        Binding(keys, action, label, id=bid, show=True) for bid, keys, action, label, _ in VERBS
     ] + [Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="quit_ctrl_c")]
 
     def __init__(

@@ -28,7 +28,10 @@ def bar(spent: float, reserved: float, limit: float | None, width: int = BAR_WID
 
 class BudgetBar(Static):
     DEFAULT_CSS = """
-    BudgetBar { height: 2; padding: 0 1; background: $panel; color: $text; }
+    BudgetBar {
+        height: 2; padding: 0 1; background: $panel; color: $text;
+        text-wrap: nowrap; text-overflow: ellipsis;
+    }
     BudgetBar.-warning { background: $warning 35%; }
     BudgetBar.-error { background: $error 45%; }
     """
@@ -78,7 +81,4 @@ class BudgetBar(Static):
             line2.append(f" · inbox {len(state.inbox)}", style="bold")
         if note:
             line2.append(f" · {note}", style="italic")
-        text = Text("\n").join([line1, line2])
-        text.no_wrap = True
-        text.overflow = "ellipsis"
-        self.update(text, layout=False)  # fixed height: no layout
+        self.update(Text("\n").join([line1, line2]), layout=False)  # fixed height: no layout
