@@ -271,21 +271,18 @@ class Store:
             ids = [r[0] async for r in cur]
         return ids[0] if len(ids) == 1 else None
 
-    async def thread_events(self, session: str, thread: str) -> AsyncIterator[Event]:
-        """One thread's events in order (the detail view's transcript)."""
+    async def _select(self, where: str, params: tuple[Any, ...]) -> AsyncIterator[Event]:
         async with self._conn.execute(
-            "SELECT seq, ts, kind, thread, payload FROM events WHERE session = ? AND thread = ?"
-            " ORDER BY seq",
-            (session, thread),
-        ) as cur:
-            async for seq, ts, kind, th, payload in cur:
-                yield Event.from_row(seq, ts, kind, th, payload)
-
-    async def events(self, session: str, after_seq: int = 0) -> AsyncIterator[Event]:
-        async with self._conn.execute(
-            "SELECT seq, ts, kind, thread, payload FROM events WHERE session = ? AND seq > ?"
-            " ORDER BY seq",
-            (session, after_seq),
+            f"SELECT seq, ts, kind, thread, payload FROM events WHERE {where} ORDER BY seq",
+            params,
         ) as cur:
             async for seq, ts, kind, thread, payload in cur:
                 yield Event.from_row(seq, ts, kind, thread, payload)
+
+    def thread_events(self, session: str, thread: str) -> AsyncIterator[Event]:
+        """One thread's events in order (the detail view's transcript)."""
+        return self._select("session = ? AND thread = ?", (session, thread))
+
+    def events(self, session: str, after_seq: int = 0) -> AsyncIterator[Event]:
+        """A session's events in order, after a sequence number (replay, export)."""
+        return self._select("session = ? AND seq > ?", (session, after_seq))

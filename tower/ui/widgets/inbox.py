@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from typing import ClassVar
 
 from rich.console import Group
@@ -14,7 +13,7 @@ from textual.widgets import Static
 from tower.core.events import InboxKind
 from tower.core.state import InboxItem, TowerState
 from tower.ui.format import age, fit, pretty_args, usd
-from tower.ui.widgets.rowlist import Cells, RowList
+from tower.ui.widgets.rowlist import Cells, StateList
 
 KIND_LABEL = {
     InboxKind.APPROVAL: "approve?",
@@ -54,8 +53,8 @@ def counts_title(state: TowerState) -> str:
     return f"Inbox {len(state.inbox)} · " + " · ".join(parts)
 
 
-class InboxList(RowList):
-    COMPONENT_CLASSES: ClassVar[set[str]] = RowList.COMPONENT_CLASSES | {
+class InboxList(StateList):
+    COMPONENT_CLASSES: ClassVar[set[str]] = StateList.COMPONENT_CLASSES | {
         *(f"inbox--{k}" for k in InboxKind)
     }
     DEFAULT_CSS = """
@@ -65,13 +64,6 @@ class InboxList(RowList):
     InboxList > .inbox--escalation { color: $secondary; }
     InboxList > .inbox--failure { color: $error; }
     """
-
-    def __init__(
-        self, state: Callable[[], TowerState], now: Callable[[], float], *, id: str | None = None
-    ) -> None:
-        super().__init__(id=id)
-        self._state = state
-        self._now = now
 
     def rebuild(self) -> None:
         """Oldest first; items of the same instant in thread order, so the list is stable."""

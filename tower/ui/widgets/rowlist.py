@@ -7,6 +7,7 @@ per row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 from rich.segment import Segment
@@ -17,6 +18,8 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+
+from tower.core.state import TowerState
 
 # A drawn row: (text, style) pieces; the texts are single-width characters, cut to fit.
 Cells = list[tuple[str, Style | None]]
@@ -165,3 +168,14 @@ class RowList(ScrollView, can_focus=True):
         ]
         length = sum(len(text) for text, _ in cells)
         return Strip(segments, length).crop_extend(0, width, line_style)
+
+
+class StateList(RowList):
+    """A RowList drawn from the tower's state, with a clock for ages."""
+
+    def __init__(
+        self, state: Callable[[], TowerState], now: Callable[[], float], *, id: str | None = None
+    ) -> None:
+        super().__init__(id=id)
+        self._state = state
+        self._now = now

@@ -8,7 +8,7 @@ from typing import ClassVar
 from tower.core.events import ThreadState
 from tower.core.state import ThreadView, TowerState
 from tower.ui.format import age, fit, tokens, usd
-from tower.ui.widgets.rowlist import Cells, RowList
+from tower.ui.widgets.rowlist import Cells, StateList
 
 # Column name, width (None: takes the rest).
 COLUMNS: list[tuple[str, int | None]] = [
@@ -49,8 +49,8 @@ def matches(view: ThreadView, needle: str) -> bool:
     return all(part in hay for part in needle.lower().split())
 
 
-class ThreadList(RowList):
-    COMPONENT_CLASSES: ClassVar[set[str]] = RowList.COMPONENT_CLASSES | {
+class ThreadList(StateList):
+    COMPONENT_CLASSES: ClassVar[set[str]] = StateList.COMPONENT_CLASSES | {
         *(f"threads--{s}" for s in ThreadState),
         "threads--needs",
     }
@@ -68,9 +68,7 @@ class ThreadList(RowList):
     def __init__(
         self, state: Callable[[], TowerState], now: Callable[[], float], *, id: str | None = None
     ) -> None:
-        super().__init__(id=id)
-        self._state = state
-        self._now = now
+        super().__init__(state, now, id=id)
         self.filter_text = ""
         self.sort_key = "spawned"
         self.reverse = False
