@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,19 @@ def _parser() -> argparse.ArgumentParser:
     ses = sub.add_parser("sessions", help="list recorded sessions")
     ses.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
     ses.add_argument("--json", action="store_true", help="print a JSON list")
+
+    rep = sub.add_parser("replay", help="a recorded session's state at any event")
+    rep.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
+    rep.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
+    rep.add_argument("--print-state", action="store_true", help="print the reduced state")
+    rep.add_argument("--json", action="store_true", help="as one JSON object")
+    rep.add_argument("--at", type=int, metavar="SEQ", help="stop after event SEQ")
+
+    exp = sub.add_parser("export", help="export a session: events (jsonl) or threads (csv)")
+    exp.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
+    exp.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
+    exp.add_argument("--format", choices=("jsonl", "csv"), required=True)
+    exp.add_argument("--out", metavar="PATH", help="file to write (default: stdout)")
 
     chk = sub.add_parser("check", help="validate a project")
     chk.add_argument("project", metavar="DIR", help="project folder with a tower.toml")
@@ -222,6 +236,78 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_db(db: str | None) -> None:
+    if db is not None and not Path(db).is_file():
+        raise UsageError(f"tower: no database at {db}")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tower.core.replay import ReplayError, print_state, resolve_session, state_at
+
+    if not args.print_state:
+        raise UsageError(
+            "tower replay: the replay screen is not built yet; use --print-state [--json]"
+        )
+    if args.at is not None and args.at < 0:
+        raise UsageError("tower replay: --at must be 0 or more")
+    _existing_db(args.db)
+
+    async def run() -> dict[str, Any]:
+        store = await Store.open(args.db)
+        try:
+            session = await resolve_session(store, args.session)
+            return print_state(await state_at(store, session, args.at), args.at)
+        finally:
+            await store.close()
+
+    try:
+        out = asyncio.run(run())
+    except (StoreError, ReplayError) as exc:
+        raise UsageError(f"tower: {exc}") from None
+    if args.json:
+        print(json.dumps(out))
+    else:
+        t = out["threads"]
+        print(
+            f"session {out['session']} after event {out['at']}: "
+            f"{t['done']} done, {t['failed']} failed, {t['killed']} killed · "
+            f"cost {_fmt_usd(out['cost_usd'])} of {_fmt_usd(out['budget_usd'])} · "
+            f"tokens {out['tokens']:,} · inbox {len(out['state']['inbox'])}"
+        )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tower.core.replay import ReplayError, export_csv, export_jsonl, resolve_session
+
+    _existing_db(args.db)
+    try:
+        out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"tower export: cannot write {args.out}: {exc.strerror}") from None
+
+    async def run() -> int:
+        store = await Store.open(args.db)
+        try:
+            session = await resolve_session(store, args.session)
+            writer = export_jsonl if args.format == "jsonl" else export_csv
+            return await writer(store, session, out)
+        finally:
+            await store.close()
+
+    try:
+        n = asyncio.run(run())
+    except (StoreError, ReplayError) as exc:
+        raise UsageError(f"tower: {exc}") from None
+    finally:
+        if args.out:
+            out.close()
+    if args.out:
+        what = "events" if args.format == "jsonl" else "threads"
+        print(f"wrote {n} {what} to {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     project = _load(args.project)
     problems = _model_problems(project)
@@ -259,7 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging()
-    commands = {"run": cmd_run, "sessions": cmd_sessions, "check": cmd_check}
+    commands = {
+        "run": cmd_run,
+        "sessions": cmd_sessions,
+        "check": cmd_check,
+        "replay": cmd_replay,
+        "export": cmd_export,
+    }
     if args.command is None:
         from tower.resources import demo_project_dir
 
@@ -277,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `tower export … | head`: the reader left; that is fine
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ place (copying thousands of threads per event would make a million-event replay 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tower.core.events import (
@@ -56,6 +56,7 @@ class ThreadView:
     errors: int = 0
     escalations: int = 0
     tool_calls: int = 0
+    human_seconds: float = 0.0  # how long its items waited for a human decision
 
 
 @dataclass(slots=True)
@@ -178,8 +179,11 @@ def apply(state: TowerState, ev: Event) -> TowerState:
             if view is not None:
                 view.pending = max(view.pending - 1, 0)
             if p.get("by") == "human" and p["resolution"] != Resolution.DROPPED:
-                state.human_seconds += max(ev.ts - item.created, 0.0)
+                waited = max(ev.ts - item.created, 0.0)
+                state.human_seconds += waited
                 state.decisions += 1
+                if view is not None:
+                    view.human_seconds += waited
     elif kind is EventKind.ESCALATED:
         if view is not None:
             if p["to_model"] != "human":  # handed to the human: the model stays the same
@@ -229,6 +233,14 @@ def fold(events: Iterable[Event], state: TowerState | None = None) -> TowerState
     for ev in events:
         apply(state, ev)
     return state
+
+
+def state_to_dict(state: TowerState) -> dict[str, Any]:
+    """The whole reduced state as plain JSON-able data (replay's --print-state, comparisons)."""
+    out = asdict(state)
+    out["threads"] = {tid: {**asdict(v), "state": str(v.state)} for tid, v in state.threads.items()}
+    out["inbox"] = [{**asdict(i), "kind": str(i.kind)} for i in state.inbox.values()]
+    return out
 
 
 def summary(state: TowerState) -> dict[str, Any]:

@@ -1,0 +1,195 @@
+"""Replay and export read the log back: the state they fold is the live run's state, exactly."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tower.core.events import Event, EventKind
+from tower.core.project import load_project
+from tower.core.replay import events_from_jsonl, export_csv, state_at
+from tower.core.session import RunResult, run_headless
+from tower.core.state import fold, state_to_dict, summary
+from tower.core.store import Store
+
+from .conftest import REPO
+
+SAMPLES = ["tax_return", "code_review", "market_analysis"]
+
+
+def tower(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tower", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[RunResult, Path]]:
+    """One live headless run of every sample project, each in its own database."""
+    import asyncio
+
+    out = {}
+    for name in SAMPLES:
+        db = tmp_path_factory.mktemp(name) / "t.db"
+        project = load_project(REPO / "sample_projects" / name)
+        out[name] = (asyncio.run(run_headless(project, db, "all")), db)
+    return out
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_print_state_equals_the_live_summary_and_state(runs, name) -> None:
+    result, db = runs[name]
+    proc = tower("replay", result.summary["session"], "--db", str(db), "--print-state", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert {k: out[k] for k in result.summary} == result.summary
+    assert out["state"] == json.loads(json.dumps(state_to_dict(result.state)))
+    assert out["at"] == result.summary["events"]
+
+
+def test_a_unique_prefix_names_the_session(runs) -> None:
+    result, db = runs["code_review"]
+    prefix = result.summary["session"][:12]
+    proc = tower("replay", prefix, "--db", str(db), "--print-state")
+    assert proc.returncode == 0, proc.stderr
+    assert result.summary["session"] in proc.stdout and "4 done" in proc.stdout
+
+
+async def test_seeking_to_random_events_equals_a_fold_from_scratch(runs) -> None:
+    result, db = runs["tax_return"]
+    session = result.summary["session"]
+    store = await Store.open(db)
+    try:
+        events = [ev async for ev in store.events(session)]
+        rng = random.Random(7)
+        for at in [1, len(events), *rng.sample(range(1, len(events)), 15)]:
+            seeked = await state_at(store, session, at)
+            assert state_to_dict(seeked) == state_to_dict(fold(events[:at]))
+            assert seeked.last_seq == at
+    finally:
+        await store.close()
+
+
+def test_jsonl_export_round_trips_to_the_same_state(runs, tmp_path) -> None:
+    result, db = runs["tax_return"]
+    out = tmp_path / "events.jsonl"
+    proc = tower(
+        "export", result.summary["session"], "--db", str(db), "--format", "jsonl", "--out", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = events_from_jsonl(out.read_text(encoding="utf-8"))
+    assert len(rows) == result.summary["events"]
+    events = [
+        Event.from_row(r["seq"], r["ts"], r["kind"], r["thread"], json.dumps(r["payload"]))
+        for r in rows
+    ]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert summary(fold(events)) == result.summary
+    assert state_to_dict(fold(events)) == state_to_dict(result.state)
+
+
+def test_csv_export_has_a_row_per_thread_with_cost_and_outcome(runs) -> None:
+    result, db = runs["market_analysis"]
+    proc = tower("export", result.summary["session"], "--db", str(db), "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert len(rows) == len(result.state.threads)
+    assert sum(float(r["cost_usd"]) for r in rows) == pytest.approx(result.summary["cost_usd"])
+    outcomes = {r["outcome"] for r in rows}
+    assert outcomes == {"done", "failed"}  # the budget stop
+    for r in rows:
+        view = result.state.threads[r["thread"]]
+        assert r["outcome"] == view.state and int(r["tokens"]) == view.tokens
+        assert int(r["steps"]) == view.step
+
+
+async def test_csv_counts_human_minutes_per_thread(tmp_path) -> None:
+    """A decision by a person after 90 s counts 1.5 minutes for that thread; a rule's none."""
+    store = await Store.open(tmp_path / "t.db")
+    await store.create_session("s1", "p", "/p", 0.0, {})
+    store.start_writer("s1")
+    rows = [
+        (0.0, EventKind.SESSION_STARTED, None, {"session": "s1", "project": "p"}),
+        *[
+            (
+                1.0,
+                EventKind.THREAD_SPAWNED,
+                t,
+                {
+                    "agent": "a",
+                    "task": t,
+                    "title": t,
+                    "cascade": ["sim/small"],
+                    "model": "sim/small",
+                    "priority": 0,
+                },
+            )
+            for t in ("t1", "t2")
+        ],
+        (10.0, EventKind.INBOX_OPENED, "t1", {"item": "i1", "kind": "approval"}),
+        (10.0, EventKind.INBOX_OPENED, "t2", {"item": "i2", "kind": "approval"}),
+        (
+            100.0,
+            EventKind.INBOX_CLOSED,
+            "t1",
+            {"item": "i1", "resolution": "approved", "by": "human"},
+        ),
+        (
+            100.0,
+            EventKind.INBOX_CLOSED,
+            "t2",
+            {"item": "i2", "resolution": "approved", "by": "rule:--approve all"},
+        ),
+    ]
+    for seq, (ts, kind, thread, payload) in enumerate(rows, 1):
+        store.append(Event(seq, ts, kind, thread, payload))
+    await store.end_session("s1")
+    out = io.StringIO()
+    try:
+        assert await export_csv(store, "s1", out) == 2
+    finally:
+        await store.close()
+    minutes = {
+        r["thread"]: float(r["human_minutes"]) for r in csv.DictReader(io.StringIO(out.getvalue()))
+    }
+    assert minutes == {"t1": 1.5, "t2": 0.0}
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    for needle in needles:
+        assert needle in proc.stderr
+
+
+def test_bad_input_is_one_line_and_exit_2(runs, tmp_path) -> None:
+    result, db = runs["code_review"]
+    session = result.summary["session"]
+    one_line_error(tower("replay", "nope", "--db", str(db), "--print-state"), "no session 'nope'")
+    one_line_error(
+        tower("replay", session, "--db", str(db), "--print-state", "--at", "99999"), "past the end"
+    )
+    one_line_error(
+        tower("replay", session, "--db", str(tmp_path / "missing.db"), "--print-state"),
+        "no database",
+    )
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    one_line_error(
+        tower(
+            "export", session, "--db", str(db), "--format", "csv", "--out", str(blocker / "out.csv")
+        ),
+        "cannot write",
+    )
+    one_line_error(tower("replay", session, "--db", str(db)), "--print-state")

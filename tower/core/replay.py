@@ -1,0 +1,119 @@
+"""Reading a recorded session back: its state at any event, and exports.
+
+Replay folds the stored events through the same reducer as the live run, so the state it
+prints is the state the live run had: there is no second implementation to drift.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any, TextIO
+
+from tower.core.state import TowerState, apply, state_to_dict, summary
+from tower.core.store import Store
+
+
+class ReplayError(Exception):
+    """A session or event that cannot be found; the message says which and where."""
+
+
+async def resolve_session(store: Store, ref: str) -> str:
+    """An exact session id, or a prefix that names exactly one session."""
+    rows = await store.list_sessions()
+    ids = [r.id for r in rows]
+    if ref in ids:
+        return ref
+    matches = [i for i in ids if i.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ReplayError(f"session {ref!r} is ambiguous in {store.path}: {', '.join(matches[:5])}")
+    raise ReplayError(f"no session {ref!r} in {store.path} (see: tower sessions --db PATH)")
+
+
+async def state_at(store: Store, session: str, at: int | None = None) -> TowerState:
+    """The reduced state after event `at` (or after the last event)."""
+    state = TowerState()
+    async for ev in store.events(session):
+        if at is not None and ev.seq > at:
+            break
+        apply(state, ev)
+    if at is not None and state.last_seq < at:
+        raise ReplayError(
+            f"session {session} has {state.last_seq} events; --at {at} is past the end"
+        )
+    return state
+
+
+def print_state(state: TowerState, at: int | None) -> dict[str, Any]:
+    """`replay --print-state --json`: the run summary's fields, the position, the full state."""
+    return {
+        **summary(state),
+        "at": state.last_seq if at is None else at,
+        "state": state_to_dict(state),
+    }
+
+
+async def export_jsonl(store: Store, session: str, out: TextIO) -> int:
+    """Every event, one JSON object a line, in order. Returns the number written."""
+    n = 0
+    async for ev in store.events(session):
+        out.write(json.dumps(ev.to_dict(), ensure_ascii=False) + "\n")
+        n += 1
+    return n
+
+
+CSV_FIELDS = [
+    "thread",
+    "agent",
+    "task",
+    "title",
+    "model",
+    "outcome",
+    "reason",
+    "steps",
+    "tool_calls",
+    "tokens",
+    "cost_usd",
+    "errors",
+    "escalations",
+    "human_minutes",
+    "started",
+    "ended",
+]
+
+
+async def export_csv(store: Store, session: str, out: TextIO) -> int:
+    """One row per thread: cost, tokens, steps, outcome and the human minutes spent on it."""
+    state = await state_at(store, session)
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for view in state.threads.values():
+        writer.writerow(
+            {
+                "thread": view.id,
+                "agent": view.agent,
+                "task": view.task,
+                "title": view.title,
+                "model": view.model,
+                "outcome": str(view.state),
+                "reason": view.reason,
+                "steps": view.step,
+                "tool_calls": view.tool_calls,
+                "tokens": view.tokens,
+                "cost_usd": f"{view.cost_usd:.8f}",
+                "errors": view.errors,
+                "escalations": view.escalations,
+                "human_minutes": f"{view.human_seconds / 60:.3f}",
+                "started": view.started if view.started is not None else "",
+                "ended": view.ended if view.ended is not None else "",
+            }
+        )
+    return len(state.threads)
+
+
+def events_from_jsonl(text: str) -> list[dict[str, Any]]:
+    """Parses an export back (tests and tools reading exports use this)."""
+    return [json.loads(line) for line in io.StringIO(text) if line.strip()]
