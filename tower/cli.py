@@ -58,6 +58,18 @@ def _parser() -> argparse.ArgumentParser:
     ses.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
     ses.add_argument("--json", action="store_true", help="print a JSON list")
 
+    res = sub.add_parser("resume", help="continue a crashed or interrupted session")
+    res.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
+    res.add_argument("--headless", action="store_true", help="run without the TUI")
+    res.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
+    res.add_argument(
+        "--approve",
+        choices=("all", "none"),
+        default=None,
+        help="headless decisions, as for run (default: none)",
+    )
+    res.add_argument("--json", action="store_true", help="print one JSON summary object")
+
     rep = sub.add_parser("replay", help="a recorded session's state at any event")
     rep.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
     rep.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
@@ -308,6 +320,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    from tower.core.replay import ReplayError
+    from tower.core.session import ResumeError, resume_headless
+
+    if not args.headless:
+        raise UsageError("tower resume: resuming in the TUI is not built yet; add --headless")
+    _existing_db(args.db)
+    approve = args.approve or "none"
+    printer = None if args.json else _Printer(sys.stdout)
+    try:
+        result = asyncio.run(resume_headless(args.db, args.session, approve, printer, _load))
+    except (StoreError, ReplayError, ResumeError) as exc:
+        raise UsageError(f"tower: {exc}") from None
+    s = result.summary
+    if args.json:
+        print(json.dumps(s))
+    else:
+        t = s["threads"]
+        print(
+            f"\nsession {s['session']} resumed"
+            + ("  (interrupted)" if result.interrupted else "")
+            + f"\nthreads: {t['done']} done, {t['failed']} failed, {t['killed']} killed"
+            f"   cost {_fmt_usd(s['cost_usd'])} of {_fmt_usd(s['budget_usd'])}"
+            f"   tokens {s['tokens']:,}   events {s['events']:,}"
+        )
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     project = _load(args.project)
     problems = _model_problems(project)
@@ -351,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         "check": cmd_check,
         "replay": cmd_replay,
         "export": cmd_export,
+        "resume": cmd_resume,
     }
     if args.command is None:
         from tower.resources import demo_project_dir

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tower.core import llm
 from tower.core.budget import Refusal
 from tower.core.events import EventKind, InboxKind, Resolution, ThreadState
+from tower.core.resume import SIDE_EFFECTS
 from tower.core.tools import ToolError, tool_schemas
 
 if TYPE_CHECKING:
@@ -34,6 +35,12 @@ async def run_thread(sup: Supervisor, th: ThreadRun) -> None:
             {"role": "system", "content": th.agent.system_prompt},
             {"role": "user", "content": th.prompt},
         ]
+    pending, th.pending = th.pending, []
+    for tc in pending:  # a resumed thread: recorded calls that have no result yet
+        if not await sup.checkpoint(th):
+            return
+        if await _handle_tool(sup, th, tc, "resumed after a crash", tc.id in th.interrupted):
+            return
     while not th.ended:
         if not await sup.checkpoint(th):
             return
@@ -44,12 +51,12 @@ async def run_thread(sup: Supervisor, th: ThreadRun) -> None:
                 f"max_steps: {th.agent.max_steps} model calls without finishing",
             )
             return
-        for note in th.guidance:
+        guidance, th.guidance = th.guidance, []
+        for note in guidance:
             th.messages.append(
                 {"role": "user", "content": f"Message from the human orchestrator: {note}"}
             )
-        th.guidance.clear()
-        result = await _call_model(sup, th, tools, tools_chars)
+        result = await _call_model(sup, th, tools, tools_chars, guidance)
         if result is None:
             return
         th.messages.append(result.assistant_message())
@@ -87,7 +94,11 @@ class _Deltas:
 
 
 async def _call_model(
-    sup: Supervisor, th: ThreadRun, tools: list[dict[str, Any]], tools_chars: int
+    sup: Supervisor,
+    th: ThreadRun,
+    tools: list[dict[str, Any]],
+    tools_chars: int,
+    guidance: list[str],
 ) -> llm.CallResult | None:
     """Reserves, calls (retrying what may pass on retry), settles. None if the thread ended."""
     meta = sup.project.project
@@ -133,6 +144,7 @@ async def _call_model(
             max_tokens=max_tokens,
             reserved_usd=res.usd,
             reserved_tokens=res.tokens,
+            guidance=guidance if attempt == 0 else [],
         )
         deltas = _Deltas(bus, th.id, call)
         try:
@@ -204,7 +216,9 @@ def _tool_message(call_id: str, content: str) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": call_id, "content": content}
 
 
-async def _handle_tool(sup: Supervisor, th: ThreadRun, tc: llm.ToolCall, reason: str) -> bool:
+async def _handle_tool(
+    sup: Supervisor, th: ThreadRun, tc: llm.ToolCall, reason: str, interrupted: bool = False
+) -> bool:
     """Runs one tool call through policy and the approval gate; True when the thread ended."""
     bus = sup.bus
     try:
@@ -257,7 +271,24 @@ async def _handle_tool(sup: Supervisor, th: ThreadRun, tc: llm.ToolCall, reason:
             return _result(sup, th, tc, True, decision.text or "")
         note = f" ({decision.text})" if decision.text else ""
         return _result(sup, th, tc, False, f"The human declined to answer{note}.")
-    if tc.name in sup.project.policy.ask:
+    if interrupted:
+        decision = await sup.ask(
+            th,
+            InboxKind.APPROVAL,
+            ThreadState.WAITING,
+            f"interrupted {tc.name}: run again?",
+            tool=tc.name,
+            args=args,
+            reason=f"interrupted — run again? tower stopped after this {tc.name} began, so it "
+            "may or may not have happened",
+            call_id=tc.id,
+            interrupted=True,
+        )
+        if decision.resolution is not Resolution.APPROVED:
+            return _result(sup, th, tc, False, "not run again after an interruption")
+        if decision.args is not None:
+            args = decision.args
+    elif tc.name in sup.project.policy.ask:
         decision = await sup.ask(
             th,
             InboxKind.APPROVAL,
@@ -278,6 +309,9 @@ async def _handle_tool(sup: Supervisor, th: ThreadRun, tc: llm.ToolCall, reason:
             th.guidance.append(decision.text)
     if th.workspace is None:
         return _result(sup, th, tc, False, "error: this thread has no workspace")
+    if tc.name in SIDE_EFFECTS:
+        # Commit barrier: the decision and the intent are on disk before the effect happens.
+        await sup.barrier()
     try:
         output = await th.workspace.run(tc.name, args)
     except ToolError as exc:

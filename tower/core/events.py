@@ -19,7 +19,8 @@ class EventKind(StrEnum):
     """What happened. Payload keys per kind are listed beside each member."""
 
     SESSION_STARTED = "session_started"  # project, project_dir, budget_usd, budget_tokens, ...
-    SESSION_ENDED = "session_ended"  # reason: "finished" | "interrupted"
+    SESSION_ENDED = "session_ended"  # reason: "finished" | "interrupted" | "quit"
+    SESSION_RESUMED = "session_resumed"  # threads (ids continued), pid
     THREAD_SPAWNED = "thread_spawned"  # agent, task, title, cascade, model, priority, budgets
     THREAD_STATE = "thread_state"  # state, reason?, answer?
     LLM_STARTED = "llm_started"  # step, model, reserved_usd, reserved_tokens, call

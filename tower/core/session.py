@@ -29,6 +29,69 @@ class RunResult:
     db: Path
 
 
+class ResumeError(Exception):
+    """A session that cannot be resumed; the message says why."""
+
+
+async def resume_headless(
+    db: str | Path | None,
+    session_ref: str,
+    approve: ApproveMode,
+    on_event: Callable[[Event], None] | None = None,
+    load: Callable[[Path], Project] | None = None,
+) -> RunResult:
+    """Continues a recorded session's unfinished threads in the same log, then closes it."""
+    from tower.core.project import load_project
+    from tower.core.replay import resolve_session
+    from tower.core.state import fold
+
+    store = await Store.open(db)
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[int] = []
+    try:
+        session = await resolve_session(store, session_ref)
+        rows = {r.id: r for r in await store.list_sessions()}
+        if rows[session].status == "running":
+            raise ResumeError(f"session {session} is still running in another process")
+        events = [ev async for ev in store.events(session)]
+        state = fold(events)
+        if state.all_ended:
+            raise ResumeError(f"session {session} has no unfinished thread to resume")
+        project = (load or load_project)(Path(rows[session].project_dir))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, interrupted.set)
+                handled.append(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+        bus = Bus(store)
+        bus.state, bus.seq = state, state.last_seq
+        if on_event is not None:
+            bus.subscribe(on_event)
+        sup = Supervisor(
+            project,
+            bus,
+            session_id=session,
+            approve=approve,
+            workspaces_dir=store.path.parent / "workspaces",
+        )
+        await sup.resume_session(events)
+        idle = asyncio.create_task(sup.wait_idle())
+        stop = asyncio.create_task(interrupted.wait())
+        await asyncio.wait({idle, stop}, return_when=asyncio.FIRST_COMPLETED)
+        idle.cancel()
+        stop.cancel()
+        await sup.close("interrupted" if interrupted.is_set() else "finished")
+        if store.error is not None:
+            raise store.error
+        return RunResult(summary(bus.state), bus.state, interrupted.is_set(), store.path)
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        await store.close()
+
+
 async def run_headless(
     project: Project,
     db: str | Path | None,

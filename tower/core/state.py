@@ -223,6 +223,9 @@ def apply(state: TowerState, ev: Event) -> TowerState:
     elif kind is EventKind.SESSION_ENDED:
         state.ended = ev.ts
         state.end_reason = p.get("reason")
+    elif kind is EventKind.SESSION_RESUMED:
+        state.ended = None
+        state.end_reason = None
     # COMMENT events change nothing the overview shows; the transcript reads them.
     return state
 

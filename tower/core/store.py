@@ -167,6 +167,14 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write to database {self.path}: {exc}") from None
 
+    async def reopen_session(self, session: str) -> None:
+        """Marks a recorded session as running again, in this process (resume)."""
+        await self._conn.execute(
+            "UPDATE sessions SET ended = NULL, status = 'running', pid = ?, host = ? WHERE id = ?",
+            (os.getpid(), socket.gethostname(), session),
+        )
+        await self._conn.commit()
+
     def start_writer(self, session: str) -> None:
         self._session = session
         self._writer = asyncio.create_task(self._write_loop(), name="tower-store-writer")

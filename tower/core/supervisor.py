@@ -11,6 +11,7 @@ import asyncio
 import bisect
 import itertools
 import logging
+import os
 import secrets
 import shutil
 import time
@@ -22,7 +23,7 @@ from typing import Any, Literal
 from tower.core import llm
 from tower.core.budget import INF, Account, Ledger, Refusal, Reservation
 from tower.core.bus import Bus
-from tower.core.events import EventKind, InboxKind, Resolution, ThreadState
+from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
 from tower.core.project import AgentSettings, Project
 from tower.core.simprofiles import SIM_PROFILES, is_sim
 from tower.core.tools import Workspace
@@ -75,6 +76,8 @@ class ThreadRun:
     slot_model: str | None = None
     guidance: list[str] = field(default_factory=list)
     workspace: Workspace | None = None
+    pending: list[llm.ToolCall] = field(default_factory=list)  # resumed: calls without result
+    interrupted: set[str] = field(default_factory=set)  # ...whose effect may have happened
 
     @property
     def model(self) -> str:
@@ -147,13 +150,7 @@ class Supervisor:
     async def start(self, spawn_tasks: bool = True) -> None:
         """Registers prices, records the session start, and spawns the project's tasks."""
         await asyncio.to_thread(llm.load_litellm)
-        overrides = {
-            name: prof.with_overrides(self.project.model_settings(name).sim_overrides())
-            for name, prof in SIM_PROFILES.items()
-        }
-        llm.register_sim_prices(overrides)
-        for model in self.project.all_models():
-            self._prices[model] = llm.model_price(model)
+        self._register_prices()
         p = self.project
         store = self.bus.store
         meta = {"seed": p.project.seed, "approve": self.approve_mode}
@@ -190,6 +187,132 @@ class Supervisor:
                     )
             self._batch = False
             self._pump()
+
+    def _register_prices(self) -> None:
+        overrides = {
+            name: prof.with_overrides(self.project.model_settings(name).sim_overrides())
+            for name, prof in SIM_PROFILES.items()
+        }
+        llm.register_sim_prices(overrides)
+        for model in self.project.all_models():
+            self._prices[model] = llm.model_price(model)
+
+    async def resume_session(self, events: list[Event]) -> int:
+        """Continues a recorded session: every unfinished thread from its recorded messages.
+
+        Returns how many threads were resumed. The bus must already hold the folded state and
+        the last sequence number; spending so far is restored into the ledger from it.
+        """
+        from tower.core.resume import rebuild
+
+        await asyncio.to_thread(llm.load_litellm)
+        self._register_prices()
+        state = self.bus.state
+        b = state.budget
+        self.ledger.session.limit_usd = b.limit_usd if b.limit_usd is not None else INF
+        self.ledger.session.limit_tokens = b.limit_tokens if b.limit_tokens is not None else INF
+        self.ledger.session.spent_usd = b.spent_usd
+        self.ledger.session.spent_tokens = b.tokens
+        store = self.bus.store
+        if store is not None:
+            await store.reopen_session(self.session_id)
+            store.start_writer(self.session_id)
+        prompts = {a.name: a.system_prompt for a in self.project.agents}
+        plans = rebuild(events, prompts)
+        self.bus.emit(EventKind.SESSION_RESUMED, threads=[p.id for p in plans], pid=os.getpid())
+        self._batch = True
+        for plan in plans:
+            view = state.threads[plan.id]
+            try:
+                settings = self.project.agent(view.agent)
+            except KeyError:
+                raise CommandError(f"agent {view.agent!r} is no longer in the project") from None
+            th = ThreadRun(
+                id=plan.id,
+                agent=settings,
+                prompt=plan.spawned.get("prompt", view.title),
+                task_id=view.task,
+                title=view.title,
+                cascade=list(view.cascade),
+                priority=view.priority,
+                order=next(self._order),
+                workspace_src=None,
+                script=self._script_of(view.task),
+                default_answer=self._answer_of(view.task),
+                budget_usd=view.budget_usd,
+                budget_tokens=view.budget_tokens,
+                model_index=view.cascade.index(plan.model) if plan.model in view.cascade else 0,
+                messages=plan.messages,
+                steps=plan.steps,
+                pending=plan.pending,
+                interrupted=plan.interrupted,
+                guidance=plan.guidance,
+            )
+            self.runs[th.id] = th
+            self.ledger.open_thread(
+                th.id,
+                th.budget_usd if th.budget_usd is not None else INF,
+                th.budget_tokens if th.budget_tokens is not None else INF,
+            )
+            acct = self.ledger.threads[th.id]
+            acct.spent_usd, acct.spent_tokens = view.cost_usd, view.tokens
+            if view.reserved_usd:  # a call the crash cut off: its reservation goes back
+                self.bus.emit(
+                    EventKind.LLM_FAILED,
+                    th.id,
+                    call=None,
+                    step=th.steps + 1,
+                    model=th.model,
+                    error="interrupted: tower stopped during this call",
+                    retryable=True,
+                    attempt=0,
+                    released_usd=view.reserved_usd,
+                )
+            for item in [i for i in state.inbox.values() if i.thread == th.id]:
+                self.bus.emit(
+                    EventKind.INBOX_CLOSED,
+                    th.id,
+                    item=item.id,
+                    resolution=str(Resolution.DROPPED),
+                    by="tower",
+                )
+            th.state = ThreadState(view.state)
+            self.set_state(th, ThreadState.QUEUED, "resumed")
+            bisect.insort(self._queue, (-th.priority, th.order, th.id))
+
+        def highest(kind: EventKind, key: str) -> int:
+            ids = [str(e.payload.get(key) or "") for e in events if e.kind is kind]
+            return max((int(i[1:]) for i in ids if i[1:].isdigit()), default=0)
+
+        # New items and calls continue the log's numbering, never reusing an id.
+        self._items = itertools.count(highest(EventKind.INBOX_OPENED, "item") + 1)
+        self._calls = itertools.count(highest(EventKind.LLM_STARTED, "call") + 1)
+        if self.runs:
+            self._idle.clear()
+        self._batch = False
+        self._pump()
+        return len(plans)
+
+    def _script_of(self, task_id: str) -> list[dict[str, Any]] | None:
+        """A resumed thread's sim script, from the project (repeat copies fill {n})."""
+        base, _, n = task_id.rpartition("-")
+        for task in self.project.tasks:
+            if task.id == task_id or (task.repeat > 1 and task.id == base and n.isdigit()):
+                num = int(n) if task.id == base and task.repeat > 1 else None
+                return [_fill(s.model_dump(exclude_none=True), num) for s in task.script] or None
+        return None
+
+    def _answer_of(self, task_id: str) -> str | None:
+        base = task_id.rpartition("-")[0]
+        for task in self.project.tasks:
+            if task.id in (task_id, base):
+                return task.answer
+        return None
+
+    async def barrier(self) -> None:
+        """Waits until every event emitted so far is committed (before a side effect)."""
+        if self.bus.store is not None:
+            await self.bus.store.flush()
 
     async def wait_idle(self) -> None:
         """Returns once every thread has ended."""

@@ -1,0 +1,240 @@
+"""Crash resume: kill -9 at random moments, then `tower resume` finishes every thread without
+repeating or re-billing a recorded call; an interrupted side effect is never re-run silently."""
+
+from __future__ import annotations
+
+import collections
+import json
+import random
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tower.core.events import Event, EventKind
+from tower.core.project import load_project
+from tower.core.session import resume_headless, run_headless
+from tower.core.store import Store
+
+from .conftest import REPO, write_project
+
+TAX = str(REPO / "sample_projects" / "tax_return")
+
+
+def rows(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT session, seq, thread, kind, payload FROM events ORDER BY session, seq"
+        ).fetchall()
+
+
+def session_status(db: Path) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "tower", "sessions", "--db", str(db), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    return json.loads(out.stdout)[0]["status"]
+
+
+def kill_after(db: Path, lines: int) -> bool:
+    """Starts a headless run and SIGKILLs it after `lines` lines of output. False if it ended."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tower",
+            "run",
+            TAX,
+            "--headless",
+            "--approve",
+            "all",
+            "--db",
+            str(db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None
+    seen = 0
+    for _ in proc.stdout:
+        seen += 1
+        if seen >= lines:
+            break
+    proc.kill()
+    proc.wait(timeout=30)
+    proc.stdout.close()
+    return seen >= lines
+
+
+def test_sigkill_at_random_moments_then_resume(tmp_path) -> None:
+    rng = random.Random(20261122)
+    killed = resumed = 0
+    for i in range(20):
+        db = tmp_path / f"k{i}.db"
+        # Line 1 is the header; a full run prints about 42 lines: kill anywhere in between.
+        if not kill_after(db, rng.randint(2, 38)):
+            continue
+        killed += 1
+        before = rows(db)
+        if not before:
+            continue  # killed before the session row existed: nothing to resume
+        seqs = [r[1] for r in before]
+        assert seqs == list(range(1, len(seqs) + 1))  # every committed event is intact
+        for r in before:
+            json.loads(r[4])
+        assert session_status(db) == "crashed"
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tower",
+                "resume",
+                before[0][0][:13],
+                "--headless",
+                "--approve",
+                "all",
+                "--json",
+                "--db",
+                str(db),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+        if "no unfinished thread" in proc.stderr:
+            continue  # killed after every thread had ended
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        assert out["threads"] == {"done": 5, "failed": 0, "killed": 0}
+        after = rows(db)
+        assert after[: len(before)] == before  # resume appends; history is untouched
+        assert [r[1] for r in after] == list(range(1, len(after) + 1))
+        finished = [(r[2], json.loads(r[4])) for r in after if r[3] == EventKind.LLM_FINISHED]
+        per_step = collections.Counter((thread, p["step"]) for thread, p in finished)
+        assert max(per_step.values()) == 1  # no recorded call was made (or billed) again
+        assert out["cost_usd"] == round(sum(p["cost_usd"] for _, p in finished), 6)
+        assert session_status(db) == "clean"
+        resumed += 1
+    assert killed >= 15 and resumed >= 12
+
+
+async def _cut_after_approved_write(src: Path, dst: Path) -> str:
+    """A copy of a finished session, cut right after a write_file was approved: as if tower
+    died between the decision and the write."""
+    store = await Store.open(src)
+    session = (await store.list_sessions())[0].id
+    events = [ev async for ev in store.events(session)]
+    await store.close()
+    approved = next(
+        ev.payload["item"]
+        for ev in events
+        if ev.kind is EventKind.INBOX_CLOSED and ev.payload["resolution"] == "approved"
+    )
+    opened = next(
+        ev for ev in events if ev.kind is EventKind.INBOX_OPENED and ev.payload["item"] == approved
+    )
+    call_id = opened.payload["call_id"]
+    cut = next(
+        i
+        for i, ev in enumerate(events)
+        if ev.kind is EventKind.TOOL_RESULT and ev.payload["call_id"] == call_id
+    )
+    out = await Store.open(dst)
+    await out.create_session(session, "w", str(src.parent / "proj"), events[0].ts, {})
+    out.start_writer(session)
+    for ev in events[:cut]:
+        out.append(Event(ev.seq, ev.ts, ev.kind, ev.thread, ev.payload))
+    await out.flush()
+    await out.close()
+    with sqlite3.connect(dst) as conn:  # the process that wrote it is gone
+        conn.execute("UPDATE sessions SET pid = 999999999")
+    return call_id
+
+
+WRITER = """
+[project]
+name = "w"
+[policy]
+ask = ["write_file"]
+[[agents]]
+name = "a"
+cascade = ["sim/instant"]
+[[tasks]]
+id = "t"
+agent = "a"
+prompt = "write it"
+workspace = "ws"
+[[tasks.script]]
+say = "Writing."
+tool = "write_file"
+args = { path = "out.txt", content = "once" }
+[[tasks.script]]
+tool = "finish"
+args = { answer = "ok" }
+"""
+
+
+@pytest.mark.parametrize("approve", ["none", "all"])
+async def test_an_interrupted_write_asks_before_running_again(tmp_path, approve) -> None:
+    root = write_project(tmp_path / "proj", WRITER, {"ws/readme.txt": "x"})
+    first = await run_headless(load_project(root), tmp_path / "a.db", "all")
+    assert first.summary["threads"]["done"] == 1
+    call_id = await _cut_after_approved_write(tmp_path / "a.db", tmp_path / "b.db")
+    result = await resume_headless(tmp_path / "b.db", first.summary["session"], approve)
+    store = await Store.open(tmp_path / "b.db")
+    events = [ev async for ev in store.events(first.summary["session"])]
+    await store.close()
+    resumed_at = next(i for i, ev in enumerate(events) if ev.kind is EventKind.SESSION_RESUMED)
+    asked = [ev for ev in events[resumed_at:] if ev.kind is EventKind.INBOX_OPENED]
+    assert len(asked) == 1 and asked[0].payload["interrupted"] is True
+    assert asked[0].payload["call_id"] == call_id and "run again" in asked[0].payload["reason"]
+    writes = [
+        ev
+        for ev in events[resumed_at:]
+        if ev.kind is EventKind.TOOL_RESULT and ev.payload["tool"] == "write_file"
+    ]
+    assert len(writes) == 1
+    assert writes[0].payload["ok"] is (approve == "all")
+    assert result.summary["threads"]["done"] == 1
+    # The model call that asked for the write is not made again.
+    assert (
+        sum(1 for ev in events if ev.kind is EventKind.LLM_FINISHED and ev.payload["step"] == 1)
+        == 1
+    )
+
+
+async def test_resume_refuses_a_finished_session(tmp_path) -> None:
+    root = write_project(tmp_path / "proj", WRITER, {"ws/readme.txt": "x"})
+    first = await run_headless(load_project(root), tmp_path / "a.db", "all")
+    from tower.core.session import ResumeError
+
+    with pytest.raises(ResumeError, match="no unfinished thread"):
+        await resume_headless(tmp_path / "a.db", first.summary["session"], "all")
+
+
+def test_resume_cli_errors_are_one_line(tmp_path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tower",
+            "resume",
+            "nope",
+            "--headless",
+            "--db",
+            str(tmp_path / "missing.db"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,110 @@
+"""Rebuilding unfinished threads from a session's log, for `tower resume`.
+
+Durable-execution discipline: a model call whose result is in the log is never made (or
+billed) again; the thread's messages are rebuilt from recorded calls and tool results. A
+side-effecting tool call whose intent is logged but whose result is not may or may not have
+happened, so it is never re-run silently: it goes to the inbox as "interrupted — run again?".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tower.core.events import ENDED_STATES, Event, EventKind, ThreadState
+from tower.core.llm import ToolCall
+
+# Tools whose effect lands outside tower's log. Reading tools simply run again.
+SIDE_EFFECTS = frozenset({"write_file"})
+
+
+@dataclass
+class ThreadPlan:
+    """Everything needed to continue one thread where the log left it."""
+
+    id: str
+    spawned: dict[str, Any]
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    model: str = ""
+    pending: list[ToolCall] = field(default_factory=list)  # recorded calls without a result
+    interrupted: set[str] = field(default_factory=set)  # ...of which the intent was logged
+    guidance: list[str] = field(default_factory=list)  # comments not yet shown to the model
+    open_reservation: float = 0.0  # reserved by a call the crash cut off
+
+
+def rebuild(events: list[Event], system_prompts: dict[str, str]) -> list[ThreadPlan]:
+    """Plans for every thread that had not ended, in spawn order."""
+    plans: dict[str, ThreadPlan] = {}
+    ended: set[str] = set()
+    called: dict[str, set[str]] = {}
+    results: dict[str, set[str]] = {}
+    last_calls: dict[str, list[dict[str, Any]]] = {}
+    for ev in events:
+        tid = ev.thread
+        if tid is None:
+            continue
+        p = ev.payload
+        kind = ev.kind
+        if kind is EventKind.THREAD_SPAWNED:
+            system = system_prompts.get(p["agent"], "")
+            plans[tid] = ThreadPlan(
+                tid,
+                p,
+                [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": p.get("prompt", p.get("title", ""))},
+                ],
+                model=p["model"],
+            )
+            called[tid], results[tid], last_calls[tid] = set(), set(), []
+            continue
+        plan = plans.get(tid)
+        if plan is None:
+            continue
+        if kind is EventKind.LLM_STARTED:
+            for note in p.get("guidance", ()):
+                plan.messages.append(
+                    {"role": "user", "content": f"Message from the human orchestrator: {note}"}
+                )
+                if note in plan.guidance:
+                    plan.guidance.remove(note)
+            plan.open_reservation = p["reserved_usd"]
+        elif kind is EventKind.LLM_FINISHED:
+            msg: dict[str, Any] = {"role": "assistant", "content": p.get("text") or None}
+            if p.get("tool_calls"):
+                msg["tool_calls"] = p["tool_calls"]
+            plan.messages.append(msg)
+            plan.steps = p["step"]
+            plan.model = p["model"]
+            plan.open_reservation = 0.0
+            last_calls[tid] = p.get("tool_calls") or []
+            called[tid], results[tid] = set(), set()
+        elif kind is EventKind.LLM_FAILED:
+            plan.open_reservation = 0.0
+        elif kind is EventKind.TOOL_CALLED:
+            called[tid].add(p["call_id"])
+        elif kind is EventKind.TOOL_RESULT:
+            results[tid].add(p["call_id"])
+            plan.messages.append(
+                {"role": "tool", "tool_call_id": p["call_id"], "content": p.get("result", "")}
+            )
+        elif kind is EventKind.ESCALATED and p["to_model"] != "human":
+            plan.model = p["to_model"]
+        elif kind is EventKind.COMMENT:
+            plan.guidance.append(p["text"])
+        elif kind is EventKind.THREAD_STATE and ThreadState(p["state"]) in ENDED_STATES:
+            ended.add(tid)
+    out = []
+    for tid, plan in plans.items():
+        if tid in ended:
+            continue
+        for call in last_calls[tid]:
+            if call["id"] in results[tid]:
+                continue
+            fn = call.get("function", {})
+            plan.pending.append(ToolCall(call["id"], fn.get("name", ""), fn.get("arguments", "")))
+            if call["id"] in called[tid] and fn.get("name") in SIDE_EFFECTS:
+                plan.interrupted.add(call["id"])
+        out.append(plan)
+    return out
