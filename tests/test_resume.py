@@ -238,3 +238,39 @@ def test_resume_cli_errors_are_one_line(tmp_path) -> None:
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+async def test_fork_reuses_recorded_calls_and_runs_live_on_another_model(tmp_path) -> None:
+    from tower.core.session import fork_headless
+
+    db = tmp_path / "t.db"
+    original = await run_headless(load_project(REPO / "sample_projects" / "code_review"), db, "all")
+    store = await Store.open(db)
+    source = [ev async for ev in store.events(original.summary["session"])]
+    await store.close()
+    finished = [ev for ev in source if ev.kind is EventKind.LLM_FINISHED]
+    at = finished[5].seq  # mid-run: some threads have recorded calls, none has ended
+    fork = await fork_headless(db, original.summary["session"], at, "all", model="sim/large")
+    assert fork.summary["session"] != original.summary["session"]
+    store = await Store.open(db)
+    forked = [ev async for ev in store.events(fork.summary["session"])]
+    await store.close()
+    # The history up to SEQ is the original's, event for event.
+    for a, b in zip(source[:at], forked[:at], strict=True):
+        assert (a.seq, a.kind, a.thread) == (b.seq, b.kind, b.thread)
+        if a.kind is not EventKind.SESSION_STARTED:
+            assert a.payload == b.payload
+    # Nothing before SEQ is called again, and everything after it runs on the new model.
+    before = {(ev.thread, ev.payload["step"]) for ev in finished if ev.seq <= at}
+    later = [ev for ev in forked[at:] if ev.kind is EventKind.LLM_FINISHED]
+    assert later and not before & {(ev.thread, ev.payload["step"]) for ev in later}
+    assert {ev.payload["model"] for ev in later} == {"sim/large"}
+    resumed = next(ev for ev in forked if ev.kind is EventKind.SESSION_RESUMED)
+    assert resumed.payload["forked_from"] == original.summary["session"]
+    assert resumed.payload["at"] == at
+    assert fork.summary["threads"]["done"] == original.summary["threads"]["done"]
+    recorded_cost = sum(ev.payload["cost_usd"] for ev in finished if ev.seq <= at)
+    fork_cost_before = sum(
+        ev.payload["cost_usd"] for ev in forked[:at] if ev.kind is EventKind.LLM_FINISHED
+    )
+    assert fork_cost_before == recorded_cost

@@ -70,6 +70,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     res.add_argument("--json", action="store_true", help="print one JSON summary object")
 
+    frk = sub.add_parser("fork", help="a new session from any event of another, run live")
+    frk.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
+    frk.add_argument("--at", type=int, metavar="SEQ", required=True, help="fork after event SEQ")
+    frk.add_argument("--model", metavar="M", help="continue the unfinished threads on model M")
+    frk.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
+    frk.add_argument(
+        "--approve",
+        choices=("all", "none"),
+        default=None,
+        help="decisions, as for run --headless (default: none)",
+    )
+    frk.add_argument("--json", action="store_true", help="print one JSON summary object")
+
     rep = sub.add_parser("replay", help="a recorded session's state at any event")
     rep.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
     rep.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
@@ -320,6 +333,45 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fork(args: argparse.Namespace) -> int:
+    from tower.core.replay import ReplayError
+    from tower.core.session import ResumeError, fork_headless
+
+    _existing_db(args.db)
+    if args.model is not None:
+        from tower.core.llm import check_model
+
+        problem = check_model(args.model)
+        if problem:
+            raise UsageError(f"tower fork: --model: {problem}")
+    printer = None if args.json else _Printer(sys.stdout)
+    try:
+        result = asyncio.run(
+            fork_headless(
+                args.db, args.session, args.at, args.approve or "none", args.model, printer, _load
+            )
+        )
+    except (StoreError, ReplayError, ResumeError) as exc:
+        raise UsageError(f"tower: {exc}") from None
+    return _report(result, "forked", args.json)
+
+
+def _report(result: Any, verb: str, as_json: bool) -> int:
+    s = result.summary
+    if as_json:
+        print(json.dumps(s))
+    else:
+        t = s["threads"]
+        print(
+            f"\nsession {s['session']} {verb}"
+            + ("  (interrupted)" if result.interrupted else "")
+            + f"\nthreads: {t['done']} done, {t['failed']} failed, {t['killed']} killed"
+            f"   cost {_fmt_usd(s['cost_usd'])} of {_fmt_usd(s['budget_usd'])}"
+            f"   tokens {s['tokens']:,}   events {s['events']:,}"
+        )
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from tower.core.replay import ReplayError
     from tower.core.session import ResumeError, resume_headless
@@ -333,19 +385,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         result = asyncio.run(resume_headless(args.db, args.session, approve, printer, _load))
     except (StoreError, ReplayError, ResumeError) as exc:
         raise UsageError(f"tower: {exc}") from None
-    s = result.summary
-    if args.json:
-        print(json.dumps(s))
-    else:
-        t = s["threads"]
-        print(
-            f"\nsession {s['session']} resumed"
-            + ("  (interrupted)" if result.interrupted else "")
-            + f"\nthreads: {t['done']} done, {t['failed']} failed, {t['killed']} killed"
-            f"   cost {_fmt_usd(s['cost_usd'])} of {_fmt_usd(s['budget_usd'])}"
-            f"   tokens {s['tokens']:,}   events {s['events']:,}"
-        )
-    return EXIT_INTERRUPTED if result.interrupted else 0
+    return _report(result, "resumed", args.json)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -392,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         "replay": cmd_replay,
         "export": cmd_export,
         "resume": cmd_resume,
+        "fork": cmd_fork,
     }
     if args.command is None:
         from tower.resources import demo_project_dir

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tower.core.bus import Bus
-from tower.core.events import Event
+from tower.core.events import Event, EventKind
 from tower.core.project import Project
 from tower.core.state import TowerState, summary
 from tower.core.store import Store
@@ -33,12 +33,61 @@ class ResumeError(Exception):
     """A session that cannot be resumed; the message says why."""
 
 
+async def fork_headless(
+    db: str | Path | None,
+    session_ref: str,
+    at: int,
+    approve: ApproveMode,
+    model: str | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    load: Callable[[Path], Project] | None = None,
+) -> RunResult:
+    """A new session holding the first `at` events of another, continued live from there.
+
+    The copied model calls are reused as recorded (nothing before `at` is called or billed
+    again); with `model`, every unfinished thread continues on that model instead.
+    """
+    from tower.core.replay import ReplayError, resolve_session
+    from tower.core.supervisor import new_session_id
+
+    store = await Store.open(db)
+    try:
+        source = await resolve_session(store, session_ref)
+        row = {r.id: r for r in await store.list_sessions()}[source]
+        events = [ev async for ev in store.events(source) if ev.seq <= at]
+        if not events or events[-1].seq < at or at < 1:
+            raise ReplayError(f"session {source} has no event {at}")
+        fork = new_session_id()
+        await store.create_session(
+            fork, row.project, row.project_dir, events[0].ts, {"forked_from": source, "at": at}
+        )
+        store.start_writer(fork)
+        for ev in events:
+            if ev.kind is EventKind.SESSION_STARTED:
+                ev = Event(ev.seq, ev.ts, ev.kind, ev.thread, {**ev.payload, "session": fork})
+            store.append(ev)
+        await store.end_session(fork, "clean")
+    finally:
+        await store.close()
+    return await resume_headless(
+        db,
+        fork,
+        approve,
+        on_event,
+        load,
+        model=model,
+        origin={"forked_from": source, "at": at},
+    )
+
+
 async def resume_headless(
     db: str | Path | None,
     session_ref: str,
     approve: ApproveMode,
     on_event: Callable[[Event], None] | None = None,
     load: Callable[[Path], Project] | None = None,
+    model: str | None = None,
+    origin: dict[str, Any] | None = None,
 ) -> RunResult:
     """Continues a recorded session's unfinished threads in the same log, then closes it."""
     from tower.core.project import load_project
@@ -76,7 +125,7 @@ async def resume_headless(
             approve=approve,
             workspaces_dir=store.path.parent / "workspaces",
         )
-        await sup.resume_session(events)
+        await sup.resume_session(events, model=model, origin=origin)
         idle = asyncio.create_task(sup.wait_idle())
         stop = asyncio.create_task(interrupted.wait())
         await asyncio.wait({idle, stop}, return_when=asyncio.FIRST_COMPLETED)

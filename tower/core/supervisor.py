@@ -197,7 +197,9 @@ class Supervisor:
         for model in self.project.all_models():
             self._prices[model] = llm.model_price(model)
 
-    async def resume_session(self, events: list[Event]) -> int:
+    async def resume_session(
+        self, events: list[Event], model: str | None = None, origin: dict[str, Any] | None = None
+    ) -> int:
         """Continues a recorded session: every unfinished thread from its recorded messages.
 
         Returns how many threads were resumed. The bus must already hold the folded state and
@@ -219,7 +221,12 @@ class Supervisor:
             store.start_writer(self.session_id)
         prompts = {a.name: a.system_prompt for a in self.project.agents}
         plans = rebuild(events, prompts)
-        self.bus.emit(EventKind.SESSION_RESUMED, threads=[p.id for p in plans], pid=os.getpid())
+        self.bus.emit(
+            EventKind.SESSION_RESUMED,
+            threads=[p.id for p in plans],
+            pid=os.getpid(),
+            **(origin or {}),
+        )
         self._batch = True
         for plan in plans:
             view = state.threads[plan.id]
@@ -227,13 +234,27 @@ class Supervisor:
                 settings = self.project.agent(view.agent)
             except KeyError:
                 raise CommandError(f"agent {view.agent!r} is no longer in the project") from None
+            cascade = list(view.cascade)
+            if model is not None and model != plan.model:  # a fork onto another model
+                if model not in cascade:
+                    at = cascade.index(plan.model) if plan.model in cascade else 0
+                    cascade.insert(at, model)
+                self._prices.setdefault(model, llm.model_price(model))
+                self.bus.emit(
+                    EventKind.ESCALATED,
+                    plan.id,
+                    from_model=plan.model,
+                    to_model=model,
+                    trigger="fork",
+                )
+                plan.model = model
             th = ThreadRun(
                 id=plan.id,
                 agent=settings,
                 prompt=plan.spawned.get("prompt", view.title),
                 task_id=view.task,
                 title=view.title,
-                cascade=list(view.cascade),
+                cascade=cascade,
                 priority=view.priority,
                 order=next(self._order),
                 workspace_src=None,
@@ -241,7 +262,7 @@ class Supervisor:
                 default_answer=self._answer_of(view.task),
                 budget_usd=view.budget_usd,
                 budget_tokens=view.budget_tokens,
-                model_index=view.cascade.index(plan.model) if plan.model in view.cascade else 0,
+                model_index=cascade.index(plan.model) if plan.model in cascade else 0,
                 messages=plan.messages,
                 steps=plan.steps,
                 pending=plan.pending,
