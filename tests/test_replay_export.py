@@ -195,3 +195,34 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path) -> None:
         "cannot write",
     )
     one_line_error(tower("replay", session, "--db", str(db)), "--print-state")
+
+
+async def test_seeking_from_snapshots_equals_a_fold_from_scratch(tmp_path, monkeypatch) -> None:
+    import tower.core.bus
+
+    monkeypatch.setattr(tower.core.bus, "SNAPSHOT_EVERY", 50)
+    db = tmp_path / "t.db"
+    result = await run_headless(
+        load_project(REPO / "sample_projects" / "market_analysis"), db, "none"
+    )
+    session = result.summary["session"]
+    store = await Store.open(db)
+    try:
+        events = [ev async for ev in store.events(session)]
+        snaps = [s async for s in _snapshot_seqs(store, session)]
+        assert len(snaps) == len(events) // 50  # one every 50 events, all written
+        rng = random.Random(11)
+        for at in [1, 50, 51, len(events), *rng.sample(range(1, len(events)), 25)]:
+            seeked = await state_at(store, session, at)
+            assert state_to_dict(seeked) == state_to_dict(fold(events[:at])), at
+        assert summary(await state_at(store, session)) == result.summary
+    finally:
+        await store.close()
+
+
+async def _snapshot_seqs(store: Store, session: str):
+    async with store._conn.execute(
+        "SELECT seq FROM snapshots WHERE session = ? ORDER BY seq", (session,)
+    ) as cur:
+        async for (seq,) in cur:
+            yield seq

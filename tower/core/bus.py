@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tower.core.events import Event, EventKind, encode_payload
-from tower.core.state import TowerState, apply
+from tower.core.state import TowerState, apply, state_to_dict
 from tower.core.store import Store
 
 log = logging.getLogger("tower.bus")
@@ -38,6 +38,9 @@ def secrets_from_env(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 Subscriber = Callable[[Event], None]
+
+# A state snapshot goes to the log every this many events (seeking cost is bounded by it).
+SNAPSHOT_EVERY = 5000
 
 
 class Bus:
@@ -81,6 +84,11 @@ class Bus:
             apply(self.state, ev)
         if self.store is not None:
             self.store.append(ev, text)
+            if self.seq % SNAPSHOT_EVERY == 0:
+                # Replay seeks from the nearest snapshot instead of folding from event 1.
+                with self.lock:
+                    snapshot = json.dumps(state_to_dict(self.state), separators=(",", ":"))
+                self.store.append_snapshot(self.seq, snapshot)
         for fn in self._subscribers:
             try:
                 fn(ev)

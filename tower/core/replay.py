@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+from contextlib import aclosing
 from typing import Any, TextIO
 
-from tower.core.state import TowerState, apply, state_to_dict, summary
+from tower.core.state import TowerState, apply, state_from_dict, state_to_dict, summary
 from tower.core.store import Store
 
 
@@ -34,12 +35,23 @@ async def resolve_session(store: Store, ref: str) -> str:
 
 
 async def state_at(store: Store, session: str, at: int | None = None) -> TowerState:
-    """The reduced state after event `at` (or after the last event)."""
+    """The reduced state after event `at` (or after the last event).
+
+    Starts from the nearest snapshot at or before `at`, so a seek folds at most a few
+    thousand events, whatever the session's length.
+    """
     state = TowerState()
-    async for ev in store.events(session):
-        if at is not None and ev.seq > at:
-            break
-        apply(state, ev)
+    start = 0
+    if at is not None:
+        snap = await store.snapshot_before(session, at)
+        if snap is not None:
+            start, data = snap
+            state = state_from_dict(json.loads(data))
+    async with aclosing(store.events(session, start)) as events:
+        async for ev in events:
+            if at is not None and ev.seq > at:
+                break
+            apply(state, ev)
     if at is not None and state.last_seq < at:
         raise ReplayError(
             f"session {session} has {state.last_seq} events; --at {at} is past the end"

@@ -246,6 +246,19 @@ def state_to_dict(state: TowerState) -> dict[str, Any]:
     return out
 
 
+def state_from_dict(data: dict[str, Any]) -> TowerState:
+    """The inverse of state_to_dict (snapshots for fast seeking)."""
+    rest = {k: v for k, v in data.items() if k not in ("threads", "inbox", "budget")}
+    state = TowerState(**rest)
+    state.budget = BudgetView(**data["budget"])
+    state.threads = {
+        tid: ThreadView(**{**v, "state": ThreadState(v["state"])})
+        for tid, v in data["threads"].items()
+    }
+    state.inbox = {i["id"]: InboxItem(**{**i, "kind": InboxKind(i["kind"])}) for i in data["inbox"]}
+    return state
+
+
 def summary(state: TowerState) -> dict[str, Any]:
     """The run summary shared by `tower run --json` and replay's `--print-state`."""
     return {

@@ -14,6 +14,7 @@ import os
 import socket
 import sqlite3
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,14 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (session, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_kind ON events (session, kind);
+CREATE TABLE IF NOT EXISTS snapshots (
+    session TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (session, seq)
+) WITHOUT ROWID;
 """
+_SNAPSHOT = "INSERT OR REPLACE INTO snapshots (session, seq, state) VALUES (?, ?, ?)"
 
 log = logging.getLogger("tower.store")
 
@@ -110,6 +118,7 @@ class Store:
         # Rows wait in a plain list that the writer swaps out whole: cheaper per event than a
         # queue, and one wake-up serves a whole batch.
         self._pending: list[tuple[Any, ...]] = []
+        self._snapshots: list[tuple[str, int, bytes]] = []
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._appended = 0
@@ -188,12 +197,18 @@ class Store:
         self._appended += 1
         self._wake.set()
 
+    def append_snapshot(self, seq: int, state_json: str) -> None:
+        """Queues a state snapshot (compressed); it is written after the events up to `seq`."""
+        self._snapshots.append((self._session, seq, zlib.compress(state_json.encode(), 1)))
+        self._wake.set()
+
     async def _write_loop(self) -> None:
         conn = self._conn
         while True:
             await self._wake.wait()
             self._wake.clear()
             rows, self._pending = self._pending, []
+            snapshots, self._snapshots = self._snapshots, []
             for start in range(0, len(rows), _BATCH):
                 batch = rows[start : start + _BATCH]
                 if self.error is not None:
@@ -208,6 +223,12 @@ class Store:
                     log.error("%s", self.error)
                     with contextlib.suppress(sqlite3.Error):
                         await conn.rollback()
+            if snapshots and self.error is None:
+                try:
+                    await conn.executemany(_SNAPSHOT, snapshots)
+                    await conn.commit()
+                except sqlite3.Error as exc:
+                    log.warning("snapshot not written to %s: %s", self.path, exc)
             self._progress.set()
             if self._stopping and not self._pending:
                 return
@@ -286,6 +307,16 @@ class Store:
         ) as cur:
             async for seq, ts, kind, thread, payload in cur:
                 yield Event.from_row(seq, ts, kind, thread, payload)
+
+    async def snapshot_before(self, session: str, seq: int) -> tuple[int, str] | None:
+        """The latest snapshot at or before event `seq`, as (seq, state JSON)."""
+        async with self._conn.execute(
+            "SELECT seq, state FROM snapshots WHERE session = ? AND seq <= ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (session, seq),
+        ) as cur:
+            row = await cur.fetchone()
+        return (row[0], zlib.decompress(row[1]).decode()) if row else None
 
     def thread_events(self, session: str, thread: str) -> AsyncIterator[Event]:
         """One thread's events in order (the detail view's transcript)."""
