@@ -270,9 +270,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from tower.core.replay import ReplayError, print_state, resolve_session, state_at
 
     if not args.print_state:
-        raise UsageError(
-            "tower replay: the replay screen is not built yet; use --print-state [--json]"
-        )
+        if args.json or args.at is not None:
+            raise UsageError("tower replay: --json and --at apply with --print-state")
+        _existing_db(args.db)
+        if not sys.stdout.isatty() or not sys.stdin.isatty():
+            raise UsageError("tower replay: the replay screen needs a terminal; use --print-state")
+        from tower.ui.replay_app import ReplayApp
+
+        app = ReplayApp(args.db, args.session)
+        app.run()
+        return app.return_code or 0
     if args.at is not None and args.at < 0:
         raise UsageError("tower replay: --at must be 0 or more")
     _existing_db(args.db)

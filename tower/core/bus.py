@@ -61,6 +61,9 @@ class Bus:
         # holds it while it walks the state, so it never sees a half-applied event.
         self.lock = threading.Lock()
 
+    def now(self) -> float:
+        return self._clock()
+
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         self._subscribers.append(fn)
         return lambda: self._subscribers.remove(fn)

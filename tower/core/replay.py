@@ -12,6 +12,7 @@ import json
 from contextlib import aclosing
 from typing import Any, TextIO
 
+from tower.core.events import EventKind
 from tower.core.state import TowerState, apply, state_from_dict, state_to_dict, summary
 from tower.core.store import Store
 
@@ -57,6 +58,76 @@ async def state_at(store: Store, session: str, at: int | None = None) -> TowerSt
             f"session {session} has {state.last_seq} events; --at {at} is past the end"
         )
     return state
+
+
+# What the timeline marks, and how: (label, event predicate).
+MARK_KINDS = ("approval", "escalation", "budget", "failure")
+
+
+def mark_of(kind: EventKind, payload: dict[str, Any]) -> str | None:
+    if kind is EventKind.INBOX_OPENED and payload.get("kind") == "approval":
+        return "approval"
+    if kind is EventKind.INBOX_OPENED and payload.get("kind") == "budget":
+        return "budget"
+    if kind is EventKind.ESCALATED:
+        return "escalation"
+    if kind is EventKind.THREAD_STATE and payload.get("state") == "failed":
+        return "failure"
+    return None
+
+
+class Replayer:
+    """A cursor over a recorded session: step, seek by event or time, the same reducer."""
+
+    def __init__(self, store: Store, session: str) -> None:
+        self.store = store
+        self.session = session
+        self.state = TowerState()
+        self.last = 0
+        self.first_ts = self.last_ts = 0.0
+        self.marks: list[tuple[int, str]] = []
+
+    @property
+    def pos(self) -> int:
+        return self.state.last_seq
+
+    async def open(self) -> None:
+        self.last, self.first_ts, self.last_ts = await self.store.bounds(self.session)
+        marks = []
+        async with self.store._conn.execute(
+            "SELECT seq, kind, payload FROM events WHERE session = ? AND kind IN (?, ?, ?)"
+            " ORDER BY seq",
+            (
+                self.session,
+                str(EventKind.INBOX_OPENED),
+                str(EventKind.ESCALATED),
+                str(EventKind.THREAD_STATE),
+            ),
+        ) as cur:
+            async for seq, kind, payload in cur:
+                mark = mark_of(EventKind(kind), json.loads(payload))
+                if mark:
+                    marks.append((seq, mark))
+        self.marks = marks
+        await self.seek(min(1, self.last))
+
+    async def seek(self, seq: int) -> None:
+        seq = max(0, min(seq, self.last))
+        self.state = await state_at(self.store, self.session, seq) if seq else TowerState()
+
+    async def forward(self, count: int = 1, until_ts: float | None = None) -> list[Any]:
+        """Applies up to `count` next events (stopping past `until_ts`); returns them."""
+        applied = []
+        async with aclosing(self.store.events(self.session, self.pos, count)) as events:
+            async for ev in events:
+                if until_ts is not None and ev.ts > until_ts:
+                    break
+                apply(self.state, ev)
+                applied.append(ev)
+        return applied
+
+    async def seek_time(self, ts: float) -> None:
+        await self.seek(await self.store.seq_at_time(self.session, ts))
 
 
 def print_state(state: TowerState, at: int | None) -> dict[str, Any]:

@@ -300,10 +300,12 @@ class Store:
             ids = [r[0] async for r in cur]
         return ids[0] if len(ids) == 1 else None
 
-    async def _select(self, where: str, params: tuple[Any, ...]) -> AsyncIterator[Event]:
+    async def _select(
+        self, where: str, params: tuple[Any, ...], limit: int = -1
+    ) -> AsyncIterator[Event]:
         async with self._conn.execute(
-            f"SELECT seq, ts, kind, thread, payload FROM events WHERE {where} ORDER BY seq",
-            params,
+            f"SELECT seq, ts, kind, thread, payload FROM events WHERE {where} ORDER BY seq LIMIT ?",
+            (*params, limit),
         ) as cur:
             async for seq, ts, kind, thread, payload in cur:
                 yield Event.from_row(seq, ts, kind, thread, payload)
@@ -322,6 +324,30 @@ class Store:
         """One thread's events in order (the detail view's transcript)."""
         return self._select("session = ? AND thread = ?", (session, thread))
 
-    def events(self, session: str, after_seq: int = 0) -> AsyncIterator[Event]:
+    def events(self, session: str, after_seq: int = 0, limit: int = -1) -> AsyncIterator[Event]:
         """A session's events in order, after a sequence number (replay, export)."""
-        return self._select("session = ? AND seq > ?", (session, after_seq))
+        return self._select("session = ? AND seq > ?", (session, after_seq), limit)
+
+    def events_of_kinds(self, session: str, kinds: tuple[str, ...]) -> AsyncIterator[Event]:
+        marks = ", ".join("?" for _ in kinds)
+        return self._select(f"session = ? AND kind IN ({marks})", (session, *kinds))
+
+    async def seq_at_time(self, session: str, ts: float) -> int:
+        """The last event at or before time `ts` (0 before the first)."""
+        async with self._conn.execute(
+            "SELECT coalesce(max(seq), 0) FROM events WHERE session = ? AND ts <= ?",
+            (session, ts),
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def bounds(self, session: str) -> tuple[int, float, float]:
+        """(last seq, first ts, last ts) of a session."""
+        async with self._conn.execute(
+            "SELECT coalesce(max(seq), 0), coalesce(min(ts), 0), coalesce(max(ts), 0)"
+            " FROM events WHERE session = ?",
+            (session,),
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0]), float(row[1]), float(row[2])

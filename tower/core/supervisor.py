@@ -708,10 +708,12 @@ class Supervisor:
     def _decide(self, item: str, decision: Decision) -> None:
         th, _kind, fut = self._owner(item)
         del th.items[item]
+        opened = self.bus.state.inbox.get(item)
         payload: dict[str, Any] = {
             "item": item,
             "resolution": str(decision.resolution),
             "by": decision.by,
+            "waited_s": round(self.bus.now() - opened.created, 3) if opened else None,
         }
         if decision.text is not None:
             payload["text"] = decision.text
