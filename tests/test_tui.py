@@ -1019,3 +1019,61 @@ async def test_keymap_remaps_kill(tmp_path: Path) -> None:
         await t.press("y")
         await t.pilot.pause()
         assert t.view("t").state is ThreadState.KILLED
+
+
+# --- sessions and resume in the TUI ----------------------------------------------------------
+
+
+async def test_sessions_screen_lists_this_session(tmp_path: Path) -> None:
+    from tower.ui.screens.sessions import SessionsScreen
+
+    async with tower(tmp_path, project(task(ASK, "t"))) as t:
+        await t.ready(waiting_on(t, 1), "a question")
+        await t.press("L")
+        screen = await t.screen_is(SessionsScreen)
+        table = screen.query_one("#sessions")
+        assert table.row_count == 1
+        assert t.app.sup is not None
+        assert t.app.sup.session_id in str(screen.query_one("#hint").render())
+        await t.press("escape")
+        await t.screen_is(type(t.app.get_default_screen()))
+
+
+async def test_a_crashed_session_is_offered_for_resume_on_start(tmp_path: Path) -> None:
+    import sqlite3
+
+    from tower.core.project import load_project as load
+    from tower.core.session import run_headless
+    from tower.ui.screens.dialogs import ConfirmDialog
+
+    root = write_project(tmp_path / "proj", project(task(ASK, "t")), FILES)
+    db = tmp_path / "t.db"
+    first = await run_headless(load(root), db, "none")
+    session = first.summary["session"]
+    with sqlite3.connect(db) as conn:  # as if the process had died with the thread waiting
+        conn.execute(
+            "DELETE FROM events WHERE session = ? AND seq > (SELECT min(seq) FROM events"
+            " WHERE session = ? AND kind = 'inbox_opened')",
+            (session, session),
+        )
+        conn.execute("UPDATE sessions SET status = 'running', ended = NULL, pid = 999999999")
+    app = TowerApp(load(root), db, watch=False)
+    async with app.run_test(size=(160, 48)) as pilot:
+
+        async def wait(pred) -> None:
+            async def loop() -> None:
+                while not pred():
+                    await pilot.pause()
+
+            await asyncio.wait_for(loop(), 20)
+
+        await wait(lambda: isinstance(app.screen, ConfirmDialog))
+        assert session in str(app.screen.question)
+        await pilot.press("y")
+        await app.booted.wait()
+        assert app.sup is not None and app.sup.session_id == session
+        await wait(lambda: any(i.thread == "t" for i in app.state().inbox.values()))
+        await app.shutdown()
+        app.exit(0)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 1

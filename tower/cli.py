@@ -379,13 +379,52 @@ def _report(result: Any, verb: str, as_json: bool) -> int:
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
+def _resume_tui(ref: str, db: str | None) -> int:
+    from tower.core.replay import ReplayError, resolve_session, state_at
+
+    async def find() -> tuple[str, str]:
+        store = await Store.open(db)
+        try:
+            session = await resolve_session(store, ref)
+            row = {r.id: r for r in await store.list_sessions()}[session]
+            if row.status == "running":
+                raise ReplayError(f"session {session} is still running in another process")
+            if (await state_at(store, session)).all_ended:
+                raise ReplayError(f"session {session} has no unfinished thread to resume")
+            return session, row.project_dir
+        finally:
+            await store.close()
+
+    try:
+        session, project_dir = asyncio.run(find())
+    except (StoreError, ReplayError) as exc:
+        raise UsageError(f"tower: {exc}") from None
+    project = _load(project_dir)
+    if not sys.stdout.isatty() or not sys.stdin.isatty():
+        raise UsageError("tower resume: the TUI needs a terminal; add --headless")
+    from tower.ui.app import TowerApp
+    from tower.ui.keymap import ConfigError, load_config
+
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    app = TowerApp(
+        project, db, keymap=config.keymap(), bell=config.bell, theme=config.theme, resume=session
+    )
+    app.run()
+    return app.return_code or 0
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from tower.core.replay import ReplayError
     from tower.core.session import ResumeError, resume_headless
 
-    if not args.headless:
-        raise UsageError("tower resume: resuming in the TUI is not built yet; add --headless")
     _existing_db(args.db)
+    if not args.headless:
+        if args.json or args.approve:
+            raise UsageError("tower resume: --json and --approve only apply with --headless")
+        return _resume_tui(args.session, args.db)
     approve = args.approve or "none"
     printer = None if args.json else _Printer(sys.stdout)
     try:

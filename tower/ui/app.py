@@ -28,7 +28,7 @@ from textual.widgets import Footer, Input
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, ThreadState
 from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
-from tower.core.state import TowerState
+from tower.core.state import TowerState, fold
 from tower.core.store import Store, StoreError
 from tower.core.supervisor import CommandError, Supervisor
 from tower.ui.core_thread import CoreThread
@@ -43,6 +43,7 @@ from tower.ui.screens.dialogs import (
     TextDialog,
 )
 from tower.ui.screens.help import HelpScreen
+from tower.ui.screens.sessions import SessionsScreen
 from tower.ui.themes import load_themes, theme_dirs, watch_file, watch_themes
 from tower.ui.widgets.budget import BudgetBar
 from tower.ui.widgets.inbox import InboxDetail, InboxList, counts_title, summary_of
@@ -83,6 +84,7 @@ VERBS: list[tuple[str, str, str, str, str]] = [
     ("pin", "space", "pin", "Pin", "pin the thread's panel (or unpin)"),
     ("inbox", "i", "focus_inbox", "Inbox", "focus the inbox"),
     ("threads", "t", "focus_threads", "Threads", "focus the thread list"),
+    ("sessions", "L", "sessions", "Sessions", "list recorded sessions (replay, resume, export)"),
     ("palette", "colon,ctrl+p", "command_palette", "Commands", "open the command palette"),
 ]
 
@@ -145,10 +147,14 @@ class TowerApp(App[int]):
         bell: bool = False,
         theme: str | None = None,
         watch: bool = True,
+        resume: str | None = None,
+        offer_resume: bool = True,
     ) -> None:
         super().__init__()
         self.project = project
         self.db = db
+        self.resume_id = resume  # continue this recorded session instead of starting one
+        self.offer_resume = offer_resume and resume is None
         self.now = clock
         self.session_id = session_id
         self.bell_on = bell
@@ -281,6 +287,19 @@ class TowerApp(App[int]):
         sys.setswitchinterval(GIL_SWITCH_S)
         self.core = CoreThread()
         self.core.start()
+        if self.offer_resume:
+            try:
+                crashed = await self.core.run(self._crashed_session())
+            except StoreError:
+                crashed = None
+            if crashed is not None and await self.push_screen_wait(
+                ConfirmDialog(
+                    f"Session {crashed} of {self.project.name} crashed with unfinished threads."
+                    " Resume it instead of starting a new session?",
+                    yes="Resume",
+                )
+            ):
+                self.resume_id = crashed
         self.note = "loading models…"
         try:
             problems = await self.core.run(self._core_boot())
@@ -302,11 +321,17 @@ class TowerApp(App[int]):
 
         self.store = await Store.open(self.db)
         bus = Bus(self.store, clock=self.now)
+        events: list[Event] = []
+        if self.resume_id is not None:
+            events = [ev async for ev in self.store.events(self.resume_id)]
+            bus.state = fold(events)
+            bus.seq = bus.state.last_seq
+            self._rows_dirty = self._inbox_dirty = True
         bus.subscribe(self._on_event)
         sup = Supervisor(
             self.project,
             bus,
-            session_id=self.session_id,
+            session_id=self.resume_id or self.session_id,
             workspaces_dir=self.store.path.parent / "workspaces",
         )
         problems = []
@@ -319,8 +344,29 @@ class TowerApp(App[int]):
             self.store = None
             return problems
         self.bus, self.sup = bus, sup
-        await sup.start()
+        if self.resume_id is not None:
+            await sup.resume_session(events)
+        else:
+            await sup.start()
         return []
+
+    async def _crashed_session(self) -> str | None:
+        """The newest crashed session of this project with unfinished threads, if any."""
+        from tower.core.replay import state_at
+
+        store = await Store.open(self.db)
+        try:
+            rows = [
+                r
+                for r in await store.list_sessions()
+                if r.status == "crashed" and r.project == self.project.name
+            ]
+            for row in reversed(rows):
+                if not (await state_at(store, row.id)).all_ended:
+                    return row.id
+            return None
+        finally:
+            await store.close()
 
     def _on_event(self, ev: Event) -> None:
         """Runs inside bus.emit: only marks what changed; drawing waits for the next tick."""
@@ -799,6 +845,15 @@ class TowerApp(App[int]):
         else:
             self.pinned.insert(0, tid)
         self._dirty.add(tid)
+
+    async def action_sessions(self) -> None:
+        store, core = self.store, self.core
+        if store is None or core is None or self.closed:
+            self.notify("still starting…", severity="warning")
+            return
+        rows = await core.run(store.list_sessions())
+        current = self.sup.session_id if self.sup is not None else None
+        self.push_screen(SessionsScreen(rows, current))
 
     def action_focus_inbox(self) -> None:
         self.inbox_list.focus()
