@@ -72,9 +72,39 @@ def kill_after(db: Path, lines: int) -> bool:
     return seen >= lines
 
 
+def calls_of(db: Path) -> dict[tuple[str, int], tuple[int, int]]:
+    """(thread, step) -> (prompt tokens, completion tokens) of every recorded model call."""
+    return {
+        (r[2], p["step"]): (p["usage"]["prompt_tokens"], p["usage"]["completion_tokens"])
+        for r in rows(db)
+        if r[3] == EventKind.LLM_FINISHED and (p := json.loads(r[4]))
+    }
+
+
 def test_sigkill_at_random_moments_then_resume(tmp_path) -> None:
     rng = random.Random(20261122)
     killed = resumed = 0
+    # An uninterrupted run: the sim is deterministic per step, so a faithful resume makes
+    # exactly these calls, with exactly these prompts (same messages, same workspace).
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tower",
+            "run",
+            TAX,
+            "--headless",
+            "--approve",
+            "all",
+            "--db",
+            str(tmp_path / "ref.db"),
+        ],
+        capture_output=True,
+        cwd=REPO,
+        timeout=120,
+        check=True,
+    )
+    reference = calls_of(tmp_path / "ref.db")
     for i in range(20):
         db = tmp_path / f"k{i}.db"
         # Line 1 is the header; a full run prints about 42 lines: kill anywhere in between.
@@ -120,6 +150,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path) -> None:
         per_step = collections.Counter((thread, p["step"]) for thread, p in finished)
         assert max(per_step.values()) == 1  # no recorded call was made (or billed) again
         assert out["cost_usd"] == round(sum(p["cost_usd"] for _, p in finished), 6)
+        assert calls_of(db) == reference  # the resumed threads saw what they would have seen
         assert session_status(db) == "clean"
         resumed += 1
     assert killed >= 15 and resumed >= 12

@@ -24,7 +24,7 @@ from tower.core import llm
 from tower.core.budget import INF, Account, Ledger, Refusal, Reservation
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
-from tower.core.project import AgentSettings, Project
+from tower.core.project import AgentSettings, Project, TaskSettings
 from tower.core.simprofiles import SIM_PROFILES, is_sim
 from tower.core.tools import Workspace
 
@@ -234,6 +234,7 @@ class Supervisor:
                 settings = self.project.agent(view.agent)
             except KeyError:
                 raise CommandError(f"agent {view.agent!r} is no longer in the project") from None
+            found = self._task_of(view.task)
             cascade = list(view.cascade)
             if model is not None and model != plan.model:  # a fork onto another model
                 if model not in cascade:
@@ -257,9 +258,11 @@ class Supervisor:
                 cascade=cascade,
                 priority=view.priority,
                 order=next(self._order),
-                workspace_src=None,
+                workspace_src=(self.project.root / found[0].workspace)
+                if found and found[0].workspace
+                else None,
                 script=self._script_of(view.task),
-                default_answer=self._answer_of(view.task),
+                default_answer=_fill(found[0].answer, found[1]) if found else None,
                 budget_usd=view.budget_usd,
                 budget_tokens=view.budget_tokens,
                 model_index=cascade.index(plan.model) if plan.model in cascade else 0,
@@ -314,21 +317,22 @@ class Supervisor:
         self._pump()
         return len(plans)
 
-    def _script_of(self, task_id: str) -> list[dict[str, Any]] | None:
-        """A resumed thread's sim script, from the project (repeat copies fill {n})."""
+    def _task_of(self, task_id: str) -> tuple[TaskSettings, int | None] | None:
+        """The project task a (resumed) thread came from, and its copy number if repeated."""
         base, _, n = task_id.rpartition("-")
         for task in self.project.tasks:
-            if task.id == task_id or (task.repeat > 1 and task.id == base and n.isdigit()):
-                num = int(n) if task.id == base and task.repeat > 1 else None
-                return [_fill(s.model_dump(exclude_none=True), num) for s in task.script] or None
+            if task.id == task_id:
+                return task, None
+            if task.repeat > 1 and task.id == base and n.isdigit():
+                return task, int(n)
         return None
 
-    def _answer_of(self, task_id: str) -> str | None:
-        base = task_id.rpartition("-")[0]
-        for task in self.project.tasks:
-            if task.id in (task_id, base):
-                return task.answer
-        return None
+    def _script_of(self, task_id: str) -> list[dict[str, Any]] | None:
+        found = self._task_of(task_id)
+        if found is None:
+            return None
+        task, n = found
+        return [_fill(step.model_dump(exclude_none=True), n) for step in task.script] or None
 
     async def barrier(self) -> None:
         """Waits until every event emitted so far is committed (before a side effect)."""
@@ -487,7 +491,11 @@ class Supervisor:
         dest = base / self.session_id / th.id
         if not dest.exists():
             if src is not None:
-                shutil.copytree(src, dest, symlinks=True)
+                # Copied aside, then renamed: a crash mid-copy never leaves half a workspace.
+                partial = dest.with_name(dest.name + ".partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(src, partial, symlinks=True)
+                os.replace(partial, dest)
             else:
                 dest.mkdir(parents=True, exist_ok=True)
         return Workspace(dest)
