@@ -7,8 +7,9 @@ database before returning, so the log is complete after any exit but a hard kill
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,36 @@ class RunResult:
     state: TowerState
     interrupted: bool
     db: Path
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[asyncio.Event]:
+    """SIGINT and SIGTERM set the returned event instead of killing the process."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    try:
+        yield stop
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+async def _run_until_idle(sup: Supervisor, stop: asyncio.Event, store: Store) -> bool:
+    """Waits for every thread to end (or a stop signal), closes the session; True if stopped."""
+    idle = asyncio.create_task(sup.wait_idle())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({idle, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    idle.cancel()
+    stopping.cancel()
+    await sup.close("interrupted" if stop.is_set() else "finished")
+    if store.error is not None:
+        raise store.error
+    return stop.is_set()
 
 
 class ResumeError(Exception):
@@ -95,9 +126,6 @@ async def resume_headless(
     from tower.core.state import fold
 
     store = await Store.open(db)
-    interrupted = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled: list[int] = []
     try:
         session = await resolve_session(store, session_ref)
         rows = {r.id: r for r in await store.list_sessions()}
@@ -108,12 +136,6 @@ async def resume_headless(
         if state.all_ended:
             raise ResumeError(f"session {session} has no unfinished thread to resume")
         project = (load or load_project)(Path(rows[session].project_dir))
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, interrupted.set)
-                handled.append(sig)
-            except (NotImplementedError, RuntimeError):
-                pass
         bus = Bus(store)
         bus.state, bus.seq = state, state.last_seq
         if on_event is not None:
@@ -125,19 +147,11 @@ async def resume_headless(
             approve=approve,
             workspaces_dir=store.path.parent / "workspaces",
         )
-        await sup.resume_session(events, model=model, origin=origin)
-        idle = asyncio.create_task(sup.wait_idle())
-        stop = asyncio.create_task(interrupted.wait())
-        await asyncio.wait({idle, stop}, return_when=asyncio.FIRST_COMPLETED)
-        idle.cancel()
-        stop.cancel()
-        await sup.close("interrupted" if interrupted.is_set() else "finished")
-        if store.error is not None:
-            raise store.error
-        return RunResult(summary(bus.state), bus.state, interrupted.is_set(), store.path)
+        with _stop_signals() as stop:
+            await sup.resume_session(events, model=model, origin=origin)
+            stopped = await _run_until_idle(sup, stop, store)
+        return RunResult(summary(bus.state), bus.state, stopped, store.path)
     finally:
-        for sig in handled:
-            loop.remove_signal_handler(sig)
         await store.close()
 
 
@@ -150,16 +164,7 @@ async def run_headless(
 ) -> RunResult:
     """Runs every task of the project to its end; raises StoreError if the log cannot open."""
     store = await Store.open(db)
-    interrupted = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled: list[int] = []
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, interrupted.set)
-                handled.append(sig)
-            except (NotImplementedError, RuntimeError):
-                pass
         bus = Bus(store)
         if on_event is not None:
             bus.subscribe(on_event)
@@ -170,17 +175,9 @@ async def run_headless(
             approve=approve,
             workspaces_dir=store.path.parent / "workspaces",
         )
-        await sup.start()
-        idle = asyncio.create_task(sup.wait_idle())
-        stop = asyncio.create_task(interrupted.wait())
-        await asyncio.wait({idle, stop}, return_when=asyncio.FIRST_COMPLETED)
-        idle.cancel()
-        stop.cancel()
-        await sup.close("interrupted" if interrupted.is_set() else "finished")
-        if store.error is not None:
-            raise store.error
-        return RunResult(summary(bus.state), bus.state, interrupted.is_set(), store.path)
+        with _stop_signals() as stop:
+            await sup.start()
+            stopped = await _run_until_idle(sup, stop, store)
+        return RunResult(summary(bus.state), bus.state, stopped, store.path)
     finally:
-        for sig in handled:
-            loop.remove_signal_handler(sig)
         await store.close()

@@ -146,7 +146,8 @@ class RowList(ScrollView, can_focus=True):
         return []
 
     def row(self, key: str, width: int) -> Cells:
-        raise NotImplementedError  # subclasses draw their rows
+        """Subclasses draw their rows; a bare RowList shows its keys."""
+        return [(key, None)]
 
     def render_line(self, y: int) -> Strip:
         width = self.size.width
