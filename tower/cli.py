@@ -13,8 +13,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tower import __version__
 from tower.core.events import Event, EventKind, ThreadState
@@ -33,6 +34,14 @@ class UsageError(Exception):
         self.lines = lines
 
 
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
+
+
+def _session_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tower",
@@ -44,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a project in the TUI (or --headless)")
     run.add_argument("project", metavar="DIR", help="project folder with a tower.toml")
     run.add_argument("--headless", action="store_true", help="run without the TUI")
-    run.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
+    _db_arg(run)
     run.add_argument(
         "--approve",
         choices=("all", "none"),
@@ -55,13 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON summary object")
 
     ses = sub.add_parser("sessions", help="list recorded sessions")
-    ses.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
+    _db_arg(ses)
     ses.add_argument("--json", action="store_true", help="print a JSON list")
 
     res = sub.add_parser("resume", help="continue a crashed or interrupted session")
-    res.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
+    _session_arg(res)
     res.add_argument("--headless", action="store_true", help="run without the TUI")
-    res.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
+    _db_arg(res)
     res.add_argument(
         "--approve",
         choices=("all", "none"),
@@ -71,10 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--json", action="store_true", help="print one JSON summary object")
 
     frk = sub.add_parser("fork", help="a new session from any event of another, run live")
-    frk.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
+    _session_arg(frk)
     frk.add_argument("--at", type=int, metavar="SEQ", required=True, help="fork after event SEQ")
     frk.add_argument("--model", metavar="M", help="continue the unfinished threads on model M")
-    frk.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
+    _db_arg(frk)
     frk.add_argument(
         "--approve",
         choices=("all", "none"),
@@ -84,15 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     frk.add_argument("--json", action="store_true", help="print one JSON summary object")
 
     rep = sub.add_parser("replay", help="a recorded session's state at any event")
-    rep.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
-    rep.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
+    _session_arg(rep)
+    _db_arg(rep)
     rep.add_argument("--print-state", action="store_true", help="print the reduced state")
     rep.add_argument("--json", action="store_true", help="as one JSON object")
     rep.add_argument("--at", type=int, metavar="SEQ", help="stop after event SEQ")
 
     exp = sub.add_parser("export", help="export a session: events (jsonl) or threads (csv)")
-    exp.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
-    exp.add_argument("--db", metavar="PATH", help="session database (default: user data dir)")
+    _session_arg(exp)
+    _db_arg(exp)
     exp.add_argument("--format", choices=("jsonl", "csv"), required=True)
     exp.add_argument("--out", metavar="PATH", help="file to write (default: stdout)")
 
@@ -151,25 +160,31 @@ class _Printer:
             )
 
 
-def _preflight_db(db: str | None) -> None:
-    """Fails fast (exit 2) on an unusable --db before the TUI takes the terminal."""
+T = TypeVar("T")
 
-    async def probe() -> None:
+
+def _with_store(db: str | None, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Opens the log, runs `work` on it, closes it; expected failures become usage errors."""
+    from tower.core.replay import ReplayError
+    from tower.core.session import ResumeError
+
+    async def run() -> T:
         store = await Store.open(db)
-        await store.close()
+        try:
+            return await work(store)
+        finally:
+            await store.close()
 
     try:
-        asyncio.run(probe())
-    except StoreError as exc:
+        return asyncio.run(run())
+    except (StoreError, ReplayError, ResumeError) as exc:
         raise UsageError(f"tower: {exc}") from None
 
 
-def run_tui(project_dir: str | Path, db: str | None) -> int:
-    """Opens the control tower on a project; model checks happen inside, off the first frame."""
-    project = _load(str(project_dir))
+def _open_tui(project: Project, db: str | None, resume: str | None = None) -> int:
+    """The control tower on a project: terminal check, the user's keys and theme, run."""
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         raise UsageError("tower: the TUI needs a terminal; use --headless (see tower run --help)")
-    _preflight_db(db)
     from tower.ui.app import VERBS, TowerApp
     from tower.ui.keymap import ConfigError, load_config, validate_keys
 
@@ -180,9 +195,22 @@ def run_tui(project_dir: str | Path, db: str | None) -> int:
     problems = validate_keys(config, {bid for bid, *_ in VERBS})
     if problems:
         raise UsageError(*problems)
-    app = TowerApp(project, db, keymap=config.keymap(), bell=config.bell, theme=config.theme)
+    app = TowerApp(
+        project, db, keymap=config.keymap(), bell=config.bell, theme=config.theme, resume=resume
+    )
     app.run()
     return app.return_code or 0
+
+
+async def _probe(store: Store) -> None:
+    """Nothing: opening the store is the check (an unusable --db fails before the TUI)."""
+
+
+def run_tui(project_dir: str | Path, db: str | None) -> int:
+    """Opens the control tower on a project; model checks happen inside, off the first frame."""
+    project = _load(str(project_dir))
+    _with_store(db, _probe)
+    return _open_tui(project, db)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -207,28 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = asyncio.run(run_headless(project, args.db, approve, printer))
     except StoreError as exc:
         raise UsageError(f"tower: {exc}") from None
-    s = result.summary
-    if args.json:
-        print(json.dumps(s))
-    else:
-        t = s["threads"]
-        print(
-            f"\nsession {s['session']}  project {project.name}"
-            + ("  (interrupted)" if result.interrupted else "")
-            + f"\nthreads: {t['done']} done, {t['failed']} failed, {t['killed']} killed"
-            f"   cost {_fmt_usd(s['cost_usd'])} of {_fmt_usd(s['budget_usd'])}"
-            f"   tokens {s['tokens']:,}   events {s['events']:,}"
-            f"\nlog: {result.db}"
-        )
-    return EXIT_INTERRUPTED if result.interrupted else 0
-
-
-async def _sessions(db: str | None) -> list[dict[str, Any]]:
-    store = await Store.open(db)
-    try:
-        return [row.to_dict() for row in await store.list_sessions()]
-    finally:
-        await store.close()
+    return _report(result, f" project {project.name}", args.json, f"\nlog: {result.db}")
 
 
 def _ts(x: float | None) -> str:
@@ -238,10 +245,7 @@ def _ts(x: float | None) -> str:
 def cmd_sessions(args: argparse.Namespace) -> int:
     if args.db is not None and not Path(args.db).exists():
         raise UsageError(f"tower: no database at {args.db}")
-    try:
-        rows = asyncio.run(_sessions(args.db))
-    except StoreError as exc:
-        raise UsageError(f"tower: {exc}") from None
+    rows = [r.to_dict() for r in _with_store(args.db, lambda store: store.list_sessions())]
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -267,7 +271,7 @@ def _existing_db(db: str | None) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from tower.core.replay import ReplayError, print_state, resolve_session, state_at
+    from tower.core.replay import print_state, resolve_session, state_at
 
     if not args.print_state:
         if args.json or args.at is not None:
@@ -284,18 +288,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError("tower replay: --at must be 0 or more")
     _existing_db(args.db)
 
-    async def run() -> dict[str, Any]:
-        store = await Store.open(args.db)
-        try:
-            session = await resolve_session(store, args.session)
-            return print_state(await state_at(store, session, args.at), args.at)
-        finally:
-            await store.close()
+    async def reduce(store: Store) -> dict[str, Any]:
+        session = await resolve_session(store, args.session)
+        return print_state(await state_at(store, session, args.at), args.at)
 
-    try:
-        out = asyncio.run(run())
-    except (StoreError, ReplayError) as exc:
-        raise UsageError(f"tower: {exc}") from None
+    out = _with_store(args.db, reduce)
     if args.json:
         print(json.dumps(out))
     else:
@@ -310,7 +307,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tower.core.replay import ReplayError, export_csv, export_jsonl, resolve_session
+    from tower.core.replay import export_csv, export_jsonl, resolve_session
 
     _existing_db(args.db)
     try:
@@ -318,19 +315,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"tower export: cannot write {args.out}: {exc.strerror}") from None
 
-    async def run() -> int:
-        store = await Store.open(args.db)
-        try:
-            session = await resolve_session(store, args.session)
-            writer = export_jsonl if args.format == "jsonl" else export_csv
-            return await writer(store, session, out)
-        finally:
-            await store.close()
+    async def write(store: Store) -> int:
+        session = await resolve_session(store, args.session)
+        writer = export_jsonl if args.format == "jsonl" else export_csv
+        return await writer(store, session, out)
 
     try:
-        n = asyncio.run(run())
-    except (StoreError, ReplayError) as exc:
-        raise UsageError(f"tower: {exc}") from None
+        n = _with_store(args.db, write)
     finally:
         if args.out:
             out.close()
@@ -363,57 +354,38 @@ def cmd_fork(args: argparse.Namespace) -> int:
     return _report(result, "forked", args.json)
 
 
-def _report(result: Any, verb: str, as_json: bool) -> int:
+def _report(result: Any, what: str, as_json: bool, tail: str = "") -> int:
+    """A run's summary: one JSON object, or three lines of text; exit 130 if interrupted."""
     s = result.summary
     if as_json:
         print(json.dumps(s))
     else:
         t = s["threads"]
         print(
-            f"\nsession {s['session']} {verb}"
+            f"\nsession {s['session']} {what}"
             + ("  (interrupted)" if result.interrupted else "")
             + f"\nthreads: {t['done']} done, {t['failed']} failed, {t['killed']} killed"
             f"   cost {_fmt_usd(s['cost_usd'])} of {_fmt_usd(s['budget_usd'])}"
-            f"   tokens {s['tokens']:,}   events {s['events']:,}"
+            f"   tokens {s['tokens']:,}   events {s['events']:,}" + tail
         )
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
 def _resume_tui(ref: str, db: str | None) -> int:
-    from tower.core.replay import ReplayError, resolve_session, state_at
+    from tower.core.replay import resolve_session, state_at
+    from tower.core.session import ResumeError
 
-    async def find() -> tuple[str, str]:
-        store = await Store.open(db)
-        try:
-            session = await resolve_session(store, ref)
-            row = {r.id: r for r in await store.list_sessions()}[session]
-            if row.status == "running":
-                raise ReplayError(f"session {session} is still running in another process")
-            if (await state_at(store, session)).all_ended:
-                raise ReplayError(f"session {session} has no unfinished thread to resume")
-            return session, row.project_dir
-        finally:
-            await store.close()
+    async def find(store: Store) -> tuple[str, str]:
+        session = await resolve_session(store, ref)
+        row = {r.id: r for r in await store.list_sessions()}[session]
+        if row.status == "running":
+            raise ResumeError(f"session {session} is still running in another process")
+        if (await state_at(store, session)).all_ended:
+            raise ResumeError(f"session {session} has no unfinished thread to resume")
+        return session, row.project_dir
 
-    try:
-        session, project_dir = asyncio.run(find())
-    except (StoreError, ReplayError) as exc:
-        raise UsageError(f"tower: {exc}") from None
-    project = _load(project_dir)
-    if not sys.stdout.isatty() or not sys.stdin.isatty():
-        raise UsageError("tower resume: the TUI needs a terminal; add --headless")
-    from tower.ui.app import TowerApp
-    from tower.ui.keymap import ConfigError, load_config
-
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    app = TowerApp(
-        project, db, keymap=config.keymap(), bell=config.bell, theme=config.theme, resume=session
-    )
-    app.run()
-    return app.return_code or 0
+    session, project_dir = _with_store(db, find)
+    return _open_tui(_load(project_dir), db, resume=session)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
