@@ -10,6 +10,7 @@ import pytest
 
 from tower.core.project import (
     BUILTIN_TOOLS,
+    DEFAULT_TOOLS,
     PROJECT_FILE,
     Project,
     ProjectError,
@@ -72,12 +73,15 @@ def test_minimal_project_loads_with_documented_defaults(tmp_path: Path) -> None:
     assert (p.budget.thread_usd, p.budget.thread_tokens) == (None, None)
     assert p.limits.max_concurrent == 16
     assert p.models == {}
-    assert p.policy.ask == ["write_file"]
+    assert (p.policy.deny, p.policy.ask, p.policy.allow) == ([], [], [])
+    assert p.shell.timeout_s == 120.0 and p.shell.max_output_bytes == 20_000
+    assert p.mcp_servers == []
     assert p.tasks == []
     (agent,) = p.agents
     assert agent.name == "worker"
     assert agent.cascade == ["sim/small"]
-    assert agent.tools == list(BUILTIN_TOOLS)
+    assert agent.tools == list(DEFAULT_TOOLS)
+    assert agent.mcp == []
     assert agent.max_steps == 20
     assert agent.max_tokens == 512
     assert agent.system_prompt  # a default prompt is provided

@@ -245,7 +245,7 @@ async def test_read_missing_file(ws: Workspace) -> None:
 async def test_list_missing_folder(ws: Workspace) -> None:
     with pytest.raises(ToolError, match="no such folder: nope"):
         await ws.run("list_dir", {"path": "nope"})
-    with pytest.raises(ToolError, match=re.escape("no such folder: notes.txt")):
+    with pytest.raises(ToolError, match=re.escape("not a folder: notes.txt")):
         await ws.run("list_dir", {"path": "notes.txt"})
 
 

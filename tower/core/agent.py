@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from tower.core import llm
 from tower.core.budget import Refusal
 from tower.core.events import EventKind, InboxKind, Resolution, ThreadState
-from tower.core.resume import SIDE_EFFECTS
-from tower.core.tools import ToolError, tool_schemas
+from tower.core.policy import Action, suggest_grant
+from tower.core.resume import has_side_effects
+from tower.core.tools import ToolError
 
 if TYPE_CHECKING:
     from tower.core.bus import Bus
@@ -28,7 +29,7 @@ MAX_BACKOFF_S = 30.0
 
 
 async def run_thread(sup: Supervisor, th: ThreadRun) -> None:
-    tools = tool_schemas(th.agent.tools)
+    tools = sup.tools_for(th.agent)
     tools_chars = llm.schema_chars(tools)
     if not th.messages:
         th.messages = [
@@ -242,14 +243,25 @@ async def _handle_tool(
             f"error: the arguments of {tc.name} were not valid JSON ({exc}); "
             "call the tool again with a JSON object",
         )
-    bus.emit(EventKind.TOOL_CALLED, th.id, call_id=tc.id, tool=tc.name, args=args, reason=reason)
-    if tc.name not in th.agent.tools:
+    known = sup.has_tool(th.agent, tc.name)
+    verdict = sup.judge(th, tc.name, args) if known else None
+    bus.emit(
+        EventKind.TOOL_CALLED,
+        th.id,
+        call_id=tc.id,
+        tool=tc.name,
+        args=args,
+        reason=reason,
+        **({"policy": str(verdict.action), "rule": verdict.describe()} if verdict else {}),
+    )
+    if verdict is None:
+        names = [*th.agent.tools, *(sup.mcp.names(th.agent.mcp) if sup.mcp else [])]
         return _result(
             sup,
             th,
             tc,
             False,
-            f"error: no tool named {tc.name!r}; your tools are {', '.join(th.agent.tools)}",
+            f"error: no tool named {tc.name!r}; your tools are {', '.join(names)}",
         )
     if tc.name == "finish":
         answer = str(args.get("answer", "")).strip()
@@ -271,49 +283,49 @@ async def _handle_tool(
             return _result(sup, th, tc, True, decision.text or "")
         note = f" ({decision.text})" if decision.text else ""
         return _result(sup, th, tc, False, f"The human declined to answer{note}.")
-    if interrupted:
+    if verdict.action is Action.DENY:
+        return _result(sup, th, tc, False, f"error: refused by policy ({verdict.describe()})")
+    if interrupted or verdict.action is Action.ASK:
+        why = (
+            f"interrupted — run again? tower stopped after this {tc.name} began, so it "
+            "may or may not have happened"
+            if interrupted
+            else reason
+        )
         decision = await sup.ask(
             th,
             InboxKind.APPROVAL,
             ThreadState.WAITING,
-            f"interrupted {tc.name}: run again?",
+            f"interrupted {tc.name}: run again?"
+            if interrupted
+            else f"waiting for approval of {tc.name}",
             tool=tc.name,
             args=args,
-            reason=f"interrupted — run again? tower stopped after this {tc.name} began, so it "
-            "may or may not have happened",
+            reason=why,
             call_id=tc.id,
-            interrupted=True,
+            policy_rule=verdict.describe(),
+            suggest=suggest_grant(tc.name, args),
+            **({"interrupted": True} if interrupted else {}),
         )
         if decision.resolution is not Resolution.APPROVED:
-            return _result(sup, th, tc, False, "not run again after an interruption")
-        if decision.args is not None:
-            args = decision.args
-    elif tc.name in sup.project.policy.ask:
-        decision = await sup.ask(
-            th,
-            InboxKind.APPROVAL,
-            ThreadState.WAITING,
-            f"waiting for approval of {tc.name}",
-            tool=tc.name,
-            args=args,
-            reason=reason,
-            call_id=tc.id,
-        )
-        if decision.resolution is not Resolution.APPROVED:
+            if interrupted:
+                return _result(sup, th, tc, False, "not run again after an interruption")
             note = f": {decision.text}" if decision.text else ""
             who = "the human" if decision.by == "human" else decision.by
             return _result(sup, th, tc, False, f"denied by {who}{note}")
         if decision.args is not None:
             args = decision.args
-        if decision.text:
+            # Edited arguments are judged again: a deny rule wins over everyone.
+            again = sup.judge(th, tc.name, args)
+            if again.action is Action.DENY:
+                return _result(sup, th, tc, False, f"error: refused by policy ({again.describe()})")
+        if decision.text and not interrupted:
             th.guidance.append(decision.text)
-    if th.workspace is None:
-        return _result(sup, th, tc, False, "error: this thread has no workspace")
-    if tc.name in SIDE_EFFECTS:
+    if has_side_effects(tc.name):
         # Commit barrier: the decision and the intent are on disk before the effect happens.
         await sup.barrier()
     try:
-        output = await th.workspace.run(tc.name, args)
+        output = await sup.run_tool(th, tc.name, args)
     except ToolError as exc:
         return _result(sup, th, tc, False, f"error: {exc}")
     except OSError as exc:

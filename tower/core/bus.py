@@ -9,33 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from tower.core.events import Event, EventKind, encode_payload
+from tower.core.secrets import KEY_HINTS, KEY_SHAPES, secrets_from_env
 from tower.core.state import TowerState, apply, state_to_dict
 from tower.core.store import Store
 
 log = logging.getLogger("tower.bus")
-
-_SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
-_MIN_SECRET_LEN = 8
-
-
-def secrets_from_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """Values of environment variables whose names say they are secret, longest first."""
-    env = dict(os.environ) if env is None else env
-    found = {
-        value: name
-        for name, value in env.items()
-        if _SECRET_NAME.search(name) and len(value) >= _MIN_SECRET_LEN
-    }
-    return dict(sorted(found.items(), key=lambda kv: -len(kv[0])))
-
 
 Subscriber = Callable[[Event], None]
 
@@ -72,16 +56,17 @@ class Bus:
         for value, name in self._secrets.items():
             if value in text:
                 text = text.replace(value, f"[redacted {name}]")
+        if any(hint in text for hint in KEY_HINTS):
+            text = KEY_SHAPES.sub("[redacted key]", text)
         return text
 
     def emit(self, kind: EventKind, thread: str | None = None, /, **payload: Any) -> Event:
         self.seq += 1
         text = encode_payload(payload)
-        if self._secrets:
-            redacted = self._redact(text)
-            if redacted is not text and redacted != text:
-                text = redacted
-                payload = json.loads(text)
+        redacted = self._redact(text)
+        if redacted != text:
+            text = redacted
+            payload = json.loads(text)
         ev = Event(self.seq, self._clock(), kind, thread, payload)
         with self.lock:
             apply(self.state, ev)

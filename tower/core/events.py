@@ -27,13 +27,16 @@ class EventKind(StrEnum):
     LLM_DELTA = "llm_delta"  # call, text (coalesced stream text)
     LLM_FINISHED = "llm_finished"  # call, step, model, text, tool_calls, usage, cost_usd, ...
     LLM_FAILED = "llm_failed"  # call, step, model, error, retryable, attempt, released_usd
-    TOOL_CALLED = "tool_called"  # call_id, tool, args, reason
+    TOOL_CALLED = "tool_called"  # call_id, tool, args, reason, policy, rule (why it may run)
     TOOL_RESULT = "tool_result"  # call_id, tool, ok, result
     INBOX_OPENED = "inbox_opened"  # item, kind, tool?, args?, reason, question?, cost_so_far
     INBOX_CLOSED = "inbox_closed"  # item, resolution, by, text?, args?
     ESCALATED = "escalated"  # from_model, to_model, trigger
     BUDGET_RAISED = "budget_raised"  # scope: "session" | "thread", usd, tokens
     COMMENT = "comment"  # text, by
+    RULE_GRANTED = "rule_granted"  # rule (policy.Rule.to_dict), minutes, by, item?
+    RULE_ENDED = "rule_ended"  # rule (its id), reason: "expired" | "revoked"
+    MCP_SERVER = "mcp_server"  # server, status: "ready" | "crashed" | "restarted" | ..., tools?
 
 
 class ThreadState(StrEnum):

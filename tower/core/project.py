@@ -13,10 +13,23 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tower.core.policy import Action, Rule, parse_rule
 from tower.core.simprofiles import FAULT_NAMES, SIM_PROFILES, is_sim
 
 PROJECT_FILE = "tower.toml"
-BUILTIN_TOOLS = ("read_file", "write_file", "list_dir", "ask_human", "finish")
+BUILTIN_TOOLS = (
+    "read_file",
+    "write_file",
+    "list_dir",
+    "search",
+    "run_shell",
+    "ask_human",
+    "finish",
+)
+# What an agent gets when it names no tools: no shell unless asked for.
+DEFAULT_TOOLS = ("read_file", "write_file", "list_dir", "ask_human", "finish")
+# An MCP server's tool `get_time` reaches the model as `<server>__get_time`.
+MCP_SEP = "__"
 
 
 class ProjectError(Exception):
@@ -86,8 +99,47 @@ class ModelSettings(_Strict):
         return out
 
 
+class RuleSettings(_Strict):
+    """A policy rule as a table: a tool glob, argument globs, optionally one agent."""
+
+    tool: str = Field(default="*", min_length=1)
+    args: dict[str, str] = Field(default_factory=dict)
+    agent: str | None = None
+
+
 class PolicySettings(_Strict):
-    ask: list[str] = Field(default_factory=lambda: ["write_file"])
+    """deny, then ask, then allow; a call no rule matches gets the least-privilege default."""
+
+    deny: list[str | RuleSettings] = Field(default_factory=list)
+    ask: list[str | RuleSettings] = Field(default_factory=list)
+    allow: list[str | RuleSettings] = Field(default_factory=list)
+
+    def rules(self) -> list[Rule]:
+        out = []
+        for action in (Action.DENY, Action.ASK, Action.ALLOW):
+            for i, spec in enumerate(getattr(self, str(action))):
+                raw = spec if isinstance(spec, str) else spec.model_dump()
+                out.append(
+                    parse_rule(raw, action, f"tower.toml policy.{action}[{i}]", f"{action}{i}")
+                )
+        return out
+
+
+class ShellSettings(_Strict):
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    max_output_bytes: int = Field(default=20_000, ge=4_000, le=10_000_000)
+
+
+class McpServerSettings(_Strict):
+    """A stdio MCP server; `{python}` and `{project}` in command and args are filled in."""
+
+    name: str = Field(min_length=1, max_length=24, pattern=r"^[A-Za-z0-9_-]+$")
+    command: str = Field(min_length=1)
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    call_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    startup_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
 
 class AgentSettings(_Strict):
@@ -95,7 +147,8 @@ class AgentSettings(_Strict):
     description: str = ""
     system_prompt: str = "You are a careful agent. Use the tools, then call finish."
     cascade: list[str] = Field(default_factory=lambda: ["sim/small"], min_length=1)
-    tools: list[str] = Field(default_factory=lambda: list(BUILTIN_TOOLS))
+    tools: list[str] = Field(default_factory=lambda: list(DEFAULT_TOOLS))
+    mcp: list[str] = Field(default_factory=list)
     max_steps: int = Field(default=20, ge=1, le=1000)
     max_tokens: int = Field(default=512, ge=1, le=200_000)
 
@@ -134,6 +187,8 @@ class Project(_Strict):
     limits: LimitSettings = LimitSettings()
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     policy: PolicySettings = PolicySettings()
+    shell: ShellSettings = ShellSettings()
+    mcp_servers: list[McpServerSettings] = Field(default_factory=list)
     agents: list[AgentSettings] = Field(min_length=1)
     tasks: list[TaskSettings] = Field(default_factory=list)
 
@@ -213,6 +268,11 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+def _guess(word: str, options: list[str]) -> str:
+    found = difflib.get_close_matches(word, options, n=1)
+    return f"did you mean {found[0]!r}? " if found else ""
+
+
 def _cross_check(p: Project) -> list[str]:
     """Checks pydantic cannot express: references between sections, known tools and models."""
     problems: list[str] = []
@@ -223,8 +283,9 @@ def _cross_check(p: Project) -> list[str]:
         for j, tool in enumerate(agent.tools):
             if tool not in BUILTIN_TOOLS:
                 problems.append(
-                    f"agents[{i}].tools[{j}]: unknown tool {tool!r}, "
-                    f"expected one of {', '.join(BUILTIN_TOOLS)}"
+                    f"agents[{i}].tools[{j}]: unknown tool {tool!r} "
+                    f"({_guess(tool, list(BUILTIN_TOOLS))}expected one of "
+                    f"{', '.join(BUILTIN_TOOLS)}; MCP servers go in `mcp`)"
                 )
         for j, model in enumerate(agent.cascade):
             if is_sim(model) and model not in SIM_PROFILES:
@@ -237,10 +298,41 @@ def _cross_check(p: Project) -> list[str]:
             problems.append(
                 f"models.{name}: unknown sim model, expected one of {', '.join(SIM_PROFILES)}"
             )
-    for j, tool in enumerate(p.policy.ask):
-        if tool not in BUILTIN_TOOLS:
-            expected = ", ".join(BUILTIN_TOOLS)
-            problems.append(f"policy.ask[{j}]: unknown tool {tool!r}, expected one of {expected}")
+    servers = [m.name for m in p.mcp_servers]
+    for i, server in enumerate(p.mcp_servers):
+        if server.name in servers[:i]:
+            problems.append(f"mcp_servers[{i}].name: duplicate server name {server.name!r}")
+    for i, agent in enumerate(p.agents):
+        for j, name in enumerate(agent.mcp):
+            if name not in servers:
+                known = ", ".join(servers) if servers else "none are configured"
+                problems.append(
+                    f"agents[{i}].mcp[{j}]: unknown MCP server {name!r} ({_guess(name, servers)}"
+                    f"[[mcp_servers]]: {known})"
+                )
+    for action in ("deny", "ask", "allow"):
+        for j, spec in enumerate(getattr(p.policy, action)):
+            tool = spec if isinstance(spec, str) else spec.tool
+            if any(c in tool for c in "*?[") or tool in BUILTIN_TOOLS:
+                continue
+            server = tool.split(MCP_SEP, 1)[0] if MCP_SEP in tool else None
+            if server in servers:
+                continue
+            problems.append(
+                f"policy.{action}[{j}]: unknown tool {tool!r} ({_guess(tool, list(BUILTIN_TOOLS))}"
+                f"expected one of {', '.join(BUILTIN_TOOLS)}, an MCP tool "
+                f"`<server>{MCP_SEP}<tool>`, or a glob)"
+            )
+        for j, spec in enumerate(getattr(p.policy, action)):
+            if (
+                not isinstance(spec, str)
+                and spec.agent is not None
+                and spec.agent not in agent_names
+            ):
+                problems.append(
+                    f"policy.{action}[{j}].agent: unknown agent {spec.agent!r}, "
+                    f"expected one of {', '.join(agent_names)}"
+                )
     task_ids = [t.id for t in p.tasks]
     for i, task in enumerate(p.tasks):
         if task.id in task_ids[:i]:
@@ -251,9 +343,11 @@ def _cross_check(p: Project) -> list[str]:
                 f"expected one of {', '.join(agent_names)}"
             )
             continue
-        tools = p.agent(task.agent).tools
+        agent = p.agent(task.agent)
+        tools = agent.tools
         for j, step in enumerate(task.script):
-            if step.tool is not None and step.tool not in tools:
+            on_server = step.tool is not None and step.tool.split(MCP_SEP, 1)[0] in agent.mcp
+            if step.tool is not None and step.tool not in tools and not on_server:
                 problems.append(
                     f"tasks[{i}].script[{j}].tool: {step.tool!r} is not among agent "
                     f"{task.agent!r}'s tools ({', '.join(tools)})"

@@ -13,9 +13,16 @@ from typing import Any
 
 from tower.core.events import ENDED_STATES, Event, EventKind, ThreadState
 from tower.core.llm import ToolCall
+from tower.core.policy import READ_TOOLS, UNGATED
 
-# Tools whose effect lands outside tower's log. Reading tools simply run again.
-SIDE_EFFECTS = frozenset({"write_file"})
+
+# Tools whose effect lands outside tower's log; reading tools simply run again.
+def has_side_effects(tool: str) -> bool:
+    """Whether a call may change the world: everything but reads and talking to the human.
+
+    MCP tools count as side-effecting, since tower cannot know what a server does.
+    """
+    return tool not in READ_TOOLS and tool not in UNGATED
 
 
 @dataclass
@@ -104,7 +111,7 @@ def rebuild(events: list[Event], system_prompts: dict[str, str]) -> list[ThreadP
                 continue
             fn = call.get("function", {})
             plan.pending.append(ToolCall(call["id"], fn.get("name", ""), fn.get("arguments", "")))
-            if call["id"] in called[tid] and fn.get("name") in SIDE_EFFECTS:
+            if call["id"] in called[tid] and has_side_effects(str(fn.get("name"))):
                 plan.interrupted.add(call["id"])
         out.append(plan)
     return out

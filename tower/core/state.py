@@ -92,6 +92,9 @@ class TowerState:
     last_ts: float = 0.0
     human_seconds: float = 0.0
     decisions: int = 0
+    policy: list[dict[str, Any]] = field(default_factory=list)  # the project's rules
+    grants: dict[str, dict[str, Any]] = field(default_factory=dict)  # time-boxed, by id
+    mcp: dict[str, dict[str, Any]] = field(default_factory=dict)  # server → status, tools
 
     def count(self, state: ThreadState) -> int:
         return sum(1 for t in self.threads.values() if t.state is state)
@@ -220,12 +223,25 @@ def apply(state: TowerState, ev: Event) -> TowerState:
         state.started = ev.ts
         state.budget.limit_usd = p.get("budget_usd")
         state.budget.limit_tokens = p.get("budget_tokens")
+        state.policy = list(p.get("policy") or [])
     elif kind is EventKind.SESSION_ENDED:
         state.ended = ev.ts
         state.end_reason = p.get("reason")
     elif kind is EventKind.SESSION_RESUMED:
         state.ended = None
         state.end_reason = None
+    elif kind is EventKind.RULE_GRANTED:
+        state.grants[p["rule"]["id"]] = p["rule"]
+    elif kind is EventKind.RULE_ENDED:
+        state.grants.pop(p["rule"], None)
+    elif kind is EventKind.MCP_SERVER:
+        entry = state.mcp.setdefault(p["server"], {"tools": [], "restarts": 0})
+        entry["status"] = p["status"]
+        entry["detail"] = p.get("detail", "")
+        if "tools" in p:
+            entry["tools"] = list(p["tools"])
+        if p["status"] == "restarted":
+            entry["restarts"] += 1
     # COMMENT events change nothing the overview shows; the transcript reads them.
     return state
 

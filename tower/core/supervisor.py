@@ -18,15 +18,20 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tower.core import llm
 from tower.core.budget import INF, Account, Ledger, Refusal, Reservation
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
-from tower.core.project import AgentSettings, Project, TaskSettings
+from tower.core.policy import Action, Rule, Verdict, decide
+from tower.core.project import MCP_SEP, AgentSettings, Project, TaskSettings
 from tower.core.simprofiles import SIM_PROFILES, is_sim
-from tower.core.tools import Workspace
+from tower.core.tools import ToolError, Workspace
+from tower.core.tools.shell import run_shell
+
+if TYPE_CHECKING:
+    from tower.core.mcp import McpHub
 
 log = logging.getLogger("tower.supervisor")
 
@@ -142,6 +147,10 @@ class Supervisor:
         self._batch = False
         self._ended = 0
         self._sim_overrides: dict[str, dict[str, Any]] = {}
+        self._rules: list[Rule] = project.policy.rules()
+        self._grants: dict[str, Rule] = {}
+        self._grant_ids = itertools.count(1)
+        self.mcp: McpHub | None = None
         if approve is not None:
             bus.subscribe(self._auto_decide_soon)
 
@@ -167,7 +176,9 @@ class Supervisor:
             max_concurrent=p.limits.max_concurrent,
             seed=p.project.seed,
             approve=self.approve_mode,
+            policy=[r.to_dict() for r in self._rules],
         )
+        await self.start_mcp()
         if spawn_tasks:
             self._batch = True  # queue every task first, so priority decides who starts
             for task in p.tasks:
@@ -219,6 +230,8 @@ class Supervisor:
         if store is not None:
             await store.reopen_session(self.session_id)
             store.start_writer(self.session_id)
+        await self.start_mcp()
+        self._restore_grants(events)
         prompts = {a.name: a.system_prompt for a in self.project.agents}
         plans = rebuild(events, prompts)
         self.bus.emit(
@@ -356,6 +369,8 @@ class Supervisor:
             self._release(th)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self.mcp is not None:
+            await self.mcp.close()
         self.bus.emit(EventKind.SESSION_ENDED, reason=reason)
         store = self.bus.store
         if store is not None:
@@ -799,6 +814,145 @@ class Supervisor:
         )
         if item is not None:
             self._decide(item, Decision(Resolution.RAISED, by))
+
+    # --- policy -------------------------------------------------------------------------
+
+    def policy_rules(self) -> list[Rule]:
+        """The project's rules and the time-boxed grants still in force."""
+        now = self.bus.now()
+        return [*self._rules, *(r for r in self._grants.values() if r.active(now))]
+
+    def judge(self, th: ThreadRun, tool: str, args: dict[str, Any]) -> Verdict:
+        return decide(self.policy_rules(), tool, args, th.agent.name, self.bus.now())
+
+    def grant(
+        self,
+        tool: str,
+        args: dict[str, str] | None = None,
+        *,
+        agent: str | None = None,
+        minutes: float = 10.0,
+        item: str | None = None,
+        by: str = "human",
+    ) -> str:
+        """Adds a time-boxed allow rule; approves the waiting calls it covers. Returns its id.
+
+        With an item, the grant is "allow calls like this one": the item is approved even if
+        the globs were narrowed past it, since the human decided on it in the same keystroke.
+        """
+        if minutes <= 0:
+            raise CommandError("a grant needs a positive number of minutes")
+        if item is not None:
+            self._owner(item)  # raises on an unknown item before anything is recorded
+        rid = f"g{next(self._grant_ids)}"
+        while rid in self._grants or rid in self.bus.state.grants:
+            rid = f"g{next(self._grant_ids)}"
+        rule = Rule(
+            Action.ALLOW,
+            tool=tool,
+            args=tuple((args or {}).items()),
+            agent=agent,
+            expires=self.bus.now() + minutes * 60,
+            source=f"granted by {by}" + (f" on {item}" if item else ""),
+            id=rid,
+        )
+        self._grants[rid] = rule
+        self.bus.emit(
+            EventKind.RULE_GRANTED, None, rule=rule.to_dict(), minutes=minutes, by=by, item=item
+        )
+        self._schedule_expiry(rule)
+        if item is not None:
+            self.approve(item, comment=None, by=by)
+        self._approve_covered()
+        return rid
+
+    def _schedule_expiry(self, rule: Rule) -> None:
+        delay = max((rule.expires or 0) - self.bus.now(), 0.0)
+        asyncio.get_running_loop().call_later(delay, self._end_grant, rule.id, "expired")
+
+    def _end_grant(self, rid: str, reason: str) -> None:
+        if self._grants.pop(rid, None) is not None and not self._closing:
+            self.bus.emit(EventKind.RULE_ENDED, None, rule=rid, reason=reason)
+
+    def revoke(self, rid: str) -> None:
+        if rid not in self._grants:
+            raise CommandError(f"no time-boxed rule {rid!r} in force")
+        self._end_grant(rid, "revoked")
+
+    def _approve_covered(self) -> None:
+        """Approves waiting approvals that the rules in force now allow (after a grant)."""
+        for tid in list(self.runs):
+            th = self.runs[tid]
+            for item, (kind, _fut) in list(th.items.items()):
+                if kind is not InboxKind.APPROVAL:
+                    continue
+                data = self.bus.state.inbox[item].data
+                if data.get("interrupted") or "tool" not in data:
+                    continue
+                verdict = self.judge(th, data["tool"], data.get("args") or {})
+                if verdict.action is Action.ALLOW and verdict.rule is not None:
+                    self._decide(item, Decision(Resolution.APPROVED, f"rule {verdict.rule.id}"))
+
+    def _restore_grants(self, events: list[Event]) -> None:
+        """A resumed session keeps the grants whose time has not run out."""
+        found: dict[str, Rule] = {}
+        for ev in events:
+            if ev.kind is EventKind.RULE_GRANTED:
+                rule = Rule.from_dict(ev.payload["rule"])
+                found[rule.id] = rule
+            elif ev.kind is EventKind.RULE_ENDED:
+                found.pop(ev.payload["rule"], None)
+        now = self.bus.now()
+        for rule in found.values():
+            if rule.active(now):
+                self._grants[rule.id] = rule
+                self._schedule_expiry(rule)
+            else:
+                self.bus.emit(EventKind.RULE_ENDED, None, rule=rule.id, reason="expired")
+
+    # --- running tools ------------------------------------------------------------------
+
+    def tools_for(self, agent: AgentSettings) -> list[dict[str, Any]]:
+        """The tool schemas a thread of this agent is offered: built-ins and its MCP servers'."""
+        from tower.core.tools import tool_schemas
+
+        out = tool_schemas(agent.tools)
+        if self.mcp is not None:
+            out += self.mcp.schemas(agent.mcp)
+        return out
+
+    def has_tool(self, agent: AgentSettings, name: str) -> bool:
+        if name in agent.tools:
+            return True
+        server, sep, _ = name.partition(MCP_SEP)
+        return bool(sep) and server in agent.mcp and self.mcp is not None and self.mcp.has(name)
+
+    async def run_tool(self, th: ThreadRun, name: str, args: dict[str, Any]) -> str:
+        """Carries out an allowed call; a ToolError's message goes back to the model."""
+        if MCP_SEP in name and name not in th.agent.tools:
+            if self.mcp is None:
+                raise ToolError(f"no MCP server offers {name!r}")
+            return await self.mcp.call(name, args)
+        if th.workspace is None:
+            raise ToolError("this thread has no workspace")
+        if name == "run_shell":
+            shell = self.project.shell
+            return await run_shell(
+                args.get("command"),
+                th.workspace.root,
+                timeout_s=shell.timeout_s,
+                max_output_bytes=shell.max_output_bytes,
+            )
+        return await th.workspace.run(name, args)
+
+    async def start_mcp(self) -> None:
+        """Starts the project's MCP servers and lists their tools (before any thread runs)."""
+        if not self.project.mcp_servers or self.mcp is not None:
+            return
+        from tower.core.mcp import McpHub
+
+        self.mcp = McpHub(self.project, self.bus)
+        await self.mcp.start()
 
     # --- automatic decisions (headless) -------------------------------------------------
 

@@ -1,22 +1,39 @@
 """File tools confined to a thread's workspace folder.
 
-A refused path is a ToolError whose message goes back to the model as the tool result: a
-model that tries `../` gets told no, the thread goes on.
+Paths are walked one component at a time from an open handle on the workspace, each step
+opened with O_NOFOLLOW: a symlink is followed only after its target is checked to stay
+inside, and a link swapped in between the check and the use fails to open rather than lead
+outside. A refused path is a ToolError whose message goes back to the model as the tool
+result: a model that tries `../` gets told no, and the thread goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fnmatch
 import os
-import tempfile
-from pathlib import Path
+import re
+import secrets
+import stat
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 MAX_READ_BYTES = 200_000
 MAX_WRITE_BYTES = 1_000_000
 MAX_LIST = 500
-_PROTECTED = {".git", ".tower"}
+MAX_MATCHES = 200
+MAX_SEARCH_FILE_BYTES = 2_000_000
+MAX_LINE_CHARS = 240
+MAX_SYMLINK_HOPS = 40
+# Never listed, searched or written, at any depth.
+PROTECTED_DIRS = frozenset({".git", ".tower"})
+# tower's own files at the workspace's top: a project folder used in place holds them.
+PROTECTED_FILES = frozenset({"tower.toml", "keys.toml", "tower.db", "tower.db-wal", "tower.db-shm"})
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class ToolError(Exception):
@@ -24,23 +41,126 @@ class ToolError(Exception):
 
 
 class Workspace:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, protected: tuple[Path, ...] = ()) -> None:
         self.root = root.resolve()
+        # Extra files outside the name lists (the session database when it lives inside).
+        self.protected = tuple(p.resolve() for p in protected)
 
-    def resolve(self, rel: Any, *, for_write: bool = False) -> Path:
-        """Maps a model-supplied path into the workspace, or raises ToolError."""
+    # --- path handling ------------------------------------------------------------------
+
+    def _parts(self, rel: Any) -> list[str]:
+        """A model-supplied path as components relative to the root, or ToolError."""
         if not isinstance(rel, str):
             raise ToolError("path must be a string")
         if "\x00" in rel:
             raise ToolError("path contains a NUL byte")
-        full = (self.root / rel).resolve()  # an absolute rel replaces the root here
-        if full != self.root and self.root not in full.parents:
-            raise ToolError(f"path {rel!r} is outside the workspace")
-        if for_write:
-            parts = full.relative_to(self.root).parts
-            if parts and parts[0] in _PROTECTED:
-                raise ToolError(f"path {rel!r} is protected ({parts[0]})")
-        return full
+        if rel.startswith("/"):
+            pure = PurePosixPath(rel)
+            root = PurePosixPath(self.root)
+            # Compared by whole components: /x/proj-evil is not inside /x/proj.
+            if pure.parts[: len(root.parts)] != root.parts:
+                raise ToolError(f"path {rel!r} is outside the workspace")
+            return list(pure.parts[len(root.parts) :])
+        return [p for p in rel.split("/") if p not in ("", ".")]
+
+    def _walk(
+        self, rel: Any, *, follow_last: bool, create_dirs: bool = False, lenient: bool = False
+    ) -> tuple[int, list[str], str]:
+        """Opens the folder holding rel's last component: (folder fd, its parts, last name).
+
+        The name is "" when rel is the root itself. Symlinks on the way are resolved by
+        hand and must stay inside; `..` may not climb above the root.
+        """
+        todo = self._parts(rel)
+        stack: list[int] = [os.open(self.root, _DIR_FLAGS)]
+        names: list[str] = []
+        hops = 0
+        try:
+            while todo:
+                part = todo.pop(0)
+                if part in ("", "."):
+                    continue
+                if part == "..":
+                    if not names:
+                        via = " (through a symbolic link)" if hops else ""
+                        raise ToolError(f"path {rel!r} is outside the workspace{via}")
+                    os.close(stack.pop())
+                    names.pop()
+                    continue
+                last = not todo
+                cur = stack[-1]
+                try:
+                    st = os.stat(part, dir_fd=cur, follow_symlinks=False)
+                except FileNotFoundError:
+                    if last:
+                        return self._keep(stack, names, part)
+                    if lenient:  # where it would land: the missing rest, unresolved
+                        return self._keep(stack, names, "/".join([part, *todo]))
+                    if not create_dirs:
+                        raise ToolError(f"no such folder: {'/'.join([*names, part])}") from None
+                    os.mkdir(part, 0o777, dir_fd=cur)
+                    st = os.stat(part, dir_fd=cur, follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode) and (not last or follow_last):
+                    hops += 1
+                    if hops > MAX_SYMLINK_HOPS:
+                        raise ToolError(f"path {rel!r} has too many symbolic links")
+                    target = os.readlink(part, dir_fd=cur)
+                    if target.startswith("/"):
+                        try:
+                            inner = self._parts(target)
+                        except ToolError:
+                            raise ToolError(
+                                f"path {rel!r} is outside the workspace (through a symbolic link)"
+                            ) from None
+                        for fd in stack[1:]:
+                            os.close(fd)
+                        del stack[1:]
+                        names.clear()
+                        todo = inner + todo
+                    else:
+                        todo = [p for p in target.split("/") if p] + todo
+                    continue
+                if last:
+                    return self._keep(stack, names, part)
+                try:
+                    fd = os.open(part, _DIR_FLAGS, dir_fd=cur)
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:  # swapped for a link since the stat
+                        raise ToolError(f"path {rel!r} changed while being opened") from None
+                    if exc.errno == errno.ENOTDIR:
+                        raise ToolError(f"not a folder: {'/'.join([*names, part])}") from None
+                    raise
+                stack.append(fd)
+                names.append(part)
+            return self._keep(stack, names, "")
+        except BaseException:
+            for fd in stack:
+                os.close(fd)
+            raise
+
+    @staticmethod
+    def _keep(stack: list[int], names: list[str], name: str) -> tuple[int, list[str], str]:
+        for fd in stack[:-1]:
+            os.close(fd)
+        return stack[-1], list(names), name
+
+    def _check_writable(self, rel: Any, parts: list[str]) -> None:
+        """Refuses writes into .git/.tower at any depth and to tower's own files."""
+        for part in parts:
+            if part in PROTECTED_DIRS:
+                raise ToolError(f"path {rel!r} is protected ({part})")
+        if len(parts) == 1 and parts[0] in PROTECTED_FILES:
+            raise ToolError(f"path {rel!r} is protected (tower's own file)")
+        if self.root.joinpath(*parts) in self.protected:
+            raise ToolError(f"path {rel!r} is protected (tower's own file)")
+
+    def resolve(self, rel: Any) -> Path:
+        """Where rel lands inside the workspace (for messages and tests), or ToolError."""
+        dfd, names, name = self._walk(rel, follow_last=True, lenient=True)
+        os.close(dfd)
+        return self.root.joinpath(*names, name) if name else self.root.joinpath(*names)
+
+    # --- the tools ----------------------------------------------------------------------
 
     async def run(self, tool: str, args: dict[str, Any]) -> str:
         if tool == "read_file":
@@ -49,13 +169,32 @@ class Workspace:
             return await asyncio.to_thread(self._write, args.get("path"), args.get("content"))
         if tool == "list_dir":
             return await asyncio.to_thread(self._list, args.get("path", "."))
+        if tool == "search":
+            return await asyncio.to_thread(self._search, args)
         raise ToolError(f"unknown tool {tool!r}")
 
     def _read(self, rel: Any) -> str:
-        path = self.resolve(rel)
-        if not path.is_file():
-            raise ToolError(f"no such file: {rel}")
-        data = path.read_bytes()[: MAX_READ_BYTES + 1]
+        dfd, _names, name = self._walk(rel, follow_last=True)
+        try:
+            if not name:
+                raise ToolError(f"{rel} is a folder")
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            except FileNotFoundError:
+                raise ToolError(f"no such file: {rel}") from None
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise ToolError(f"path {rel!r} changed while being opened") from None
+                raise
+        finally:
+            os.close(dfd)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            what = "is a folder" if stat.S_ISDIR(mode) else "is not a regular file"
+            raise ToolError(f"no such file: {rel} {what}")
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(MAX_READ_BYTES + 1)
         text = data[:MAX_READ_BYTES].decode("utf-8", errors="replace")
         if len(data) > MAX_READ_BYTES:
             text += f"\n[truncated at {MAX_READ_BYTES} bytes]"
@@ -66,31 +205,115 @@ class Workspace:
             raise ToolError("content must be a string")
         if len(content.encode()) > MAX_WRITE_BYTES:
             raise ToolError(f"content is larger than {MAX_WRITE_BYTES} bytes")
-        path = self.resolve(rel, for_write=True)
-        if path.is_dir():
-            raise ToolError(f"{rel} is a folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A fresh, exclusively created temp file: a planted symlink cannot redirect the write.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        self._check_writable(rel, self._parts(rel))  # before any folder is created
+        # Folders are created on the way; the file itself is replaced, never written through.
+        dfd, names, name = self._walk(rel, follow_last=True, create_dirs=True)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(content)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+            if not name:
+                raise ToolError(f"{rel} is a folder")
+            self._check_writable(rel, [*names, name])  # where links led
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                    raise ToolError(f"{rel} is a folder")
+            tmp = f".{name[:100]}.{secrets.token_hex(4)}.tmp"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(tmp, flags, 0o644, dir_fd=dfd)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(content)
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
+        finally:
+            os.close(dfd)
         return f"wrote {len(content)} characters to {rel}"
 
+    def _open_dir(self, rel: Any) -> int:
+        dfd, _names, name = self._walk(rel or ".", follow_last=True)
+        if not name:
+            return dfd
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=dfd)
+        except FileNotFoundError:
+            raise ToolError(f"no such folder: {rel}") from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                raise ToolError(f"not a folder: {rel}") from None
+            raise
+        finally:
+            os.close(dfd)
+
     def _list(self, rel: Any) -> str:
-        path = self.resolve(rel or ".")
-        if not path.is_dir():
-            raise ToolError(f"no such folder: {rel}")
-        names = sorted(
-            (p.name + "/" if p.is_dir() else p.name)
-            for p in path.iterdir()
-            if p.name not in _PROTECTED
-        )
+        fd = self._open_dir(rel)
+        try:
+            with os.scandir(fd) as it:
+                names = sorted(
+                    (e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)
+                    for e in it
+                    if e.name not in PROTECTED_DIRS
+                )
+        finally:
+            os.close(fd)
         if len(names) > MAX_LIST:
             names = [*names[:MAX_LIST], f"[{len(names) - MAX_LIST} more]"]
         return "\n".join(names) if names else "(empty folder)"
+
+    def _search(self, args: dict[str, Any]) -> str:
+        pattern = args.get("pattern")
+        if not isinstance(pattern, str) or not pattern:
+            raise ToolError("pattern must be a non-empty string")
+        flags = re.IGNORECASE if args.get("ignore_case") else 0
+        try:
+            rx = re.compile(pattern if args.get("regex") else re.escape(pattern), flags)
+        except re.error as exc:
+            raise ToolError(f"pattern is not a valid regular expression: {exc}") from None
+        glob = args.get("glob") or "*"
+        if not isinstance(glob, str):
+            raise ToolError("glob must be a string")
+        base = args.get("path") or "."
+        fd = self._open_dir(base)
+        prefix = "/".join(self._parts(base)) if base not in (".", "") else ""
+        hits: list[str] = []
+        files = 0
+        try:
+            for relpath, data in self._files(fd, prefix, glob):
+                files += 1
+                for n, line in enumerate(data.splitlines(), 1):
+                    if rx.search(line):
+                        shown = line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + "…"
+                        hits.append(f"{relpath}:{n}: {shown}")
+                        if len(hits) > MAX_MATCHES:
+                            break
+                if len(hits) > MAX_MATCHES:
+                    break
+        finally:
+            os.close(fd)
+        if not hits:
+            return f"no matches for {pattern!r} in {files} file(s)"
+        if len(hits) > MAX_MATCHES:
+            return "\n".join(hits[:MAX_MATCHES]) + f"\n[stopped after {MAX_MATCHES} matches]"
+        return "\n".join(hits)
+
+    @staticmethod
+    def _files(top: int, prefix: str, glob: str) -> Iterator[tuple[str, str]]:
+        """Text files under an open folder, never following links, skipping protected dirs."""
+        for dirpath, dirnames, filenames, dfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if d not in PROTECTED_DIRS)
+            for fname in sorted(filenames):
+                rel = os.path.normpath(os.path.join(prefix, dirpath, fname))
+                if not (fnmatch.fnmatchcase(fname, glob) or fnmatch.fnmatchcase(rel, glob)):
+                    continue
+                try:
+                    fd = os.open(fname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                except OSError:
+                    continue  # a link, or gone: skipped
+                with os.fdopen(fd, "rb") as fh:
+                    st = os.fstat(fh.fileno())
+                    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SEARCH_FILE_BYTES:
+                        continue
+                    raw = fh.read()
+                if b"\x00" in raw[:8192]:
+                    continue  # binary
+                yield rel, raw.decode("utf-8", errors="replace")

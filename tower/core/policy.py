@@ -1,0 +1,205 @@
+"""The one policy every tool call goes through: deny, then ask, then allow, then the default.
+
+Pure functions over rules, so the agent loop, the inbox's "allow like this" key and the
+policy view all judge a call the same way. The default is least privilege: reading inside
+the workspace runs, everything else (writes, the shell, MCP tools) asks the human.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Action(StrEnum):
+    DENY = "deny"
+    ASK = "ask"
+    ALLOW = "allow"
+
+
+ORDER = (Action.DENY, Action.ASK, Action.ALLOW)
+
+# Read-only tools confined to the workspace: the only ones that run without asking by default.
+READ_TOOLS = frozenset({"read_file", "list_dir", "search"})
+# Talking to the human and ending the task are never gated.
+UNGATED = frozenset({"ask_human", "finish"})
+# Arguments holding a workspace path: matched after normalising, so `src/../x` is not `src/**`.
+PATH_ARGS = frozenset({"path", "file", "folder", "directory", "repo_path"})
+# Shell argument: deny/ask match any piece of a compound command; allow needs every piece.
+COMMAND_ARGS = frozenset({"command", "cmd"})
+_SPLIT = re.compile(r"&&|\|\||[;|&\n]")
+_SUBST = ("`", "$(", "<(", ">(")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule: an action for calls whose tool name and arguments match the globs."""
+
+    action: Action
+    tool: str = "*"
+    args: tuple[tuple[str, str], ...] = ()
+    agent: str | None = None
+    expires: float | None = None  # wall clock; None = for the whole session
+    source: str = "tower.toml"
+    id: str = ""
+
+    def active(self, now: float) -> bool:
+        return self.expires is None or now < self.expires
+
+    def matches(self, tool: str, args: Mapping[str, Any], agent: str | None) -> bool:
+        if not fnmatch.fnmatchcase(tool, self.tool):
+            return False
+        if self.agent is not None and self.agent != agent:
+            return False
+        for name, glob in self.args:
+            if name not in args:
+                return False
+            if not _arg_matches(name, args[name], glob, every=self.action is Action.ALLOW):
+                return False
+        return True
+
+    def describe(self) -> str:
+        parts = [str(self.action), self.tool]
+        parts += [f"{k}={v}" for k, v in self.args]
+        if self.agent:
+            parts.append(f"(agent {self.agent})")
+        if self.expires is not None:
+            parts.append("until " + time.strftime("%H:%M:%S", time.localtime(self.expires)))
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "action": str(self.action),
+            "tool": self.tool,
+            "args": dict(self.args),
+            "agent": self.agent,
+            "expires": self.expires,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Rule:
+        return cls(
+            action=Action(d["action"]),
+            tool=str(d.get("tool", "*")),
+            args=tuple((str(k), str(v)) for k, v in (d.get("args") or {}).items()),
+            agent=d.get("agent"),
+            expires=d.get("expires"),
+            source=str(d.get("source", "tower.toml")),
+            id=str(d.get("id", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: Action
+    rule: Rule | None = None
+    why: str = field(default="")
+
+    def describe(self) -> str:
+        if self.rule is not None:
+            return f"rule {self.rule.describe()} ({self.rule.source})"
+        return self.why
+
+
+def _norm_path(value: str) -> str:
+    path = posixpath.normpath(value.replace("\\", "/")) if value else "."
+    return path.removeprefix("./")
+
+
+def command_pieces(command: str) -> list[str]:
+    """The simple commands of a compound shell line (`a && b; c | d` → a, b, c, d)."""
+    return [p.strip() for p in _SPLIT.split(command) if p.strip()]
+
+
+def _arg_matches(name: str, value: Any, glob: str, *, every: bool) -> bool:
+    text = value if isinstance(value, str) else str(value)
+    if name in PATH_ARGS:
+        path = _norm_path(text)
+        if every and (path == ".." or path.startswith("../") or path.startswith("/")):
+            return False  # an allow rule never covers a path that leaves the workspace
+        return fnmatch.fnmatchcase(path, glob)
+    if name in COMMAND_ARGS:
+        pieces = command_pieces(text)
+        if every:
+            # Allowing `pytest*` must not allow `pytest; rm -rf ~` or `pytest $(curl …)`.
+            if any(s in text for s in _SUBST) or not pieces:
+                return False
+            return all(fnmatch.fnmatchcase(p, glob) for p in pieces)
+        return fnmatch.fnmatchcase(text.strip(), glob) or any(
+            fnmatch.fnmatchcase(p, glob) for p in pieces
+        )
+    return fnmatch.fnmatchcase(text, glob)
+
+
+def default_verdict(tool: str) -> Verdict:
+    if tool in READ_TOOLS:
+        return Verdict(Action.ALLOW, why="default: reading inside the workspace")
+    if tool in UNGATED:
+        return Verdict(Action.ALLOW, why="default: never gated")
+    return Verdict(Action.ASK, why="default: ask the human")
+
+
+def decide(
+    rules: Iterable[Rule],
+    tool: str,
+    args: Mapping[str, Any],
+    agent: str | None = None,
+    now: float | None = None,
+) -> Verdict:
+    """Deny wins, then ask, then allow; with no rule matching, the least-privilege default."""
+    if tool in UNGATED:
+        return default_verdict(tool)
+    now = time.time() if now is None else now
+    live = [r for r in rules if r.active(now)]
+    for action in ORDER:
+        for rule in live:
+            if rule.action is action and rule.matches(tool, args, agent):
+                return Verdict(action, rule)
+    return default_verdict(tool)
+
+
+def parse_rule(spec: str | Mapping[str, Any], action: Action, source: str, rid: str) -> Rule:
+    """A rule from tower.toml: a tool glob string, or a table {tool, args, agent}."""
+    if isinstance(spec, str):
+        return Rule(action, tool=spec, source=source, id=rid)
+    args = spec.get("args") or {}
+    return Rule(
+        action,
+        tool=str(spec.get("tool", "*")),
+        args=tuple((str(k), str(v)) for k, v in args.items()),
+        agent=spec.get("agent"),
+        source=source,
+        id=rid,
+    )
+
+
+def suggest_grant(tool: str, args: Mapping[str, Any]) -> dict[str, str]:
+    """Argument globs for "allow calls like this one": the folder of a path, a command's verb.
+
+    `src/app/models.py` → `src/app/**`; `python -m pytest -q tests` → `python -m pytest*`.
+    """
+    out: dict[str, str] = {}
+    for name, value in args.items():
+        if not isinstance(value, str):
+            continue
+        if name in PATH_ARGS:
+            path = _norm_path(value)
+            folder = posixpath.dirname(path)
+            out[name] = f"{folder}/**" if folder and folder != "." else "*"
+        elif name in COMMAND_ARGS:
+            pieces = command_pieces(value)
+            if len(pieces) == 1:
+                words = pieces[0].split()
+                keep = 3 if words[:2] == ["python", "-m"] or words[:2] == ["python3", "-m"] else 1
+                out[name] = " ".join(words[:keep]) + "*"
+            else:
+                out[name] = value  # a compound line: only exactly this one
+    return out

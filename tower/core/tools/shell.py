@@ -1,0 +1,116 @@
+"""`run_shell`: one command in the workspace, with no stdin, a timeout, an output cap and an
+environment stripped of secrets.
+
+The command runs in its own process group, so a timeout or a killed thread takes down
+whatever it started too (a test runner's workers, a backgrounded server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+from tower.core.secrets import scrubbed_env
+from tower.core.tools.files import ToolError
+
+# After the command exits, output still held open by its children is read this long.
+DRAIN_S = 0.5
+TAIL_BYTES = 2_000
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+class _Capped:
+    """Keeps the head of the output and its last TAIL_BYTES; counts what fell between."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = max(cap, TAIL_BYTES * 2)
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.cap - TAIL_BYTES - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            if len(self.tail) > TAIL_BYTES:
+                del self.tail[: len(self.tail) - TAIL_BYTES]
+
+    def text(self) -> str:
+        cut = self.total - len(self.head) - len(self.tail)
+        out = self.head.decode("utf-8", errors="replace")
+        if cut > 0:
+            out += f"\n[… {cut} bytes of output cut …]\n"
+        return out + self.tail.decode("utf-8", errors="replace")
+
+
+async def _pump(stream: asyncio.StreamReader, out: _Capped) -> None:
+    while chunk := await stream.read(65536):
+        out.add(chunk)
+
+
+async def run_shell(
+    command: object,
+    cwd: Path,
+    *,
+    timeout_s: float,
+    max_output_bytes: int,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Runs `sh -c command`; returns its exit status and (capped) merged output."""
+    if not isinstance(command, str) or not command.strip():
+        raise ToolError("command must be a non-empty string")
+    if "\x00" in command:
+        raise ToolError("command contains a NUL byte")
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        "/bin/sh",
+        "-c",
+        command,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=scrubbed_env() if env is None else env,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    out = _Capped(max_output_bytes)
+    reader = asyncio.create_task(_pump(proc.stdout, out))
+    timed_out = False
+    try:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await proc.wait()
+        except TimeoutError:
+            timed_out = True
+        # Children may keep the pipe open after the shell exits: read briefly, then stop them.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_S):
+                await asyncio.shield(reader)
+    finally:
+        _kill_group(proc)
+        if not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if proc.returncode is None:
+            await proc.wait()
+    seconds = time.monotonic() - started
+    text = out.text()
+    if timed_out:
+        head = f"timed out after {timeout_s:g} s; the command was stopped"
+    else:
+        head = f"exit status {proc.returncode} after {seconds:.1f} s"
+    return f"{head}\n{text}" if text else f"{head}\n(no output)"
