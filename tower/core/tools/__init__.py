@@ -1,7 +1,7 @@
 """Built-in tools: their JSON schemas for the model and their implementations.
 
 `ask_human` and `finish` are handled by the agent loop itself (they talk to the human or end
-the thread); the file tools live in `files.py`.
+the thread); the file and search tools live in `files.py`, the shell in `shell.py`.
 """
 
 from __future__ import annotations
@@ -44,6 +44,25 @@ TOOL_SCHEMAS: dict[str, dict[str, Any]] = {
         "List a folder of your workspace; folders end with '/'.",
         {"path": {**_STR, "description": "Folder relative to the workspace; default '.'."}},
         [],
+    ),
+    "search": _fn(
+        "search",
+        "Search the text files of your workspace; returns path:line: text for each match.",
+        {
+            "pattern": {**_STR, "description": "Text to find (a regular expression if regex)."},
+            "path": {**_STR, "description": "Folder to search, relative; default '.'."},
+            "glob": {**_STR, "description": "Only files whose name matches, e.g. '*.py'."},
+            "regex": {"type": "boolean", "description": "Treat pattern as a regex."},
+            "ignore_case": {"type": "boolean"},
+        },
+        ["pattern"],
+    ),
+    "run_shell": _fn(
+        "run_shell",
+        "Run a shell command in your workspace (no input; time and output are limited; may "
+        "need human approval). Returns the exit status and the output.",
+        {"command": {**_STR, "description": "The command line, run with /bin/sh -c."}},
+        ["command"],
     ),
     "ask_human": _fn(
         "ask_human",
