@@ -37,10 +37,12 @@ from tower.ui.screens.dialogs import (
     AmountDialog,
     ArgsDialog,
     ConfirmDialog,
+    GrantDialog,
     SpawnDialog,
     TextDialog,
 )
 from tower.ui.screens.help import HelpScreen
+from tower.ui.screens.policy import PolicyScreen
 from tower.ui.widgets.budget import BudgetBar
 from tower.ui.widgets.inbox import InboxDetail, InboxList
 from tower.ui.widgets.threads import ThreadList
@@ -143,9 +145,19 @@ class Tower:
         assert ws is not None
         return ws.root
 
-    async def events(self, tid: str) -> list[Event]:
-        """The thread's events as the log has them (what the detail screen reads)."""
-        return await self.app.thread_events(tid)
+    async def events(self, tid: str | None) -> list[Event]:
+        """The thread's events as the log has them (what the detail screen reads); with
+        None, every event of the session."""
+        if tid is not None:
+            return await self.app.thread_events(tid)
+        store, sup, core = self.app.store, self.app.sup, self.app.core
+        assert store is not None and sup is not None and core is not None
+
+        async def read() -> list[Event]:
+            await store.flush()
+            return [ev async for ev in store.events(sup.session_id)]
+
+        return await core.run(read())
 
     # waiting
     async def until(self, pred: Callable[[], Any], what: str = "", timeout: float = 10.0) -> None:
@@ -567,10 +579,10 @@ async def test_verbs_on_a_thread_without_items_leave_other_threads_items_alone(
         assert [c.payload["text"] for c in comments] == ["wait for t-1"]
 
 
-# --- approve all like this -------------------------------------------------------------------
+# --- allow like this (a time-boxed grant) ----------------------------------------------------
 
 
-async def test_approve_similar_approves_same_tool_and_agent_only(tmp_path: Path) -> None:
+async def test_allow_like_grants_a_timeboxed_rule_for_same_tool_and_agent(tmp_path: Path) -> None:
     toml = project(
         task(WRITE, "w", repeat=2),
         task(WRITE, "v", agent="b"),
@@ -581,9 +593,13 @@ async def test_approve_similar_approves_same_tool_and_agent_only(tmp_path: Path)
         await t.ready(waiting_on(t, 4, InboxKind.APPROVAL), "four approvals")
         assert t.threads.current == "w-1"
         await t.press("A")
+        dialog = await t.screen_is(GrantDialog)
+        assert dialog.query_one("#arg-path", Input).value == "*"
+        dialog.query_one("#minutes", Input).value = "5"
+        await t.press("enter")
         assert t.items("w-1") == [] and t.items("w-2") == []
         assert len(t.items("v")) == 1 and len(t.items("l")) == 1
-        assert any("approved 2 write_file call(s) of agent a" in s for s in t.toast_texts())
+        assert any("allowed write_file path=* for agent a for 5 min" in s for s in t.toast_texts())
         await t.until(
             lambda: all(t.view(x).state is ThreadState.DONE for x in ("w-1", "w-2")), "w done"
         )
@@ -592,9 +608,48 @@ async def test_approve_similar_approves_same_tool_and_agent_only(tmp_path: Path)
         assert not (t.workspace("v") / "out.txt").exists()
         assert t.view("v").state is ThreadState.WAITING
         assert t.view("l").state is ThreadState.WAITING
+        grants = [e for e in await t.events(None) if e.kind is EventKind.RULE_GRANTED]
+        assert len(grants) == 1
+        rule = grants[0].payload["rule"]
+        assert (rule["tool"], rule["args"], rule["agent"]) == ("write_file", {"path": "*"}, "a")
+        assert 299 <= rule["expires"] - grants[0].ts <= 301
+        closed = {
+            e.payload["item"]: e.payload["by"]
+            for e in await t.events(None)
+            if e.kind is EventKind.INBOX_CLOSED
+        }
+        # The item A was pressed on is the human's decision; the other one the rule's.
+        assert sorted(closed.values()) == ["human", f"rule {rule['id']}"]
         await t.settle()
         rows = t.inbox_rows()
         assert len(rows) == 2 and any(" v " in r for r in rows) and any(" l " in r for r in rows)
+
+
+async def test_policy_screen_lists_rules_grants_and_revokes(tmp_path: Path) -> None:
+    toml = project(
+        task(WRITE, "w", repeat=2),
+        extra='\n[policy]\ndeny = [{ tool = "run_shell", args = { command = "rm *" } }]\n',
+    )
+    async with tower(tmp_path, toml) as t:
+        await t.ready(waiting_on(t, 2, InboxKind.APPROVAL), "two approvals")
+        rid = await t.app.core.call(  # type: ignore[union-attr]
+            lambda: t.app.sup.grant("read_file", {"path": "docs/**"}, agent="a", minutes=10)
+        )
+        await t.press("o")
+        screen = await t.screen_is(PolicyScreen)
+        table = screen.query_one("#rules", DataTable)
+        rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+        assert rows[0][:3] == ["deny", "run_shell", "command=rm *"]
+        assert rows[1][:4] == ["allow", "read_file", "path=docs/**", "a"]
+        assert rows[1][4].startswith(("9m", "10m"))
+        assert any(r[1] == "everything else" and r[0] == "ask" for r in rows)
+        table.move_cursor(row=1)
+        await t.press("d")
+        await t.until(lambda: rid not in t.state().grants, "grant revoked")
+        ended = [e for e in await t.events(None) if e.kind is EventKind.RULE_ENDED]
+        assert [(e.payload["rule"], e.payload["reason"]) for e in ended] == [(rid, "revoked")]
+        await t.press("escape")
+        await t.until(lambda: not isinstance(t.app.screen, PolicyScreen), "policy closed")
 
 
 # --- budget items ----------------------------------------------------------------------------

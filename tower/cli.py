@@ -118,7 +118,9 @@ def _load(path: str) -> Project:
 
 
 def _model_problems(project: Project) -> list[str]:
+    """Unknown models, missing API keys and MCP commands that are not there."""
     from tower.core.llm import check_model
+    from tower.core.mcp import command_problems
 
     file = project.root / PROJECT_FILE
     problems = []
@@ -127,6 +129,7 @@ def _model_problems(project: Project) -> list[str]:
             problem = check_model(model)
             if problem:
                 problems.append(f"{file}: agents[{i}].cascade[{j}]: {problem}")
+    problems += [f"{file}: {line}" for line in command_problems(project)]
     return problems
 
 
@@ -165,6 +168,7 @@ T = TypeVar("T")
 
 def _with_store(db: str | None, work: Callable[[Store], Awaitable[T]]) -> T:
     """Opens the log, runs `work` on it, closes it; expected failures become usage errors."""
+    from tower.core.mcp import McpStartError
     from tower.core.replay import ReplayError
     from tower.core.session import ResumeError
 
@@ -177,7 +181,7 @@ def _with_store(db: str | None, work: Callable[[Store], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(run())
-    except (StoreError, ReplayError, ResumeError) as exc:
+    except (StoreError, ReplayError, ResumeError, McpStartError) as exc:
         raise UsageError(f"tower: {exc}") from None
 
 
@@ -231,9 +235,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"tower: running {project.name} ({len(project.tasks)} task(s)), approvals: {approve}",
             flush=True,
         )
+    from tower.core.mcp import McpStartError
+
     try:
         result = asyncio.run(run_headless(project, args.db, approve, printer))
-    except StoreError as exc:
+    except (StoreError, McpStartError) as exc:
         raise UsageError(f"tower: {exc}") from None
     return _report(result, f" project {project.name}", args.json, f"\nlog: {result.db}")
 
@@ -332,6 +338,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_fork(args: argparse.Namespace) -> int:
+    from tower.core.mcp import McpStartError
     from tower.core.replay import ReplayError
     from tower.core.session import ResumeError, fork_headless
 
@@ -349,7 +356,7 @@ def cmd_fork(args: argparse.Namespace) -> int:
                 args.db, args.session, args.at, args.approve or "none", args.model, printer, _load
             )
         )
-    except (StoreError, ReplayError, ResumeError) as exc:
+    except (StoreError, ReplayError, ResumeError, McpStartError) as exc:
         raise UsageError(f"tower: {exc}") from None
     return _report(result, "forked", args.json)
 
@@ -389,6 +396,7 @@ def _resume_tui(ref: str, db: str | None) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from tower.core.mcp import McpStartError
     from tower.core.replay import ReplayError
     from tower.core.session import ResumeError, resume_headless
 
@@ -401,7 +409,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     printer = None if args.json else _Printer(sys.stdout)
     try:
         result = asyncio.run(resume_headless(args.db, args.session, approve, printer, _load))
-    except (StoreError, ReplayError, ResumeError) as exc:
+    except (StoreError, ReplayError, ResumeError, McpStartError) as exc:
         raise UsageError(f"tower: {exc}") from None
     return _report(result, "resumed", args.json)
 

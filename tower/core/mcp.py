@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,27 @@ def log_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_log_dir("tower", appauthor=False))
+
+
+def fill(text: str, root: Path) -> str:
+    """Fills `{python}` (this interpreter) and `{project}` (the project folder)."""
+    return text.replace("{python}", sys.executable).replace("{project}", str(root))
+
+
+def command_problems(project: Project) -> list[str]:
+    """Servers whose command cannot be found: caught by `tower check` before any start."""
+    problems = []
+    for i, server in enumerate(project.mcp_servers):
+        cmd = fill(server.command, project.root)
+        cwd = Path(fill(server.cwd, project.root)) if server.cwd else project.root
+        found = (cwd / cmd).is_file() if "/" in cmd and not cmd.startswith("/") else None
+        if found is None:
+            found = shutil.which(cmd) is not None
+        if not found:
+            problems.append(f"mcp_servers[{i}].command: command not found: {cmd!r}")
+        if server.cwd and not cwd.is_dir():
+            problems.append(f"mcp_servers[{i}].cwd: no such folder: {server.cwd!r}")
+    return problems
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -152,7 +174,7 @@ class McpServer:
         self._errlog: TextIO | None = None
 
     def _fill(self, text: str) -> str:
-        return text.replace("{python}", sys.executable).replace("{project}", str(self._root))
+        return fill(text, self._root)
 
     def _params(self, marker: str) -> Any:
         from mcp import StdioServerParameters

@@ -1,4 +1,4 @@
-"""The one policy every tool call goes through: deny, then ask, then allow, then the default.
+"""The one policy every tool call goes through: deny, grants, ask, allow, then the default.
 
 Pure functions over rules, so the agent loop, the inbox's "allow like this" key and the
 policy view all judge a call the same way. The default is least privilege: reading inside
@@ -22,8 +22,6 @@ class Action(StrEnum):
     ASK = "ask"
     ALLOW = "allow"
 
-
-ORDER = (Action.DENY, Action.ASK, Action.ALLOW)
 
 # Read-only tools confined to the workspace: the only ones that run without asking by default.
 READ_TOOLS = frozenset({"read_file", "list_dir", "search"})
@@ -153,13 +151,24 @@ def decide(
     args: Mapping[str, Any],
     agent: str | None = None,
     now: float | None = None,
+    grants: Iterable[Rule] = (),
 ) -> Verdict:
-    """Deny wins, then ask, then allow; with no rule matching, the least-privilege default."""
+    """Deny wins, then the human's time-boxed grants, then ask, then allow, then the default.
+
+    A grant outranks tower.toml's `ask` because it is that ask, answered in advance by the
+    human for a while; nothing outranks a `deny`.
+    """
     if tool in UNGATED:
         return default_verdict(tool)
     now = time.time() if now is None else now
     live = [r for r in rules if r.active(now)]
-    for action in ORDER:
+    for rule in live:
+        if rule.action is Action.DENY and rule.matches(tool, args, agent):
+            return Verdict(Action.DENY, rule)
+    for rule in grants:
+        if rule.active(now) and rule.matches(tool, args, agent):
+            return Verdict(Action.ALLOW, rule)
+    for action in (Action.ASK, Action.ALLOW):
         for rule in live:
             if rule.action is action and rule.matches(tool, args, agent):
                 return Verdict(action, rule)

@@ -166,6 +166,8 @@ class ScriptStep(_Strict):
     answer: str | None = None
     fault: Fault | None = None
     fault_times: int = Field(default=1, ge=1)
+    # A gullible model: obeys "run `cmd`" found in the last tool result (prompt injection).
+    obey: bool = False
 
 
 class TaskSettings(_Strict):

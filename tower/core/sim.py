@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,19 @@ from tower.core.simprofiles import FAULT_NAMES, SIM_PROFILES, SimProfile
 # 0.1 ms a chunk) a fraction of a core, and the token rate is still the configured one.
 _MIN_PIECE_TOKENS = 4
 _TICK_S = 0.5
+# What a gullible (`obey = true`) step takes as an order inside a tool result.
+_ORDER = re.compile(r"\brun\s+`([^`]+)`|\brun:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+
+
+def _injected_order(messages: list[dict[str, Any]]) -> str | None:
+    """The command a prompt injection in the last tool result asks for, if any."""
+    for m in reversed(messages):
+        if m.get("role") == "tool":
+            found = _ORDER.search(str(m.get("content") or ""))
+            return (found.group(1) or found.group(2)).strip() if found else None
+        if m.get("role") == "assistant":
+            return None
+    return None
 
 
 def _chunk(
@@ -115,6 +129,11 @@ class SimProvider(CustomLLM):
             await asyncio.sleep(prof.latency_s * (0.5 + rng.random()))
 
         args = step.get("args") or {}
+        order = _injected_order(messages) if step.get("obey") else None
+        if order is not None and "run_shell" in tool_names:
+            # A model that does what a file or web page told it to: the policy must hold.
+            step = {"say": f"The instructions say to run {order}.", "tool": "run_shell"}
+            args = {"command": order}
         if (
             step.get("wrong_args") is not None
             and prof.wrong_rate

@@ -178,7 +178,15 @@ class Supervisor:
             approve=self.approve_mode,
             policy=[r.to_dict() for r in self._rules],
         )
-        await self.start_mcp()
+        try:
+            await self.start_mcp()
+        except Exception as exc:
+            # The log says why the session ended before any thread ran.
+            self.bus.emit(EventKind.SESSION_ENDED, reason="failed to start", error=str(exc))
+            if store is not None:
+                await store.end_session(self.session_id, "clean")
+            self._closing = True
+            raise
         if spawn_tasks:
             self._batch = True  # queue every task first, so priority decides who starts
             for task in p.tasks:
@@ -817,13 +825,14 @@ class Supervisor:
 
     # --- policy -------------------------------------------------------------------------
 
-    def policy_rules(self) -> list[Rule]:
-        """The project's rules and the time-boxed grants still in force."""
+    def policy_rules(self) -> tuple[list[Rule], list[Rule]]:
+        """The project's rules, and the time-boxed grants still in force."""
         now = self.bus.now()
-        return [*self._rules, *(r for r in self._grants.values() if r.active(now))]
+        return self._rules, [r for r in self._grants.values() if r.active(now)]
 
     def judge(self, th: ThreadRun, tool: str, args: dict[str, Any]) -> Verdict:
-        return decide(self.policy_rules(), tool, args, th.agent.name, self.bus.now())
+        rules, grants = self.policy_rules()
+        return decide(rules, tool, args, th.agent.name, self.bus.now(), grants)
 
     def grant(
         self,

@@ -38,11 +38,14 @@ from tower.ui.screens.dialogs import (
     AmountDialog,
     ArgsDialog,
     ConfirmDialog,
+    GrantDialog,
+    GrantRequest,
     SpawnDialog,
     SpawnRequest,
     TextDialog,
 )
 from tower.ui.screens.help import HelpScreen
+from tower.ui.screens.policy import PolicyScreen
 from tower.ui.screens.sessions import SessionsScreen
 from tower.ui.themes import load_themes, theme_dirs, watch_file, watch_themes
 from tower.ui.widgets.budget import BudgetBar
@@ -74,7 +77,13 @@ VERBS: list[tuple[str, str, str, str, str]] = [
     ("quit", "q", "quit", "Quit", "quit (asks while threads run; flushes the log)"),
     ("hand", "h", "hand", "To human", "hand the thread to the human (inbox item)"),
     ("edit", "E", "edit", "Edit+approve", "edit a tool call's arguments, then approve"),
-    ("approve_similar", "A", "approve_similar", "Approve like", "approve all items like this"),
+    (
+        "allow_like",
+        "A",
+        "allow_like",
+        "Allow like",
+        "approve, and allow calls like this for a while (a time-boxed rule)",
+    ),
     ("raise_budget", "b", "raise_budget", "Budget", "raise a budget by an amount you type"),
     ("prev_item", "left_square_bracket", "prev_item", "Prev item", "previous item that needs you"),
     ("pause_all", "P", "pause_all", "Pause all", "pause or resume every thread"),
@@ -85,6 +94,7 @@ VERBS: list[tuple[str, str, str, str, str]] = [
     ("inbox", "i", "focus_inbox", "Inbox", "focus the inbox"),
     ("threads", "t", "focus_threads", "Threads", "focus the thread list"),
     ("sessions", "L", "sessions", "Sessions", "list recorded sessions (replay, resume, export)"),
+    ("policy", "o", "policy", "Policy", "the rules in force, grants (revoke), MCP servers"),
     ("palette", "colon,ctrl+p", "command_palette", "Commands", "open the command palette"),
 ]
 
@@ -318,6 +328,7 @@ class TowerApp(App[int]):
     async def _core_boot(self) -> list[str]:
         """On the core's loop: open the log, check the models, start the supervisor."""
         from tower.core.llm import check_model
+        from tower.core.mcp import McpStartError, command_problems
 
         self.store = await Store.open(self.db)
         bus = Bus(self.store, clock=self.now)
@@ -339,15 +350,20 @@ class TowerApp(App[int]):
             problem = await asyncio.to_thread(check_model, model)
             if problem:
                 problems.append(f"{self.project.root / PROJECT_FILE}: {problem}")
+        for line in await asyncio.to_thread(command_problems, self.project):
+            problems.append(f"{self.project.root / PROJECT_FILE}: {line}")
         if problems:
             await self.store.close()
             self.store = None
             return problems
         self.bus, self.sup = bus, sup
-        if self.resume_id is not None:
-            await sup.resume_session(events)
-        else:
-            await sup.start()
+        try:
+            if self.resume_id is not None:
+                await sup.resume_session(events)
+            else:
+                await sup.start()
+        except McpStartError as exc:
+            return [f"tower: {exc}"]
         return []
 
     async def _crashed_session(self) -> str | None:
@@ -730,27 +746,44 @@ class TowerApp(App[int]):
 
         self.push_screen(TextDialog(title), send)
 
-    async def action_approve_similar(self) -> None:
+    def action_allow_like(self) -> None:
         item = self._need_item()
         if item is None or self.sup is None:
             return
-        state = self.state()
-        found = state.inbox[item]
-        if found.kind is not InboxKind.APPROVAL:
-            self.notify("approve-all-like-this works on tool approvals", severity="warning")
+        with self.state_lock():
+            found = self.state().inbox.get(item)
+            view = self.state().threads.get(found.thread) if found else None
+            data = dict(found.data) if found else {}
+        if found is None or view is None:
             return
-        agent = state.threads[found.thread].agent
-        tool = found.data.get("tool")
-        same = [
-            i.id
-            for i in list(state.inbox.values())
-            if i.kind is InboxKind.APPROVAL
-            and i.data.get("tool") == tool
-            and state.threads[i.thread].agent == agent
-        ]
-        for key in same:
-            await self._command(lambda key=key: self.sup.approve(key))  # type: ignore[union-attr,misc]
-        self.notify(f"approved {len(same)} {tool} call(s) of agent {agent}")
+        if found.kind is not InboxKind.APPROVAL or "tool" not in data:
+            self.notify("allow-like-this works on tool approvals", severity="warning")
+            return
+        if data.get("interrupted"):
+            self.notify("an interrupted call is decided on its own: a or d", severity="warning")
+            return
+        tool = str(data["tool"])
+        agent = view.agent
+        suggest = dict(data.get("suggest") or {})
+
+        async def chosen(req: GrantRequest | None) -> None:
+            if req is None:
+                return
+            rid = await self._command(
+                lambda: self.sup.grant(  # type: ignore[union-attr]
+                    tool, req.args, agent=req.agent, minutes=req.minutes, item=item
+                )
+            )
+            if rid is not None:
+                scope = f"agent {req.agent}" if req.agent else "every agent"
+                globs = " ".join(f"{k}={v}" for k, v in req.args.items())
+                self.notify(
+                    f"allowed {tool} {globs} for {scope} for {req.minutes:g} min ({rid}); "
+                    "o shows the policy",
+                    timeout=4,
+                )
+
+        self.push_screen(GrantDialog(tool, suggest, agent), chosen)
 
     def action_raise_budget(self) -> None:
         if self.sup is None:
@@ -854,6 +887,23 @@ class TowerApp(App[int]):
         rows = await core.run(store.list_sessions())
         current = self.sup.session_id if self.sup is not None else None
         self.push_screen(SessionsScreen(rows, current))
+
+    def action_policy(self) -> None:
+        if self.sup is None or self.core is None:
+            self.notify("still starting…", severity="warning")
+            return
+
+        def read(fn: Callable[[TowerState], Any]) -> Any:
+            with self.state_lock():
+                return fn(self.state())
+
+        async def revoke(rid: str) -> None:
+            await self._command(
+                lambda: self.sup.revoke(rid),  # type: ignore[union-attr]
+                f"revoked {rid}",
+            )
+
+        self.push_screen(PolicyScreen(read, self.now, revoke))
 
     def action_focus_inbox(self) -> None:
         self.inbox_list.focus()

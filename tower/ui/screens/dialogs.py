@@ -1,4 +1,4 @@
-"""Modal dialogs: confirm, one-line text, JSON arguments, budget amount, spawn.
+"""Modal dialogs: confirm, one-line text, JSON arguments, budget amount, grant, spawn.
 
 Each returns its result through `dismiss`; escape cancels (returns None)."""
 
@@ -141,6 +141,64 @@ class AmountDialog(_Dialog):
             self.query_one("#error", Label).update("enter a positive amount")
             return
         self.dismiss(value)
+
+
+@dataclass(frozen=True)
+class GrantRequest:
+    args: dict[str, str]
+    agent: str | None
+    minutes: float
+
+
+class GrantDialog(_Dialog):
+    """ "Allow calls like this one for a while": the rule's globs, its scope and its time box."""
+
+    def __init__(self, tool: str, suggest: dict[str, str], agent: str, note: str = "") -> None:
+        super().__init__()
+        self.tool = tool
+        self.suggest = suggest
+        self.agent = agent
+        self.note = note
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(f"Allow {self.tool} calls like this one for a while", classes="title")
+            for name, glob in self.suggest.items():
+                yield Label(f"{name} matches (glob; * is any text)")
+                yield Input(value=glob, id=f"arg-{name}", classes="arg")
+            yield Label("for")
+            yield Select(
+                [(f"agent {self.agent} only", "agent"), ("every agent", "all")],
+                value="agent",
+                allow_blank=False,
+                id="scope",
+            )
+            yield Label("minutes")
+            yield Input(value="10", id="minutes", type="number")
+            yield Label(self.note, id="note")
+            yield Label("", classes="error", id="error")
+            yield Label("enter to approve this call and allow the like · escape to cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#minutes", Input).focus()
+
+    def on_input_submitted(self, _event: Input.Submitted) -> None:
+        try:
+            minutes = float(self.query_one("#minutes", Input).value)
+        except ValueError:
+            minutes = 0.0
+        if not 0 < minutes <= 24 * 60:
+            self.query_one("#error", Label).update("minutes: between 0 and 1440")
+            return
+        args = {}
+        for name in self.suggest:
+            glob = self.query_one(f"#arg-{name}", Input).value.strip()
+            if not glob:
+                self.query_one("#error", Label).update(f"{name}: give a glob (* for any)")
+                return
+            args[name] = glob
+        scope = self.query_one("#scope", Select).value
+        self.dismiss(GrantRequest(args, self.agent if scope == "agent" else None, minutes))
 
 
 @dataclass(frozen=True)

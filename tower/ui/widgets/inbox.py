@@ -26,7 +26,7 @@ KIND_LABEL = {
 # What each key does on each kind of item, shown under the item.
 KEY_HINTS = {
     InboxKind.APPROVAL: "a approve · d deny · E edit args, then approve · r approve with comment"
-    " · A approve all like this",
+    " · A allow like this for a while",
     InboxKind.QUESTION: "r reply · d refuse to answer",
     InboxKind.BUDGET: "a raise by the suggested amount · b raise by… · d decline (thread fails)",
     InboxKind.ESCALATION: "r reply with guidance · a let it continue · d stop the thread",
@@ -116,6 +116,8 @@ class InboxDetail(Static):
             grid.add_row("question", Text(str(d.get("question", ""))))
         if d.get("reason"):
             grid.add_row("reason", Text(str(d["reason"])))
+        if d.get("policy_rule"):
+            grid.add_row("asks by", Text(str(d["policy_rule"])))
         grid.add_row("cost so far", usd(d.get("cost_so_far", 0.0)))
         grid.add_row("waiting", age(now - item.created))
         parts: list[object] = [grid]
