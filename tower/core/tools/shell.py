@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,17 @@ from tower.core.tools.files import ToolError
 # After the command exits, output still held open by its children is read this long.
 DRAIN_S = 0.5
 TAIL_BYTES = 2_000
+
+
+def shell_env() -> dict[str, str]:
+    """The scrubbed environment, with tower's own interpreter first on PATH (as if its
+    virtualenv were active), so `python` in a command is the Python tower runs on."""
+    env = scrubbed_env()
+    bindir = str(Path(sys.executable).parent)
+    path = env.get("PATH", os.defpath)
+    if bindir not in path.split(os.pathsep):
+        env["PATH"] = bindir + os.pathsep + path
+    return env
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
@@ -82,7 +94,7 @@ async def run_shell(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env=scrubbed_env() if env is None else env,
+        env=shell_env() if env is None else env,
         start_new_session=True,
     )
     assert proc.stdout is not None
