@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tower.core import llm
 from tower.core.budget import Refusal
 from tower.core.events import EventKind, InboxKind, Resolution, ThreadState
-from tower.core.policy import Action, suggest_grant
+from tower.core.policy import Action, Verdict, suggest_grant
 from tower.core.resume import has_side_effects
 from tower.core.tools import ToolError
 
@@ -252,7 +252,7 @@ async def _handle_tool(
         tool=tc.name,
         args=args,
         reason=reason,
-        **({"policy": str(verdict.action), "rule": verdict.describe()} if verdict else {}),
+        **(_verdict_fields(verdict) if verdict else {}),
     )
     if verdict is None:
         names = [*th.agent.tools, *(sup.mcp.names(th.agent.mcp) if sup.mcp else [])]
@@ -331,6 +331,14 @@ async def _handle_tool(
     except OSError as exc:
         return _result(sup, th, tc, False, f"error: {exc.strerror or exc}")
     return _result(sup, th, tc, True, output)
+
+
+def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
+    """Why a call may run (or not), for the log: replay shows the rule or the default."""
+    out: dict[str, Any] = {"policy": str(verdict.action), "rule": verdict.describe()}
+    if verdict.rule is not None:
+        out["rule_id"] = verdict.rule.id
+    return out
 
 
 def _result(sup: Supervisor, th: ThreadRun, tc: llm.ToolCall, ok: bool, content: str) -> bool:
