@@ -161,6 +161,21 @@ class _Printer:
                 f"inbox {ev.payload['item']} {ev.payload['resolution']} ({ev.payload['by']})",
                 file=self.out,
             )
+        elif ev.kind is EventKind.TOOL_CALLED and ev.payload.get("policy") == "deny":
+            print(
+                f"{time.strftime('%H:%M:%S', time.localtime(ev.ts))}  {ev.thread:<24} "
+                f"refused {ev.payload['tool']} by {ev.payload.get('rule', 'policy')}",
+                file=self.out,
+            )
+        elif ev.kind is EventKind.MCP_SERVER:
+            p = ev.payload
+            tools = f", {len(p['tools'])} tool(s)" if "tools" in p else ""
+            detail = f" {p['detail']}" if p.get("detail") else ""
+            print(
+                f"{time.strftime('%H:%M:%S', time.localtime(ev.ts))}  mcp {p['server']:<20} "
+                f"{p['status']}{tools}{detail}",
+                file=self.out,
+            )
 
 
 T = TypeVar("T")

@@ -38,6 +38,9 @@ def transcript_lines(ev: Event) -> list[Text]:
         return out
     if k is EventKind.LLM_FAILED and p.get("error") != "cancelled":
         return [Text(f"✗ model call failed: {p['error']}", style="red")]
+    if k is EventKind.TOOL_CALLED and p.get("policy"):
+        style = {"deny": "red", "ask": "yellow"}.get(p["policy"], "dim")
+        return [Text(f"  policy: {p['policy']} — {p.get('rule', '')}", style=style)]
     if k is EventKind.TOOL_RESULT:
         result = str(p.get("result", ""))
         short = result if len(result) <= 600 else result[:600] + f"… ({len(result)} chars)"
