@@ -12,30 +12,42 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Live
-from tower.core.events import EventKind, InboxKind, ThreadState
-from tower.core.mcp import McpStartError
+from tests.conftest import Live, write_project
+from tower.core import mcp as mcp_module
+from tower.core.bus import Bus
+from tower.core.events import Event, EventKind, InboxKind, ThreadState
+from tower.core.mcp import McpStartError, command_problems
+from tower.core.project import load_project, parse_project
+from tower.core.store import Store
+from tower.core.supervisor import Supervisor
+from tower.core.tools.files import ToolError
 
 BIN = Path(sys.executable).parent
 TIME_SERVER = str(BIN / "mcp-server-time")
 GIT_SERVER = str(BIN / "mcp-server-git")
 
-# A server of our own: prints a marker to stderr at startup, `touch` leaves a file behind,
-# `hang` writes a marker file then never answers.
+# A server of our own: prints its arguments to stderr at startup (or exits at once when a
+# `broken-<name>` file lies beside it), `touch` leaves a file behind, `hang` writes a marker
+# file then never answers, `big` answers with a long text.
 PROBE_SERVER = '''
 import sys
 from pathlib import Path
 
+if Path(__file__).with_name("broken-" + sys.argv[1]).exists():
+    print("BROKEN: refusing to start", file=sys.stderr, flush=True)
+    sys.exit(3)
+
 import anyio
 from mcp.server.mcpserver import MCPServer
 
-print("PROBE-STDERR-" + sys.argv[1], file=sys.stderr, flush=True)
+print("PROBE-STDERR-" + " ".join(sys.argv[1:]), file=sys.stderr, flush=True)
 server = MCPServer("probe")
 
 
@@ -54,6 +66,12 @@ async def hang(marker: str) -> str:
     return "never"
 
 
+@server.tool()
+def big(size: int) -> str:
+    """Answers with a long text."""
+    return "x" * size
+
+
 server.run()
 '''
 
@@ -66,6 +84,39 @@ def log_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "logs"
     monkeypatch.setenv("TOWER_LOG_DIR", str(folder))
     return folder
+
+
+@dataclass
+class Bare:
+    """A supervisor that has not been started, and every event its bus sends."""
+
+    sup: Supervisor
+    events: list[Event] = field(default_factory=list)
+
+
+StartBare = Callable[[str], Awaitable[Bare]]
+
+
+@pytest.fixture
+async def bare_factory(tmp_path: Path) -> AsyncIterator[StartBare]:
+    """Like live_factory without the start, so a test can catch a failed start itself."""
+    made: list[tuple[Supervisor, Store]] = []
+
+    async def make(toml: str) -> Bare:
+        root = write_project(tmp_path / f"bare{len(made)}", toml)
+        store = await Store.open(tmp_path / f"bare{len(made)}.db")
+        bus = Bus(store, secrets={})
+        bare = Bare(Supervisor(load_project(root), bus, workspaces_dir=tmp_path / "ws"))
+        bus.subscribe(bare.events.append)
+        made.append((bare.sup, store))
+        return bare
+
+    yield make
+    for sup, store in made:
+        try:
+            await sup.close()
+        finally:
+            await store.close()
 
 
 def q(text: str) -> str:
@@ -84,15 +135,15 @@ def time_server(extra: str = "") -> str:
     return server_toml("time", TIME_SERVER, extra=extra)
 
 
-def probe_server(tmp_path: Path, name: str = "probe", extra: str = "") -> str:
+def probe_server(
+    tmp_path: Path, name: str = "probe", extra: str = "", args: list[str] | None = None
+) -> str:
     script = tmp_path / "probe_server.py"
     script.write_text(PROBE_SERVER, encoding="utf-8")
-    return server_toml(name, "{python}", [str(script), name], extra)
+    return server_toml(name, "{python}", [str(script), name, *(args or [])], extra)
 
 
-def project(
-    servers: str, mcp: list[str], tasks: str = "", allow: list[str] | None = None
-) -> str:
+def project(servers: str, mcp: list[str], tasks: str = "", allow: list[str] | None = None) -> str:
     policy = f"[policy]\nallow = [{', '.join(q(a) for a in allow)}]\n" if allow else ""
     return f"""
 [project]
@@ -239,6 +290,20 @@ async def test_error_result_goes_back_and_thread_finishes(live_factory: StartLiv
     assert live.view("t").state is ThreadState.DONE and live.view("t").answer == "all done"
     # the server kept running: no crash was reported
     assert [p["status"] for p in mcp_events(live, "time")] == ["ready"]
+
+
+async def test_unknown_tool_or_server_is_a_tool_error(live_factory: StartLive) -> None:
+    """What a model that invents a name gets (sim models only call tools they are offered)."""
+    live: Live = await live_factory(project(time_server(), ["time"]), spawn_tasks=False)
+    hub = live.sup.mcp
+    with pytest.raises(ToolError, match="no MCP server named 'nope'"):
+        await hub.call("nope__get_current_time", {})
+    with pytest.raises(ToolError, match=r"MCP server 'time'.*no_such_tool"):
+        await hub.call("time__no_such_tool", {})
+    assert not hub.has("time__no_such_tool") and hub.has("time__convert_time")
+    # the server is still up and answering
+    text = await hub.call("time__get_current_time", {"timezone": "UTC"})
+    assert "UTC" in text
 
 
 async def test_default_policy_asks_and_approval_runs_the_call(
@@ -389,6 +454,10 @@ async def test_call_in_flight_when_server_dies_gets_error_result(
     assert live.view("t").state is ThreadState.DONE  # the thread went on to finish
     await live.waiter.until(lambda: live.bus.state.mcp["probe"]["restarts"] >= 1)
     assert server.pid is not None and server.pid != first
+    crashed = [p for p in mcp_events(live, "probe") if p["status"] == "crashed"]
+    assert len(crashed) == 1 and str(server.log_path) in crashed[0]["detail"]
+    # both runs wrote to the same log file: the restart appends
+    assert server.log_path.read_text(encoding="utf-8").count("PROBE-STDERR-probe") == 2
 
 
 async def test_call_timeout_gives_error_result(live_factory: StartLive, tmp_path: Path) -> None:
@@ -406,6 +475,47 @@ async def test_call_timeout_gives_error_result(live_factory: StartLive, tmp_path
     assert [p["status"] for p in mcp_events(live, "probe")] == ["ready"]
 
 
+async def test_server_that_keeps_crashing_is_given_up(
+    live_factory: StartLive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mcp_module, "MAX_CRASHES", 3)  # give up sooner than in real use
+    live: Live = await live_factory(
+        project(probe_server(tmp_path), ["probe"], allow=["probe__*"]), spawn_tasks=False
+    )
+    server = live.sup.mcp.servers["probe"]
+    first = server.pid
+    assert first is not None
+    (tmp_path / "broken-probe").write_text("", encoding="utf-8")  # restarts now fail
+    os.kill(first, signal.SIGKILL)
+    await live.waiter.until(lambda: live.bus.state.mcp["probe"]["status"] == "failed")
+    events = mcp_events(live, "probe")
+    assert [p["status"] for p in events] == ["ready", "crashed", "crashed", "crashed", "failed"]
+    assert all("BROKEN: refusing to start" in p["detail"] for p in events[2:4])
+    assert live.bus.state.mcp["probe"]["restarts"] == 0
+    assert server.failed
+    tid = live.sup.spawn(
+        "a",
+        "touch it",
+        task_id="late",
+        script=[
+            {"tool": "probe__touch", "args": {"path": str(tmp_path / "late.txt")}},
+            {"tool": "finish", "args": {"answer": "ok"}},
+        ],
+    )
+    await live.waiter.until(ended(live, tid))
+    [res] = results(live, tid, "probe__touch")
+    assert res["ok"] is False and "keeps crashing" in res["result"]
+    assert not (tmp_path / "late.txt").exists()
+
+
+async def test_long_results_are_truncated(live_factory: StartLive, tmp_path: Path) -> None:
+    live: Live = await live_factory(project(probe_server(tmp_path), ["probe"]))
+    limit = mcp_module.MAX_RESULT_CHARS
+    text = await live.sup.mcp.call("probe__big", {"size": limit + 5000})
+    assert text == "x" * limit + f"\n[truncated at {limit} characters]"
+    assert await live.sup.mcp.call("probe__big", {"size": 10}) == "x" * 10
+
+
 # --- stderr, start failures, processes, environment -------------------------------------
 
 
@@ -421,12 +531,16 @@ async def test_stderr_goes_to_log_file_not_terminal(
     assert "PROBE-STDERR" not in out and "PROBE-STDERR" not in err
 
 
-async def test_missing_command_is_a_start_error(live_factory: StartLive, tmp_path: Path) -> None:
+async def test_missing_command_is_a_start_error(bare_factory: StartBare, tmp_path: Path) -> None:
     missing = str(tmp_path / "no-such-server")
+    bare = await bare_factory(project(server_toml("ghost", missing), ["ghost"]))
     with pytest.raises(McpStartError) as info:
-        await live_factory(project(server_toml("ghost", missing), ["ghost"]))
+        await bare.sup.start()
     message = str(info.value)
     assert "'ghost'" in message and "command not found" in message and missing in message
+    assert not bare.sup.runs  # no thread ran
+    [end] = [e for e in bare.events if e.kind is EventKind.SESSION_ENDED]
+    assert end.payload["reason"] == "failed to start" and "'ghost'" in end.payload["error"]
 
 
 async def test_server_that_exits_at_once_reports_its_last_words(
@@ -439,15 +553,33 @@ async def test_server_that_exits_at_once_reports_its_last_words(
         await live_factory(project(servers, ["git"]))
     message = str(info.value)
     assert "'git'" in message
-    assert "is not a valid Git repository" in message
+    assert f"{not_repo} is not a valid Git repository" in message  # its last stderr line
 
 
-async def test_one_bad_server_names_only_itself(live_factory: StartLive, tmp_path: Path) -> None:
-    servers = time_server() + server_toml("ghost", str(tmp_path / "nope"))
+async def test_server_that_never_answers_times_out_at_start(bare_factory: StartBare) -> None:
+    silent = server_toml(
+        "mute", "{python}", ["-c", "import sys; sys.stdin.read()"], "startup_timeout_s = 0.5"
+    )
+    bare = await bare_factory(project(silent, ["mute"]))
     with pytest.raises(McpStartError) as info:
-        await live_factory(project(servers, ["time", "ghost"]))
+        await bare.sup.start()
+    assert "'mute'" in str(info.value) and "no answer within 0.5 s" in str(info.value)
+    pid = bare.sup.mcp.servers["mute"].pid if bare.sup.mcp else None
+    assert pid is not None and gone(pid)
+
+
+async def test_one_bad_server_fails_the_start_and_stops_the_others(
+    bare_factory: StartBare, tmp_path: Path
+) -> None:
+    servers = time_server() + server_toml("ghost", str(tmp_path / "nope"))
+    bare = await bare_factory(project(servers, ["time", "ghost"]))
+    with pytest.raises(McpStartError) as info:
+        await bare.sup.start()
     message = str(info.value)
-    assert "'ghost'" in message and "'time'" not in message
+    assert "'ghost'" in message and "'time'" not in message  # only the culprit is named
+    assert bare.sup.mcp is not None
+    pid = bare.sup.mcp.servers["time"].pid
+    assert pid is not None and gone(pid)  # the server that did start was stopped
 
 
 async def test_close_leaves_no_server_processes(live_factory: StartLive, tmp_path: Path) -> None:
@@ -489,3 +621,74 @@ async def test_secrets_do_not_reach_the_server_unless_listed(
     keyed = environ(live.sup.mcp.servers["keyed"].pid or -1)
     assert keyed.get("FAKE_API_KEY") == "fake-secret-value-123456"
     assert keyed.get("MODE") == "x"
+
+
+# --- placeholders and working folders ---------------------------------------------------
+
+
+def cwd_of(pid: int | None) -> Path:
+    assert pid is not None
+    return Path(os.readlink(f"/proc/{pid}/cwd"))
+
+
+async def test_placeholders_and_working_folder(live_factory: StartLive, tmp_path: Path) -> None:
+    servers = probe_server(tmp_path, "here", args=["{project}"]) + probe_server(
+        tmp_path, "there", extra='cwd = "{project}/sub"'
+    )
+    live: Live = await live_factory(project(servers, ["here", "there"]), {"sub/keep.txt": ""})
+    root = live.project.root
+    here, there = live.sup.mcp.servers["here"], live.sup.mcp.servers["there"]
+    assert cwd_of(here.pid) == root  # the project folder by default
+    assert cwd_of(there.pid) == root / "sub"
+    log = here.log_path.read_text(encoding="utf-8")
+    assert f"PROBE-STDERR-here {root}" in log  # {project} in args
+    assert "{python}" not in Path(f"/proc/{here.pid}/cmdline").read_text()
+
+
+def test_command_problems_names_missing_commands_and_folders(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "p", "", {"serve.sh": "#!/bin/sh\n"})
+    toml = project(
+        server_toml("ok", TIME_SERVER)
+        + server_toml("local", "./serve.sh")
+        + server_toml("ghost", "no-such-mcp-command-xyz")
+        + server_toml("lost", TIME_SERVER, extra='cwd = "{project}/nowhere"'),
+        [],
+    )
+    problems = command_problems(parse_project(toml, root))
+    assert problems == [
+        "mcp_servers[2].command: command not found: 'no-such-mcp-command-xyz'",
+        "mcp_servers[3].cwd: no such folder: '{project}/nowhere'",
+    ]
+
+
+# --- bugs: relative and missing working folders -----------------------------------------
+
+
+async def test_relative_cwd_is_inside_the_project_folder(
+    live_factory: StartLive, tmp_path: Path
+) -> None:
+    """`cwd = "sub"` means the project's sub folder, whichever folder tower runs from
+    (tests run from the repository root, which has no `sub`)."""
+    servers = probe_server(tmp_path, "rel", extra='cwd = "sub"')
+    live: Live = await live_factory(project(servers, ["rel"]), {"sub/keep.txt": ""})
+    assert cwd_of(live.sup.mcp.servers["rel"].pid) == live.project.root / "sub"
+
+
+def test_check_finds_a_relative_cwd_in_the_project_folder(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "p", "", {"sub/keep.txt": ""})
+    toml = project(server_toml("s", TIME_SERVER, extra='cwd = "sub"'), [])
+    assert command_problems(parse_project(toml, root)) == []
+
+
+async def test_missing_cwd_is_not_reported_as_a_missing_command(
+    bare_factory: StartBare, tmp_path: Path
+) -> None:
+    lost = tmp_path / "no-such-folder"
+    servers = server_toml("time", TIME_SERVER, extra=f"cwd = {q(str(lost))}")
+    bare = await bare_factory(project(servers, ["time"]))
+    with pytest.raises(McpStartError) as info:
+        await bare.sup.start()
+    message = str(info.value)
+    assert "'time'" in message
+    assert "command not found" not in message  # mcp-server-time is there
+    assert str(lost) in message

@@ -398,6 +398,8 @@ class TowerApp(App[int]):
             self._new_items.append(ev)
         elif kind is EventKind.INBOX_CLOSED:
             self._inbox_dirty = True
+        elif kind is EventKind.MCP_SERVER and ev.payload["status"] in ("crashed", "failed"):
+            self._failures.append(ev)
         detail = self._detail
         if detail is not None and ev.thread == detail.thread:
             self._detail_events.append(ev)
@@ -549,6 +551,15 @@ class TowerApp(App[int]):
                 title="budget stop",
                 severity="error",
             )
+        for ev in [e for e in failures if e.kind is EventKind.MCP_SERVER]:
+            p = ev.payload
+            again = "restarting" if p["status"] == "crashed" else "stopped; o shows servers"
+            self.notify(
+                f"{p['server']}: {str(p.get('detail', ''))[:100]} ({again})",
+                title=f"MCP server {p['status']}",
+                severity="error",
+            )
+        failures = [e for e in failures if e.kind is not EventKind.MCP_SERVER]
         if failures:
             for ev in failures[:3]:
                 reason = str(ev.payload.get("reason", ""))[:100]
