@@ -63,7 +63,9 @@ def test_a_unique_prefix_names_the_session(runs) -> None:
     prefix = result.summary["session"][:12]
     proc = tower("replay", prefix, "--db", str(db), "--print-state")
     assert proc.returncode == 0, proc.stderr
-    assert result.summary["session"] in proc.stdout and "4 done" in proc.stdout
+    done = result.summary["threads"]["done"]
+    assert done > 0
+    assert result.summary["session"] in proc.stdout and f"{done} done" in proc.stdout
 
 
 async def test_seeking_to_random_events_equals_a_fold_from_scratch(runs) -> None:
