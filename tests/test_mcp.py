@@ -23,7 +23,7 @@ from tests.conftest import Live, write_project
 from tower.core import mcp as mcp_module
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, ThreadState
-from tower.core.mcp import McpStartError, command_problems
+from tower.core.mcp import McpHub, McpStartError, command_problems
 from tower.core.project import load_project, parse_project
 from tower.core.store import Store
 from tower.core.supervisor import Supervisor
@@ -173,6 +173,11 @@ def task(tid: str, *steps: tuple[str, dict[str, Any]]) -> str:
     return out
 
 
+def hub(sup: Supervisor) -> McpHub:
+    assert sup.mcp is not None, "the project's MCP servers were not started"
+    return sup.mcp
+
+
 def ended(live: Live, tid: str) -> Callable[[], bool]:
     return lambda: tid in live.bus.state.threads and live.view(tid).state.ended
 
@@ -194,7 +199,7 @@ def gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return True
 
 
@@ -218,7 +223,7 @@ def environ(pid: int) -> dict[str, str]:
 
 async def test_tools_listed_with_prefix_and_schema(live_factory: StartLive) -> None:
     live: Live = await live_factory(project(time_server(), ["time"]))
-    names = live.sup.mcp.names(["time"])
+    names = hub(live.sup).names(["time"])
     assert "time__get_current_time" in names and "time__convert_time" in names
     ready = [p for p in mcp_events(live, "time") if p["status"] == "ready"]
     assert len(ready) == 1
@@ -232,7 +237,7 @@ async def test_tools_listed_with_prefix_and_schema(live_factory: StartLive) -> N
     assert params["type"] == "object"
     assert "timezone" in params["properties"] and "timezone" in params.get("required", [])
     assert current["description"].endswith("(MCP server time)")
-    server = live.sup.mcp.servers["time"]
+    server = hub(live.sup).servers["time"]
     assert server.pid is not None and not gone(server.pid)
     assert live.sup.has_tool(agent, "time__get_current_time")
     assert not live.sup.has_tool(agent, "time__no_such_tool")
@@ -295,14 +300,14 @@ async def test_error_result_goes_back_and_thread_finishes(live_factory: StartLiv
 async def test_unknown_tool_or_server_is_a_tool_error(live_factory: StartLive) -> None:
     """What a model that invents a name gets (sim models only call tools they are offered)."""
     live: Live = await live_factory(project(time_server(), ["time"]), spawn_tasks=False)
-    hub = live.sup.mcp
+    servers = hub(live.sup)
     with pytest.raises(ToolError, match="no MCP server named 'nope'"):
-        await hub.call("nope__get_current_time", {})
+        await servers.call("nope__get_current_time", {})
     with pytest.raises(ToolError, match=r"MCP server 'time'.*no_such_tool"):
-        await hub.call("time__no_such_tool", {})
-    assert not hub.has("time__no_such_tool") and hub.has("time__convert_time")
+        await servers.call("time__no_such_tool", {})
+    assert not servers.has("time__no_such_tool") and servers.has("time__convert_time")
     # the server is still up and answering
-    text = await hub.call("time__get_current_time", {"timezone": "UTC"})
+    text = await servers.call("time__get_current_time", {"timezone": "UTC"})
     assert "UTC" in text
 
 
@@ -389,7 +394,7 @@ async def test_git_server_status_log_and_confinement(
         ("git__git_status", {"repo_path": str(outside)}),
     )
     live: Live = await live_factory(project(servers, ["git"], tasks, allow=["git__*"]))
-    assert {"git__git_status", "git__git_log"} <= set(live.sup.mcp.names(["git"]))
+    assert {"git__git_status", "git__git_log"} <= set(hub(live.sup).names(["git"]))
     await live.waiter.until(ended(live, "g"))
     status, confined = results(live, "g", "git__git_status")
     [log] = results(live, "g", "git__git_log")
@@ -407,7 +412,7 @@ async def test_killed_idle_server_restarts_and_serves_again(live_factory: StartL
     live: Live = await live_factory(
         project(time_server(), ["time"], allow=["time__*"]), spawn_tasks=False
     )
-    server = live.sup.mcp.servers["time"]
+    server = hub(live.sup).servers["time"]
     first = server.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
@@ -441,7 +446,7 @@ async def test_call_in_flight_when_server_dies_gets_error_result(
     live: Live = await live_factory(
         project(probe_server(tmp_path), ["probe"], tasks, allow=["probe__*"])
     )
-    server = live.sup.mcp.servers["probe"]
+    server = hub(live.sup).servers["probe"]
     first = server.pid
     assert first is not None
     await until_file(marker)
@@ -461,8 +466,10 @@ async def test_call_in_flight_when_server_dies_gets_error_result(
 
 
 async def test_call_timeout_gives_error_result(live_factory: StartLive, tmp_path: Path) -> None:
-    marker = tmp_path / "in-flight"
-    tasks = task("t", ("probe__hang", {"marker": str(marker)}))
+    marker, after = tmp_path / "in-flight", tmp_path / "after.txt"
+    tasks = task(
+        "t", ("probe__hang", {"marker": str(marker)}), ("probe__touch", {"path": str(after)})
+    )
     servers = probe_server(tmp_path, extra="call_timeout_s = 0.5")
     live: Live = await live_factory(project(servers, ["probe"], tasks, allow=["probe__*"]))
     await live.waiter.until(ended(live, "t"))
@@ -470,6 +477,8 @@ async def test_call_timeout_gives_error_result(live_factory: StartLive, tmp_path
     [res] = results(live, "t", "probe__hang")
     assert res["ok"] is False
     assert "did not answer hang within 0.5 s" in res["result"]
+    [touched] = results(live, "t", "probe__touch")  # the next call is served as usual
+    assert touched["ok"] is True and after.read_text() == "touched"
     assert live.view("t").state is ThreadState.DONE
     # a slow tool is not a crash: the server is still the one that started
     assert [p["status"] for p in mcp_events(live, "probe")] == ["ready"]
@@ -482,7 +491,7 @@ async def test_server_that_keeps_crashing_is_given_up(
     live: Live = await live_factory(
         project(probe_server(tmp_path), ["probe"], allow=["probe__*"]), spawn_tasks=False
     )
-    server = live.sup.mcp.servers["probe"]
+    server = hub(live.sup).servers["probe"]
     first = server.pid
     assert first is not None
     (tmp_path / "broken-probe").write_text("", encoding="utf-8")  # restarts now fail
@@ -511,9 +520,9 @@ async def test_server_that_keeps_crashing_is_given_up(
 async def test_long_results_are_truncated(live_factory: StartLive, tmp_path: Path) -> None:
     live: Live = await live_factory(project(probe_server(tmp_path), ["probe"]))
     limit = mcp_module.MAX_RESULT_CHARS
-    text = await live.sup.mcp.call("probe__big", {"size": limit + 5000})
+    text = await hub(live.sup).call("probe__big", {"size": limit + 5000})
     assert text == "x" * limit + f"\n[truncated at {limit} characters]"
-    assert await live.sup.mcp.call("probe__big", {"size": 10}) == "x" * 10
+    assert await hub(live.sup).call("probe__big", {"size": 10}) == "x" * 10
 
 
 # --- stderr, start failures, processes, environment -------------------------------------
@@ -522,10 +531,13 @@ async def test_long_results_are_truncated(live_factory: StartLive, tmp_path: Pat
 async def test_stderr_goes_to_log_file_not_terminal(
     live_factory: StartLive, tmp_path: Path, log_dir: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    log_dir.mkdir()
+    (log_dir / "mcp-noisy.log").write_text("an earlier session\n", encoding="utf-8")
     live: Live = await live_factory(project(probe_server(tmp_path, "noisy"), ["noisy"]))
-    assert live.sup.mcp.servers["noisy"].log_path == log_dir / "mcp-noisy.log"
+    assert hub(live.sup).servers["noisy"].log_path == log_dir / "mcp-noisy.log"
     await live.sup.close()  # the server has exited, so its stderr is all written
     text = (log_dir / "mcp-noisy.log").read_text(encoding="utf-8")
+    assert text.startswith("an earlier session\n")  # appended, not replaced
     assert "PROBE-STDERR-noisy" in text
     out, err = capfd.readouterr()
     assert "PROBE-STDERR" not in out and "PROBE-STDERR" not in err
@@ -564,7 +576,7 @@ async def test_server_that_never_answers_times_out_at_start(bare_factory: StartB
     with pytest.raises(McpStartError) as info:
         await bare.sup.start()
     assert "'mute'" in str(info.value) and "no answer within 0.5 s" in str(info.value)
-    pid = bare.sup.mcp.servers["mute"].pid if bare.sup.mcp else None
+    pid = hub(bare.sup).servers["mute"].pid
     assert pid is not None and gone(pid)
 
 
@@ -577,8 +589,7 @@ async def test_one_bad_server_fails_the_start_and_stops_the_others(
         await bare.sup.start()
     message = str(info.value)
     assert "'ghost'" in message and "'time'" not in message  # only the culprit is named
-    assert bare.sup.mcp is not None
-    pid = bare.sup.mcp.servers["time"].pid
+    pid = hub(bare.sup).servers["time"].pid
     assert pid is not None and gone(pid)  # the server that did start was stopped
 
 
@@ -586,7 +597,7 @@ async def test_close_leaves_no_server_processes(live_factory: StartLive, tmp_pat
     live: Live = await live_factory(
         project(time_server() + probe_server(tmp_path), ["time", "probe"])
     )
-    pids = [s.pid for s in live.sup.mcp.servers.values()]
+    pids = [s.pid for s in hub(live.sup).servers.values()]
     assert all(pid is not None and not gone(pid) for pid in pids)
     await live.sup.close()
     assert all(gone(pid) for pid in pids if pid is not None)
@@ -594,7 +605,7 @@ async def test_close_leaves_no_server_processes(live_factory: StartLive, tmp_pat
 
 async def test_close_after_a_restart_leaves_no_processes(live_factory: StartLive) -> None:
     live: Live = await live_factory(project(time_server(), ["time"]))
-    server = live.sup.mcp.servers["time"]
+    server = hub(live.sup).servers["time"]
     first = server.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
@@ -614,11 +625,11 @@ async def test_secrets_do_not_reach_the_server_unless_listed(
         tmp_path, "keyed", extra='env = { FAKE_API_KEY = "${FAKE_API_KEY}", MODE = "x" }'
     )
     live: Live = await live_factory(project(servers, ["time", "keyed"]))
-    plain = environ(live.sup.mcp.servers["time"].pid or -1)
+    plain = environ(hub(live.sup).servers["time"].pid or -1)
     assert "FAKE_API_KEY" not in plain
     assert "fake-secret-value-123456" not in plain.values()
     assert plain.get("TOWER_TEST_PLAIN") == "plain-value"  # ordinary variables pass
-    keyed = environ(live.sup.mcp.servers["keyed"].pid or -1)
+    keyed = environ(hub(live.sup).servers["keyed"].pid or -1)
     assert keyed.get("FAKE_API_KEY") == "fake-secret-value-123456"
     assert keyed.get("MODE") == "x"
 
@@ -637,7 +648,7 @@ async def test_placeholders_and_working_folder(live_factory: StartLive, tmp_path
     )
     live: Live = await live_factory(project(servers, ["here", "there"]), {"sub/keep.txt": ""})
     root = live.project.root
-    here, there = live.sup.mcp.servers["here"], live.sup.mcp.servers["there"]
+    here, there = hub(live.sup).servers["here"], hub(live.sup).servers["there"]
     assert cwd_of(here.pid) == root  # the project folder by default
     assert cwd_of(there.pid) == root / "sub"
     log = here.log_path.read_text(encoding="utf-8")
@@ -671,7 +682,7 @@ async def test_relative_cwd_is_inside_the_project_folder(
     (tests run from the repository root, which has no `sub`)."""
     servers = probe_server(tmp_path, "rel", extra='cwd = "sub"')
     live: Live = await live_factory(project(servers, ["rel"]), {"sub/keep.txt": ""})
-    assert cwd_of(live.sup.mcp.servers["rel"].pid) == live.project.root / "sub"
+    assert cwd_of(hub(live.sup).servers["rel"].pid) == live.project.root / "sub"
 
 
 def test_check_finds_a_relative_cwd_in_the_project_folder(tmp_path: Path) -> None:

@@ -581,6 +581,16 @@ async def test_search_does_not_follow_links_outside(
     out = await ws.run("search", {"pattern": "secret"})
     assert out.startswith("no matches")
     assert SECRET not in out
+    assert not [p for p in opened if not p.is_relative_to(ws.root) and not p.is_dir()]
+
+
+async def test_search_does_not_even_open_folders_outside_through_links(
+    ws: Workspace, ws_root: Path, elsewhere: Path, opened: list[Path]
+) -> None:
+    # Nothing outside is listed, but opening a folder outside is already following the link
+    # (an automount or a hung network mount behind it would be touched).
+    (ws_root / "escape").symlink_to(elsewhere, target_is_directory=True)
+    assert (await ws.run("search", {"pattern": "secret"})).startswith("no matches")
     _only_inside(ws, opened)
 
 
@@ -956,11 +966,13 @@ async def test_search_respects_the_glob(code_ws: Workspace) -> None:
 
 
 async def test_search_respects_the_path(code_ws: Workspace) -> None:
-    assert (
-        await code_ws.run("search", {"pattern": "e", "path": "sub"}) == "sub/deep.txt:1: deep text"
-    )
-    assert await code_ws.run("search", {"pattern": "needle", "path": "src/../src"}) != (
-        await code_ws.run("search", {"pattern": "needle", "path": "sub"})
+    only_sub = await code_ws.run("search", {"pattern": "e", "path": "sub"})
+    assert only_sub == "sub/deep.txt:1: deep text"
+    in_src = await code_ws.run("search", {"pattern": "needle", "path": "src"})
+    assert sorted(in_src.splitlines()) == ["src/a.py:3: needle = 1", "src/b.txt:1: a needle here"]
+    assert await code_ws.run("search", {"pattern": "needle", "path": "./sub/../src"}) == in_src
+    assert (await code_ws.run("search", {"pattern": "needle", "path": "sub"})).startswith(
+        "no matches"
     )
     with pytest.raises(ToolError, match="no such folder: nope"):
         await code_ws.run("search", {"pattern": "needle", "path": "nope"})

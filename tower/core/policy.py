@@ -33,6 +33,13 @@ PATH_ARGS = frozenset({"path", "file", "folder", "directory", "repo_path"})
 COMMAND_ARGS = frozenset({"command", "cmd"})
 _SPLIT = re.compile(r"&&|\|\||[;|&\n]")
 _SUBST = ("`", "$(", "<(", ">(")
+_INNER = re.compile(r"\$\(([^()]*)\)|`([^`]*)`|[<>]\(([^()]*)\)")
+# Words that run the command after them: `sudo rm -rf /` is an `rm`.
+_WRAPPERS = frozenset({"sudo", "doas", "env", "command", "exec", "nohup", "time", "nice", "xargs"})
+_ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+# Redirections that cannot write anywhere: everything else needs an exact grant.
+_HARMLESS_REDIRECT = re.compile(r"\s*(?:[0-9]?>&[0-9]|[0-9]?>\s*/dev/null)")
+_GLOB_CHARS = re.compile(r"\[[*?\[]\]|[*?\[]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +119,45 @@ def _norm_path(value: str) -> str:
     return path.removeprefix("./")
 
 
+def _plain(piece: str) -> str:
+    """A simple command as it will run: quotes, backslashes, grouping and wrappers gone.
+
+    `\\rm -rf /`, `'rm' -rf /`, `(rm -rf /)` and `sudo FOO=1 rm -rf /` all read `rm -rf /`.
+    """
+    text = piece.replace("\\\n", " ").replace("\\", "").replace("'", "").replace('"', "")
+    words = text.strip().lstrip("({").rstrip(")}").split()
+    while words and (words[0] in _WRAPPERS or _ASSIGN.match(words[0]) or words[0].startswith("-")):
+        words.pop(0)
+    return " ".join(words)
+
+
 def command_pieces(command: str) -> list[str]:
-    """The simple commands of a compound shell line (`a && b; c | d` → a, b, c, d)."""
-    return [p.strip() for p in _SPLIT.split(command) if p.strip()]
+    """The simple commands of a shell line, including those inside `$(…)` and backticks.
+
+    `a && b; c | d` → a, b, c, d. A seatbelt for deny rules, not a shell parser: the
+    default (ask) is what stands between a model and the shell.
+    """
+    inner = [next(g for g in m.groups() if g is not None) for m in _INNER.finditer(command)]
+    pieces = []
+    for line in (command, *inner):
+        for raw in _SPLIT.split(line.replace("\\\n", " ")):
+            plain = _plain(raw)
+            if plain:
+                pieces.append(plain)
+    return pieces
+
+
+def _literal(glob: str) -> bool:
+    """A glob with no wildcard left once escapes like `[*]` are read as the character."""
+    return not any(m.group() in "*?[" for m in _GLOB_CHARS.finditer(glob))
+
+
+def _unglob(glob: str) -> str:
+    return _GLOB_CHARS.sub(lambda m: m.group()[1] if len(m.group()) == 3 else m.group(), glob)
+
+
+def escape_glob(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def _arg_matches(name: str, value: Any, glob: str, *, every: bool) -> bool:
@@ -125,16 +168,34 @@ def _arg_matches(name: str, value: Any, glob: str, *, every: bool) -> bool:
             return False  # an allow rule never covers a path that leaves the workspace
         return fnmatch.fnmatchcase(path, glob)
     if name in COMMAND_ARGS:
+        if every and _literal(glob):
+            return text.strip() == _unglob(glob).strip()  # exactly this line, granted as is
         pieces = command_pieces(text)
         if every:
-            # Allowing `pytest*` must not allow `pytest; rm -rf ~` or `pytest $(curl …)`.
-            if any(s in text for s in _SUBST) or not pieces:
+            # Allowing `pytest*` must not allow `pytest; rm -rf ~`, `pytest $(curl …)` or
+            # `pytest > ~/.bashrc`.
+            bare = _HARMLESS_REDIRECT.sub("", text)
+            if any(s in text for s in _SUBST) or ">" in bare or "<" in bare or not pieces:
                 return False
-            return all(fnmatch.fnmatchcase(p, glob) for p in pieces)
+            return all(fnmatch.fnmatchcase(p, glob) for p in command_pieces(bare))
         return fnmatch.fnmatchcase(text.strip(), glob) or any(
             fnmatch.fnmatchcase(p, glob) for p in pieces
         )
     return fnmatch.fnmatchcase(text, glob)
+
+
+def workspace_relative(args: Mapping[str, Any], root: str | None) -> dict[str, Any]:
+    """Path arguments given as absolute paths inside the workspace, made relative, so a
+    rule on `secrets/**` also sees `/…/workspace/secrets/x`."""
+    out = dict(args)
+    if not root:
+        return out
+    prefix = root.rstrip("/") + "/"
+    for name in PATH_ARGS & out.keys():
+        value = out[name]
+        if isinstance(value, str) and (value + "/").startswith(prefix):
+            out[name] = value[len(prefix) :] or "."
+    return out
 
 
 def default_verdict(tool: str) -> Verdict:
@@ -210,5 +271,5 @@ def suggest_grant(tool: str, args: Mapping[str, Any]) -> dict[str, str]:
                 keep = 3 if words[:2] == ["python", "-m"] or words[:2] == ["python3", "-m"] else 1
                 out[name] = " ".join(words[:keep]) + "*"
             else:
-                out[name] = value  # a compound line: only exactly this one
+                out[name] = escape_glob(value.strip())  # a compound line: exactly this one
     return out

@@ -24,7 +24,7 @@ from tower.core import llm
 from tower.core.budget import INF, Account, Ledger, Refusal, Reservation
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
-from tower.core.policy import Action, Rule, Verdict, decide
+from tower.core.policy import Action, Rule, Verdict, decide, workspace_relative
 from tower.core.project import MCP_SEP, AgentSettings, Project, TaskSettings
 from tower.core.simprofiles import SIM_PROFILES, is_sim
 from tower.core.tools import ToolError, Workspace
@@ -832,7 +832,9 @@ class Supervisor:
 
     def judge(self, th: ThreadRun, tool: str, args: dict[str, Any]) -> Verdict:
         rules, grants = self.policy_rules()
-        return decide(rules, tool, args, th.agent.name, self.bus.now(), grants)
+        root = str(th.workspace.root) if th.workspace is not None else None
+        seen = workspace_relative(args, root)
+        return decide(rules, tool, seen, th.agent.name, self.bus.now(), grants)
 
     def grant(
         self,

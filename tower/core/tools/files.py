@@ -34,6 +34,15 @@ PROTECTED_DIRS = frozenset({".git", ".tower"})
 PROTECTED_FILES = frozenset({"tower.toml", "keys.toml", "tower.db", "tower.db-wal", "tower.db-shm"})
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Non-blocking, so a named pipe planted in the workspace cannot hang a read.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def _is_link_or_gone(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return True
 
 
 class ToolError(Exception):
@@ -98,6 +107,10 @@ class Workspace:
                         return self._keep(stack, names, "/".join([part, *todo]))
                     if not create_dirs:
                         raise ToolError(f"no such folder: {'/'.join([*names, part])}") from None
+                    if part in PROTECTED_DIRS or any(n in PROTECTED_DIRS for n in names):
+                        # Checked before creating anything (a link may have led here).
+                        hit = next(n for n in (*names, part) if n in PROTECTED_DIRS)
+                        raise ToolError(f"path {rel!r} is protected ({hit})") from None
                     os.mkdir(part, 0o777, dir_fd=cur)
                     st = os.stat(part, dir_fd=cur, follow_symlinks=False)
                 if stat.S_ISLNK(st.st_mode) and (not last or follow_last):
@@ -128,6 +141,10 @@ class Workspace:
                     if exc.errno == errno.ELOOP:  # swapped for a link since the stat
                         raise ToolError(f"path {rel!r} changed while being opened") from None
                     if exc.errno == errno.ENOTDIR:
+                        # Linux says ENOTDIR for O_DIRECTORY|O_NOFOLLOW on a link.
+                        now = os.stat(part, dir_fd=cur, follow_symlinks=False)
+                        if stat.S_ISLNK(now.st_mode):
+                            raise ToolError(f"path {rel!r} changed while being opened") from None
                         raise ToolError(f"not a folder: {'/'.join([*names, part])}") from None
                     raise
                 stack.append(fd)
@@ -179,7 +196,7 @@ class Workspace:
             if not name:
                 raise ToolError(f"{rel} is a folder")
             try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                fd = os.open(name, _READ_FLAGS, dir_fd=dfd)
             except FileNotFoundError:
                 raise ToolError(f"no such file: {rel}") from None
             except OSError as exc:
@@ -280,7 +297,8 @@ class Workspace:
         try:
             for relpath, data in self._files(fd, prefix, glob):
                 files += 1
-                for n, line in enumerate(data.splitlines(), 1):
+                for n, line in enumerate(data.split("\n"), 1):
+                    line = line.removesuffix("\r")
                     if rx.search(line):
                         shown = line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + "…"
                         hits.append(f"{relpath}:{n}: {shown}")
@@ -300,13 +318,16 @@ class Workspace:
     def _files(top: int, prefix: str, glob: str) -> Iterator[tuple[str, str]]:
         """Text files under an open folder, never following links, skipping protected dirs."""
         for dirpath, dirnames, filenames, dfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if d not in PROTECTED_DIRS)
+            # Links to folders are dropped before fwalk would open them (it follows them).
+            dirnames[:] = sorted(
+                d for d in dirnames if d not in PROTECTED_DIRS and not _is_link_or_gone(d, dfd)
+            )
             for fname in sorted(filenames):
                 rel = os.path.normpath(os.path.join(prefix, dirpath, fname))
                 if not (fnmatch.fnmatchcase(fname, glob) or fnmatch.fnmatchcase(rel, glob)):
                     continue
                 try:
-                    fd = os.open(fname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                    fd = os.open(fname, _READ_FLAGS, dir_fd=dfd)
                 except OSError:
                     continue  # a link, or gone: skipped
                 with os.fdopen(fd, "rb") as fh:

@@ -67,6 +67,25 @@ class _Capped:
         return out + self.tail.decode("utf-8", errors="replace")
 
 
+async def _exited(proc: asyncio.subprocess.Process) -> None:
+    """Returns when the shell itself exits. `proc.wait()` on Python 3.11 also waits for every
+    pipe to close, which a backgrounded child holds open (CPython gh-119710); a pidfd turns
+    readable at the exit itself."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux, or an old kernel
+        await proc.wait()
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+    try:
+        await done
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
 async def _pump(stream: asyncio.StreamReader, out: _Capped) -> None:
     while chunk := await stream.read(65536):
         out.add(chunk)
@@ -104,13 +123,14 @@ async def run_shell(
     try:
         try:
             async with asyncio.timeout(timeout_s):
-                await proc.wait()
+                await _exited(proc)
         except TimeoutError:
             timed_out = True
-        # Children may keep the pipe open after the shell exits: read briefly, then stop them.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(DRAIN_S):
-                await asyncio.shield(reader)
+        if not timed_out:
+            # Children may keep the pipe open after the shell exits: read briefly, then stop.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_S):
+                    await asyncio.shield(reader)
     finally:
         _kill_group(proc)
         if not reader.done():
