@@ -55,12 +55,17 @@ def fill(text: str, root: Path) -> str:
     return text.replace("{python}", sys.executable).replace("{project}", str(root))
 
 
+def server_cwd(server: McpServerSettings, root: Path) -> Path:
+    """Where a server runs: its `cwd` (relative to the project folder), else that folder."""
+    return root / fill(server.cwd, root) if server.cwd else root
+
+
 def command_problems(project: Project) -> list[str]:
     """Servers whose command cannot be found: caught by `tower check` before any start."""
     problems = []
     for i, server in enumerate(project.mcp_servers):
         cmd = fill(server.command, project.root)
-        cwd = Path(fill(server.cwd, project.root)) if server.cwd else project.root
+        cwd = server_cwd(server, project.root)
         found = (cwd / cmd).is_file() if "/" in cmd and not cmd.startswith("/") else None
         if found is None:
             found = shutil.which(cmd) is not None
@@ -188,7 +193,7 @@ class McpServer:
             command=self._fill(s.command),
             args=[self._fill(a) for a in s.args],
             env=env,
-            cwd=self._fill(s.cwd) if s.cwd else str(self._root),
+            cwd=str(server_cwd(s, self._root)),
         )
 
     async def start(self) -> None:
@@ -270,7 +275,10 @@ class McpServer:
                     return False
         except Exception as exc:
             cause = _leaf(exc)
-            if isinstance(cause, FileNotFoundError):
+            cwd = server_cwd(self.settings, self._root)
+            if isinstance(cause, FileNotFoundError) and not cwd.is_dir():
+                self.error = f"cwd is not a folder: {cwd}"
+            elif isinstance(cause, FileNotFoundError):
                 self.error = f"command not found: {self._fill(self.settings.command)}"
             elif isinstance(cause, TimeoutError):
                 self.error = f"no answer within {self.settings.startup_timeout_s:g} s"
@@ -398,7 +406,9 @@ class McpHub:
     def has(self, full: str) -> bool:
         server, _, tool = full.partition(MCP_SEP)
         found = self.servers.get(server)
-        return found is not None and any(t.name == tool for t in found.tools)
+        return (
+            found is not None and len(full) <= MAX_NAME and any(t.name == tool for t in found.tools)
+        )
 
     async def call(self, full: str, args: dict[str, Any]) -> str:
         server, _, tool = full.partition(MCP_SEP)
