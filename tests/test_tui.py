@@ -1132,3 +1132,28 @@ async def test_a_crashed_session_is_offered_for_resume_on_start(tmp_path: Path) 
         app.exit(0)
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 1
+
+
+# --- dialogs are boxes over the screen, not the screen --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ConfirmDialog("Kill t-1?"),
+        lambda: TextDialog("Reply to t-1"),
+        lambda: ArgsDialog("write_file", {"path": "a.txt"}),
+        lambda: GrantDialog("write_file", {"path": "src/**"}, "a"),
+    ],
+)
+async def test_dialogs_are_centred_boxes(make: Callable[[], Any]) -> None:
+    from textual.app import App
+    from textual.containers import Vertical
+
+    app: App[None] = App()
+    async with app.run_test(size=(160, 45)) as pilot:
+        app.push_screen(make())
+        await pilot.pause()
+        box = app.screen.query_one(Vertical).region
+        assert box.width <= 80 and box.x > 0 and box.y > 0
+        assert abs((box.x + box.width / 2) - 80) <= 1

@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, RichLog, Static
 
 from tower.core.events import Event, EventKind
+from tower.core.policy import UNGATED
 from tower.ui.format import tokens, usd
 
 
@@ -38,7 +39,7 @@ def transcript_lines(ev: Event) -> list[Text]:
         return out
     if k is EventKind.LLM_FAILED and p.get("error") != "cancelled":
         return [Text(f"✗ model call failed: {p['error']}", style="red")]
-    if k is EventKind.TOOL_CALLED and p.get("policy"):
+    if k is EventKind.TOOL_CALLED and p.get("policy") and p["tool"] not in UNGATED:
         style = {"deny": "red", "ask": "yellow"}.get(p["policy"], "dim")
         return [Text(f"  policy: {p['policy']} — {p.get('rule', '')}", style=style)]
     if k is EventKind.TOOL_RESULT:

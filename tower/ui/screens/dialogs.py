@@ -15,16 +15,17 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, TextArea
 
 DIALOG_CSS = """
-ModalScreen { align: center middle; background: $background 60%; }
-ModalScreen > Vertical {
+_Dialog { align: center middle; background: $background 60%; }
+_Dialog > Vertical {
     width: 80; max-width: 95%; height: auto; max-height: 90%;
     border: thick $accent; background: $surface; padding: 1 2;
 }
-ModalScreen Label.title { text-style: bold; margin-bottom: 1; }
-ModalScreen Label.error { color: $error; }
-ModalScreen Horizontal.buttons { height: auto; align-horizontal: right; margin-top: 1; }
-ModalScreen Button { margin-left: 1; }
-ModalScreen TextArea { height: 16; }
+_Dialog Label { width: 100%; }
+_Dialog Label.title { text-style: bold; margin-bottom: 1; }
+_Dialog Label.error { color: $error; }
+_Dialog Horizontal.buttons { height: auto; align-horizontal: right; margin-top: 1; }
+_Dialog Button { margin-left: 1; }
+_Dialog TextArea { height: 16; }
 """
 
 
