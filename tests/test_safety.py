@@ -304,3 +304,32 @@ async def test_secrets_never_reach_the_database_file(tmp_path: Path, monkeypatch
     assert SECRET_VALUE not in json.dumps(bus.state.threads["leak"].answer)
     # The thread still read the real file: redaction is of the record, not of the work.
     assert (sup.runs["leak"].workspace.root / "config.txt").read_text().count(SECRET_VALUE) == 1
+
+
+async def test_a_resumed_session_keeps_the_grants_still_in_force(tmp_path: Path) -> None:
+    from tower.core.session import resume_headless
+
+    root = write_project(tmp_path / "proj", HEAD + WRITES.replace("repeat = 2", "repeat = 1"))
+    db = tmp_path / "tower.db"
+    store = await Store.open(db)
+    bus = Bus(store, secrets={})
+    waiter = Waiter(bus)
+    sup = Supervisor(load_project(root), bus, workspaces_dir=tmp_path / "workspaces")
+    await sup.start()
+    await waiter.until(lambda: len(bus.state.inbox) == 1)  # src/app.py waits for the human
+    rid = sup.grant("write_file", {"path": "src/more.py"}, minutes=10)
+    session = sup.session_id
+    await sup.close("interrupted")  # stopped with the thread unfinished
+    await store.close()
+
+    seen: list = []
+    result = await resume_headless(db, session, "none", seen.append)
+    # The reopened app.py approval is declined (--approve none); more.py, asked for after
+    # the resume, runs under the grant made before it.
+    called = [e.payload for e in seen if e.kind is EventKind.TOOL_CALLED]
+    more = next(c for c in called if c["args"].get("path") == "src/more.py")
+    assert more["policy"] == "allow" and more["rule_id"] == rid
+    assert result.state.threads["w"].state is ThreadState.DONE
+    assert rid in result.state.grants
+    assert not [e for e in seen if e.kind is EventKind.RULE_ENDED]
+    assert (tmp_path / "workspaces" / session / "w" / "src" / "more.py").read_text() == "y = 2"
