@@ -853,8 +853,10 @@ class Supervisor:
         """
         if minutes <= 0:
             raise CommandError("a grant needs a positive number of minutes")
-        if item is not None:
-            self._owner(item)  # raises on an unknown item before anything is recorded
+        if item is not None:  # checked before anything is recorded
+            _th, kind, _fut = self._owner(item)
+            if kind is not InboxKind.APPROVAL:
+                raise CommandError(f"{item} is not a tool approval")
         rid = f"g{next(self._grant_ids)}"
         while rid in self._grants or rid in self.bus.state.grants:
             rid = f"g{next(self._grant_ids)}"
