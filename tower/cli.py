@@ -107,6 +107,21 @@ def _parser() -> argparse.ArgumentParser:
 
     chk = sub.add_parser("check", help="validate a project")
     chk.add_argument("project", metavar="DIR", help="project folder with a tower.toml")
+
+    xp = sub.add_parser(
+        "experiment", help="run the same tasks under two or more loop designs and compare"
+    )
+    xp.add_argument("project", metavar="DIR", help="project folder with a tower.toml")
+    xp.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="FILE",
+        required=True,
+        help="TOML files laid over tower.toml, one per variant (e.g. experiments/*.toml)",
+    )
+    xp.add_argument("--tasks", type=int, metavar="N", help="only the project's first N tasks")
+    xp.add_argument("--json", action="store_true", help="print the scores as JSON")
+    _db_arg(xp)
     return p
 
 
@@ -444,6 +459,58 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from tower.core.experiment import ExperimentError, load_variant, run_experiment, table, winner
+    from tower.core.mcp import McpStartError
+
+    project = _load(args.project)
+    if args.tasks is not None and args.tasks < 1:
+        raise UsageError("tower experiment: --tasks must be 1 or more")
+    variants = [Path(v) for v in args.variants]
+    if len(variants) < 2:
+        raise UsageError("tower experiment: give at least two --variants to compare")
+    problems = []
+    for v in variants:
+        if not v.is_file():
+            problems.append(f"{v}: no such variant file")
+            continue
+        try:
+            problems += _model_problems(load_variant(project.root, v, args.tasks))
+        except ExperimentError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UsageError(*problems)
+
+    def progress(name: str, ev: Event) -> None:
+        if ev.kind is EventKind.SESSION_STARTED:
+            print(f"tower: variant {name}: session {ev.payload['session']}", flush=True)
+
+    try:
+        scores = asyncio.run(
+            run_experiment(
+                project.root, variants, args.db, args.tasks, None if args.json else progress
+            )
+        )
+    except (StoreError, McpStartError, ExperimentError) as exc:
+        raise UsageError(f"tower: {exc}") from None
+    best = winner(scores)
+    if args.json:
+        print(json.dumps({"variants": [s.to_dict() for s in scores], "winner": best}))
+        return 0
+    rows = table(scores)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print()
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for s in scores:
+        if s.failures:
+            why = ", ".join(f"{n} {k}" for k, n in sorted(s.failures.items()))
+            print(f"{s.name}: not successful: {why}")
+    if best is not None:
+        print(f"\nbest: {best} (lowest cost per success at the highest success rate)")
+    return 0
+
+
 def _setup_logging() -> None:
     """Diagnostics go to a log file beside the database, never to the terminal."""
     import logging
@@ -474,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": cmd_export,
         "resume": cmd_resume,
         "fork": cmd_fork,
+        "experiment": cmd_experiment,
     }
     if args.command is None:
         from tower.resources import demo_project_dir

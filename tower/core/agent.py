@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tower.core import llm
 from tower.core.budget import Refusal
+from tower.core.check import CHECK_FAILED, check_answer
 from tower.core.events import EventKind, InboxKind, Resolution, ThreadState
 from tower.core.policy import Action, Verdict, suggest_grant
 from tower.core.resume import has_side_effects
@@ -62,8 +63,9 @@ async def run_thread(sup: Supervisor, th: ThreadRun) -> None:
             return
         th.messages.append(result.assistant_message())
         if not result.tool_calls:
-            sup.finish(th, ThreadState.DONE, "answered", answer=result.text.strip())
-            return
+            if await _conclude(sup, th, result.text.strip(), "answered"):
+                return
+            continue
         for tc in result.tool_calls:
             if not await sup.checkpoint(th):
                 return
@@ -264,10 +266,8 @@ async def _handle_tool(
             f"error: no tool named {tc.name!r}; your tools are {', '.join(names)}",
         )
     if tc.name == "finish":
-        answer = str(args.get("answer", "")).strip()
-        _result(sup, th, tc, True, "finished")
-        sup.finish(th, ThreadState.DONE, "finished", answer=answer)
-        return True
+        return await _conclude(sup, th, str(args.get("answer", "")).strip(), "finished", tc)
+    _notice_repeats(sup, th, tc.name, args)
     if tc.name == "ask_human":
         question = str(args.get("question", "")).strip() or "(no question given)"
         decision = await sup.ask(
@@ -333,6 +333,45 @@ async def _handle_tool(
     return _result(sup, th, tc, True, output)
 
 
+async def _conclude(
+    sup: Supervisor, th: ThreadRun, answer: str, reason: str, tc: llm.ToolCall | None = None
+) -> bool:
+    """The thread has an answer: it is done if the task's check passes (or it has none);
+    otherwise the model hears why, and the thread escalates. True when the thread ended."""
+    root = th.workspace.root if th.workspace is not None else None
+    outcome = await check_answer(sup.check_of(th), answer, root)
+    if outcome is not None:
+        sup.bus.emit(
+            EventKind.CHECKED, th.id, passed=outcome.passed, detail=outcome.detail, model=th.model
+        )
+    if outcome is None or outcome.passed:
+        if tc is not None:
+            _result(sup, th, tc, True, "finished")
+        sup.finish(th, ThreadState.DONE, reason, answer=answer)
+        return True
+    note = f"{CHECK_FAILED}: {outcome.detail}. Work on from here and give a corrected answer."
+    if tc is not None:
+        _result(sup, th, tc, False, note)
+    else:
+        th.messages.append({"role": "user", "content": note})
+    sup.auto_escalate(th, f"check failed: {outcome.detail}")
+    return th.ended
+
+
+def _notice_repeats(sup: Supervisor, th: ThreadRun, name: str, args: dict[str, Any]) -> None:
+    """The same call N times in a row is a loop: escalate, and tell the model."""
+    n = th.agent.escalate_on_repeat
+    th.recent_calls.append(name + json.dumps(args, sort_keys=True, ensure_ascii=False))
+    del th.recent_calls[:-n]
+    if len(th.recent_calls) == n and len(set(th.recent_calls)) == 1:
+        th.recent_calls.clear()
+        th.guidance.append(
+            f"You called {name} {n} times with the same arguments; the result will not "
+            "change. Try a different approach."
+        )
+        sup.auto_escalate(th, f"loop: {name} called {n} times with the same arguments")
+
+
 def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
     """Why a call may run (or not), for the log: replay shows the rule or the default."""
     out: dict[str, Any] = {"policy": str(verdict.action), "rule": verdict.describe()}
@@ -344,4 +383,12 @@ def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
 def _result(sup: Supervisor, th: ThreadRun, tc: llm.ToolCall, ok: bool, content: str) -> bool:
     th.messages.append(_tool_message(tc.id, content))
     sup.bus.emit(EventKind.TOOL_RESULT, th.id, call_id=tc.id, tool=tc.name, ok=ok, result=content)
+    # Tool errors in a row (not a human's "no") escalate: the model is out of its depth.
+    if ok:
+        th.error_streak = 0
+    elif content.startswith("error:"):
+        th.error_streak += 1
+        if th.error_streak >= th.agent.escalate_after_errors:
+            th.error_streak = 0
+            sup.auto_escalate(th, f"{th.agent.escalate_after_errors} tool errors in a row")
     return th.ended

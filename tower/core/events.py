@@ -32,6 +32,7 @@ class EventKind(StrEnum):
     INBOX_OPENED = "inbox_opened"  # item, kind, tool?, args?, reason, question?, cost_so_far
     INBOX_CLOSED = "inbox_closed"  # item, resolution, by, text?, args?
     ESCALATED = "escalated"  # from_model, to_model, trigger
+    CHECKED = "checked"  # passed, detail, model (the task's self-check on an answer)
     BUDGET_RAISED = "budget_raised"  # scope: "session" | "thread", usd, tokens
     COMMENT = "comment"  # text, by
     RULE_GRANTED = "rule_granted"  # rule (policy.Rule.to_dict), minutes, by, item?

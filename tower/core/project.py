@@ -7,6 +7,7 @@ user can fix a project without reading tower's code.
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -142,6 +143,32 @@ class McpServerSettings(_Strict):
     startup_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
 
+class CheckSettings(_Strict):
+    """A task's self-check; every criterion given must hold. A failure escalates."""
+
+    answer_contains: list[str] = Field(default_factory=list)
+    answer_matches: str | None = None
+    file: str | None = None
+    file_contains: list[str] = Field(default_factory=list)
+    command: str | None = None
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> CheckSettings:
+        if not (self.answer_contains or self.answer_matches or self.file or self.command):
+            raise ValueError("a check needs answer_contains, answer_matches, file or command")
+        if self.file_contains and not self.file:
+            raise ValueError("file_contains needs file")
+        if self.answer_matches is not None:
+            try:
+                re.compile(self.answer_matches)
+            except re.error as exc:
+                raise ValueError(
+                    f"answer_matches is not a valid regular expression: {exc}"
+                ) from None
+        return self
+
+
 class AgentSettings(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
@@ -151,6 +178,10 @@ class AgentSettings(_Strict):
     mcp: list[str] = Field(default_factory=list)
     max_steps: int = Field(default=20, ge=1, le=1000)
     max_tokens: int = Field(default=512, ge=1, le=200_000)
+    # Automatic escalation to the cascade's next model.
+    escalate_after_errors: int = Field(default=3, ge=1, le=100)
+    escalate_on_repeat: int = Field(default=3, ge=2, le=100)
+    max_escalation_usd: float | None = Field(default=None, gt=0)
 
 
 Fault = Literal["rate_limit", "server_error", "timeout", "malformed_tool_json"]
@@ -180,6 +211,7 @@ class TaskSettings(_Strict):
     repeat: int = Field(default=1, ge=1, le=10_000)
     budget_usd: float | None = Field(default=None, gt=0)
     answer: str | None = None
+    check: CheckSettings | None = None
     script: list[ScriptStep] = Field(default_factory=list)
 
 
@@ -367,6 +399,11 @@ def parse_project(text: str, root: Path, filename: str = PROJECT_FILE) -> Projec
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProjectError([f"{filename}: not valid TOML: {exc}"]) from None
+    return project_from_data(data, root, filename)
+
+
+def project_from_data(data: dict[str, Any], root: Path, filename: str = PROJECT_FILE) -> Project:
+    """Validates already-parsed project data (a tower.toml, or one with a variant laid over)."""
     if "root" in data:
         raise ProjectError([f"{filename}: root: {_unknown_key(('root',))}"])
     try:

@@ -18,6 +18,7 @@ from litellm import CustomLLM
 from litellm.llms.custom_llm import CustomLLMError
 from litellm.types.utils import GenericStreamingChunk
 
+from tower.core.check import CHECK_FAILED
 from tower.core.llm import estimate_tokens, text_tokens
 from tower.core.simprofiles import FAULT_NAMES, SIM_PROFILES, SimProfile
 
@@ -90,11 +91,15 @@ class SimProvider(CustomLLM):
             raise CustomLLMError(404, f"unknown sim model {name!r}")
         prof: SimProfile = base.with_overrides(sim.get("profile") or {})
         tool_names = {t.get("function", {}).get("name") for t in (optional.get("tools") or [])}
-        k = sum(1 for m in messages if m.get("role") == "assistant")
+        # An answer the task's check refused is answered again: that step plays once more
+        # (on the stronger model after an escalation, with that model's error rate).
+        redo = sum(1 for m in messages if str(m.get("content") or "").startswith(CHECK_FAILED))
+        turns = sum(1 for m in messages if m.get("role") == "assistant")
+        k = turns - redo
         attempt = int(sim.get("attempt", 0))
         thread = sim.get("thread", "")
         seed = sim.get("seed", 0)
-        rng = random.Random(f"{seed}:{thread}:{k}:{name}:{attempt}")
+        rng = random.Random(f"{seed}:{thread}:{k}:{name}:{attempt}" + (f":{redo}" if redo else ""))
 
         script = sim.get("script")
         if script:
@@ -153,7 +158,7 @@ class SimProvider(CustomLLM):
         if tool is not None:
             yield _chunk(
                 tool={
-                    "id": f"call_{thread}_{k}_{attempt}",
+                    "id": f"call_{thread}_{turns}_{attempt}",
                     "type": "function",
                     "index": 0,
                     "function": {"name": tool, "arguments": arguments},

@@ -57,6 +57,9 @@ class ThreadView:
     escalations: int = 0
     tool_calls: int = 0
     human_seconds: float = 0.0  # how long its items waited for a human decision
+    items: int = 0  # inbox items it opened (times it needed the human)
+    checked: bool | None = None  # the last self-check: None when the task has none
+    check_detail: str = ""
 
 
 @dataclass(slots=True)
@@ -176,6 +179,7 @@ def apply(state: TowerState, ev: Event) -> TowerState:
         state.inbox[item.id] = item
         if view is not None:
             view.pending += 1
+            view.items += 1
     elif kind is EventKind.INBOX_CLOSED:
         item = state.inbox.pop(p["item"], None)
         if item is not None:
@@ -230,6 +234,11 @@ def apply(state: TowerState, ev: Event) -> TowerState:
     elif kind is EventKind.SESSION_RESUMED:
         state.ended = None
         state.end_reason = None
+    elif kind is EventKind.CHECKED:
+        if view is not None:
+            view.checked = bool(p["passed"])
+            view.check_detail = str(p.get("detail", ""))
+            _append_tail(view, f"\n[check {'passed' if p['passed'] else 'failed'}] {p['detail']}")
     elif kind is EventKind.RULE_GRANTED:
         state.grants[p["rule"]["id"]] = p["rule"]
     elif kind is EventKind.RULE_ENDED:

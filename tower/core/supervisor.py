@@ -25,7 +25,7 @@ from tower.core.budget import INF, Account, Ledger, Refusal, Reservation
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
 from tower.core.policy import Action, Rule, Verdict, decide, workspace_relative
-from tower.core.project import MCP_SEP, AgentSettings, Project, TaskSettings
+from tower.core.project import MCP_SEP, AgentSettings, CheckSettings, Project, TaskSettings
 from tower.core.simprofiles import SIM_PROFILES, is_sim
 from tower.core.tools import ToolError, Workspace
 from tower.core.tools.shell import run_shell
@@ -83,6 +83,8 @@ class ThreadRun:
     workspace: Workspace | None = None
     pending: list[llm.ToolCall] = field(default_factory=list)  # resumed: calls without result
     interrupted: set[str] = field(default_factory=set)  # ...whose effect may have happened
+    recent_calls: list[str] = field(default_factory=list)  # to notice a loop
+    error_streak: int = 0  # tool errors in a row
 
     @property
     def model(self) -> str:
@@ -619,7 +621,9 @@ class Supervisor:
             decision = await th.escalation
             th.escalation = None
             if decision.resolution is Resolution.DENIED:
-                self.finish(th, ThreadState.FAILED, "stopped by the human")
+                who = "the human" if decision.by == "human" else decision.by
+                note = f": {decision.text}" if decision.text else ""
+                self.finish(th, ThreadState.FAILED, f"stopped by {who}{note}")
                 return False
             if decision.resolution is Resolution.ANSWERED and decision.text:
                 th.guidance.append(decision.text)
@@ -721,12 +725,61 @@ class Supervisor:
             reason=why,
             model=th.model,
             last_output=self.bus.state.threads[th.id].tail[-500:],
+            next_model=th.cascade[th.model_index + 1]
+            if th.model_index + 1 < len(th.cascade)
+            else None,
+            est_escalation_usd=self.escalation_estimate(th),
+            est_human_minutes=round(self.human_minutes_estimate(), 2),
         )
         th.escalation = fut
         self.bus.emit(
             EventKind.ESCALATED, th.id, from_model=th.model, to_model="human", trigger=why
         )
         return item
+
+    def escalation_estimate(self, th: ThreadRun) -> float | None:
+        """What moving this thread to its next model would cost: the work so far, re-priced
+        at the next model's prices. None without a next model or a known price."""
+        if th.model_index + 1 >= len(th.cascade):
+            return None
+        nxt = self.price(th.cascade[th.model_index + 1])
+        if nxt is None:
+            return None
+        view = self.bus.state.threads[th.id]
+        cur = self.price(th.model)
+        if cur is not None and cur.cost(1000, 100) > 0 and view.cost_usd > 0:
+            return round(view.cost_usd * nxt.cost(1000, 100) / cur.cost(1000, 100), 6)
+        return round(nxt.cost(view.tokens, 0), 6)
+
+    def human_minutes_estimate(self) -> float:
+        """How long a decision takes the human: this session's average, else two minutes."""
+        state = self.bus.state
+        if state.decisions:
+            return state.human_seconds / state.decisions / 60
+        return 2.0
+
+    def auto_escalate(self, th: ThreadRun, trigger: str) -> None:
+        """A quality trigger (failed check, loop, errors): the next model if it is worth it,
+        else the human, with both prices in the inbox item."""
+        if th.ended:
+            return
+        limit = th.agent.max_escalation_usd
+        est = self.escalation_estimate(th)
+        has_next = th.model_index + 1 < len(th.cascade)
+        if has_next and (limit is None or est is None or est <= limit):
+            self.escalate(th.id, "model", note=trigger)
+            return
+        if th.escalation is not None:
+            return
+        if not has_next:
+            why = f"{trigger}; no stronger model left in the cascade"
+        else:
+            why = f"{trigger}; escalating would cost about ${est:.4f}, over the ${limit:g} limit"
+        self.escalate(th.id, "human", note=why)
+
+    def check_of(self, th: ThreadRun) -> CheckSettings | None:
+        found = self._task_of(th.task_id) if th.task_id else None
+        return found[0].check if found else None
 
     def _owner(self, item: str) -> tuple[ThreadRun, InboxKind, asyncio.Future[Decision]]:
         tid = self._item_owner.get(item)
@@ -987,6 +1040,10 @@ class Supervisor:
                 self.reply(item, self._scripted_answer(th, question), by=rule)
             else:
                 self.deny(item, "the human declined to answer", by=rule)
+        elif kind is InboxKind.ESCALATION:
+            # Nobody is there to take over: the thread stops, named, instead of looping.
+            reason = self.bus.state.inbox[item].data.get("reason", "")
+            self.deny(item, f"headless: no human to hand to ({reason})", by=rule)
         elif yes:
             self.approve(item, by=rule)
         else:
