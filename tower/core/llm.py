@@ -188,7 +188,9 @@ class CallResult:
     completion_tokens: int = 0
     finish_reason: str = ""
     seconds: float = 0.0
-    cost_usd: float | None = None  # as litellm priced the usage, when it reports it
+    cost_usd: float | None = None  # litellm's price of the usage; None when it has none
+    cached_tokens: int = 0  # prompt tokens read from the provider's cache (cheaper)
+    reasoning_tokens: int = 0  # completion tokens spent thinking (billed as output)
 
     def assistant_message(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": self.text or None}
@@ -252,6 +254,29 @@ def read_error(exc: BaseException, model: str) -> CallError:
     return CallError(f"{model}: {name}: {text[:200]}", retryable)
 
 
+def usage_cost(model: str, usage: Any) -> float | None:
+    """What litellm's cost map says this usage costs (cached and reasoning tokens included),
+    the same function `litellm.completion_cost` uses; None when it knows no price."""
+    litellm = load_litellm()
+    try:
+        prompt, completion = litellm.cost_per_token(model=model, usage_object=usage)
+    except Exception:
+        return None
+    return float(prompt) + float(completion)
+
+
+def read_usage(result: CallResult, usage: Any, model: str) -> None:
+    """Token counts and cost from a provider's usage object (streamed or not: the same)."""
+    result.prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+    result.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+    cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+    reasoning = getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", None)
+    result.cached_tokens = int(cached or 0)
+    result.reasoning_tokens = int(reasoning or 0)
+    if result.prompt_tokens or result.completion_tokens:
+        result.cost_usd = usage_cost(model, usage)
+
+
 async def stream_call(
     model: str,
     messages: list[dict[str, Any]],
@@ -269,6 +294,7 @@ async def stream_call(
     calls: dict[int, list[str]] = {}
     names: dict[int, str] = {}
     ids: dict[int, str] = {}
+    usage: Any = None
     try:
         async with asyncio.timeout(timeout_s):
             resp = await litellm.acompletion(
@@ -282,12 +308,9 @@ async def stream_call(
                 num_retries=0,
             )
             async for chunk in resp:
-                usage = getattr(chunk, "usage", None)
-                if usage is not None:
-                    result.prompt_tokens = usage.prompt_tokens or 0
-                    result.completion_tokens = usage.completion_tokens or 0
-                    cost = getattr(usage, "cost", None)
-                    result.cost_usd = float(cost) if cost is not None else None
+                chunk_usage = getattr(chunk, "usage", None)
+                if chunk_usage is not None:
+                    usage = chunk_usage
                 if not chunk.choices:
                     continue
                 choice = chunk.choices[0]
@@ -317,6 +340,8 @@ async def stream_call(
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         raise read_error(exc, model) from None
+    if usage is not None:
+        read_usage(result, usage, model)
     result.text = "".join(parts)
     for idx in sorted(set(calls) | set(names)):
         result.tool_calls.append(

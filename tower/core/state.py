@@ -59,6 +59,7 @@ class ThreadView:
     human_seconds: float = 0.0  # how long its items waited for a human decision
     items: int = 0  # inbox items it opened (times it needed the human)
     checked: bool | None = None  # the last self-check: None when the task has none
+    unpriced: bool = False  # some call's model has no known price: its cost is a floor
     check_detail: str = ""
 
 
@@ -78,6 +79,7 @@ class BudgetView:
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
     tokens: int = 0
+    unpriced_tokens: int = 0  # used by models with no known price (counted, not costed)
 
 
 @dataclass(slots=True)
@@ -144,9 +146,13 @@ def apply(state: TowerState, ev: Event) -> TowerState:
         state.budget.spent_usd += cost
         state.budget.tokens += tokens
         state.budget.reserved_usd = _less(state.budget.reserved_usd, p["reserved_usd"])
+        if not p.get("price_known", True):
+            state.budget.unpriced_tokens += tokens
         if view is not None:
             view.cost_usd += cost
             view.tokens += tokens
+            if not p.get("price_known", True):
+                view.unpriced = True
             view.reserved_usd = _less(view.reserved_usd, p["reserved_usd"])
     elif kind is EventKind.LLM_FAILED:
         state.budget.reserved_usd = _less(state.budget.reserved_usd, p["released_usd"])

@@ -27,7 +27,7 @@ def transcript_lines(ev: Event) -> list[Text]:
     if k is EventKind.LLM_FINISHED:
         head = Text(
             f"── step {p['step']} · {p['model']} · {tokens(p['usage']['total_tokens'])} tokens"
-            f" · {usd(p['cost_usd'])} ──",
+            f" · {usd(p['cost_usd']) if p.get('price_known', True) else 'price unknown'} ──",
             style="dim",
         )
         out = [head]

@@ -59,6 +59,8 @@ class BudgetBar(Static):
         line2.append(f"tokens {tokens(b.tokens)}")
         if b.limit_tokens:
             line2.append(f"/{tokens(b.limit_tokens)}")
+        if b.unpriced_tokens:
+            line2.append(f" ({tokens(b.unpriced_tokens)} at unknown prices)", style="bold")
         human = state.human_seconds / 60
         line2.append(f" · human {human:.1f} min ({state.decisions} decision(s))")
         counts = [

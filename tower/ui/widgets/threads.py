@@ -134,7 +134,7 @@ class ThreadList(StateList):
             model,
             str(view.step),
             tokens(view.tokens),
-            usd(view.cost_usd),
+            "no price" if view.unpriced and not view.cost_usd else usd(view.cost_usd),
             age(end - view.created),
         )
         out: Cells = []
