@@ -141,7 +141,8 @@ def _model_problems(project: Project) -> list[str]:
     problems = []
     for i, agent in enumerate(project.agents):
         for j, model in enumerate(agent.cascade):
-            problem = check_model(model)
+            ms = project.model_settings(model)
+            problem = check_model(model, ms.api_base, ms.api_key_env)
             if problem:
                 problems.append(f"{file}: agents[{i}].cascade[{j}]: {problem}")
     problems += [f"{file}: {line}" for line in command_problems(project)]

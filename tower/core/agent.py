@@ -112,6 +112,9 @@ async def _call_model(
         max_tokens = th.agent.max_tokens
         price = sup.price(model)
         usd = price.cost(prompt_est, max_tokens) if price else 0.0
+        use = await sup.rate_gate(th, model, prompt_est + max_tokens)
+        if not await sup.checkpoint(th):
+            return None
         while True:
             res = sup.reserve(th, usd, prompt_est + max_tokens)
             if not isinstance(res, Refusal):
@@ -159,6 +162,7 @@ async def _call_model(
                 meta.call_timeout_s,
                 deltas.add,
                 sup.sim_metadata(th, attempt),
+                **sup.project.model_settings(model).endpoint(),
             )
         except llm.CallError as err:
             released = sup.ledger.release(res)
@@ -174,6 +178,12 @@ async def _call_model(
                 attempt=attempt,
                 released_usd=released,
             )
+            if err.context_window and th.model_index + 1 < len(th.cascade):
+                # The conversation outgrew this model: the next one may hold it.
+                sup.auto_escalate(th, f"context window exceeded on {model}")
+                if not await sup.checkpoint(th):
+                    return None
+                continue
             if not err.retryable or attempt >= meta.max_retries:
                 sup.finish(th, ThreadState.FAILED, f"error: {err}")
                 return None
@@ -189,6 +199,8 @@ async def _call_model(
         if cost is None:
             cost = price.cost(result.prompt_tokens, result.completion_tokens) if price else 0.0
         tokens = result.prompt_tokens + result.completion_tokens
+        if use is not None:
+            use.tokens = tokens  # the minute's count holds what was really used
         sup.ledger.settle(res, cost, tokens)
         th.reservation = None
         th.steps += 1

@@ -137,8 +137,16 @@ def model_price(model: str) -> Price | None:
 _OPTIONAL_ENV = {"OLLAMA_API_BASE", "HOSTED_VLLM_API_BASE", "LM_STUDIO_API_BASE"}
 
 
-def check_model(model: str) -> str | None:
-    """None if the model can be called here, else a one-line reason (unknown, missing key)."""
+def check_model(
+    model: str, api_base: str | None = None, api_key_env: str | None = None
+) -> str | None:
+    """None if the model can be called here, else a one-line reason (unknown, missing key).
+
+    With an api_base (a local server), the provider's usual key is not required; a named
+    api_key_env must be set.
+    """
+    if api_key_env and not os.environ.get(api_key_env):
+        return f"model {model!r} needs the environment variable {api_key_env} (api_key_env)"
     if is_sim(model):
         return (
             None
@@ -153,6 +161,8 @@ def check_model(model: str) -> str | None:
             f"unknown model {model!r}: litellm cannot tell its provider "
             "(use a known name like 'gpt-4o-mini' or a prefix like 'anthropic/…', 'ollama/…')"
         )
+    if api_base:
+        return None
     try:
         env = litellm.validate_environment(model)
     except Exception:
@@ -202,9 +212,25 @@ class CallResult:
 class CallError(Exception):
     """A failed model call, already read: a one-line message and whether a retry may help."""
 
-    def __init__(self, message: str, retryable: bool) -> None:
+    def __init__(self, message: str, retryable: bool, context_window: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.context_window = context_window  # the prompt no longer fits this model
+
+
+# How providers say "the prompt is too long", often as a plain HTTP 400.
+_CONTEXT_HINTS = (
+    "context length",
+    "context window",
+    "context_length_exceeded",
+    "maximum context",
+    "prompt is too long",
+    "input is too long",
+    "too many tokens",
+    "exceeds the model's",
+    "reduce the length of the messages",
+    "maximum number of tokens",
+)
 
 
 _STATUS_LABEL = {
@@ -238,12 +264,11 @@ def read_error(exc: BaseException, model: str) -> CallError:
     if " - " in text:
         text = text.split(" - ", 1)[1]
     status = getattr(exc, "status_code", None)
-    if (
-        "ContextWindow" in name
-        or "context length" in text.lower()
-        or "context window" in text.lower()
-    ):
-        return CallError(f"{model}: context window exceeded ({text[:160]})", retryable=False)
+    full = str(exc).lower()
+    if "ContextWindow" in name or any(h in full for h in _CONTEXT_HINTS):
+        return CallError(
+            f"{model}: context window exceeded ({text[:160]})", retryable=False, context_window=True
+        )
     if "No module named" in text:
         return CallError(f"{model}: litellm is missing a module: {text[:160]}", retryable=False)
     if isinstance(status, int):
@@ -285,6 +310,8 @@ async def stream_call(
     timeout_s: float,
     on_text: Callable[[str], None],
     metadata: dict[str, Any] | None = None,
+    api_base: str | None = None,
+    api_key: str | None = None,
 ) -> CallResult:
     """One streamed completion, under a hard timeout; raises CallError on any failure."""
     litellm = load_litellm()
@@ -306,6 +333,8 @@ async def stream_call(
                 stream_options={"include_usage": True},
                 metadata=metadata or {},
                 num_retries=0,
+                **({"api_base": api_base} if api_base else {}),
+                **({"api_key": api_key} if api_key else {}),
             )
             async for chunk in resp:
                 chunk_usage = getattr(chunk, "usage", None)

@@ -7,6 +7,7 @@ user can fix a project without reading tower's code.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -70,6 +71,11 @@ class ModelSettings(_Strict):
     """Per-model settings; the sim-only keys tune the offline models."""
 
     max_concurrent: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1)  # requests per minute
+    tpm: int | None = Field(default=None, ge=1)  # tokens (prompt + completion) per minute
+    # A local or self-hosted OpenAI-compatible server (vLLM, LM Studio, llama.cpp):
+    api_base: str | None = Field(default=None, pattern=r"^https?://")
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     tokens_per_s: float | None = Field(default=None, ge=0)
     latency_s: float | None = Field(default=None, ge=0)
     wrong_rate: float | None = Field(default=None, ge=0, le=1)
@@ -87,6 +93,17 @@ class ModelSettings(_Strict):
             if not 0 <= chance <= 1:
                 raise ValueError(f"fault {name!r} chance must be between 0 and 1")
         return self
+
+    def endpoint(self) -> dict[str, str]:
+        """Where to call the model when it is not the provider's default: api_base, api_key."""
+        out: dict[str, str] = {}
+        if self.api_base:
+            out["api_base"] = self.api_base
+            key = os.environ.get(self.api_key_env) if self.api_key_env else None
+            out["api_key"] = key or "none"  # local servers ignore it; the SDK wants one
+        elif self.api_key_env and os.environ.get(self.api_key_env):
+            out["api_key"] = os.environ[self.api_key_env]
+        return out
 
     def sim_overrides(self) -> dict[str, Any]:
         keys = ("tokens_per_s", "latency_s", "wrong_rate", "input_usd_per_mtok")

@@ -26,6 +26,7 @@ from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
 from tower.core.policy import Action, Rule, Verdict, decide, workspace_relative
 from tower.core.project import MCP_SEP, AgentSettings, CheckSettings, Project, TaskSettings
+from tower.core.ratelimit import RateWindow, Use
 from tower.core.simprofiles import SIM_PROFILES, is_sim
 from tower.core.tools import ToolError, Workspace
 from tower.core.tools.shell import run_shell
@@ -149,6 +150,7 @@ class Supervisor:
         self._batch = False
         self._ended = 0
         self._sim_overrides: dict[str, dict[str, Any]] = {}
+        self._rates: dict[str, RateWindow] = {}
         self._rules: list[Rule] = project.policy.rules()
         self._grants: dict[str, Rule] = {}
         self._grant_ids = itertools.count(1)
@@ -474,6 +476,10 @@ class Supervisor:
             th = self.runs[tid]
             mcap = self._model_cap(th.model)
             if th.pause_requested or (mcap is not None and self._per_model[th.model] >= mcap):
+                if not th.pause_requested:
+                    self.set_state(
+                        th, ThreadState.QUEUED, f"waiting for a {th.model} slot ({mcap})"
+                    )
                 i += 1
                 continue
             del self._queue[i]
@@ -640,6 +646,24 @@ class Supervisor:
         if model not in self._prices:
             self._prices[model] = llm.model_price(model)
         return self._prices[model]
+
+    async def rate_gate(self, th: ThreadRun, model: str, tokens: int) -> Use | None:
+        """Waits until a call of `tokens` fits the model's rpm/tpm caps; the thread says so
+        meanwhile. Returns the recorded use (corrected to real tokens after the call)."""
+        settings = self.project.model_settings(model)
+        if settings.rpm is None and settings.tpm is None:
+            return None
+        window = self._rates.get(model)
+        if window is None:
+            window = self._rates[model] = RateWindow(settings.rpm, settings.tpm)
+        while True:
+            delay, why = window.wait(time.monotonic(), tokens)
+            if delay <= 0:
+                break
+            self.set_state(th, ThreadState.RUNNING, f"waiting for {model}: {why}")
+            await asyncio.sleep(delay)
+        self.set_state(th, ThreadState.RUNNING)
+        return window.record(time.monotonic(), tokens)
 
     def next_call_id(self) -> str:
         return f"c{next(self._calls)}"

@@ -347,7 +347,8 @@ class TowerApp(App[int]):
         )
         problems = []
         for model in self.project.all_models():
-            problem = await asyncio.to_thread(check_model, model)
+            ms = self.project.model_settings(model)
+            problem = await asyncio.to_thread(check_model, model, ms.api_base, ms.api_key_env)
             if problem:
                 problems.append(f"{self.project.root / PROJECT_FILE}: {problem}")
         for line in await asyncio.to_thread(command_problems, self.project):
