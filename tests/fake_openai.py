@@ -1,0 +1,410 @@
+"""A small OpenAI-compatible HTTP server for tests, on plain asyncio streams.
+
+It serves POST /v1/chat/completions (and /chat/completions) on 127.0.0.1, streamed (SSE) or
+not, from a queue of scripted replies the test fills: text, tool calls, usage (with cached and
+reasoning tokens), HTTP errors with OpenAI-style bodies, and delays before the headers or
+between chunks. It records every request it received so tests can assert on them.
+
+    async with FakeOpenAI() as server:
+        server.script(text_reply("hello", usage=Usage(10, 2)))
+        ... point litellm at server.base_url ...
+        assert server.requests[0].model == "gpt-4o-mini"
+
+A request that finds the queue empty gets a 500 and is counted in `unscripted`, so a test
+that made more calls than it scripted (say, a hidden SDK retry) fails instead of passing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    411: "Length Required",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+PATHS = ("/v1/chat/completions", "/chat/completions")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What the server reports as the call's usage; the details appear only when set."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+        if self.cached_tokens is not None:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.reasoning_tokens is not None:
+            out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedCall:
+    id: str
+    name: str
+    arguments: str  # raw JSON text, sent in pieces of `Reply.chunk_chars` when streamed
+
+
+@dataclass(slots=True)
+class Reply:
+    """One scripted answer to one request."""
+
+    text: str = ""
+    tool_calls: list[ScriptedCall] = field(default_factory=list)
+    usage: Usage | None = None
+    finish_reason: str | None = None  # default: "tool_calls" with calls, else "stop"
+    status: int = 200
+    error_body: dict[str, Any] | str | None = None  # the body of a non-200 reply
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_headers_s: float = 0.0  # before the status line is sent
+    delay_chunks_s: float = 0.0  # between streamed chunks
+    chunk_chars: int = 4  # text and arguments are streamed this many characters at a time
+
+    @property
+    def finish(self) -> str:
+        if self.finish_reason is not None:
+            return self.finish_reason
+        return "tool_calls" if self.tool_calls else "stop"
+
+
+def text_reply(text: str, usage: Usage | None = None, **kw: Any) -> Reply:
+    return Reply(text=text, usage=usage, **kw)
+
+
+def tool_reply(
+    name: str,
+    arguments: dict[str, Any] | str,
+    call_id: str = "call_1",
+    text: str = "",
+    usage: Usage | None = None,
+    **kw: Any,
+) -> Reply:
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return Reply(text=text, tool_calls=[ScriptedCall(call_id, name, args)], usage=usage, **kw)
+
+
+def error_reply(
+    status: int,
+    message: str,
+    type_: str = "server_error",
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """An OpenAI-style error: {"error": {"message", "type", "param", "code"}}."""
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return Reply(status=status, error_body=body, headers=dict(headers or {}))
+
+
+def context_length_reply(prompt_tokens: int = 140_000, limit: int = 128_000) -> Reply:
+    """OpenAI's exact shape for a prompt over the model's context window (HTTP 400)."""
+    return error_reply(
+        400,
+        f"This model's maximum context length is {limit} tokens. However, your messages "
+        f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
+        type_="invalid_request_error",
+        code="context_length_exceeded",
+        param="messages",
+    )
+
+
+@dataclass(slots=True)
+class Received:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+    @property
+    def model(self) -> str:
+        return str(self.body.get("model", ""))
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return list(self.body.get("messages") or [])
+
+    @property
+    def tools(self) -> list[dict[str, Any]] | None:
+        return self.body.get("tools")
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.body.get("stream_options") or {}).get("include_usage"))
+
+
+class FakeOpenAI:
+    """The server; use it as an async context manager (or call start/stop)."""
+
+    def __init__(self) -> None:
+        self.replies: deque[Reply] = deque()
+        self.requests: list[Received] = []
+        self.unscripted = 0  # requests that found no scripted reply
+        self.disconnects = 0  # replies the client walked away from before they were sent
+        self.changed = asyncio.Event()  # set whenever a request arrives or a client leaves
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()
+        self._ids = itertools.count(1)
+        self.port = 0
+
+    # --- scripting ---------------------------------------------------------------------
+
+    def script(self, *replies: Reply) -> None:
+        self.replies.extend(replies)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def wait_for(self, pred: Any, timeout: float = 10.0) -> None:
+        """Waits until pred() holds, re-checking whenever a request arrives or a client leaves."""
+        async with asyncio.timeout(timeout):
+            while not pred():
+                self.changed.clear()
+                await self.changed.wait()
+
+    def _notify(self) -> None:
+        self.changed.set()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> FakeOpenAI:
+        self._server = await asyncio.start_server(self._on_connection, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        self._closing.set()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        if self._conns:
+            await asyncio.gather(*self._conns, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> FakeOpenAI:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # --- HTTP --------------------------------------------------------------------------
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            while not self._closing.is_set():  # keep-alive: one request after another
+                request = await self._read_request(reader)
+                if request is None:
+                    break
+                if not await self._answer(request, reader, writer):
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._conns.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> Received | None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return None  # the client closed an idle keep-alive connection
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _version = lines[0].split(" ", 2)
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if ":" in line:
+                key, value = line.split(":", 1)
+                headers[key.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        raw = await reader.readexactly(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = {"_raw": raw.decode("utf-8", "replace")}
+        return Received(method, path.split("?", 1)[0], headers, body)
+
+    async def _answer(
+        self, req: Received, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Sends one reply; False when the connection should not be reused."""
+        if req.method != "POST" or req.path not in PATHS:
+            await self._send_json(writer, 404, {"error": {"message": f"no route {req.path}"}})
+            return True
+        self.requests.append(req)
+        self._notify()
+        if not self.replies:
+            self.unscripted += 1
+            body = {"error": {"message": "fake server: no scripted reply", "type": "test"}}
+            await self._send_json(writer, 500, body)
+            return True
+        reply = self.replies.popleft()
+        if reply.delay_headers_s and not await self._pause(reply.delay_headers_s, reader):
+            return False
+        if reply.status != 200:
+            body = reply.error_body if reply.error_body is not None else {}
+            await self._send_json(writer, reply.status, body, reply.headers)
+            return True
+        if req.stream:
+            return await self._send_stream(req, reply, reader, writer)
+        await self._send_json(writer, 200, self._completion(req, reply), reply.headers)
+        return True
+
+    async def _pause(self, seconds: float, reader: asyncio.StreamReader) -> bool:
+        """Waits `seconds` of simulated latency; False if the client left (or we stop) first."""
+        left = asyncio.ensure_future(reader.read(1))  # b"" once the client closes
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            done, _ = await asyncio.wait({left, closing}, timeout=seconds)
+        finally:
+            left.cancel()
+            closing.cancel()
+        if left in done:
+            self.disconnects += 1
+            self._notify()
+            return False
+        return not done
+
+    async def _send_json(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        body: dict[str, Any] | str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        data = (body if isinstance(body, str) else json.dumps(body)).encode()
+        head = {
+            "content-type": "application/json",
+            "content-length": str(len(data)),
+            **(headers or {}),
+        }
+        writer.write(_head(status, head) + data)
+        await writer.drain()
+
+    def _completion(self, req: Received, reply: Reply) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
+        if reply.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for c in reply.tool_calls
+            ]
+        out: dict[str, Any] = {
+            "id": f"chatcmpl-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": req.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish}],
+        }
+        if reply.usage is not None:
+            out["usage"] = reply.usage.as_json()
+        return out
+
+    def _chunks(self, req: Received, reply: Reply) -> Iterator[dict[str, Any]]:
+        cid = f"chatcmpl-{next(self._ids)}"
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": 1_700_000_000,
+                "model": req.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+
+        n = max(1, reply.chunk_chars)
+        yield chunk({"role": "assistant", "content": ""})
+        for i in range(0, len(reply.text), n):
+            yield chunk({"content": reply.text[i : i + n]})
+        for idx, call in enumerate(reply.tool_calls):
+            first = {"index": idx, "id": call.id, "type": "function"}
+            yield chunk(
+                {"tool_calls": [{**first, "function": {"name": call.name, "arguments": ""}}]}
+            )
+            for i in range(0, len(call.arguments), n):
+                piece = {"index": idx, "function": {"arguments": call.arguments[i : i + n]}}
+                yield chunk({"tool_calls": [piece]})
+        yield chunk({}, reply.finish)
+        if req.include_usage and reply.usage is not None:
+            last = chunk({})
+            last["choices"] = []
+            last["usage"] = reply.usage.as_json()
+            yield last
+
+    async def _send_stream(
+        self,
+        req: Received,
+        reply: Reply,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        head = {
+            "content-type": "text/event-stream",
+            "cache-control": "no-cache",
+            "transfer-encoding": "chunked",
+            **reply.headers,
+        }
+        writer.write(_head(200, head))
+        events = [f"data: {json.dumps(c)}\n\n" for c in self._chunks(req, reply)]
+        events.append("data: [DONE]\n\n")
+        for i, event in enumerate(events):
+            if i and reply.delay_chunks_s:
+                await writer.drain()
+                if not await self._pause(reply.delay_chunks_s, reader):
+                    return False
+            data = event.encode()
+            writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+
+def _head(status: int, headers: dict[str, str]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
