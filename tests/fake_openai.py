@@ -172,7 +172,7 @@ class FakeOpenAI:
         self.disconnects = 0  # replies the client walked away from before they were sent
         self.changed = asyncio.Event()  # set whenever a request arrives or a client leaves
         self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+        self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._closing = asyncio.Event()
         self._ids = itertools.count(1)
         self.port = 0
@@ -207,8 +207,8 @@ class FakeOpenAI:
         self._closing.set()
         if self._server is not None:
             self._server.close()
-        for task in list(self._conns):
-            task.cancel()
+        for writer in list(self._conns.values()):
+            writer.close()  # the handler's next read ends; a pause ends on _closing
         if self._conns:
             await asyncio.gather(*self._conns, return_exceptions=True)
         if self._server is not None:
@@ -230,7 +230,7 @@ class FakeOpenAI:
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._conns.add(task)
+        self._conns[task] = writer
         try:
             while not self._closing.is_set():  # keep-alive: one request after another
                 request = await self._read_request(reader)
@@ -241,7 +241,7 @@ class FakeOpenAI:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._conns.discard(task)
+            self._conns.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

@@ -10,6 +10,7 @@ task, escalations and human interventions per task.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import statistics
 import tomllib
@@ -152,6 +153,7 @@ async def run_experiment(
     db: str | Path | None,
     tasks: int | None = None,
     on_event: Callable[[str, Event], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> list[VariantScore]:
     """Runs every variant in turn on the same tasks, each as its own session; scores them."""
     from tower.core.session import run_headless
@@ -163,8 +165,10 @@ async def run_experiment(
     scores = []
     for path, project in projects:
         listener = (lambda ev, n=path.stem: on_event(n, ev)) if on_event else None
-        result = await run_headless(project, db, "all", listener)
+        result = await run_headless(project, db, "all", listener, stop=stop)
         scores.append(score(path.stem, str(path), result.state))
+        if result.interrupted:
+            break
     return scores
 
 

@@ -37,7 +37,8 @@ def _stop_signals() -> Iterator[asyncio.Event]:
     loop = asyncio.get_running_loop()
     handled = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform
+        # Not on this platform, or not the main thread (an experiment run from the TUI).
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
     try:
@@ -161,8 +162,12 @@ async def run_headless(
     approve: ApproveMode,
     on_event: Callable[[Event], None] | None = None,
     session_id: str | None = None,
+    stop: asyncio.Event | None = None,
 ) -> RunResult:
-    """Runs every task of the project to its end; raises StoreError if the log cannot open."""
+    """Runs every task of the project to its end; raises StoreError if the log cannot open.
+
+    `stop`, when set, ends the run like SIGINT does (the TUI's experiment screen uses it).
+    """
     store = await Store.open(db)
     try:
         bus = Bus(store)
@@ -175,9 +180,11 @@ async def run_headless(
             approve=approve,
             workspaces_dir=store.path.parent / "workspaces",
         )
-        with _stop_signals() as stop:
+        with _stop_signals() as signalled:
+            if stop is not None:
+                signalled = stop
             await sup.start()
-            stopped = await _run_until_idle(sup, stop, store)
+            stopped = await _run_until_idle(sup, signalled, store)
         return RunResult(summary(bus.state), bus.state, stopped, store.path)
     finally:
         await store.close()

@@ -99,6 +99,16 @@ VERBS: list[tuple[str, str, str, str, str]] = [
 ]
 
 
+# Verbs with no key of their own: the palette is where they live.
+PALETTE_ONLY = [
+    (
+        "Experiment: run the variants in experiments/ on the same tasks, side by side",
+        "experiment",
+        "tower experiment DIR --variants A.toml B.toml",
+    ),
+]
+
+
 class TowerCommands(Provider):
     """Every verb in the command palette, with its key."""
 
@@ -118,6 +128,10 @@ class TowerCommands(Provider):
                     _runner(app, action),
                     help=f"key: {app.key_of(bid)}",
                 )
+        for text, action, help_text in PALETTE_ONLY:
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(score, matcher.highlight(text), _runner(app, action), help=help_text)
 
 
 def _runner(app: App[Any], action: str) -> Callable[[], Any]:
@@ -916,6 +930,22 @@ class TowerApp(App[int]):
             )
 
         self.push_screen(PolicyScreen(read, self.now, revoke))
+
+    def action_experiment(self) -> None:
+        from tower.ui.screens.experiment import ExperimentScreen, variant_files
+
+        if self.core is None or self.store is None:
+            self.notify("still starting…", severity="warning")
+            return
+        variants = variant_files(self.project.root)
+        if len(variants) < 2:
+            self.notify(
+                f"an experiment needs two or more variant files in "
+                f"{self.project.root / 'experiments'} (found {len(variants)})",
+                severity="warning",
+            )
+            return
+        self.push_screen(ExperimentScreen(self.project.root, variants, self.db, self.core))
 
     def action_focus_inbox(self) -> None:
         self.inbox_list.focus()

@@ -118,6 +118,14 @@ class InboxDetail(Static):
             grid.add_row("reason", Text(str(d["reason"])))
         if d.get("policy_rule"):
             grid.add_row("asks by", Text(str(d["policy_rule"])))
+        if item.kind is InboxKind.ESCALATION and "est_human_minutes" in d:
+            nxt, est = d.get("next_model"), d.get("est_escalation_usd")
+            if nxt is None:
+                grid.add_row("escalate", Text("no stronger model left", style="dim"))
+            else:
+                cost = usd(est) if est is not None else "price unknown"
+                grid.add_row("escalate", f"≈ {cost} to move to {nxt}")
+            grid.add_row("you", f"≈ {float(d['est_human_minutes']):.1f} min of your attention")
         grid.add_row("cost so far", usd(d.get("cost_so_far", 0.0)))
         grid.add_row("waiting", age(now - item.created))
         parts: list[object] = [grid]
