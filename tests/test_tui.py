@@ -1157,3 +1157,55 @@ async def test_dialogs_are_centred_boxes(make: Callable[[], Any]) -> None:
         box = app.screen.query_one(Vertical).region
         assert box.width <= 80 and box.x > 0 and box.y > 0
         assert abs((box.x + box.width / 2) - 80) <= 1
+
+
+# --- experiment from the palette -------------------------------------------------------------
+
+CHECKED = """
+[[tasks]]
+id = "c"
+agent = "a"
+prompt = "answer"
+
+[tasks.check]
+answer_contains = ["42"]
+
+[[tasks.script]]
+tool = "finish"
+args = { answer = "it is 42" }
+wrong_args = { answer = "it is 41" }
+"""
+
+
+async def test_palette_experiment_runs_the_variants_side_by_side(tmp_path: Path) -> None:
+    from tower.ui.screens.experiment import ExperimentScreen
+
+    files = {
+        **FILES,
+        "experiments/cheap.toml": '[[agents]]\nname = "a"\ncascade = ["sim/small", "sim/large"]\n'
+        '[models."sim/small"]\nwrong_rate = 1.0\n',
+        "experiments/strong.toml": '[[agents]]\nname = "a"\ncascade = ["sim/large"]\n',
+    }
+    async with tower(tmp_path, project(CHECKED), files) as t:
+        await t.ready(lambda: t.state().all_ended and bool(t.state().threads), "live run done")
+        await t.press("ctrl+p")
+        await t.press(*"Experiment")
+        palette = t.app.screen
+        commands = palette.query_one(CommandList)
+        await t.until(lambda: commands.option_count >= 1, "palette hit")
+        assert str(commands.get_option_at_index(0).prompt).startswith("Experiment: run")
+        await t.press("enter")
+        screen = await t.screen_is(ExperimentScreen)
+        await t.until(lambda: screen.done, "experiment done", timeout=30)
+        grid = screen.query_one("#scores", DataTable)
+        rows = {str(grid.get_row_at(i)[0]): grid.get_row_at(i) for i in range(grid.row_count)}
+        assert set(rows) == {"cheap", "strong"}
+        assert str(rows["cheap"][1]).startswith("1/1") and str(rows["strong"][1]).startswith("1/1")
+        assert str(rows["cheap"][6]) == "1.00"  # the wrong answer escalated once
+        assert str(rows["strong"][6]) == "0.00"
+        con = sqlite3.connect(t.db)
+        recorded = {r[0] for r in con.execute("SELECT id FROM sessions")}
+        con.close()
+        assert {str(rows["cheap"][8]), str(rows["strong"][8])} <= recorded
+        await t.press("escape")
+        await t.until(lambda: not isinstance(t.app.screen, ExperimentScreen), "closed")
