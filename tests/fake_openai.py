@@ -7,7 +7,7 @@ between chunks. It records every request it received so tests can assert on them
 
     async with FakeOpenAI() as server:
         server.script(text_reply("hello", usage=Usage(10, 2)))
-        ... point litellm at server.base_url ...
+        await llm.stream_call("openai/gpt-4o-mini", ..., api_base=server.base_url)
         assert server.requests[0].model == "gpt-4o-mini"
 
 A request that finds the queue empty gets a 500 and is counted in `unscripted`, so a test
@@ -21,7 +21,7 @@ import contextlib
 import itertools
 import json
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -186,7 +186,7 @@ class FakeOpenAI:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def wait_for(self, pred: Any, timeout: float = 10.0) -> None:
+    async def wait_for(self, pred: Callable[[], bool], timeout: float = 10.0) -> None:
         """Waits until pred() holds, re-checking whenever a request arrives or a client leaves."""
         async with asyncio.timeout(timeout):
             while not pred():
@@ -227,7 +227,9 @@ class FakeOpenAI:
 
     # --- HTTP --------------------------------------------------------------------------
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._conns[task] = writer
@@ -294,10 +296,14 @@ class FakeOpenAI:
 
     async def _pause(self, seconds: float, reader: asyncio.StreamReader) -> bool:
         """Waits `seconds` of simulated latency; False if the client left (or we stop) first."""
-        left = asyncio.ensure_future(reader.read(1))  # b"" once the client closes
+        # HTTP/1.1 clients send nothing more while they wait, so a finished read means the
+        # client closed the connection (b"") — a timed-out call, say.
+        left = asyncio.ensure_future(reader.read(1))
         closing = asyncio.ensure_future(self._closing.wait())
         try:
-            done, _ = await asyncio.wait({left, closing}, timeout=seconds)
+            done, _ = await asyncio.wait(
+                {left, closing}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             left.cancel()
             closing.cancel()

@@ -106,7 +106,8 @@ async def _call_model(
     """Reserves, calls (retrying what may pass on retry), settles. None if the thread ended."""
     meta = sup.project.project
     bus = sup.bus
-    for attempt in range(meta.max_retries + 1):
+    attempt = 0
+    while True:
         model = th.model
         prompt_est = llm.estimate_tokens(th.messages, tools, tools_chars)
         max_tokens = th.agent.max_tokens
@@ -183,6 +184,7 @@ async def _call_model(
                 sup.auto_escalate(th, f"context window exceeded on {model}")
                 if not await sup.checkpoint(th):
                     return None
+                attempt = 0  # the next model gets its own retries
                 continue
             if not err.retryable or attempt >= meta.max_retries:
                 sup.finish(th, ThreadState.FAILED, f"error: {err}")
@@ -192,6 +194,7 @@ async def _call_model(
             await asyncio.sleep(delay * (0.5 + random.random()))
             if not await sup.checkpoint(th):
                 return None
+            attempt += 1
             continue
         deltas.flush()
         # litellm prices the usage from its cost map; the same map's per-token prices otherwise.
@@ -226,7 +229,6 @@ async def _call_model(
             finish_reason=result.finish_reason,
         )
         return result
-    return None
 
 
 def _tool_message(call_id: str, content: str) -> dict[str, Any]:
