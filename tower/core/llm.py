@@ -226,7 +226,6 @@ _CONTEXT_HINTS = (
     "maximum context",
     "prompt is too long",
     "input is too long",
-    "too many tokens",
     "exceeds the model's",
     "reduce the length of the messages",
     "maximum number of tokens",
@@ -265,7 +264,9 @@ def read_error(exc: BaseException, model: str) -> CallError:
         text = text.split(" - ", 1)[1]
     status = getattr(exc, "status_code", None)
     full = str(exc).lower()
-    if "ContextWindow" in name or any(h in full for h in _CONTEXT_HINTS):
+    # A 429 is a rate limit, whatever its wording (Bedrock says "Too many tokens").
+    limited = status == 429 or "RateLimit" in name
+    if not limited and ("ContextWindow" in name or any(h in full for h in _CONTEXT_HINTS)):
         return CallError(
             f"{model}: context window exceeded ({text[:160]})", retryable=False, context_window=True
         )
