@@ -533,3 +533,24 @@ async def test_litellm_prints_nothing_on_failure_or_success(
     assert (await call(server)).text == "fine"
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+async def test_a_rate_limit_waits_as_long_as_retry_after_says(
+    server: FakeOpenAI, live_factory: Callable[..., Any]
+) -> None:
+    server.script(
+        error_reply(
+            429,
+            "Rate limit reached.",
+            "requests",
+            "rate_limit_exceeded",
+            headers={"retry-after": "0.5"},
+        ),
+        finish_reply("fine"),
+    )
+    live: Live = await live_factory(project_toml(server, [MODEL]), FILES)  # backoff 0
+    await live.waiter.until(ended(live, "t"))
+    assert live.view("t").state is ThreadState.DONE
+    [failed] = live.kinds("t", EventKind.LLM_FAILED)
+    second = live.kinds("t", EventKind.LLM_STARTED)[1]
+    assert second.ts - failed.ts >= 0.45

@@ -191,7 +191,10 @@ async def _call_model(
                 return None
             sup.set_state(th, ThreadState.RUNNING, f"retrying ({attempt + 1}/{meta.max_retries})")
             delay = min(meta.retry_backoff_s * 2**attempt, MAX_BACKOFF_S)
-            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay *= 0.5 + random.random()
+            if err.retry_after is not None:  # the provider said how long: never sooner
+                delay = max(delay, min(err.retry_after, MAX_BACKOFF_S))
+            await asyncio.sleep(delay)
             if not await sup.checkpoint(th):
                 return None
             attempt += 1

@@ -212,10 +212,36 @@ class CallResult:
 class CallError(Exception):
     """A failed model call, already read: a one-line message and whether a retry may help."""
 
-    def __init__(self, message: str, retryable: bool, context_window: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        retryable: bool,
+        context_window: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.context_window = context_window  # the prompt no longer fits this model
+        self.retry_after = retry_after  # seconds the provider asked us to wait (Retry-After)
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """The provider's Retry-After, in seconds, when its response carried one."""
+    for holder in (exc, getattr(exc, "original_exception", None)):
+        for headers in (
+            getattr(holder, "litellm_response_headers", None),
+            getattr(getattr(holder, "response", None), "headers", None),
+            getattr(holder, "headers", None),
+        ):
+            if not headers:
+                continue
+            try:
+                value = headers.get("retry-after")
+                if value is not None:
+                    return max(float(value), 0.0)
+            except (TypeError, ValueError, AttributeError):
+                return None
+    return None
 
 
 # How providers say "the prompt is too long", often as a plain HTTP 400.
@@ -230,7 +256,6 @@ _CONTEXT_HINTS = (
     "reduce the length of the messages",
     "maximum number of tokens",
 )
-
 
 _STATUS_LABEL = {
     400: "bad request",
@@ -275,7 +300,9 @@ def read_error(exc: BaseException, model: str) -> CallError:
     if isinstance(status, int):
         label = _STATUS_LABEL.get(status, f"HTTP {status}")
         retryable = status in (408, 409, 429) or status >= 500
-        return CallError(f"{model}: {label} ({status}): {text[:200]}", retryable)
+        return CallError(
+            f"{model}: {label} ({status}): {text[:200]}", retryable, retry_after=_retry_after(exc)
+        )
     retryable = any(k in name for k in ("Timeout", "APIConnection", "ServiceUnavailable"))
     return CallError(f"{model}: {name}: {text[:200]}", retryable)
 
