@@ -95,3 +95,43 @@ async def test_the_supervisor_spaces_calls_and_says_what_threads_wait_for(
     assert all(b - a >= 0.29 for a, b in itertools.pairwise(starts))
     reasons = [e.payload.get("reason", "") for e in live.events if e.kind is EventKind.THREAD_STATE]
     assert reasons.count("waiting for sim/instant: 1 requests/min") >= 2
+
+
+SLOT_PROJECT = """
+[project]
+name = "slots"
+
+[models."sim/small"]
+max_concurrent = 1
+latency_s = 0.2
+tokens_per_s = 0
+
+[[agents]]
+name = "a"
+cascade = ["sim/small"]
+tools = ["finish"]
+
+[[tasks]]
+id = "t"
+agent = "a"
+prompt = "go"
+repeat = 2
+
+[[tasks.script]]
+tool = "finish"
+args = { answer = "ok" }
+"""
+
+
+async def test_a_queued_thread_says_which_model_slot_it_waits_for(live_factory) -> None:
+    from tower.core.events import EventKind, ThreadState
+
+    live = await live_factory(SLOT_PROJECT)
+    await live.waiter.until(lambda: live.bus.state.all_ended and len(live.bus.state.threads) == 2)
+    waits = [
+        (e.thread, e.payload.get("reason"))
+        for e in live.events
+        if e.kind is EventKind.THREAD_STATE and e.payload["state"] == ThreadState.QUEUED
+    ]
+    assert ("t-2", "waiting for a sim/small slot (1)") in waits
+    assert all(t == "t-2" for t, _ in waits)

@@ -453,6 +453,12 @@ async def test_escalate_moves_to_the_next_model_and_hand_opens_an_item(tmp_path:
         assert any(r.startswith("handoff") and " t " in r for r in t.inbox_rows())
         assert any("handed to you" in s for s in t.toast_texts())
         assert any(s.startswith("needs you · escalation") for s in t.toast_texts())
+        await t.press("i", "down")  # the handoff, below the older question
+        await t.settle()
+        detail = drawn(t.app.query_one(InboxDetail))
+        # What escalating would cost, against the minutes of attention a handoff takes.
+        assert "≈ $" in detail and "to move to sim/large" in detail
+        assert "2.0 min of your attention" in detail
 
 
 # --- approve, deny, edit ---------------------------------------------------------------------
