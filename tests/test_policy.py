@@ -378,7 +378,11 @@ def test_parse_rule_from_a_string_and_a_table() -> None:
     ("tool", "args", "expected"),
     [
         ("write_file", {"path": "src/app/models.py", "content": "x = 1"}, {"path": "src/app/**"}),
-        ("write_file", {"path": "notes.txt", "content": ""}, {"path": "*"}),
+        ("write_file", {"path": "notes.txt", "content": ""}, {"path": "notes.txt"}),
+        ("write_file", {"path": "a[1].txt", "content": ""}, {"path": "a[[]1].txt"}),
+        ("run_shell", {"command": "rm build/x.o"}, {"command": "rm build/x.o"}),
+        ("run_shell", {"command": "git status"}, {"command": "git status"}),
+        ("run_shell", {"command": "python tools/gen.py"}, {"command": "python tools/gen.py"}),
         ("write_file", {"path": "./src/../lib/x.py", "content": ""}, {"path": "lib/**"}),
         ("run_shell", {"command": "python -m pytest -q tests"}, {"command": "python -m pytest*"}),
         ("run_shell", {"command": "python3 -m mypy tower"}, {"command": "python3 -m mypy*"}),
@@ -583,3 +587,35 @@ def test_absolute_paths_inside_the_workspace_meet_relative_rules() -> None:
     assert decide(deny, "read_file", seen).action is Action.DENY
     sibling = workspace_relative({"path": "/srv/ws-evil/secrets/key.txt"}, "/srv/ws")
     assert sibling["path"] == "/srv/ws-evil/secrets/key.txt"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "if :; then rm -rf ~; fi",
+        "for f in x; do rm -rf ~; done",
+        "! rm -rf ~",
+        "nice -n 5 rm -rf ~",
+        "timeout 5 rm -rf ~",
+        "/bin/rm -rf ~",
+        "sudo -u root rm -rf ~",
+    ],
+)
+def test_deny_sees_commands_behind_shell_keywords_and_wrappers(command: str) -> None:
+    deny = [Rule(Action.DENY, "run_shell", (("command", "rm *"),))]
+    assert decide(deny, "run_shell", {"command": command}).action is Action.DENY
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["LD_PRELOAD=./evil.so pytest", "PATH=.:$PATH pytest", "sudo pytest", "pytest >&2x"],
+)
+def test_allow_does_not_look_through_assignments_wrappers_or_odd_redirects(command: str) -> None:
+    allow = [Rule(Action.ALLOW, "run_shell", (("command", "pytest*"),))]
+    assert decide(allow, "run_shell", {"command": command}).action is Action.ASK
+
+
+def test_absolute_paths_with_doubled_slashes_meet_relative_rules() -> None:
+    deny = [Rule(Action.DENY, "read_file", (("path", "secrets/**"),))]
+    seen = workspace_relative({"path": "/srv/ws//secrets/./k"}, "/srv/ws")
+    assert decide(deny, "read_file", seen).action is Action.DENY

@@ -600,12 +600,14 @@ async def test_allow_like_grants_a_timeboxed_rule_for_same_tool_and_agent(tmp_pa
         assert t.threads.current == "w-1"
         await t.press("A")
         dialog = await t.screen_is(GrantDialog)
-        assert dialog.query_one("#arg-path", Input).value == "*"
+        assert dialog.query_one("#arg-path", Input).value == "out.txt"
         dialog.query_one("#minutes", Input).value = "5"
         await t.press("enter")
         assert t.items("w-1") == [] and t.items("w-2") == []
         assert len(t.items("v")) == 1 and len(t.items("l")) == 1
-        assert any("allowed write_file path=* for agent a for 5 min" in s for s in t.toast_texts())
+        assert any(
+            "allowed write_file path=out.txt for agent a for 5 min" in s for s in t.toast_texts()
+        )
         await t.until(
             lambda: all(t.view(x).state is ThreadState.DONE for x in ("w-1", "w-2")), "w done"
         )
@@ -617,7 +619,11 @@ async def test_allow_like_grants_a_timeboxed_rule_for_same_tool_and_agent(tmp_pa
         grants = [e for e in await t.events(None) if e.kind is EventKind.RULE_GRANTED]
         assert len(grants) == 1
         rule = grants[0].payload["rule"]
-        assert (rule["tool"], rule["args"], rule["agent"]) == ("write_file", {"path": "*"}, "a")
+        assert (rule["tool"], rule["args"], rule["agent"]) == (
+            "write_file",
+            {"path": "out.txt"},
+            "a",
+        )
         assert 299 <= rule["expires"] - grants[0].ts <= 301
         closed = {
             e.payload["item"]: e.payload["by"]

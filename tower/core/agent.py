@@ -16,7 +16,7 @@ from tower.core import llm
 from tower.core.budget import Refusal
 from tower.core.check import CHECK_FAILED, check_answer
 from tower.core.events import EventKind, InboxKind, Resolution, ThreadState
-from tower.core.policy import Action, Verdict, suggest_grant
+from tower.core.policy import Action, Verdict, suggest_grant, workspace_relative
 from tower.core.resume import has_side_effects
 from tower.core.tools import ToolError
 
@@ -323,7 +323,10 @@ async def _handle_tool(
             reason=why,
             call_id=tc.id,
             policy_rule=verdict.describe(),
-            suggest=suggest_grant(tc.name, args),
+            suggest=suggest_grant(
+                tc.name,
+                workspace_relative(args, str(th.workspace.root) if th.workspace else None),
+            ),
             **({"interrupted": True} if interrupted else {}),
         )
         if decision.resolution is not Resolution.APPROVED:

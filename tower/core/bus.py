@@ -64,6 +64,12 @@ class Bus:
         self.seq += 1
         text = encode_payload(payload)
         redacted = self._redact(text)
+        if not redacted.isascii():
+            # A lone surrogate (a model can send "\ud800" in JSON) cannot be stored as UTF-8.
+            try:
+                redacted.encode("utf-8")
+            except UnicodeEncodeError:
+                redacted = redacted.encode("utf-8", "replace").decode("utf-8")
         if redacted != text:
             text = redacted
             payload = json.loads(text)

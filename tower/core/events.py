@@ -35,6 +35,7 @@ class EventKind(StrEnum):
     CHECKED = "checked"  # passed, detail, model (the task's self-check on an answer)
     BUDGET_RAISED = "budget_raised"  # scope: "session" | "thread", usd, tokens
     COMMENT = "comment"  # text, by
+    POLICY_SET = "policy_set"  # policy (the project's rules, after a reload or a resume)
     RULE_GRANTED = "rule_granted"  # rule (policy.Rule.to_dict), minutes, by, item?
     RULE_ENDED = "rule_ended"  # rule (its id), reason: "expired" | "revoked"
     MCP_SERVER = "mcp_server"  # server, status: "ready" | "crashed" | "restarted" | ..., tools?

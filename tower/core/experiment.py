@@ -88,6 +88,7 @@ class VariantScore:
     escalations_per_task: float
     human_per_task: float
     failures: dict[str, int] = field(default_factory=dict)
+    unpriced_tokens: int = 0  # tokens of models with no known price: cost is a floor
 
     @property
     def success_rate(self) -> float:
@@ -95,7 +96,10 @@ class VariantScore:
 
     @property
     def cost_per_success(self) -> float | None:
-        return self.cost_usd / self.successes if self.successes else None
+        """None without a success, or when part of the cost is unknown (never a silent $0)."""
+        if not self.successes or self.unpriced_tokens:
+            return None
+        return self.cost_usd / self.successes
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -122,7 +126,7 @@ def score(name: str, file: str, state: TowerState) -> VariantScore:
     failures: dict[str, int] = {}
     for t in threads:
         if t not in ok:
-            key = "check failed" if t.checked is False else (t.reason.split(":")[0] or str(t.state))
+            key = "check failed" if t.checked is False else (t.reason[:60] or str(t.state))
             failures[key] = failures.get(key, 0) + 1
     n = len(threads) or 1
     return VariantScore(
@@ -140,6 +144,7 @@ def score(name: str, file: str, state: TowerState) -> VariantScore:
         escalations_per_task=round(sum(t.escalations for t in threads) / n, 3),
         human_per_task=round(sum(t.items for t in threads) / n, 3),
         failures=failures,
+        unpriced_tokens=state.budget.unpriced_tokens,
     )
 
 
@@ -175,7 +180,9 @@ async def run_experiment(
 def table(scores: list[VariantScore]) -> list[list[str]]:
     """Rows for a side-by-side table: a header, then one row per variant."""
 
-    def usd(x: float | None) -> str:
+    def usd(x: float | None, unpriced: int = 0) -> str:
+        if unpriced:
+            return "no price"
         return "—" if x is None else f"${x:.4f}"
 
     def secs(x: float | None) -> str:
@@ -199,8 +206,8 @@ def table(scores: list[VariantScore]) -> list[list[str]]:
             [
                 s.name,
                 f"{s.successes}/{s.tasks} ({s.success_rate:.0%})",
-                usd(s.cost_usd),
-                usd(s.cost_per_success),
+                usd(s.cost_usd, s.unpriced_tokens),
+                usd(s.cost_per_success, s.unpriced_tokens),
                 secs(s.p50_s),
                 secs(s.p95_s),
                 f"{s.escalations_per_task:.2f}",

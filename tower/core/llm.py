@@ -161,8 +161,8 @@ def check_model(
             f"unknown model {model!r}: litellm cannot tell its provider "
             "(use a known name like 'gpt-4o-mini' or a prefix like 'anthropic/…', 'ollama/…')"
         )
-    if api_base:
-        return None
+    if api_base or api_key_env:
+        return None  # a local server, or the key comes from the named variable
     try:
         env = litellm.validate_environment(model)
     except Exception:

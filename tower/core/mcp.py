@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tower.mcp")
 
 MAX_RESULT_CHARS = 100_000
-MAX_NAME = 64  # OpenAI-style function names: at most 64 characters
+# What OpenAI and Anthropic accept as a function name; other tools are not offered.
+_NAME_OK = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Restarts stop after this many crashes within CRASH_WINDOW_S.
 MAX_CRASHES = 5
 CRASH_WINDOW_S = 60.0
@@ -385,8 +387,8 @@ class McpHub:
                 continue
             for tool in server.tools:
                 full = server.prefixed(tool.name)
-                if len(full) > MAX_NAME:
-                    continue
+                if not _NAME_OK.match(full):
+                    continue  # a provider would refuse every call that offered it
                 desc = (tool.description or "").strip()[:1000]
                 out.append(
                     {
@@ -407,7 +409,9 @@ class McpHub:
         server, _, tool = full.partition(MCP_SEP)
         found = self.servers.get(server)
         return (
-            found is not None and len(full) <= MAX_NAME and any(t.name == tool for t in found.tools)
+            found is not None
+            and bool(_NAME_OK.match(full))
+            and any(t.name == tool for t in found.tools)
         )
 
     async def call(self, full: str, args: dict[str, Any]) -> str:

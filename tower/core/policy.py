@@ -35,10 +35,48 @@ _SPLIT = re.compile(r"&&|\|\||[;|&\n]")
 _SUBST = ("`", "$(", "<(", ">(")
 _INNER = re.compile(r"\$\(([^()]*)\)|`([^`]*)`|[<>]\(([^()]*)\)")
 # Words that run the command after them: `sudo rm -rf /` is an `rm`.
-_WRAPPERS = frozenset({"sudo", "doas", "env", "command", "exec", "nohup", "time", "nice", "xargs"})
+_WRAPPERS = frozenset(
+    {
+        "sudo",
+        "doas",
+        "env",
+        "command",
+        "exec",
+        "nohup",
+        "time",
+        "nice",
+        "xargs",
+        "timeout",
+        "stdbuf",
+        "ionice",
+        "chroot",
+        "setsid",
+        "busybox",
+        "builtin",
+    }
+)
+# Shell words that come before a command: `if :; then rm -rf ~; fi` runs an `rm`.
+_KEYWORDS = frozenset({"if", "then", "else", "elif", "do", "while", "until", "!", "{", "(", "time"})
+# Wrapper options that take a value: `nice -n 5 rm`, `sudo -u root rm`, `timeout -s 9 5 rm`.
+_VALUED = frozenset({"-n", "-u", "-g", "-s", "-k", "-C", "-p", "-c", "--signal", "--user"})
 _ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 # Redirections that cannot write anywhere: everything else needs an exact grant.
-_HARMLESS_REDIRECT = re.compile(r"\s*(?:[0-9]?>&[0-9]|[0-9]?>\s*/dev/null)")
+_HARMLESS_REDIRECT = re.compile(r"\s*(?:[0-9]?>&[0-9]|[0-9]?>\s*/dev/null)(?=\s|$)")
+# Commands whose first words say what they do, so "allow this verb" is a fair suggestion.
+_RUNNERS = {
+    ("python", "-m"): 3,
+    ("python3", "-m"): 3,
+    ("pytest",): 1,
+    ("make",): 1,
+    ("npm", "test"): 2,
+    ("npm", "run"): 3,
+    ("cargo", "test"): 2,
+    ("cargo", "build"): 2,
+    ("go", "test"): 2,
+    ("ls",): 1,
+    ("cat",): 1,
+    ("grep",): 1,
+}
 _GLOB_CHARS = re.compile(r"\[[*?\[]\]|[*?\[]")
 
 
@@ -120,14 +158,32 @@ def _norm_path(value: str) -> str:
 
 
 def _plain(piece: str) -> str:
-    """A simple command as it will run: quotes, backslashes, grouping and wrappers gone.
+    """A simple command as it will run: quotes, backslashes, grouping, keywords and wrappers
+    gone, and the program named by its base name.
 
-    `\\rm -rf /`, `'rm' -rf /`, `(rm -rf /)` and `sudo FOO=1 rm -rf /` all read `rm -rf /`.
+    `\\rm -rf /`, `'rm' -rf /`, `(rm -rf /)`, `then rm -rf /`, `sudo -u root FOO=1 rm -rf /`,
+    `nice -n 5 rm -rf /` and `/bin/rm -rf /` all read `rm -rf /`.
     """
     text = piece.replace("\\\n", " ").replace("\\", "").replace("'", "").replace('"', "")
     words = text.strip().lstrip("({").rstrip(")}").split()
-    while words and (words[0] in _WRAPPERS or _ASSIGN.match(words[0]) or words[0].startswith("-")):
-        words.pop(0)
+    wrapped = False
+    while words:
+        word = words[0]
+        if word in _KEYWORDS or word.strip("({") == "" or _ASSIGN.match(word):
+            words.pop(0)
+        elif word in _WRAPPERS or posixpath.basename(word) in _WRAPPERS:
+            words.pop(0)
+            wrapped = True
+        elif wrapped and word.startswith("-"):
+            words.pop(0)
+            if word in _VALUED and words:
+                words.pop(0)
+        elif wrapped and word.replace(".", "", 1).rstrip("smhd").isdigit():
+            words.pop(0)  # timeout's duration
+        else:
+            break
+    if words:
+        words[0] = posixpath.basename(words[0].lstrip("({"))
     return " ".join(words)
 
 
@@ -177,7 +233,9 @@ def _arg_matches(name: str, value: Any, glob: str, *, every: bool) -> bool:
             bare = _HARMLESS_REDIRECT.sub("", text)
             if any(s in text for s in _SUBST) or ">" in bare or "<" in bare or not pieces:
                 return False
-            return all(fnmatch.fnmatchcase(p, glob) for p in command_pieces(bare))
+            # Pieces as written: `LD_PRELOAD=x pytest` or `sudo pytest` is not `pytest*`.
+            raw = [p.strip() for p in _SPLIT.split(bare) if p.strip()]
+            return all(fnmatch.fnmatchcase(p, glob) for p in raw)
         return fnmatch.fnmatchcase(text.strip(), glob) or any(
             fnmatch.fnmatchcase(p, glob) for p in pieces
         )
@@ -193,8 +251,10 @@ def workspace_relative(args: Mapping[str, Any], root: str | None) -> dict[str, A
     prefix = root.rstrip("/") + "/"
     for name in PATH_ARGS & out.keys():
         value = out[name]
-        if isinstance(value, str) and (value + "/").startswith(prefix):
-            out[name] = value[len(prefix) :] or "."
+        if isinstance(value, str) and value.startswith("/"):
+            value = posixpath.normpath(value)  # `/ws//secrets/k` is `/ws/secrets/k`
+            if (value + "/").startswith(prefix):
+                out[name] = value[len(prefix) :] or "."
     return out
 
 
@@ -263,13 +323,17 @@ def suggest_grant(tool: str, args: Mapping[str, Any]) -> dict[str, str]:
         if name in PATH_ARGS:
             path = _norm_path(value)
             folder = posixpath.dirname(path)
-            out[name] = f"{folder}/**" if folder and folder != "." else "*"
+            # A file at the top: that file; deeper: its folder.
+            out[name] = f"{folder}/**" if folder and folder != "." else escape_glob(path)
         elif name in COMMAND_ARGS:
-            pieces = command_pieces(value)
-            if len(pieces) == 1:
-                words = pieces[0].split()
-                keep = 3 if words[:2] == ["python", "-m"] or words[:2] == ["python3", "-m"] else 1
+            line = value.strip()
+            pieces = [p.strip() for p in _SPLIT.split(line) if p.strip()]
+            words = pieces[0].split() if len(pieces) == 1 else []
+            keep = next(
+                (n for prefix, n in _RUNNERS.items() if tuple(words[: len(prefix)]) == prefix), 0
+            )
+            if keep and len(words) >= keep:
                 out[name] = " ".join(words[:keep]) + "*"
             else:
-                out[name] = escape_glob(value.strip())  # a compound line: exactly this one
+                out[name] = escape_glob(line)  # anything else: exactly this line
     return out

@@ -151,7 +151,8 @@ class ShellSettings(_Strict):
 class McpServerSettings(_Strict):
     """A stdio MCP server; `{python}` and `{project}` in command and args are filled in."""
 
-    name: str = Field(min_length=1, max_length=24, pattern=r"^[A-Za-z0-9_-]+$")
+    # No "__" and no trailing "_": `<server>__<tool>` must split back unambiguously.
+    name: str = Field(min_length=1, max_length=24, pattern=r"^[A-Za-z0-9-]+(?:_[A-Za-z0-9-]+)*$")
     command: str = Field(min_length=1)
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
@@ -167,7 +168,7 @@ class CheckSettings(_Strict):
     answer_matches: str | None = None
     file: str | None = None
     file_contains: list[str] = Field(default_factory=list)
-    command: str | None = None
+    command: str | None = Field(default=None, min_length=1)
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
 
     @model_validator(mode="after")

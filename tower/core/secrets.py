@@ -10,7 +10,9 @@ import os
 import re
 
 _SECRET_NAME = re.compile(
-    r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|AUTH|PRIVATE|(^|_)PAT$",
+    # AUTH only as a word: not GIT_AUTHOR_EMAIL, XAUTHORITY or SSH_AUTH_SOCK (a socket path).
+    r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|PRIVATE|AUTHORIZATION"
+    r"|(^|_)AUTH($|_(?!SOCK))|(^|_)PAT$",
     re.IGNORECASE,
 )
 # Provider settings litellm reads that carry access without saying so in their names.

@@ -245,6 +245,8 @@ def apply(state: TowerState, ev: Event) -> TowerState:
             view.checked = bool(p["passed"])
             view.check_detail = str(p.get("detail", ""))
             _append_tail(view, f"\n[check {'passed' if p['passed'] else 'failed'}] {p['detail']}")
+    elif kind is EventKind.POLICY_SET:
+        state.policy = list(p.get("policy") or [])
     elif kind is EventKind.RULE_GRANTED:
         state.grants[p["rule"]["id"]] = p["rule"]
     elif kind is EventKind.RULE_ENDED:

@@ -203,6 +203,12 @@ class Store:
         self._wake.set()
 
     async def _write_loop(self) -> None:
+        try:
+            await self._drain_forever()
+        finally:
+            self._progress.set()  # a flush waiting on a writer that stopped must wake up
+
+    async def _drain_forever(self) -> None:
         conn = self._conn
         while True:
             await self._wake.wait()
@@ -217,7 +223,7 @@ class Store:
                     await conn.executemany(_INSERT, batch)
                     await conn.commit()
                     self.written += len(batch)
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, ValueError) as exc:  # UnicodeEncodeError is a ValueError
                     # Every later flush/append fails loudly: a broken log must not look fine.
                     self.error = StoreError(f"cannot write to database {self.path}: {exc}")
                     log.error("%s", self.error)

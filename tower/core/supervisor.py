@@ -154,6 +154,7 @@ class Supervisor:
         self._rules: list[Rule] = project.policy.rules()
         self._grants: dict[str, Rule] = {}
         self._grant_ids = itertools.count(1)
+        self._expiries: list[asyncio.TimerHandle] = []
         self.mcp: McpHub | None = None
         if approve is not None:
             bus.subscribe(self._auto_decide_soon)
@@ -243,6 +244,8 @@ class Supervisor:
             await store.reopen_session(self.session_id)
             store.start_writer(self.session_id)
         await self.start_mcp()
+        # The rules in force are this tower.toml's: the log says so for the policy view.
+        self.bus.emit(EventKind.POLICY_SET, None, policy=[r.to_dict() for r in self._rules])
         self._restore_grants(events)
         prompts = {a.name: a.system_prompt for a in self.project.agents}
         plans = rebuild(events, prompts)
@@ -381,6 +384,8 @@ class Supervisor:
             self._release(th)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        for handle in self._expiries:
+            handle.cancel()
         if self.mcp is not None:
             await self.mcp.close()
         self.bus.emit(EventKind.SESSION_ENDED, reason=reason)
@@ -514,10 +519,10 @@ class Supervisor:
         base = self.workspaces_dir
         src = th.workspace_src
         if src is not None and not self.project.project.copy_workspaces:
-            return Workspace(src)
+            return self._workspace(src)
         if base is None:
             if src is not None:
-                return Workspace(src)
+                return self._workspace(src)
             raise RuntimeError("no workspaces folder configured")
         dest = base / self.session_id / th.id
         if not dest.exists():
@@ -529,7 +534,16 @@ class Supervisor:
                 os.replace(partial, dest)
             else:
                 dest.mkdir(parents=True, exist_ok=True)
-        return Workspace(dest)
+        return self._workspace(dest)
+
+    def _workspace(self, root: Path) -> Workspace:
+        """A workspace that also refuses writes to this session's own database files."""
+        store = self.bus.store
+        db = Path(store.path) if store is not None else None
+        protected = (
+            (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")) if db else ()
+        )
+        return Workspace(root, protected=protected)
 
     # --- state, endings, inbox ----------------------------------------------------------
 
@@ -721,6 +735,9 @@ class Supervisor:
         happens when the cascade has no stronger model left).
         """
         th = self._live(tid)
+        # One escalation per trouble: the loop and error counters start again.
+        th.recent_calls.clear()
+        th.error_streak = 0
         if to == "model" and th.model_index + 1 < len(th.cascade):
             old = th.model
             th.model_index += 1
@@ -902,6 +919,14 @@ class Supervisor:
 
     # --- policy -------------------------------------------------------------------------
 
+    def reload(self, project: Project) -> None:
+        """An edited tower.toml: its policy and model limits apply from now on (recorded)."""
+        self.project = project
+        self._rules = project.policy.rules()
+        self._rates.clear()
+        self._sim_overrides.clear()
+        self.bus.emit(EventKind.POLICY_SET, None, policy=[r.to_dict() for r in self._rules])
+
     def policy_rules(self) -> tuple[list[Rule], list[Rule]]:
         """The project's rules, and the time-boxed grants still in force."""
         now = self.bus.now()
@@ -958,7 +983,8 @@ class Supervisor:
 
     def _schedule_expiry(self, rule: Rule) -> None:
         delay = max((rule.expires or 0) - self.bus.now(), 0.0)
-        asyncio.get_running_loop().call_later(delay, self._end_grant, rule.id, "expired")
+        handle = asyncio.get_running_loop().call_later(delay, self._end_grant, rule.id, "expired")
+        self._expiries.append(handle)
 
     def _end_grant(self, rid: str, reason: str) -> None:
         if self._grants.pop(rid, None) is not None and not self._closing:
@@ -986,12 +1012,16 @@ class Supervisor:
     def _restore_grants(self, events: list[Event]) -> None:
         """A resumed session keeps the grants whose time has not run out."""
         found: dict[str, Rule] = {}
+        highest = 0
         for ev in events:
             if ev.kind is EventKind.RULE_GRANTED:
                 rule = Rule.from_dict(ev.payload["rule"])
                 found[rule.id] = rule
+                if rule.id[1:].isdigit():
+                    highest = max(highest, int(rule.id[1:]))
             elif ev.kind is EventKind.RULE_ENDED:
                 found.pop(ev.payload["rule"], None)
+        self._grant_ids = itertools.count(highest + 1)  # a new grant never reuses an id
         now = self.bus.now()
         for rule in found.values():
             if rule.active(now):

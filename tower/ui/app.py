@@ -290,10 +290,11 @@ class TowerApp(App[int]):
             )
             return
         self.project = project
-        if self.sup is not None:
-            self.sup.project = project
+        if self.sup is not None and self.core is not None:
+            await self._command(lambda: self.sup.reload(project))  # type: ignore[union-attr]
         self.notify(
-            f"{len(project.agents)} agent(s), {len(project.tasks)} task(s) ready to spawn (n)",
+            f"{len(project.agents)} agent(s), {len(project.tasks)} task(s) ready to spawn (n); "
+            "the policy and model limits apply now; MCP servers change on the next start",
             title="tower.toml reloaded",
         )
 

@@ -13,10 +13,12 @@ import asyncio
 import contextlib
 import errno
 import fnmatch
+import json
 import os
 import re
 import secrets
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,6 +30,7 @@ MAX_MATCHES = 200
 MAX_SEARCH_FILE_BYTES = 2_000_000
 MAX_LINE_CHARS = 240
 MAX_SYMLINK_HOPS = 40
+REGEX_SEARCH_S = 20.0
 # Never listed, searched or written, at any depth.
 PROTECTED_DIRS = frozenset({".git", ".tower"})
 # tower's own files at the workspace's top: a project folder used in place holds them.
@@ -63,6 +66,10 @@ class Workspace:
             raise ToolError("path must be a string")
         if "\x00" in rel:
             raise ToolError("path contains a NUL byte")
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ToolError("path is not valid UTF-8") from None
         if rel.startswith("/"):
             pure = PurePosixPath(rel)
             root = PurePosixPath(self.root)
@@ -107,9 +114,9 @@ class Workspace:
                         return self._keep(stack, names, "/".join([part, *todo]))
                     if not create_dirs:
                         raise ToolError(f"no such folder: {'/'.join([*names, part])}") from None
-                    if part in PROTECTED_DIRS or any(n in PROTECTED_DIRS for n in names):
+                    if any(n.casefold() in PROTECTED_DIRS for n in (*names, part)):
                         # Checked before creating anything (a link may have led here).
-                        hit = next(n for n in (*names, part) if n in PROTECTED_DIRS)
+                        hit = next(n for n in (*names, part) if n.casefold() in PROTECTED_DIRS)
                         raise ToolError(f"path {rel!r} is protected ({hit})") from None
                     os.mkdir(part, 0o777, dir_fd=cur)
                     st = os.stat(part, dir_fd=cur, follow_symlinks=False)
@@ -163,10 +170,11 @@ class Workspace:
 
     def _check_writable(self, rel: Any, parts: list[str]) -> None:
         """Refuses writes into .git/.tower at any depth and to tower's own files."""
+        # casefold: on a case-insensitive file system `.GIT/hooks` is `.git/hooks`.
         for part in parts:
-            if part in PROTECTED_DIRS:
+            if part.casefold() in PROTECTED_DIRS:
                 raise ToolError(f"path {rel!r} is protected ({part})")
-        if len(parts) == 1 and parts[0] in PROTECTED_FILES:
+        if len(parts) == 1 and parts[0].casefold() in PROTECTED_FILES:
             raise ToolError(f"path {rel!r} is protected (tower's own file)")
         if self.root.joinpath(*parts) in self.protected:
             raise ToolError(f"path {rel!r} is protected (tower's own file)")
@@ -187,6 +195,8 @@ class Workspace:
         if tool == "list_dir":
             return await asyncio.to_thread(self._list, args.get("path", "."))
         if tool == "search":
+            if args.get("regex"):
+                return await self._search_apart(args)
             return await asyncio.to_thread(self._search, args)
         raise ToolError(f"unknown tool {tool!r}")
 
@@ -229,13 +239,18 @@ class Workspace:
             if not name:
                 raise ToolError(f"{rel} is a folder")
             self._check_writable(rel, [*names, name])  # where links led
+            mode = 0o644
             with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                old = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if stat.S_ISDIR(old.st_mode):
                     raise ToolError(f"{rel} is a folder")
+                if stat.S_ISREG(old.st_mode):
+                    mode = stat.S_IMODE(old.st_mode)  # a script stays executable
             tmp = f".{name[:100]}.{secrets.token_hex(4)}.tmp"
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(tmp, flags, 0o644, dir_fd=dfd)
+            fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
             try:
+                os.fchmod(fd, mode)
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
                     fh.write(content)
                 os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
@@ -276,6 +291,38 @@ class Workspace:
         if len(names) > MAX_LIST:
             names = [*names[:MAX_LIST], f"[{len(names) - MAX_LIST} more]"]
         return "\n".join(names) if names else "(empty folder)"
+
+    async def _search_apart(self, args: dict[str, Any]) -> str:
+        """A model's regular expression runs in its own process with a time limit: a
+        catastrophic pattern (`(a+)+$`) cannot hold one of tower's threads for ever."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tower.core.tools.files",
+            str(self.root),
+            json.dumps(args),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            async with asyncio.timeout(REGEX_SEARCH_S):
+                out, _ = await proc.communicate()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise ToolError(
+                f"the search took longer than {REGEX_SEARCH_S:g} s; simplify the pattern"
+            ) from None
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
+        reply = json.loads(out or b'{"error": "the search process failed"}')
+        if "error" in reply:
+            raise ToolError(reply["error"])
+        return str(reply["result"])
 
     def _search(self, args: dict[str, Any]) -> str:
         pattern = args.get("pattern")
@@ -338,3 +385,17 @@ class Workspace:
                 if b"\x00" in raw[:8192]:
                     continue  # binary
                 yield rel, raw.decode("utf-8", errors="replace")
+
+
+def _search_main(argv: list[str]) -> int:
+    """`python -m tower.core.tools.files ROOT ARGS_JSON`: one search, its reply as JSON."""
+    try:
+        reply = {"result": Workspace(Path(argv[0]))._search(json.loads(argv[1]))}
+    except ToolError as exc:
+        reply = {"error": str(exc)}
+    sys.stdout.write(json.dumps(reply))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_search_main(sys.argv[1:]))

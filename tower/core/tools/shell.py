@@ -34,6 +34,12 @@ def shell_env() -> dict[str, str]:
     return env
 
 
+def _close_pipes(proc: asyncio.subprocess.Process) -> None:
+    transport = getattr(proc, "_transport", None)  # asyncio has no public way to do this
+    if transport is not None:
+        transport.close()
+
+
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -137,8 +143,17 @@ async def run_shell(
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-        if proc.returncode is None:
-            await proc.wait()
+        try:
+            async with asyncio.timeout(DRAIN_S):
+                await proc.wait()
+        except TimeoutError:
+            # A child that left the process group (setsid) holds the pipe open, and on 3.11
+            # proc.wait() waits for that too: close our end (the shell is reaped by now).
+            _close_pipes(proc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_S):
+                    await proc.wait()
+        _close_pipes(proc)  # idempotent; leaves nothing for the garbage collector
     seconds = time.monotonic() - started
     text = out.text()
     if timed_out:

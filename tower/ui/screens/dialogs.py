@@ -167,6 +167,8 @@ class GrantDialog(_Dialog):
             for name, glob in self.suggest.items():
                 yield Label(f"{name} matches (glob; * is any text)")
                 yield Input(value=glob, id=f"arg-{name}", classes="arg")
+            if not self.suggest:
+                yield Label(f"every call of {self.tool}, whatever its arguments")
             yield Label("for")
             yield Select(
                 [(f"agent {self.agent} only", "agent"), ("every agent", "all")],

@@ -66,35 +66,46 @@ class ExperimentScreen(ModalScreen[None]):
         from tower.core.experiment import table
 
         self.query_one("#scores", DataTable).add_columns(*table([])[0])
+        self._ui_loop = asyncio.get_running_loop()
         self.run_worker(self._run(), exclusive=True)
 
     def _progress(self, name: str, ev: Event) -> None:
-        """Runs on the core's thread: counts ended threads, hands the line to the UI."""
+        """Runs on the core's thread: counts ended threads, hands the line to the UI without
+        waiting for it (the core never blocks on the screen)."""
         if ev.kind is EventKind.THREAD_STATE and ThreadState(ev.payload["state"]).ended:
             self._ended[name] = self._ended.get(name, 0) + 1
             line = f"running {name}: {self._ended[name]} task(s) ended"
-            self.app.call_from_thread(self._status, line)
+            self._ui_loop.call_soon_threadsafe(self._status, line)
 
     def _status(self, text: str) -> None:
-        if not self.done:
+        if not self.done and self.is_mounted:
             self.query_one("#status", Label).update(text)
 
     async def _run(self) -> None:
-        from tower.core.experiment import ExperimentError, run_experiment, table, winner
+        from tower.core.experiment import run_experiment, table, winner
 
-        async def go() -> list[VariantScore]:
-            self._stop = asyncio.Event()
-            return await run_experiment(
+        async def make_stop() -> asyncio.Event:
+            return asyncio.Event()
+
+        self._stop = await self.core.run(make_stop())  # before anything runs: escape can stop it
+
+        # The experiment belongs to the core's loop, not to this screen: closing the screen
+        # sets `stop` (the variant ends cleanly, its log closed) instead of cancelling it.
+        task = self.core.run(
+            run_experiment(
                 self.project_root, self.variants, self.db, None, self._progress, self._stop
             )
-
+        )
         try:
-            self.scores = await self.core.run(go())
-        except ExperimentError as exc:
+            self.scores = await asyncio.shield(task)
+        except Exception as exc:  # a bad variant, a server that does not start, the log
             self.done = True
-            self.query_one("#status", Label).update(f"cannot run: {exc}")
+            if self.is_mounted:
+                self.query_one("#status", Label).update(f"cannot run: {exc}")
             return
         self.done = True
+        if not self.is_mounted:
+            return
         grid = self.query_one("#scores", DataTable)
         for row in table(self.scores)[1:]:
             grid.add_row(*row, key=row[0])

@@ -90,7 +90,9 @@ class PolicyScreen(ModalScreen[None]):
         policy, grants, servers = self._read(self._snapshot)
         now = self._now()
         table = self.query_one("#rules", DataTable)
-        keep = table.cursor_row
+        keep = None  # the selected rule by key: a grant expiring must not shift `d` onto another
+        if table.row_count:
+            keep = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         table.clear()
         order = {"deny": 0, "ask": 2, "allow": 3}
         rows: list[tuple[int, str, tuple[str, ...]]] = []
@@ -106,8 +108,8 @@ class PolicyScreen(ModalScreen[None]):
             table.add_row(*cells, key=rid)
         for i, (action, tools, why) in enumerate(DEFAULTS):
             table.add_row(action, tools, "", "any", "always", why, key=f"default{i}")
-        if keep is not None and keep < table.row_count:
-            table.move_cursor(row=keep)
+        if keep is not None and keep in table.rows:
+            table.move_cursor(row=table.get_row_index(keep))
         st = self.query_one("#servers", DataTable)
         st.clear()
         if not servers:
