@@ -365,7 +365,7 @@ class Workspace:
     def _files(top: int, prefix: str, glob: str) -> Iterator[tuple[str, str]]:
         """Text files under an open folder, never following links, skipping protected dirs."""
         for dirpath, dirnames, filenames, dfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
-            # Links to folders are dropped before fwalk would open them (it follows them).
+            # Links to folders are dropped here, so fwalk never even opens them to check.
             dirnames[:] = sorted(
                 d for d in dirnames if d not in PROTECTED_DIRS and not _is_link_or_gone(d, dfd)
             )

@@ -154,12 +154,11 @@ class GrantRequest:
 class GrantDialog(_Dialog):
     """ "Allow calls like this one for a while": the rule's globs, its scope and its time box."""
 
-    def __init__(self, tool: str, suggest: dict[str, str], agent: str, note: str = "") -> None:
+    def __init__(self, tool: str, suggest: dict[str, str], agent: str) -> None:
         super().__init__()
         self.tool = tool
         self.suggest = suggest
         self.agent = agent
-        self.note = note
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -178,7 +177,6 @@ class GrantDialog(_Dialog):
             )
             yield Label("minutes")
             yield Input(value="10", id="minutes", type="number")
-            yield Label(self.note, id="note")
             yield Label("", classes="error", id="error")
             yield Label("enter to approve this call and allow the like · escape to cancel")
 
