@@ -42,6 +42,12 @@ def _session_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
 
 
+def _decision_args(p: argparse.ArgumentParser, approve_help: str) -> None:
+    """--approve and --json, shared by the commands that run threads (run, resume, fork)."""
+    p.add_argument("--approve", choices=("all", "none"), default=None, help=approve_help)
+    p.add_argument("--json", action="store_true", help="print one JSON summary object")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tower",
@@ -54,14 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("project", metavar="DIR", help="project folder with a tower.toml")
     run.add_argument("--headless", action="store_true", help="run without the TUI")
     _db_arg(run)
-    run.add_argument(
-        "--approve",
-        choices=("all", "none"),
-        default=None,
-        help="headless decisions: approve/answer everything, or deny/refuse everything "
-        "(default: none)",
+    _decision_args(
+        run,
+        "headless decisions: approve/answer everything, or deny/refuse everything (default: none)",
     )
-    run.add_argument("--json", action="store_true", help="print one JSON summary object")
 
     ses = sub.add_parser("sessions", help="list recorded sessions")
     _db_arg(ses)
@@ -71,26 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     _session_arg(res)
     res.add_argument("--headless", action="store_true", help="run without the TUI")
     _db_arg(res)
-    res.add_argument(
-        "--approve",
-        choices=("all", "none"),
-        default=None,
-        help="headless decisions, as for run (default: none)",
-    )
-    res.add_argument("--json", action="store_true", help="print one JSON summary object")
+    _decision_args(res, "headless decisions, as for run (default: none)")
 
     frk = sub.add_parser("fork", help="a new session from any event of another, run live")
     _session_arg(frk)
     frk.add_argument("--at", type=int, metavar="SEQ", required=True, help="fork after event SEQ")
     frk.add_argument("--model", metavar="M", help="continue the unfinished threads on model M")
     _db_arg(frk)
-    frk.add_argument(
-        "--approve",
-        choices=("all", "none"),
-        default=None,
-        help="decisions, as for run --headless (default: none)",
-    )
-    frk.add_argument("--json", action="store_true", help="print one JSON summary object")
+    _decision_args(frk, "decisions, as for run --headless (default: none)")
 
     rep = sub.add_parser("replay", help="a recorded session's state at any event")
     _session_arg(rep)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tower.core.events import Event, EventKind, encode_payload
-from tower.core.secrets import KEY_HINTS, KEY_SHAPES, secrets_from_env
+from tower.core.secrets import KEY_SHAPES, secrets_from_env
 from tower.core.state import TowerState, apply, state_to_dict
 from tower.core.store import Store
 
@@ -56,8 +56,9 @@ class Bus:
         for value, name in self._secrets.items():
             if value in text:
                 text = text.replace(value, f"[redacted {name}]")
-        if any(hint in text for hint in KEY_HINTS):
-            text = KEY_SHAPES.sub("[redacted key]", text)
+        # One regex pass (~3 µs an event); a substring pre-check saved nothing, since "sk-"
+        # is in every "task-" id.
+        text = KEY_SHAPES.sub("[redacted key]", text)
         return text
 
     def emit(self, kind: EventKind, thread: str | None = None, /, **payload: Any) -> Event:

@@ -180,20 +180,17 @@ class McpServer:
         self._crashes: list[float] = []
         self._errlog: TextIO | None = None
 
-    def _fill(self, text: str) -> str:
-        return fill(text, self._root)
-
     def _params(self, marker: str) -> Any:
         from mcp import StdioServerParameters
 
         s = self.settings
         env = scrubbed_env()
         for key, value in s.env.items():  # ${VAR} passes one of our variables on deliberately
-            env[key] = os.path.expandvars(self._fill(value))
+            env[key] = os.path.expandvars(fill(value, self._root))
         env["TOWER_MCP_ID"] = marker
         return StdioServerParameters(
-            command=self._fill(s.command),
-            args=[self._fill(a) for a in s.args],
+            command=fill(s.command, self._root),
+            args=[fill(a, self._root) for a in s.args],
             env=env,
             cwd=str(server_cwd(s, self._root)),
         )
@@ -281,7 +278,7 @@ class McpServer:
             if isinstance(cause, FileNotFoundError) and not cwd.is_dir():
                 self.error = f"cwd is not a folder: {cwd}"
             elif isinstance(cause, FileNotFoundError):
-                self.error = f"command not found: {self._fill(self.settings.command)}"
+                self.error = f"command not found: {fill(self.settings.command, self._root)}"
             elif isinstance(cause, TimeoutError):
                 self.error = f"no answer within {self.settings.startup_timeout_s:g} s"
             else:

@@ -125,6 +125,9 @@ class RuleSettings(_Strict):
     agent: str | None = None
 
 
+_NO_SETTINGS = ModelSettings()
+
+
 class PolicySettings(_Strict):
     """deny, then ask, then allow; a call no rule matches gets the least-privilege default."""
 
@@ -271,7 +274,8 @@ class Project(_Strict):
         return list(seen)
 
     def model_settings(self, model: str) -> ModelSettings:
-        return self.models.get(model, ModelSettings())
+        # Asked on every model call: one shared (frozen) default, not a new model each time.
+        return self.models.get(model, _NO_SETTINGS)
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:

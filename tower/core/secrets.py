@@ -28,8 +28,6 @@ KEY_SHAPES = re.compile(
     r"|xox[abprs]-[A-Za-z0-9\-]{10,}"
     r"|AIza[0-9A-Za-z_\-]{35})"
 )
-# Cheap substring tests that rule out the regex for almost every event.
-KEY_HINTS = ("sk-", "AKIA", "AIza", "xox", "ghp_", "gho_", "ghu_", "ghs_", "ghr_")
 
 
 def is_secret_name(name: str) -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +38,10 @@ def _stop_signals() -> Iterator[asyncio.Event]:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        # Not on this platform, or not the main thread (an experiment run from the TUI).
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+    # Signal handlers belong to the main thread, on a POSIX loop: an experiment started from
+    # the TUI runs on the core's thread, and Windows loops have none; both rely on `stop`.
+    if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
     try:
