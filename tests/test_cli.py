@@ -62,11 +62,23 @@ def test_sample_project_runs_headless_and_the_log_is_complete(name, tmp_path) ->
         "--db",
         str(db),
     )
-    assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1  # exactly one JSON object on stdout
+    assert len(lines) == 1, proc.stderr  # exactly one JSON object on stdout
     out = json.loads(lines[0])
-    assert set(out) == {"session", "threads", "cost_usd", "budget_usd", "tokens", "events"}
+    # 0 only when every thread is done; market_analysis's budget stops fail threads: 1
+    all_done = out["threads"]["failed"] == out["threads"]["killed"] == 0
+    assert proc.returncode == (0 if all_done else 1), proc.stderr
+    assert all_done is (name != "market_analysis")
+    assert set(out) == {
+        "session",
+        "threads",
+        "cost_usd",
+        "budget_usd",
+        "tokens",
+        "events",
+        "human_minutes",
+        "blocked_minutes",
+    }
     assert set(out["threads"]) == {"done", "failed", "killed"}
     events = db_events(db, out["session"])
     assert len(events) == out["events"]  # every emitted event is in the database
@@ -91,7 +103,8 @@ def test_tax_return_costs_at_most_five_cents_a_return(tmp_path) -> None:
         str(tmp_path / "t.db"),
     )
     out = json.loads(proc.stdout)
-    assert out["threads"]["done"] == 5
+    assert out["threads"] == {"done": 5, "failed": 0, "killed": 0}
+    assert proc.returncode == 0
     assert out["cost_usd"] / 5 <= 0.05
     events = db_events(tmp_path / "t.db", out["session"])
     questions = [
@@ -111,6 +124,7 @@ def test_market_analysis_shows_queueing_and_the_budget_stop(tmp_path) -> None:
     )
     out = json.loads(proc.stdout)
     assert out["threads"]["done"] > 0 and out["threads"]["failed"] > 0
+    assert proc.returncode == 1  # some threads failed (budget), even with --json
     assert out["cost_usd"] <= out["budget_usd"]
     state = fold(db_events(tmp_path / "t.db", out["session"]))
     failed = [t for t in state.threads.values() if t.state == "failed"]
@@ -228,6 +242,133 @@ def test_interrupt_flushes_every_event_and_closes_cleanly(tmp_path) -> None:
     assert fold(events).budget.reserved_usd == pytest.approx(0, abs=1e-12)
 
 
+# --- exit codes and the headless lines ----------------------------------------------------
+
+# "checked" fails its check on sim/small and escalates to sim/large, which passes: done.
+# "broke" has a budget too small for any call: a budget stop, declined headless: failed.
+TROUBLE_PROJECT = """
+[project]
+name = "trouble"
+seed = 5
+retry_backoff_s = 0
+
+[models."sim/small"]
+latency_s = 0
+tokens_per_s = 0
+wrong_rate = 1
+
+[models."sim/large"]
+latency_s = 0
+tokens_per_s = 0
+wrong_rate = 0
+
+[[agents]]
+name = "a"
+cascade = ["sim/small", "sim/large"]
+tools = ["read_file", "finish"]
+
+[[tasks]]
+id = "checked"
+agent = "a"
+prompt = "What is six times seven?"
+workspace = "ws"
+
+[tasks.check]
+answer_contains = ["42"]
+
+[[tasks.script]]
+tool = "read_file"
+args = { path = "note.txt" }
+
+[[tasks.script]]
+tool = "finish"
+args = { answer = "six times seven is 42" }
+wrong_args = { answer = "six times seven is 24" }
+
+[[tasks]]
+id = "broke"
+agent = "a"
+prompt = "Anything."
+budget_usd = 0.000000001
+
+[[tasks.script]]
+tool = "finish"
+args = { answer = "never" }
+"""
+
+
+def trouble_project(tmp_path: Path) -> Path:
+    return write_project(tmp_path / "p", TROUBLE_PROJECT, {"ws/note.txt": "six times seven\n"})
+
+
+def line_of(out: str, thread: str, text: str) -> str:
+    """The one headless line of `thread` whose text starts with `text`, in the usual format:
+    time, two spaces, the thread padded to 24, a space, the text."""
+    lines = [ln for ln in out.splitlines() if f"  {thread:<24} {text}" in ln]
+    assert len(lines) == 1, out
+    assert lines[0][:8].replace(":", "").isdigit() and lines[0][8:10] == "  "
+    return lines[0]
+
+
+def test_headless_prints_escalations_failed_checks_and_budget_stops(tmp_path) -> None:
+    db = tmp_path / "t.db"
+    proc = tower("run", str(trouble_project(tmp_path)), "--headless", "--db", str(db))
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)  # "broke" failed
+    assert proc.stderr == ""
+    out = proc.stdout
+    check = line_of(out, "checked", "check failed on sim/small: ")
+    esc = line_of(out, "checked", "escalated sim/small → sim/large (check failed: ")
+    budget = line_of(out, "broke", "budget stop: thread budget: next call may cost $")
+    assert "42" in check and esc.endswith(")")
+    assert "left" in budget
+    line_of(out, "checked", "done")
+    line_of(out, "broke", "failed   budget")
+    # The same lines, in the order of the log's events.
+    with sqlite3.connect(db) as conn:
+        (session,) = conn.execute("SELECT id FROM sessions").fetchone()
+    events = db_events(db, session)
+    [failed] = [e for e in events if e.kind is EventKind.CHECKED and not e.payload["passed"]]
+    assert failed.payload["detail"] in check
+    assert out.index(check) < out.index(esc)
+
+
+def test_json_run_with_a_failed_thread_exits_1_and_fork_too(tmp_path) -> None:
+    db = tmp_path / "t.db"
+    proc = tower("run", str(trouble_project(tmp_path)), "--headless", "--json", "--db", str(db))
+    assert proc.returncode == 1, proc.stderr
+    [line] = proc.stdout.strip().splitlines()  # still exactly one JSON object
+    out = json.loads(line)
+    assert out["threads"] == {"done": 1, "failed": 1, "killed": 0}
+    spawned = [e.seq for e in db_events(db, out["session"]) if e.kind is EventKind.THREAD_SPAWNED]
+    # A fork from before either thread ran ends the same way, with the same code.
+    fork = tower("fork", out["session"], "--at", str(max(spawned)), "--json", "--db", str(db))
+    assert fork.returncode == 1, fork.stderr
+    assert json.loads(fork.stdout)["threads"] == {"done": 1, "failed": 1, "killed": 0}
+
+
+@pytest.mark.parametrize(
+    ("interrupted", "states", "code"),
+    [
+        (False, ["done", "done"], 0),
+        (False, [], 0),
+        (False, ["done", "failed"], 1),
+        (False, ["done", "killed"], 1),
+        (False, ["done", "paused"], 1),  # a thread that did not end is not done
+        (True, ["done", "done"], 130),
+        (True, ["failed"], 130),
+    ],
+)
+def test_exit_code_rule(interrupted: bool, states: list[str], code: int) -> None:
+    from types import SimpleNamespace
+
+    from tower.cli import exit_code
+    from tower.core.events import ThreadState
+
+    threads = {f"t{i}": SimpleNamespace(state=ThreadState(s)) for i, s in enumerate(states)}
+    result = SimpleNamespace(interrupted=interrupted, state=SimpleNamespace(threads=threads))
+    assert exit_code(result) == code
+
+
 # --- expected failures: one line, exit 2, no traceback --------------------------------
 
 
@@ -298,6 +439,104 @@ def test_unknown_model(tmp_path) -> None:
     write_project(tmp_path, MODEL_PROJECT.format(model="no-such-model-xyz"))
     proc = tower("run", str(tmp_path), "--headless")
     assert_usage_error(proc, "agents[0].cascade[0]", "unknown model 'no-such-model-xyz'")
+
+
+CASCADE_PROJECT = """
+[project]
+name = "real"
+[[agents]]
+name = "a"
+cascade = {cascade}
+[[tasks]]
+id = "t"
+agent = "a"
+prompt = "p"
+{models}
+"""
+FAKE_KEYS = {"OPENAI_API_KEY": "sk-fake-openai", "ANTHROPIC_API_KEY": "sk-ant-fake"}
+
+
+def cascade_project(root: Path, cascade: list[str], models: str = "") -> Path:
+    return write_project(root, CASCADE_PROJECT.format(cascade=json.dumps(cascade), models=models))
+
+
+def without(*names: str) -> dict[str, str]:
+    """The environment without the named variables (and without an OpenAI base URL)."""
+    gone = {*names, "OPENAI_BASE_URL", "OPENAI_API_BASE", "HOSTED_VLLM_API_BASE"}
+    return {k: v for k, v in os.environ.items() if k not in gone}
+
+
+def run_env(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tower", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_a_misspelt_model_fails_with_did_you_mean_even_with_its_key_set(
+    tmp_path, command: str
+) -> None:
+    root = cascade_project(tmp_path / "p", ["sim/small", "claude-sonet-4"])
+    args = [command, str(root)]
+    if command == "run":
+        args += ["--headless", "--db", str(tmp_path / "t.db")]
+    proc = run_env(*args, env={**without(), **FAKE_KEYS})
+    assert_usage_error(proc)
+    [line] = proc.stderr.strip().splitlines()
+    prefix = (
+        f"{root / 'tower.toml'}: agents[0].cascade[1]: unknown model 'claude-sonet-4' "
+        "(did you mean 'claude-sonnet-4-"
+    )
+    assert line.startswith(prefix) and line.endswith("'?)"), line
+    assert not (tmp_path / "t.db").exists()  # nothing ran
+
+
+def test_a_misspelt_prefixed_model_is_suggested_with_its_prefix(tmp_path) -> None:
+    root = cascade_project(tmp_path / "p", ["openai/gpt-4o-mni"])
+    proc = run_env("check", str(root), env={**without(), **FAKE_KEYS})
+    assert_usage_error(
+        proc,
+        "agents[0].cascade[0]: unknown model 'openai/gpt-4o-mni' "
+        "(did you mean 'openai/gpt-4o-mini'?)",
+    )
+
+
+def test_names_litellm_knows_pass_with_or_without_their_prefix(tmp_path) -> None:
+    cascade = ["sim/small", "gpt-4o-mini", "openai/gpt-4o-mini", "claude-haiku-4-5"]
+    cascade.append("anthropic/claude-haiku-4-5")
+    root = cascade_project(tmp_path / "p", cascade)
+    proc = run_env("check", str(root), env={**without(), **FAKE_KEYS})
+    assert proc.returncode == 0, proc.stderr
+    assert "ok" in proc.stdout and "anthropic/claude-haiku-4-5" in proc.stdout
+
+
+def test_local_servers_and_open_providers_may_serve_any_name(tmp_path) -> None:
+    models = """
+[models."openai/my-local-model"]
+api_base = "http://127.0.0.1:8000/v1"
+[models."hosted_vllm/Qwen/Qwen2.5-7B-Instruct"]
+api_base = "http://127.0.0.1:8001/v1"
+"""
+    cascade = ["ollama/qwen2.5-coder:7b", "openai/my-local-model"]
+    cascade.append("hosted_vllm/Qwen/Qwen2.5-7B-Instruct")
+    root = cascade_project(tmp_path / "p", cascade, models)
+    proc = run_env("check", str(root), env=without("OPENAI_API_KEY", "ANTHROPIC_API_KEY"))
+    assert proc.returncode == 0, proc.stderr
+    # Without its api_base, the same openai/ name is unknown to litellm: a typo, most likely.
+    bare = cascade_project(tmp_path / "q", ["openai/my-local-model"])
+    proc = run_env("check", str(bare), env={**without(), **FAKE_KEYS})
+    assert_usage_error(proc, "unknown model 'openai/my-local-model'", "api_base")
+    # hosted_vllm has no default address: without one litellm would call api.openai.com.
+    vllm = cascade_project(tmp_path / "r", ["hosted_vllm/my-model"])
+    proc = run_env("check", str(vllm), env=without())
+    assert_usage_error(proc, "'hosted_vllm/my-model' needs", "HOSTED_VLLM_API_BASE")
+    proc = run_env("check", str(vllm), env={**without(), "HOSTED_VLLM_API_BASE": "http://h:1/v1"})
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_missing_api_key_names_the_variable(tmp_path) -> None:

@@ -260,8 +260,11 @@ workspace = "ws"
 async def test_check_model_needs_no_openai_key_for_a_local_server(
     server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    missing = llm.check_model(UNPRICED)
+    missing = llm.check_model(MODEL)
     assert missing is not None and "OPENAI_API_KEY" in missing
+    # A name litellm does not know is a typo, unless a server of the user's own serves it.
+    unknown = llm.check_model(UNPRICED)
+    assert unknown is not None and unknown.startswith("unknown model 'openai/my-local-model'")
     assert llm.check_model(UNPRICED, api_base=server.base_url) is None
     needs = llm.check_model(UNPRICED, server.base_url, "LOCAL_LLM_KEY")
     assert needs is not None and "LOCAL_LLM_KEY" in needs

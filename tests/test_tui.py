@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -210,7 +209,8 @@ class Tower:
 
     def inbox_rows(self) -> list[str]:
         ib = self.inbox
-        return [ib.render_line(y).text for y in range(1, len(ib.rows) + 1)]
+        # Each row starts with a two-character lead (mark ✓, group ▸/▾, member ·).
+        return [ib.render_line(y).text[2:] for y in range(1, len(ib.rows) + 1)]
 
     def toast_texts(self) -> list[str]:
         return [f"{n.title} | {n.message}" for n in self.toasts]
@@ -479,7 +479,10 @@ async def test_approve_unblocks_exactly_that_thread(tmp_path: Path) -> None:
             assert not (t.workspace(other) / "out.txt").exists()
         await t.settle()
         assert "done" in t.row("w-1") and "waiting" in t.row("w-2")
-        assert len(t.inbox_rows()) == 2
+        # The two left are one situation (the same call), expanded when w-1 was selected.
+        rows = t.inbox_rows()
+        assert rows[0].startswith("2× approve?") and "same call: write_file" in rows[0]
+        assert [r.split()[1] for r in rows[1:]] == ["w-2", "w-3"]
 
 
 async def test_deny_refuses_the_tool_call(tmp_path: Path) -> None:
@@ -500,13 +503,12 @@ async def test_edit_arguments_then_approve(tmp_path: Path) -> None:
         await t.ready(waiting_on(t, 1, InboxKind.APPROVAL), "an approval")
         await t.press("E")
         dialog = await t.screen_is(ArgsDialog)
-        area = dialog.query_one(TextArea)
-        assert json.loads(area.text) == {"path": "out.txt", "content": "original"}
-        area.text = "not json"
-        await t.press("ctrl+s")
-        assert "not valid JSON" in drawn(dialog.query_one("#error", Label))
-        assert t.app.screen is dialog
-        area.text = json.dumps({"path": "edited.txt", "content": "by hand"})
+        # Field by field: the path in an Input, the content as text (tests/test_results_view.py
+        # covers $EDITOR and JSON fields).
+        path, area = dialog.query_one("#arg-0", Input), dialog.query_one(TextArea)
+        assert (path.value, area.text) == ("out.txt", "original")
+        path.value = "edited.txt"
+        area.text = "by hand"
         await t.press("ctrl+s")
         await t.until(lambda: t.view("w").state.ended, "w ended")
         assert t.view("w").state is ThreadState.DONE
@@ -574,7 +576,7 @@ async def test_verbs_on_a_thread_without_items_leave_other_threads_items_alone(
         await t.press("a")
         assert not isinstance(t.app.screen, TextDialog)  # a on a question would open a reply
         assert [i.kind for i in t.items("t-1")] == [InboxKind.QUESTION]
-        assert t.toast_texts().count(" | nothing in the inbox for this thread") == 2
+        assert t.toast_texts().count(" | t-2 has nothing waiting for you") == 2
         await t.press("r")
         dialog = await t.screen_is(TextDialog)
         assert "Comment to t-2" in drawn(dialog.query_one(Label))
@@ -742,12 +744,16 @@ async def test_next_and_previous_item(tmp_path: Path) -> None:
             assert t.threads.current == owner[order[index]]
             assert f"{owner[order[index]]} (a)" in drawn(t.app.query_one(InboxDetail))
 
-        await jump("right_square_bracket", 0)  # from elsewhere: lands on the selected item
-        await jump("right_square_bracket", 1)
-        await jump("right_square_bracket", 2)
-        await jump("right_square_bracket", 0)  # wraps
-        await jump("left_square_bracket", 2)
-        await jump("left_square_bracket", 1)
+        # From the thread list: lands on the selected thread's own item (the one shown).
+        mine = next(i for i in order if owner[i] == t.threads.current)
+        start = order.index(mine)
+        assert f"{owner[mine]} (a)" in drawn(t.app.query_one(InboxDetail))
+        await jump("right_square_bracket", start)
+        await jump("right_square_bracket", (start + 1) % 3)
+        await jump("right_square_bracket", (start + 2) % 3)
+        await jump("right_square_bracket", start)  # wraps
+        await jump("left_square_bracket", (start + 2) % 3)
+        await jump("left_square_bracket", (start + 1) % 3)
 
 
 async def test_tab_cycles_focus_between_threads_and_inbox(tmp_path: Path) -> None:
@@ -1221,3 +1227,108 @@ async def test_palette_experiment_runs_the_variants_side_by_side(tmp_path: Path)
         assert {str(rows["cheap"][8]), str(rows["strong"][8])} <= recorded
         await t.press("escape")
         await t.until(lambda: not isinstance(t.app.screen, ExperimentScreen), "closed")
+
+
+# --- spawn from a project task --------------------------------------------------------------
+
+SPAWN_TASKS = task(ASK, "review", prompt="review the notes") + task(
+    WRITE, "screen", repeat=2, agent="b", prompt="screen candidate {n}"
+)
+
+
+async def pick_task(t: Tower, dialog: SpawnDialog, row: int) -> None:
+    """From the prompt (focused when the dialog opens): back to the task list, open it, go
+    down `row` options (the first is "none"), enter."""
+    template = dialog.query_one("#template", Select)
+    assert dialog.focused is dialog.query_one("#prompt", Input)
+    await t.press("shift+tab")
+    assert dialog.focused is template
+    await t.press("enter")
+    await t.until(lambda: template.expanded, "the task list opens")
+    await t.press(*["down"] * row, "enter")
+    await t.until(lambda: dialog.chosen is not None, "a task chosen")
+
+
+async def test_spawn_from_a_task_keeps_its_id_pattern_workspace_and_script(
+    tmp_path: Path,
+) -> None:
+    async with tower(tmp_path, project(SPAWN_TASKS)) as t:
+        await t.ready(waiting_on(t, 3), "the project's threads wait")
+        await t.press("n")
+        dialog = await t.screen_is(SpawnDialog)
+        await pick_task(t, dialog, 1)
+        assert dialog.chosen is not None and dialog.chosen.thread_id == "review-2"
+        info = drawn(dialog.query_one("#task-info", Label))
+        assert "thread id: review-2" in info and "agent a" in info
+        assert "workspace: ws/" in info
+        assert "script: 3 step(s)" in info and "check: none" in info
+        assert dialog.query_one("#prompt", Input).value == "review the notes"
+        assert dialog.query_one("#workspace", Input).value == "ws"
+        assert dialog.query_one("#workspace", Input).disabled
+        assert dialog.query_one("#agent", Select).value == "a"
+        assert dialog.focused is dialog.query_one("#prompt", Input)  # enter spawns from here
+        await t.press("enter")
+        await t.screen_is(type(t.app.get_default_screen()))
+        await t.ready(lambda: len(t.items("review-2")) == 1, "review-2 asks its question")
+        view = t.view("review-2")
+        assert view.title == "review the notes" and view.agent == "a"
+        assert t.items("review-2")[0].data["question"] == "Which year?"  # the task's script
+        assert t.threads.current == "review-2" and "review the notes" in t.row("review-2")
+        assert any("spawned review-2" in s for s in t.toast_texts())
+        assert (t.workspace("review-2") / "readme.txt").read_text() == "hello\n"
+        assert t.workspace("review-2") != t.workspace("review")  # its own copy of ws
+        events = await t.events("review-2")
+        (born,) = [e for e in events if e.kind is EventKind.THREAD_SPAWNED]
+        assert born.payload["task"] == "review" and born.payload["prompt"] == "review the notes"
+        called = [e.payload for e in events if e.kind is EventKind.TOOL_CALLED]
+        assert called[0]["tool"] == "ask_human"
+        assert called[0]["args"] == {"question": "Which year?"}
+
+
+async def test_spawn_from_a_repeated_task_fills_n_and_takes_the_next_copy(
+    tmp_path: Path,
+) -> None:
+    async with tower(tmp_path, project(SPAWN_TASKS)) as t:
+        await t.ready(waiting_on(t, 3), "the project's threads wait")
+        await t.press("n")
+        dialog = await t.screen_is(SpawnDialog)
+        await pick_task(t, dialog, 2)
+        info = drawn(dialog.query_one("#task-info", Label))
+        assert "thread id: screen-3" in info and "agent b" in info
+        assert "workspace: none" in info and "script: 2 step(s)" in info
+        assert dialog.query_one("#prompt", Input).value == "screen candidate 3"
+        assert dialog.query_one("#agent", Select).value == "b"
+        dialog.query_one("#budget", Input).value = "0.25"  # the human's budget wins
+        await t.press("enter")
+        await t.screen_is(type(t.app.get_default_screen()))
+        await t.ready(lambda: len(t.items("screen-3")) == 1, "screen-3 asks to write")
+        view = t.view("screen-3")
+        assert view.title == "screen candidate 3" and view.budget_usd == 0.25
+        assert t.items("screen-3")[0].data["tool"] == "write_file"
+        assert t.threads.current == "screen-3"
+
+
+async def test_spawn_a_typed_task_in_a_workspace_folder(tmp_path: Path) -> None:
+    async with tower(tmp_path, project()) as t:
+        await t.press("n")
+        dialog = await t.screen_is(SpawnDialog)
+        await t.press(*"look", "tab", *"../elsewhere")
+        assert dialog.query_one("#workspace", Input).value == "../elsewhere"
+        await t.press("enter")
+        await t.screen_is(type(t.app.get_default_screen()))
+        await t.until(
+            lambda: any("not a folder inside the project" in s for s in t.toast_texts()),
+            "the refusal, as a toast",
+        )
+        assert t.state().threads == {}  # nothing spawned
+
+        await t.press("n")
+        dialog = await t.screen_is(SpawnDialog)
+        await t.press(*"look", "tab", *"ws", "enter")
+        await t.screen_is(type(t.app.get_default_screen()))
+        await t.ready(lambda: "a" in t.state().threads, "the thread")
+        sup = t.app.sup
+        assert sup is not None
+        assert sup.runs["a"].workspace_src == sup.project.root / "ws"
+        await t.until(lambda: sup.runs["a"].workspace is not None, "its workspace")
+        assert (t.workspace("a") / "readme.txt").read_text() == "hello\n"

@@ -22,6 +22,8 @@ from tower.core.events import Event, EventKind, ThreadState
 from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
 from tower.core.store import Store, StoreError
 
+# Exit codes of run --headless, resume --headless and fork (README: "Exit codes").
+EXIT_FAILED = 1  # a thread failed, was killed or did not finish
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -144,13 +146,29 @@ def _fmt_usd(x: float | None) -> str:
 
 
 class _Printer:
-    """Headless text output: one line per thread state change and per human decision."""
+    """Headless text output: one line per thread state change, per decision a rule took, per
+    escalation, failed check and budget stop."""
 
     def __init__(self, out: Any) -> None:
         self.out = out
 
+    def _line(self, ev: Event, text: str) -> None:
+        stamp = time.strftime("%H:%M:%S", time.localtime(ev.ts))
+        print(f"{stamp}  {ev.thread or '':<24} {text}", file=self.out)
+
     def __call__(self, ev: Event) -> None:
-        if ev.kind is EventKind.THREAD_STATE:
+        p = ev.payload
+        if ev.kind is EventKind.ESCALATED:
+            trigger = f" ({p['trigger']})" if p.get("trigger") else ""
+            self._line(ev, f"escalated {p['from_model']} → {p['to_model']}{trigger}")
+        elif ev.kind is EventKind.CHECKED and not p.get("passed", True):
+            on = f" on {p['model']}" if p.get("model") else ""
+            self._line(ev, f"check failed{on}: {p.get('detail', '')}")
+        elif ev.kind is EventKind.INBOX_OPENED and p.get("kind") == "budget":
+            scope, reason = p.get("scope", ""), p.get("reason", "")
+            where = "" if not scope or reason.startswith(scope) else f" ({scope})"
+            self._line(ev, f"budget stop{where}: {reason}")
+        elif ev.kind is EventKind.THREAD_STATE:
             state = ev.payload["state"]
             reason = ev.payload.get("reason", "")
             answer = ev.payload.get("answer")
@@ -221,10 +239,51 @@ def _open_tui(project: Project, db: str | None, resume: str | None = None) -> in
     if problems:
         raise UsageError(*problems)
     app = TowerApp(
-        project, db, keymap=config.keymap(), bell=config.bell, theme=config.theme, resume=resume
+        project,
+        db,
+        keymap=config.keymap(),
+        bell=config.bell,
+        theme=config.theme,
+        notify=config.notify,
+        resume=resume,
     )
     app.run()
+    from tower.ui.screens.sessions import Handoff
+
+    if isinstance(app.return_value, Handoff):  # `L`, then r or f: another session next
+        return _hand_over(app.return_value, db)
     return app.return_code or 0
+
+
+def _hand_over(handoff: Any, db: str | None) -> int:
+    """The TUI left its session for another: reopen on it (resume), or on a fork of it."""
+    session = handoff.session
+    if handoff.fork_at is not None:
+        session = _with_store(db, lambda store: _fork_copy(store, handoff.session, handoff.fork_at))
+    return _resume_tui(session, db)
+
+
+async def _fork_copy(store: Store, ref: str, at: int) -> str:
+    """A new session holding events 1..`at` of another, ended and ready to resume: the copy
+    that session.fork_headless makes before it continues headless."""
+    from tower.core.replay import ReplayError, resolve_session
+    from tower.core.supervisor import new_session_id
+
+    source = await resolve_session(store, ref)
+    row = {r.id: r for r in await store.list_sessions()}[source]
+    events = [ev async for ev in store.events(source, 0, at)] if at >= 1 else []
+    if not events or events[-1].seq < at:
+        raise ReplayError(f"session {source} has no event {at}")
+    fork = new_session_id()
+    meta = {"forked_from": source, "at": at}
+    await store.create_session(fork, row.project, row.project_dir, events[0].ts, meta)
+    store.start_writer(fork)
+    for ev in events:
+        if ev.kind is EventKind.SESSION_STARTED:
+            ev = Event(ev.seq, ev.ts, ev.kind, ev.thread, {**ev.payload, "session": fork})
+        store.append(ev)
+    await store.end_session(fork, "clean")
+    return fork
 
 
 async def _probe(store: Store) -> None:
@@ -272,22 +331,26 @@ def _ts(x: float | None) -> str:
 def cmd_sessions(args: argparse.Namespace) -> int:
     if args.db is not None and not Path(args.db).exists():
         raise UsageError(f"tower: no database at {args.db}")
-    rows = [r.to_dict() for r in _with_store(args.db, lambda store: store.list_sessions())]
+    found = _with_store(args.db, lambda store: store.list_sessions())
+    rows = [r.to_dict() for r in found]
     if args.json:
         print(json.dumps(rows))
         return 0
     if not rows:
         print("no sessions yet")
         return 0
+    # STATUS: running, clean, unfinished (ended with threads left: `tower resume` continues
+    # them) or crashed; THREADS: done/failed+killed/unfinished.
     header = (
-        f"{'ID':<22} {'PROJECT':<18} {'STARTED':<19} {'ENDED':<19} {'STATUS':<8} "
-        f"{'THREADS':>7} {'COST':>10}"
+        f"{'ID':<22} {'PROJECT':<18} {'STARTED':<19} {'ENDED':<19} {'STATUS':<10} "
+        f"{'THREADS':>9} {'COST':>10}"
     )
     print(header)
-    for r in rows:
+    for r, row in zip(rows, found, strict=True):
+        threads = f"{row.done}/{row.failed + row.killed}/{row.unfinished}"
         print(
             f"{r['id']:<22} {r['project'][:18]:<18} {_ts(r['started']):<19} {_ts(r['ended']):<19} "
-            f"{r['status']:<8} {r['threads']:>7} {'$' + format(r['cost_usd'], '.4f'):>10}"
+            f"{r['status']:<10} {threads:>9} {'$' + format(r['cost_usd'], '.4f'):>10}"
         )
     return 0
 
@@ -383,7 +446,8 @@ def cmd_fork(args: argparse.Namespace) -> int:
 
 
 def _report(result: Any, what: str, as_json: bool, tail: str = "") -> int:
-    """A run's summary: one JSON object, or three lines of text; exit 130 if interrupted."""
+    """A run's summary: one JSON object, or three lines of text; the exit code says how it
+    ended (see `exit_code`)."""
     s = result.summary
     if as_json:
         print(json.dumps(s))
@@ -396,7 +460,15 @@ def _report(result: Any, what: str, as_json: bool, tail: str = "") -> int:
             f"   cost {_fmt_usd(s['cost_usd'])} of {_fmt_usd(s['budget_usd'])}"
             f"   tokens {s['tokens']:,}   events {s['events']:,}" + tail
         )
-    return EXIT_INTERRUPTED if result.interrupted else 0
+    return exit_code(result)
+
+
+def exit_code(result: Any) -> int:
+    """130 if interrupted, 0 if every thread is done, else 1 (one failed, killed or left)."""
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    threads = result.state.threads.values()
+    return 0 if all(t.state == ThreadState.DONE for t in threads) else EXIT_FAILED
 
 
 def _resume_tui(ref: str, db: str | None) -> int:

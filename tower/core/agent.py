@@ -12,7 +12,7 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from tower.core import llm
+from tower.core import diffs, llm
 from tower.core.budget import Refusal
 from tower.core.check import CHECK_FAILED, check_answer
 from tower.core.events import EventKind, InboxKind, Resolution, ThreadState
@@ -311,6 +311,7 @@ async def _handle_tool(
             if interrupted
             else reason
         )
+        shown = await _write_diff(th, tc.name, args)
         decision = await sup.ask(
             th,
             InboxKind.APPROVAL,
@@ -328,6 +329,7 @@ async def _handle_tool(
                 workspace_relative(args, str(th.workspace.root) if th.workspace else None),
             ),
             **({"interrupted": True} if interrupted else {}),
+            **shown,
         )
         if decision.resolution is not Resolution.APPROVED:
             if interrupted:
@@ -392,6 +394,14 @@ def _notice_repeats(sup: Supervisor, th: ThreadRun, name: str, args: dict[str, A
             "change. Try a different approach."
         )
         sup.auto_escalate(th, f"loop: {name} called {n} times with the same arguments")
+
+
+async def _write_diff(th: ThreadRun, tool: str, args: dict[str, Any]) -> dict[str, str]:
+    """A write_file approval shows the change as a diff against the file as it is now; it
+    is computed here and logged with the item, so replay shows what the human saw."""
+    if tool != "write_file" or th.workspace is None:
+        return {}
+    return await asyncio.to_thread(diffs.approval_diff, th.workspace, args)
 
 
 def _verdict_fields(verdict: Verdict) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class Bus:
         self._subscribers: list[Subscriber] = []
         # Held while the reducer changes the state; a reader on another thread (the TUI)
         # holds it while it walks the state, so it never sees a half-applied event.
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entrant: the UI nests reads inside its tick
 
     def now(self) -> float:
         return self._clock()

@@ -8,9 +8,12 @@ it once (the TUI calls it off its critical path). Every model call, sim or real,
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,6 +128,10 @@ def model_price(model: str) -> Price | None:
             info = litellm.get_model_info(model)
         except Exception:
             return None
+        # Some providers' fallbacks invent zero prices for names the map lacks (any
+        # `claude-…`, any `ollama/…`): only an entry of the map itself is a known price.
+        if info.get("key") not in litellm.model_cost:
+            return None
     inp, out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
     if inp is None or out is None:
         return None
@@ -136,13 +143,70 @@ def model_price(model: str) -> Price | None:
 # Variables some providers list as "missing" although they have working defaults.
 _OPTIONAL_ENV = {"OLLAMA_API_BASE", "HOSTED_VLLM_API_BASE", "LM_STUDIO_API_BASE"}
 
+# Providers whose every model litellm's cost map lists: a name it does not know there is a
+# typo (or a model newer than this litellm). Every other provider (ollama, hosted_vllm,
+# lm_studio, azure deployments, bedrock ARNs, openrouter, …) serves names of the user's own.
+_CATALOGUED = frozenset(
+    {"openai", "text-completion-openai", "anthropic", "gemini", "mistral", "deepseek", "xai"}
+)
+# Local servers litellm has no default address for.
+_NEEDS_BASE = {"hosted_vllm": "HOSTED_VLLM_API_BASE", "lm_studio": "LM_STUDIO_API_BASE"}
+# Modes of the map's entries that can answer a chat completion (others are never suggested).
+_CHAT_MODES = frozenset({"chat", "responses", "completion", None})
+
+
+def _provider_base_set(provider: str) -> bool:
+    """True when the environment sends this provider's calls to another server (a proxy or
+    a local one, e.g. OPENAI_BASE_URL), which may serve any model name."""
+    stem = provider.upper().replace("-", "_")
+    return bool(os.environ.get(f"{stem}_API_BASE") or os.environ.get(f"{stem}_BASE_URL"))
+
+
+def _is_known(litellm: Any, model: str, provider: str, name: str) -> bool:
+    """Whether litellm's cost map has the model, with or without its provider prefix."""
+    cost = litellm.model_cost
+    if model in cost or f"{provider}/{name}" in cost:
+        return True
+    info = cost.get(name)
+    if info is None:
+        return False
+    owner = str(info.get("litellm_provider", ""))
+    return owner == provider or owner.startswith(f"{provider}-")
+
+
+def _suggest(litellm: Any, model: str, provider: str | None) -> str | None:
+    """The closest name litellm knows, written as the user wrote theirs (prefix or not)."""
+    import difflib
+
+    prefix = f"{provider}/" if provider and model.startswith(f"{provider}/") else ""
+    names = set()
+    for key, info in litellm.model_cost.items():
+        if not isinstance(info, dict) or info.get("mode") not in _CHAT_MODES:
+            continue
+        owner = str(info.get("litellm_provider", ""))
+        if provider is not None and owner != provider:
+            continue
+        bare = key.removeprefix(f"{owner}/") if owner else key
+        names.add(prefix + bare if provider is not None else key)
+    match = difflib.get_close_matches(model, sorted(names), n=1, cutoff=0.75)
+    return match[0] if match else None
+
+
+def _unknown(model: str, suggestion: str | None, fallback: str) -> str:
+    if suggestion is not None:
+        return f"unknown model {model!r} (did you mean {suggestion!r}?)"
+    return f"unknown model {model!r}{fallback}"
+
 
 def check_model(
     model: str, api_base: str | None = None, api_key_env: str | None = None
 ) -> str | None:
     """None if the model can be called here, else a one-line reason (unknown, missing key).
 
-    With an api_base (a local server), the provider's usual key is not required; a named
+    The name is checked against litellm's own model list whether or not a key is set, with
+    the closest known name as a hint. A model at an api_base (a local server, a proxy), or on
+    a provider that serves names of the user's choosing (ollama/, hosted_vllm/, azure/, …),
+    may have any name. With an api_base the provider's usual key is not required; a named
     api_key_env must be set.
     """
     if api_key_env and not os.environ.get(api_key_env):
@@ -155,11 +219,32 @@ def check_model(
         )
     litellm = load_litellm()
     try:
-        litellm.get_llm_provider(model)
+        name, provider, *_ = litellm.get_llm_provider(model)
     except Exception:
-        return (
-            f"unknown model {model!r}: litellm cannot tell its provider "
-            "(use a known name like 'gpt-4o-mini' or a prefix like 'anthropic/…', 'ollama/…')"
+        return _unknown(
+            model,
+            _suggest(litellm, model, None),
+            ": litellm cannot tell its provider "
+            "(use a known name like 'gpt-4o-mini' or a prefix like 'anthropic/…', 'ollama/…')",
+        )
+    if not (
+        api_base
+        or provider not in _CATALOGUED
+        or name.startswith("ft:")  # a fine-tuned model: the provider names it
+        or _provider_base_set(provider)
+        or _is_known(litellm, model, provider, name)
+    ):
+        return _unknown(
+            model,
+            _suggest(litellm, model, provider),
+            f": litellm knows no {provider} model of that name (a local server, or a model "
+            f"newer than litellm? give it an api_base in [models.{json.dumps(model)}])",
+        )
+    base_var = _NEEDS_BASE.get(provider)
+    if base_var and not api_base and not os.environ.get(base_var):
+        return (  # without one litellm would send the call to api.openai.com
+            f"model {model!r} needs its server's address: api_base in "
+            f"[models.{json.dumps(model)}] or the environment variable {base_var}"
         )
     if api_base or api_key_env:
         return None  # a local server, or the key comes from the named variable
@@ -271,12 +356,73 @@ _STATUS_LABEL = {
 }
 
 
-def read_error(exc: BaseException, model: str) -> CallError:
-    """Turns whatever litellm raised into a one-line CallError."""
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and every one behind it (causes, contexts, litellm's originals)."""
+    out: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or any(e is seen for seen in out) or len(out) > 32:
+            continue
+        out.append(e)
+        todo += [e.__cause__, e.__context__, getattr(e, "original_exception", None)]
+    return out
+
+
+# Lower-level failures that mean no server answered at all, whatever status litellm gave
+# them afterwards (it reports a refused connection as "InternalServerError", 500).
+_UNREACHABLE = {errno.EHOSTUNREACH: "no route to host", errno.ENETUNREACH: "network unreachable"}
+
+
+def _connect_failure(exc: BaseException) -> tuple[str, bool] | None:
+    """Why the call never reached a server, and whether a retry may help; None if it did."""
+    chain = _chain(exc)
+    names = {type(e).__name__ for e in chain}
+    for e in chain:
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused", True
+    for e in chain:
+        if isinstance(e, socket.gaierror) or type(e).__name__ == "ClientConnectorDNSError":
+            # "Temporary failure in name resolution" may pass; an unknown host will not.
+            return "host not found", getattr(e, "errno", None) == socket.EAI_AGAIN
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in _UNREACHABLE:
+            return _UNREACHABLE[e.errno], True
+    if names & {"ConnectTimeout", "ConnectionTimeoutError"}:
+        return "connection timed out", True
+    if names & {"ConnectError", "ClientConnectorError"}:
+        return "connection failed", True
+    return None
+
+
+def _address(exc: BaseException, api_base: str | None) -> str:
+    """Where the call went: the api_base, else the URL or host the client tried."""
+    if api_base:
+        return api_base
+    for e in reversed(_chain(exc)):  # the innermost first: litellm's own carry dummy URLs
+        if type(e).__module__.startswith("litellm"):
+            continue
+        try:
+            url = getattr(e, "request", None).url  # httpx and openai errors
+            return f"{url.scheme}://{url.netloc.decode()}" if url.netloc else str(url)
+        except Exception:
+            pass
+        host, port = getattr(e, "host", None), getattr(e, "port", None)  # aiohttp's
+        if isinstance(host, str) and host:
+            return f"{host}:{port}" if port else host
+    return "the provider"
+
+
+def read_error(exc: BaseException, model: str, api_base: str | None = None) -> CallError:
+    """Turns whatever litellm raised into a one-line CallError (`api_base`: where it went)."""
     if isinstance(exc, CallError):
         return exc
     if isinstance(exc, TimeoutError):
         return CallError(f"{model}: no answer within the call timeout", retryable=True)
+    unreachable = _connect_failure(exc)
+    if unreachable is not None:
+        why, retryable = unreachable
+        return CallError(f"{model}: cannot connect to {_address(exc, api_base)} ({why})", retryable)
     name = type(exc).__name__
     original = getattr(exc, "original_exception", None)
     if original is not None:
@@ -307,10 +453,18 @@ def read_error(exc: BaseException, model: str) -> CallError:
     return CallError(f"{model}: {name}: {text[:200]}", retryable)
 
 
+@functools.lru_cache(maxsize=256)
+def _priced(model: str) -> bool:
+    """Whether the cost map prices this (real) model; asked once per model, not per call."""
+    return model_price(model) is not None
+
+
 def usage_cost(model: str, usage: Any) -> float | None:
     """What litellm's cost map says this usage costs (cached and reasoning tokens included),
     the same function `litellm.completion_cost` uses; None when it knows no price."""
     litellm = load_litellm()
+    if not _priced(model):
+        return None  # litellm would price it at an invented $0
     try:
         prompt, completion = litellm.cost_per_token(model=model, usage_object=usage)
     except Exception:
@@ -398,7 +552,7 @@ async def stream_call(
     except BaseException as exc:  # litellm raises many unrelated types
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
-        raise read_error(exc, model) from None
+        raise read_error(exc, model, api_base) from None
     if usage is not None:
         read_usage(result, usage, model)
     result.text = "".join(parts)

@@ -61,6 +61,10 @@ class BudgetSettings(_Strict):
     tokens: int | None = Field(default=None, gt=0)
     thread_usd: float | None = Field(default=None, gt=0)
     thread_tokens: int | None = Field(default=None, gt=0)
+    # The person's attention is budgeted too: past `human_minutes` of deciding, routine
+    # items (a rule could decide them, or they cost under `routine_usd`) wait in a digest.
+    human_minutes: float | None = Field(default=None, gt=0)
+    routine_usd: float = Field(default=0.01, ge=0)
 
 
 class LimitSettings(_Strict):

@@ -163,13 +163,15 @@ CSV_FIELDS = [
     "errors",
     "escalations",
     "human_minutes",
+    "blocked_minutes",
     "started",
     "ended",
 ]
 
 
 async def export_csv(store: Store, session: str, out: TextIO) -> int:
-    """One row per thread: cost, tokens, steps, outcome and the human minutes spent on it."""
+    """One row per thread: cost, tokens, steps, outcome, the person's minutes on it (attention)
+    and the minutes it sat blocked waiting for the person."""
     state = await state_at(store, session)
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -190,6 +192,7 @@ async def export_csv(store: Store, session: str, out: TextIO) -> int:
                 "errors": view.errors,
                 "escalations": view.escalations,
                 "human_minutes": f"{view.human_seconds / 60:.3f}",
+                "blocked_minutes": f"{view.blocked_seconds / 60:.3f}",
                 "started": view.started if view.started is not None else "",
                 "ended": view.ended if view.ended is not None else "",
             }

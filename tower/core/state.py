@@ -56,7 +56,8 @@ class ThreadView:
     errors: int = 0
     escalations: int = 0
     tool_calls: int = 0
-    human_seconds: float = 0.0  # how long its items waited for a human decision
+    human_seconds: float = 0.0  # the person's own time on its items (shown → decided)
+    blocked_seconds: float = 0.0  # how long it sat blocked waiting for a person
     items: int = 0  # inbox items it opened (times it needed the human)
     checked: bool | None = None  # the last self-check: None when the task has none
     unpriced: bool = False  # some call's model has no known price: its cost is a floor
@@ -95,7 +96,8 @@ class TowerState:
     events: int = 0
     last_seq: int = 0
     last_ts: float = 0.0
-    human_seconds: float = 0.0
+    human_seconds: float = 0.0  # attention: the person's time deciding (item shown → key)
+    blocked_seconds: float = 0.0  # thread-seconds spent blocked waiting for a person
     decisions: int = 0
     policy: list[dict[str, Any]] = field(default_factory=list)  # the project's rules
     grants: dict[str, dict[str, Any]] = field(default_factory=dict)  # time-boxed, by id
@@ -192,11 +194,16 @@ def apply(state: TowerState, ev: Event) -> TowerState:
             if view is not None:
                 view.pending = max(view.pending - 1, 0)
             if p.get("by") == "human" and p["resolution"] != Resolution.DROPPED:
+                # Two different costs: how long the thread was blocked on the person, and
+                # how long the person actually spent deciding (measured by the UI).
                 waited = max(ev.ts - item.created, 0.0)
-                state.human_seconds += waited
+                spent = float(p.get("attention_s") or 0.0)
+                state.blocked_seconds += waited
+                state.human_seconds += spent
                 state.decisions += 1
                 if view is not None:
-                    view.human_seconds += waited
+                    view.blocked_seconds += waited
+                    view.human_seconds += spent
     elif kind is EventKind.ESCALATED:
         if view is not None:
             if p["to_model"] != "human":  # handed to the human: the model stays the same
@@ -304,5 +311,7 @@ def summary(state: TowerState) -> dict[str, Any]:
         "cost_usd": round(state.budget.spent_usd, 6),
         "budget_usd": state.budget.limit_usd,
         "tokens": state.budget.tokens,
+        "human_minutes": round(state.human_seconds / 60, 3),
+        "blocked_minutes": round(state.blocked_seconds / 60, 3),
         "events": state.events,
     }

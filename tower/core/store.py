@@ -77,9 +77,13 @@ class SessionRow:
     project_dir: str
     started: float
     ended: float | None
-    status: str  # running | clean | crashed
+    status: str  # running | clean | unfinished | crashed
     threads: int
     cost_usd: float
+    done: int = 0
+    failed: int = 0
+    killed: int = 0
+    unfinished: int = 0  # spawned threads not done, failed or killed at the end of the log
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -279,6 +283,13 @@ class Store:
     # --- reading -----------------------------------------------------------------------
 
     async def list_sessions(self) -> list[SessionRow]:
+        """Every session, oldest first, with its threads' outcomes.
+
+        The status is derived, never rewritten in the table: `running` whose process is gone
+        is `crashed`; an ended session (quit, interrupted) that left threads unfinished is
+        `unfinished` rather than `clean` — it can be resumed, and a resume that finishes every
+        thread makes it `clean` again.
+        """
         sql = """
         SELECT s.id, s.project, s.project_dir, s.started, s.ended, s.status, s.pid, s.host,
           (SELECT count(*) FROM events e WHERE e.session = s.id AND e.kind = ?),
@@ -287,6 +298,7 @@ class Store:
         FROM sessions s ORDER BY s.started
         """
         host = socket.gethostname()
+        ends = await self._thread_ends()
         rows = []
         async with self._conn.execute(
             sql, (str(EventKind.THREAD_SPAWNED), str(EventKind.LLM_FINISHED))
@@ -295,8 +307,32 @@ class Store:
                 status = r[5]
                 if status == "running" and not (r[7] == host and _pid_alive(r[6])):
                     status = "crashed"
-                rows.append(SessionRow(r[0], r[1], r[2], r[3], r[4], status, r[8], r[9]))
+                end = ends.get(r[0], {})
+                done, failed, killed = (end.get(s, 0) for s in ("done", "failed", "killed"))
+                unfinished = max(r[8] - done - failed - killed, 0)
+                if status == "clean" and unfinished:
+                    status = "unfinished"
+                row = SessionRow(r[0], r[1], r[2], r[3], r[4], status, r[8], r[9])
+                row.done, row.failed, row.killed, row.unfinished = done, failed, killed, unfinished
+                rows.append(row)
         return rows
+
+    async def _thread_ends(self) -> dict[str, dict[str, int]]:
+        """session -> {last recorded state of each thread: how many threads}."""
+        # One index search per session (CROSS JOIN keeps sessions outermost); the bare
+        # json_extract comes from the row holding max(seq): each thread's latest state.
+        sql = """
+        SELECT session, state, count(*) FROM (
+          SELECT e.session AS session, json_extract(e.payload, '$.state') AS state, max(e.seq)
+          FROM sessions s CROSS JOIN events e ON e.session = s.id AND e.kind = ?
+          GROUP BY e.session, e.thread
+        ) GROUP BY session, state
+        """
+        out: dict[str, dict[str, int]] = {}
+        async with self._conn.execute(sql, (str(EventKind.THREAD_STATE),)) as cur:
+            async for session, state, n in cur:
+                out.setdefault(session, {})[state] = n
+        return out
 
     async def resolve_session(self, prefix: str) -> str | None:
         async with self._conn.execute(

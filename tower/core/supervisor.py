@@ -49,6 +49,7 @@ class Decision:
     by: str = "human"
     text: str | None = None
     args: dict[str, Any] | None = None
+    attention_s: float | None = None  # the person's time on this decision (from the UI)
 
 
 @dataclass(eq=False)
@@ -94,6 +95,27 @@ class ThreadRun:
     @property
     def ended(self) -> bool:
         return self.state.ended
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCopy:
+    """One thread a project task expands to: the id it gets and the task's settings, {n}
+    filled (repeated tasks). What `Supervisor.spawn_task` starts, and what the spawn dialog
+    shows before it does."""
+
+    task: TaskSettings
+    n: int | None  # the copy number of a repeated task
+    thread_id: str
+    prompt: str
+    title: str | None
+    script: list[dict[str, Any]] | None
+    answer: str | None
+    budget_usd: float | None  # the task's, else the project's per-thread budget
+
+    @property
+    def ref(self) -> str:
+        """The thread's task reference, which `Supervisor._task_of` maps back to the task."""
+        return self.task.id if self.n is None else f"{self.task.id}-{self.n}"
 
 
 def new_session_id() -> str:
@@ -197,18 +219,7 @@ class Supervisor:
             for task in p.tasks:
                 copies = [None] if task.repeat == 1 else list(range(1, task.repeat + 1))
                 for n in copies:
-                    self.spawn(
-                        task.agent,
-                        _fill(task.prompt, n),
-                        task_id=task.id if n is None else f"{task.id}-{n}",
-                        title=_fill(task.title, n) or None,
-                        priority=task.priority,
-                        budget_usd=task.budget_usd,
-                        workspace=task.workspace,
-                        script=[_fill(s.model_dump(exclude_none=True), n) for s in task.script]
-                        or None,
-                        answer=_fill(task.answer, n),
-                    )
+                    self._spawn_copy(self._task_copy(task, n))
             self._batch = False
             self._pump()
 
@@ -346,13 +357,20 @@ class Supervisor:
         return len(plans)
 
     def _task_of(self, task_id: str) -> tuple[TaskSettings, int | None] | None:
-        """The project task a (resumed) thread came from, and its copy number if repeated."""
-        base, _, n = task_id.rpartition("-")
+        """The project task a thread came from, and its copy number if repeated.
+
+        `task_id` is the thread's task reference: a task's id ("review", also for its spawned
+        copies review-2, review-3...), or a repeated task's copy ("screen-4", any number).
+        A task whose id is exactly `task_id` wins over a suffix match.
+        """
         for task in self.project.tasks:
             if task.id == task_id:
                 return task, None
-            if task.repeat > 1 and task.id == base and n.isdigit():
-                return task, int(n)
+        base, _, n = task_id.rpartition("-")
+        if base and n.isdigit():
+            for task in self.project.tasks:
+                if task.id == base:
+                    return task, (int(n) if task.repeat > 1 else None)
         return None
 
     def _script_of(self, task_id: str) -> list[dict[str, Any]] | None:
@@ -409,10 +427,17 @@ class Supervisor:
         script: list[dict[str, Any]] | None = None,
         answer: str | None = None,
     ) -> str:
+        """Starts a new thread. `workspace` is a folder relative to the project root; unless
+        it is the named task's own (checked when tower.toml was loaded), it must exist inside
+        the root. Returns the thread's id: `task_id` (or the agent's name), made unique."""
         try:
             settings = self.project.agent(agent)
         except KeyError:
             raise CommandError(f"unknown agent {agent!r}") from None
+        if workspace is not None:
+            found = self._task_of(task_id) if task_id else None
+            if found is None or found[0].workspace != workspace:
+                self.workspace_folder(workspace)
         cascade = list(settings.cascade)
         if model is not None:
             problem = llm.check_model(model) if model not in cascade else None
@@ -423,7 +448,7 @@ class Supervisor:
         base = task_id or agent
         tid = base
         for k in itertools.count(2):
-            if tid not in self.runs:
+            if not self._taken(tid):
                 break
             tid = f"{base}-{k}"
         b = self.project.budget
@@ -466,6 +491,92 @@ class Supervisor:
         bisect.insort(self._queue, (-priority, th.order, tid))
         self._pump()
         return tid
+
+    def spawn_task(
+        self,
+        task_id: str,
+        *,
+        model: str | None = None,
+        budget_usd: float | None = None,
+        prompt: str | None = None,
+    ) -> str:
+        """Starts one more thread of a project task: its id pattern (review-2, or screen-N+1
+        for a repeated task, {n} filled), workspace, script, answer, check, priority and
+        budget. `prompt` and `budget_usd` replace the task's own. Returns the thread's id."""
+        return self._spawn_copy(
+            self.task_copy(task_id), model=model, budget_usd=budget_usd, prompt=prompt
+        )
+
+    def task_copy(self, task_id: str) -> TaskCopy:
+        """What `spawn_task(task_id)` would start now: the first free id of the task's
+        pattern ("review", then review-2, review-3...; screen-1, screen-2... if repeated)."""
+        try:
+            task = self.project.task(task_id)
+        except KeyError:
+            raise CommandError(f"no task {task_id!r} in the project") from None
+        if task.repeat > 1:
+            n = next(k for k in itertools.count(1) if not self._taken(f"{task.id}-{k}"))
+            return self._task_copy(task, n)
+        tid = task.id
+        for k in itertools.count(2):
+            if not self._taken(tid):
+                break
+            tid = f"{task.id}-{k}"
+        return self._task_copy(task, None, tid)
+
+    def _task_copy(self, task: TaskSettings, n: int | None, tid: str | None = None) -> TaskCopy:
+        """A task's settings for copy n (None: not repeated), {n} filled."""
+        b = self.project.budget
+        return TaskCopy(
+            task=task,
+            n=n,
+            thread_id=tid or (task.id if n is None else f"{task.id}-{n}"),
+            prompt=_fill(task.prompt, n),
+            title=_fill(task.title, n) or None,
+            script=[_fill(s.model_dump(exclude_none=True), n) for s in task.script] or None,
+            answer=_fill(task.answer, n),
+            budget_usd=task.budget_usd if task.budget_usd is not None else b.thread_usd,
+        )
+
+    def _spawn_copy(
+        self,
+        copy: TaskCopy,
+        *,
+        model: str | None = None,
+        budget_usd: float | None = None,
+        prompt: str | None = None,
+    ) -> str:
+        """The one way a project task becomes a thread (at start and when spawned later)."""
+        task = copy.task
+        return self.spawn(
+            task.agent,
+            prompt if prompt is not None else copy.prompt,
+            task_id=copy.ref,
+            title=copy.title,
+            model=model,
+            priority=task.priority,
+            budget_usd=budget_usd if budget_usd is not None else copy.budget_usd,
+            workspace=task.workspace,
+            script=copy.script,
+            answer=copy.answer,
+        )
+
+    def _taken(self, tid: str) -> bool:
+        """A thread id in use: live here, or in the log (ended threads of a resumed session)."""
+        return tid in self.runs or tid in self.bus.state.threads
+
+    def workspace_folder(self, rel: str) -> Path:
+        """A typed workspace folder, relative to the project root: it must exist inside it."""
+        root = self.project.root.resolve()
+        path = (root / rel).resolve()
+        if not rel.strip() or not path.is_relative_to(root):
+            raise CommandError(f"workspace {rel!r} is not a folder inside the project ({root})")
+        if not path.is_dir():
+            raise CommandError(f"workspace {rel!r}: no such folder in the project ({root})")
+        copies = self.workspaces_dir
+        if copies is not None and copies.resolve().is_relative_to(path):
+            raise CommandError(f"workspace {rel!r} holds tower's own workspaces folder")
+        return path
 
     def _model_cap(self, model: str) -> int | None:
         return self.project.model_settings(model).max_concurrent
@@ -844,6 +955,8 @@ class Supervisor:
             payload["text"] = decision.text
         if decision.args is not None:
             payload["args"] = decision.args
+        if decision.attention_s is not None:
+            payload["attention_s"] = round(max(decision.attention_s, 0.0), 3)
         self.bus.emit(EventKind.INBOX_CLOSED, th.id, **payload)
         if not fut.done():
             fut.set_result(decision)
@@ -854,41 +967,60 @@ class Supervisor:
         args: dict[str, Any] | None = None,
         comment: str | None = None,
         by: str = "human",
+        attention_s: float | None = None,
     ) -> None:
         _th, kind, _ = self._owner(item)
         if kind is InboxKind.BUDGET:
             raise CommandError(f"{item} asks for budget: raise it or decline")
         if kind is InboxKind.QUESTION:
             raise CommandError(f"{item} is a question: reply to it")
-        self._decide(item, Decision(Resolution.APPROVED, by, comment, args))
+        self._decide(item, Decision(Resolution.APPROVED, by, comment, args, attention_s))
 
-    def deny(self, item: str, comment: str | None = None, by: str = "human") -> None:
+    def deny(
+        self,
+        item: str,
+        comment: str | None = None,
+        by: str = "human",
+        attention_s: float | None = None,
+    ) -> None:
         _th, kind, _ = self._owner(item)
         if kind is InboxKind.BUDGET:
-            self._decide(item, Decision(Resolution.DECLINED, by, comment))
+            self._decide(item, Decision(Resolution.DECLINED, by, comment, None, attention_s))
         else:
-            self._decide(item, Decision(Resolution.DENIED, by, comment))
+            self._decide(item, Decision(Resolution.DENIED, by, comment, None, attention_s))
 
     def decline(self, item: str, by: str = "human") -> None:
         self.deny(item, by=by)
 
-    def reply(self, target: str, text: str, by: str = "human") -> None:
+    def reply(
+        self, target: str, text: str, by: str = "human", attention_s: float | None = None
+    ) -> None:
         """Answers a question or escalation item; on a thread id, attaches a comment."""
         if target in self._item_owner:
             _th, kind, _ = self._owner(target)
             if kind in (InboxKind.QUESTION, InboxKind.ESCALATION):
-                self._decide(target, Decision(Resolution.ANSWERED, by, text))
+                self._decide(target, Decision(Resolution.ANSWERED, by, text, None, attention_s))
             else:  # a comment on an approval: approve with it attached
-                self._decide(target, Decision(Resolution.APPROVED, by, text))
+                self._decide(target, Decision(Resolution.APPROVED, by, text, None, attention_s))
             return
         th = self._live(target)
         th.guidance.append(text)
         self.bus.emit(EventKind.COMMENT, th.id, text=text, by=by)
 
     def raise_budget(
-        self, target: str | None, usd: float = 0.0, tokens: int = 0, by: str = "human"
+        self,
+        target: str | None,
+        usd: float = 0.0,
+        tokens: int = 0,
+        by: str = "human",
+        attention_s: float | None = None,
     ) -> None:
-        """Raises a thread's or the session's caps; on a budget item, the cap that refused."""
+        """Raises a thread's or the session's caps; on a budget item, the cap that refused.
+
+        Raising the session's cap wakes every thread the session cap had stopped, not only
+        the one whose item was chosen: each retries its reservation, and one that still does
+        not fit asks again. (Before, the other threads stayed paused holding their slots.)
+        """
         if usd < 0 or tokens < 0:
             raise CommandError("a budget can only be raised")
         item = None
@@ -914,8 +1046,19 @@ class Supervisor:
             tokens=tokens,
             by=by,
         )
-        if item is not None:
-            self._decide(item, Decision(Resolution.RAISED, by))
+        woken = [item] if item is not None else []
+        if scope_thread is None:
+            woken += [
+                i.id
+                for i in list(self.bus.state.inbox.values())
+                if i.kind is InboxKind.BUDGET
+                and i.data.get("scope") == "session"
+                and i.id != item
+                and i.id in self._item_owner
+            ]
+        share = attention_s / len(woken) if attention_s is not None and woken else None
+        for one in woken:
+            self._decide(one, Decision(Resolution.RAISED, by, None, None, share))
 
     # --- policy -------------------------------------------------------------------------
 

@@ -19,20 +19,23 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual import events, on, work
 from textual.app import App, ComposeResult
-from textual.binding import Binding, BindingType
-from textual.command import Hit, Hits, Provider
+from textual.binding import Binding, BindingsMap, BindingType
+from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Horizontal, Vertical
 from textual.theme import Theme
 from textual.widgets import Footer, Input
 
+from tower.core.attention import AttentionClock
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, ThreadState
 from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
+from tower.core.situations import Situation, is_routine
 from tower.core.state import TowerState, fold
 from tower.core.store import Store, StoreError
 from tower.core.supervisor import CommandError, Supervisor
 from tower.ui.core_thread import CoreThread
 from tower.ui.format import BurnMeter, usd
+from tower.ui.notify import Notifications, NotifyConfig
 from tower.ui.screens.detail import ThreadScreen
 from tower.ui.screens.dialogs import (
     AmountDialog,
@@ -52,6 +55,13 @@ from tower.ui.widgets.budget import BudgetBar
 from tower.ui.widgets.inbox import InboxDetail, InboxList, counts_title, summary_of
 from tower.ui.widgets.panels import PanelGrid
 from tower.ui.widgets.rowlist import RowList
+from tower.ui.widgets.selection import (
+    SelectionBar,
+    Target,
+    budget_amount,
+    hints_for,
+    target_label,
+)
 from tower.ui.widgets.threads import SORTS, ThreadList
 
 TICK_S = 0.1
@@ -67,6 +77,7 @@ _EMPTY = TowerState()
 VERBS: list[tuple[str, str, str, str, str]] = [
     ("approve", "a", "approve", "Approve", "approve the item (budget: raise as suggested)"),
     ("deny", "d", "deny", "Deny", "deny the item (question: refuse; budget: decline)"),
+    ("deny_reason", "D", "deny_reason", "Deny+reason", "deny with a reason the agent reads"),
     ("reply", "r", "reply", "Reply", "answer a question, or comment on the thread"),
     ("next_item", "right_square_bracket", "next_item", "Next item", "next item that needs you"),
     ("spawn", "n", "spawn", "Spawn", "spawn a thread (agent, task, model, budget)"),
@@ -95,6 +106,7 @@ VERBS: list[tuple[str, str, str, str, str]] = [
     ("threads", "t", "focus_threads", "Threads", "focus the thread list"),
     ("sessions", "L", "sessions", "Sessions", "list recorded sessions (replay, resume, export)"),
     ("policy", "o", "policy", "Policy", "the rules in force, grants (revoke), MCP servers"),
+    ("files", "w", "files", "Files", "the files the thread wrote, with diffs (workspace path)"),
     ("palette", "colon,ctrl+p", "command_palette", "Commands", "open the command palette"),
 ]
 
@@ -110,28 +122,62 @@ PALETTE_ONLY = [
 
 
 class TowerCommands(Provider):
-    """Every verb in the command palette, with its key."""
+    """The palette: tower's own verbs first, then themes, then recorded sessions.
 
-    async def search(self, query: str) -> Hits:
+    One provider yields all three in that order, so an empty query (discovery) lists them
+    in that order too; Textual's generic commands are left out (quit, help and themes are
+    tower verbs here).
+    """
+
+    async def startup(self) -> None:
         app = self.app
         assert isinstance(app, TowerApp)
-        matcher = self.matcher(query)
+        self._sessions: list[Any] = []
+        if app.store is not None and app.core is not None and not app.closed:
+            with contextlib.suppress(Exception):
+                self._sessions = list(reversed(await app.core.run(app.store.list_sessions())))
+
+    def _entries(self) -> list[tuple[str, Callable[[], Any], str]]:
+        app = self.app
+        assert isinstance(app, TowerApp)
+        out: list[tuple[str, Callable[[], Any], str]] = []
         for bid, _keys, action, label, description in VERBS:
             if action == "command_palette":
                 continue
-            text = f"{label}: {description}"
-            score = matcher.match(text)
-            if score > 0:
-                yield Hit(
-                    score,
-                    matcher.highlight(text),
-                    _runner(app, action),
-                    help=f"key: {app.key_of(bid)}",
-                )
+            out.append((f"{label}: {description}", _runner(app, action), f"key: {app.key_of(bid)}"))
         for text, action, help_text in PALETTE_ONLY:
+            out.append((text, _runner(app, action), help_text))
+        for name in sorted(app.available_themes):
+            if name == "textual-ansi":
+                continue
+            out.append((f"Theme: {name}", _theme_setter(app, name), "switch the colour theme"))
+        for row in self._sessions[:50]:
+            out.append(
+                (
+                    f"Session: {row.id} · {row.project} · {row.status}",
+                    _runner(app, "sessions"),
+                    "open it in the sessions list (replay, resume, fork, export)",
+                )
+            )
+        return out
+
+    async def discover(self) -> Hits:
+        for text, run, help_text in self._entries():
+            yield DiscoveryHit(text, run, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for text, run, help_text in self._entries():
             score = matcher.match(text)
             if score > 0:
-                yield Hit(score, matcher.highlight(text), _runner(app, action), help=help_text)
+                yield Hit(score, matcher.highlight(text), run, help=help_text)
+
+
+def _theme_setter(app: App[Any], name: str) -> Callable[[], Any]:
+    def run() -> None:
+        app.theme = name
+
+    return run
 
 
 def _runner(app: App[Any], action: str) -> Callable[[], Any]:
@@ -139,6 +185,18 @@ def _runner(app: App[Any], action: str) -> Callable[[], Any]:
         await app.run_action(action)
 
     return run
+
+
+def _verb_bindings(keymap: dict[str, str]) -> list[BindingType]:
+    """The app's bindings in VERBS order, with the user's keys where keys.toml remaps them.
+
+    Built here rather than with `App.set_keymap`, which re-adds remapped bindings at the end
+    of the map: on a narrow footer the remapped verbs were the ones cut off.
+    """
+    return [
+        Binding(keymap.get(bid, keys), action, label, id=bid, show=True)
+        for bid, keys, action, label, _ in VERBS
+    ] + [Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="quit_ctrl_c")]
 
 
 class TowerApp(App[int]):
@@ -152,13 +210,17 @@ class TowerApp(App[int]):
     #filter.-on { display: block; }
     ThreadList { height: 1fr; border: round $panel-lighten-2; }
     ThreadList:focus, InboxList:focus { border: round $accent; }
-    InboxList { height: 1fr; border: round $panel-lighten-2; }
+    InboxList { height: auto; min-height: 5; max-height: 50%; border: round $panel-lighten-2; }
     PanelGrid { height: 2fr; }
+    /* Toasts sit bottom-left, over the live panels: never over the inbox detail (right)
+       or the keys; compact; and not over help or other full views. */
+    ToastRack { align: left bottom; margin-bottom: 2; }
+    ToastHolder { align-horizontal: left; }
+    Toast { width: 56; max-width: 45%; padding: 0 1; margin-top: 0; }
+    HelpScreen > ToastRack, PolicyScreen > ToastRack { display: none; }
     """
-    COMMANDS: ClassVar = App.COMMANDS | {TowerCommands}
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding(keys, action, label, id=bid, show=True) for bid, keys, action, label, _ in VERBS
-    ] + [Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="quit_ctrl_c")]
+    COMMANDS: ClassVar = {TowerCommands}
+    BINDINGS: ClassVar[list[BindingType]] = _verb_bindings({})
 
     def __init__(
         self,
@@ -170,6 +232,7 @@ class TowerApp(App[int]):
         keymap: dict[str, str] | None = None,
         bell: bool = False,
         theme: str | None = None,
+        notify: NotifyConfig | None = None,
         watch: bool = True,
         resume: str | None = None,
         offer_resume: bool = True,
@@ -182,9 +245,12 @@ class TowerApp(App[int]):
         self.now = clock
         self.session_id = session_id
         self.bell_on = bell
+        self.notifications = Notifications(self, notify, title=f"tower · {project.name}")
         self.watch = watch
         self.theme_name = theme
         self._user_keymap = keymap or {}
+        if self._user_keymap:
+            self._bindings = BindingsMap(_verb_bindings(self._user_keymap))
         self.bus: Bus | None = None
         self.sup: Supervisor | None = None
         self.store: Store | None = None
@@ -206,6 +272,8 @@ class TowerApp(App[int]):
         self.ticks = 0
         self._last_full_gc = 0
         self._last_key = 0.0
+        self.attention = AttentionClock()
+        self.shown: Target | None = None  # what the detail pane shows: what verbs act on
 
     # --- layout -------------------------------------------------------------------------
 
@@ -221,6 +289,7 @@ class TowerApp(App[int]):
                 yield InboxList(self.state, self.now, id="inbox")
                 yield InboxDetail(id="detail")
         yield PanelGrid(id="panels")
+        yield SelectionBar(id="selection")
         yield Footer()
 
     def state(self) -> TowerState:
@@ -233,11 +302,13 @@ class TowerApp(App[int]):
         self.panel_grid = self.query_one(PanelGrid)
         self.budget_bar = self.query_one(BudgetBar)
         self.inbox_detail = self.query_one(InboxDetail)
+        self.selection_bar = self.query_one(SelectionBar)
+        budget = self.project.budget
+        self.inbox_list.human_minutes_cap = budget.human_minutes
+        self.inbox_list.routine_usd = budget.routine_usd
         self.threads_list.border_title = "Threads"
         self.inbox_list.border_title = counts_title(_EMPTY)
         self._apply_themes(*load_themes(), first=True)
-        if self._user_keymap:
-            self.set_keymap(self._user_keymap)
         self.threads_list.focus()
         self._timer = self.set_interval(TICK_S, self._tick)
         self._tick()
@@ -414,6 +485,7 @@ class TowerApp(App[int]):
             self._new_items.append(ev)
         elif kind is EventKind.INBOX_CLOSED:
             self._inbox_dirty = True
+            self.notifications.saw_closed(ev)
         elif kind is EventKind.MCP_SERVER and ev.payload["status"] in ("crashed", "failed"):
             self._failures.append(ev)
         detail = self._detail
@@ -434,7 +506,9 @@ class TowerApp(App[int]):
         threads = self.threads_list
         inbox = self.inbox_list
         with self.state_lock(), self.batch_update():
-            self.budget_bar.show(state, self.burn.per_minute(), self.note)
+            self.budget_bar.show(
+                state, self.burn.per_minute(), self.note, self.inbox_list.human_minutes_cap
+            )
             if self._rows_dirty or (self._dirty and threads.sort_key in ("cost", "tokens")):
                 threads.rebuild()
                 threads.border_title = (
@@ -447,6 +521,8 @@ class TowerApp(App[int]):
             if self._inbox_dirty:
                 inbox.rebuild()
                 inbox.border_title = counts_title(state)
+                if not inbox.has_focus:
+                    self._follow_threads()  # the target stays the selected thread's item
                 self._show_item()
             elif second != self._last_second:
                 inbox.refresh()
@@ -491,9 +567,19 @@ class TowerApp(App[int]):
             gc.collect()
             gc.freeze()
 
+    def on_app_blur(self) -> None:
+        self.notifications.focus(False)  # items from now on may notify ([notify] in keys.toml)
+        self.attention.hidden(self.now())  # the person is elsewhere: not deciding
+
+    def on_app_focus(self) -> None:
+        self.notifications.focus(True)
+        if self.shown is not None:
+            self.attention.showing(self.now())
+
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, events.Key):
             self._last_key = time.monotonic()
+            self.attention.activity(self.now())
         await super().on_event(event)
 
     def _panel_targets(self) -> list[str]:
@@ -528,16 +614,128 @@ class TowerApp(App[int]):
                 panel._marks = marks  # type: ignore[attr-defined]
 
     def _show_item(self) -> None:
-        key = self.inbox_list.current
+        """Draws the target in the detail pane and the selection bar, and keeps it: verbs act
+        on exactly what was drawn last (`self.shown`), never on a target recomputed later."""
+        with self.state_lock():
+            target = self._compute_target()
+            self.shown = target
+            state = self.state()
+            now = self.now()
+            detail = self.inbox_detail
+            first = state.inbox.get(target.items[0]) if target is not None else None
+            amount = budget_amount(target, first) if target is not None else 0.0
+            hints = hints_for(target, self.key_of, amount)
+            if target is None:
+                tid = self.selected_thread()
+                view = state.threads.get(tid) if tid else None
+                if view is None:
+                    detail.show_text(Text("Nothing selected.", style="dim"))
+                else:
+                    detail.show_text(
+                        Text(
+                            f"{view.id} has nothing waiting for you ({view.state}"
+                            f"{' · ' + view.reason if view.reason else ''}).\n\n"
+                            f"{self.key_of('next_item')} goes to the next item that needs you"
+                            f" ({len(state.inbox)} in the inbox).",
+                            style="dim",
+                        )
+                    )
+            elif (target.situation is not None and target.situation.is_group) or target.marked:
+                sit = target.situation or Situation(
+                    "g:marked",
+                    target.kind or InboxKind.APPROVAL,
+                    f"{len(target.items)} marked item(s)",
+                    target.items,
+                    tuple(dict.fromkeys(state.inbox[i].thread for i in target.items)),
+                    min(state.inbox[i].created for i in target.items),
+                )
+                detail.show_situation(sit, state, now, hints)
+            else:
+                agent = (
+                    state.threads[first.thread].agent
+                    if first and first.thread in state.threads
+                    else ""
+                )
+                detail.show(first, now, agent, hint=hints)
+            self.selection_bar.show(target, self.selected_thread(), hints)
+            if isinstance(self.screen, ThreadScreen):
+                self.screen.show_target(target, hints)
+        if target is None:
+            self.attention.hidden(now)
+        elif self.app_focus:
+            self.attention.showing(now)
+
+    def _compute_target(self) -> Target | None:
+        """What a verb would act on now: the marked set, else the inbox row under the cursor,
+        else nothing (the selected thread has nothing waiting). On a thread's own screen:
+        that thread's oldest item."""
         state = self.state()
-        item = state.inbox.get(key) if key else None
-        agent = state.threads[item.thread].agent if item and item.thread in state.threads else ""
-        self.inbox_detail.show(item, self.now(), agent)
+        inbox = self.inbox_list
+        if isinstance(self.screen, ThreadScreen):
+            tid = self.screen.thread
+            mine = sorted(
+                (i for i in list(state.inbox.values()) if i.thread == tid),
+                key=lambda i: (i.created, i.id),
+            )
+            if not mine:
+                return None
+            sit = inbox.member_of.get(mine[0].id)
+            return Target(
+                (mine[0].id,),
+                mine[0].kind,
+                target_label(mine[0], summary_of(mine[0])),
+                sit if sit is not None and sit.key == mine[0].id and sit.resolve else None,
+                thread=tid,
+            )
+        marked = sorted(
+            (state.inbox[i] for i in inbox.marked if i in state.inbox),
+            key=lambda i: (i.created, i.id),
+        )
+        if marked:
+            kinds = {i.kind for i in marked}
+            return Target(
+                tuple(i.id for i in marked),
+                kinds.pop() if len(kinds) == 1 else None,
+                f"{len(marked)} marked: "
+                + " ".join(i.id for i in marked[:8])
+                + (" …" if len(marked) > 8 else ""),
+                marked=True,
+            )
+        if inbox.detached:
+            return None
+        sit = inbox.situation_of(inbox.current)
+        if sit is None:
+            return None
+        if sit.is_group:
+            return Target(sit.items, sit.kind, f"{sit.cause} ({len(sit.items)} items)", sit)
+        item = state.inbox.get(sit.items[0])
+        if item is None:
+            return None
+        return Target(
+            (item.id,),
+            item.kind,
+            target_label(item, summary_of(item)),
+            sit if sit.resolve else None,
+            thread=item.thread,
+        )
 
     def _notify_pending(self, state: TowerState) -> None:
         """Toasts only for what needs the human: new inbox items, budget stops, failures."""
         items, failures = self._new_items, self._failures
         self._new_items, self._failures = [], []
+        cap = self.inbox_list.human_minutes_cap
+        if cap is not None and state.human_seconds / 60 >= cap:
+            # The attention budget is spent: routine items wait in the digest, silently.
+            routine = self.inbox_list.routine_usd
+            items = [
+                e
+                for e in items
+                if not (
+                    (found := state.inbox.get(e.payload["item"])) is not None
+                    and is_routine(found, routine)
+                )
+            ]
+        self.notifications.tick(state, items, self.now(), self.app_focus)
         if not items and not failures:
             return
         budget = [e for e in items if e.payload["kind"] == InboxKind.BUDGET]
@@ -593,16 +791,14 @@ class TowerApp(App[int]):
         return self.threads_list.current
 
     def current_item(self) -> str | None:
-        """The focused inbox item, else the oldest item of the selected thread."""
-        state = self.state()
-        inbox = self.inbox_list
-        if inbox.has_focus and inbox.current in state.inbox:
-            return inbox.current
-        tid = self.selected_thread()
-        for item in list(state.inbox.values()):  # a snapshot: the core adds items meanwhile
-            if item.thread == tid:
-                return item.id
-        return None  # never another thread's item: verbs act on what is selected
+        """The one item the screen shows as the target (None for none, a group or a set)."""
+        target = self.shown
+        return target.single if target is not None else None
+
+    def _open_items(self, target: Target) -> list[str]:
+        """The target's items still open; the rest were decided since they were drawn."""
+        inbox = self.state().inbox
+        return [i for i in target.items if i in inbox]
 
     async def _command(self, fn: Callable[[], Any], done: str | None = None) -> Any:
         """Runs a supervisor command on the core's loop; a refusal is a toast, never a crash."""
@@ -628,29 +824,84 @@ class TowerApp(App[int]):
         return tid
 
     def _need_item(self) -> str | None:
-        item = self.current_item()
-        if item is None:
-            self.notify("nothing in the inbox for this thread", severity="warning")
-        return item
+        """The single item shown as the target, for verbs that act on one item."""
+        target = self.shown
+        if target is None:
+            tid = self.selected_thread()
+            self.notify(
+                f"{tid} has nothing waiting for you" if tid else "nothing selected",
+                severity="warning",
+            )
+            return None
+        if target.single is None:
+            self.notify(
+                f"this works on one item; the target is {len(target.items)} items"
+                " (→ expands a group)",
+                severity="warning",
+            )
+            return None
+        if target.single not in self.state().inbox:
+            self.notify(f"{target.single} was already decided", severity="warning")
+            return None
+        return target.single
+
+    def _need_target(self) -> tuple[Target, list[str]] | None:
+        target = self.shown
+        if target is None:
+            tid = self.selected_thread()
+            self.notify(
+                f"{tid} has nothing waiting for you" if tid else "nothing selected",
+                severity="warning",
+            )
+            return None
+        items = self._open_items(target)
+        if not items:
+            self.notify(f"{' '.join(target.items)} already decided", severity="warning")
+            return None
+        return target, items
+
+    def _spend_attention(self, n: int) -> float:
+        """The person's seconds on this decision, shared by the n items it settles."""
+        return self.attention.take(self.now()) / max(n, 1)
+
+    def _after_decision(self) -> None:
+        self.inbox_list.marked.clear()
+        self._inbox_dirty = True
 
     # --- verbs --------------------------------------------------------------------------
 
-    def action_spawn(self) -> None:
-        if self.sup is None:
+    async def action_spawn(self) -> None:
+        sup = self.sup
+        if sup is None:
             self.notify("still starting…", severity="warning")
             return
-        project = self.sup.project
+        project = sup.project
         models = project.all_models()
-        tasks = [(t.title or t.id, t.prompt) for t in project.tasks]
+        # What spawning each task would start now (its next id, {n} filled), from the core.
+        tasks = await self._command(lambda: [sup.task_copy(t.id) for t in project.tasks])
+        if tasks is None or isinstance(self.screen, SpawnDialog):  # n pressed twice
+            return
 
         async def spawn(req: SpawnRequest | None) -> None:
             if req is None or self.sup is None:
                 return
-            tid = await self._command(
-                lambda: self.sup.spawn(  # type: ignore[union-attr]
-                    req.agent, req.prompt, model=req.model, budget_usd=req.budget_usd
+            task = req.task
+            if task is not None:
+                tid = await self._command(
+                    lambda: sup.spawn_task(
+                        task, model=req.model, budget_usd=req.budget_usd, prompt=req.prompt
+                    )
                 )
-            )
+            else:
+                tid = await self._command(
+                    lambda: sup.spawn(
+                        req.agent,
+                        req.prompt or "",
+                        model=req.model,
+                        budget_usd=req.budget_usd,
+                        workspace=req.workspace,
+                    )
+                )
             if tid:
                 self.notify(f"spawned {tid}", timeout=2)
                 self._rows_dirty = True
@@ -681,6 +932,10 @@ class TowerApp(App[int]):
         tid = self._need_thread()
         if tid is None:
             return
+        view = self.state().threads.get(tid)
+        if view is not None and view.state.ended:
+            self.notify(f"{tid} has already ended ({view.state})", severity="warning")
+            return
 
         async def confirmed(yes: bool | None) -> None:
             if yes:
@@ -706,26 +961,113 @@ class TowerApp(App[int]):
                 f"{tid} handed to you: it stops at its next checkpoint",
             )
 
-    def _kind(self, item: str) -> InboxKind | None:
-        found = self.state().inbox.get(item)
-        return found.kind if found else None
+    async def _decide_each(
+        self, items: list[str], fn: Callable[[str, float], Any], what: str
+    ) -> int:
+        """Applies one decision to each item on the core's loop; returns how many applied."""
+        share = self._spend_attention(len(items))
+
+        def run() -> int:
+            done = 0
+            for item in items:
+                try:
+                    fn(item, share)
+                    done += 1
+                except CommandError:
+                    pass  # decided meanwhile (a rule, its thread ended): nothing to do
+            return done
+
+        done = await self._command(run)
+        self._after_decision()
+        if done:
+            self.notify(f"{what} {done if len(items) > 1 else items[0]}", timeout=2)
+        return done or 0
 
     async def action_approve(self) -> None:
+        """a: approve the target; on a budget target raise it by the shown amount; on a
+        handoff let the thread continue; on a question, answer it."""
+        found = self._need_target()
+        if found is None or self.sup is None:
+            return
+        target, items = found
+        sup = self.sup
+        state = self.state()
+        kinds = {state.inbox[i].kind for i in items}
+        if kinds == {InboxKind.QUESTION}:
+            self.action_reply()
+            return
+        budget = [i for i in items if state.inbox[i].kind is InboxKind.BUDGET]
+        rest = [
+            i for i in items if state.inbox[i].kind in (InboxKind.APPROVAL, InboxKind.ESCALATION)
+        ]
+        skipped = len(items) - len(budget) - len(rest)
+        if budget:
+            await self._raise_for(target, budget)
+        if rest:
+            await self._decide_each(
+                rest,
+                lambda i, a: sup.approve(i, attention_s=a),
+                "approved",
+            )
+        if skipped:
+            self.notify(f"{skipped} question(s) skipped: {self.key_of('reply')} answers one")
+
+    async def _raise_for(self, target: Target, items: list[str]) -> None:
+        """Raises what stopped these budget items, by the amount the screen showed."""
+        sup = self.sup
+        assert sup is not None
+        state = self.state()
+        session = [i for i in items if state.inbox[i].data.get("scope") == "session"]
+        own = [i for i in items if i not in session]
+        share = self._spend_attention(len(items))
+        amount = budget_amount(target, state.inbox[items[0]])
+        woken_before = len([i for i in state.inbox.values() if i.kind is InboxKind.BUDGET])
+
+        def run() -> None:
+            if session:
+                # One raise of the session cap wakes every thread it stopped.
+                sup.raise_budget(
+                    session[0], usd=amount if amount > 0 else 0.0, attention_s=share * len(session)
+                )
+            for i in own:
+                if i in sup.bus.state.inbox:
+                    sup.raise_budget(i, attention_s=share)
+
+        await self._command(run)
+        self._after_decision()
+        woken = woken_before - len(
+            [i for i in self.state().inbox.values() if i.kind is InboxKind.BUDGET]
+        )
+        scope = "session budget" if session else "budget"
+        self.notify(
+            f"raised the {scope} by {usd(amount, 2)}; {max(woken, len(own))} thread(s) woken",
+            timeout=3,
+        )
+
+    async def action_deny(self) -> None:
+        found = self._need_target()
+        if found is None or self.sup is None:
+            return
+        _target, items = found
+        sup = self.sup
+        await self._decide_each(items, lambda i, a: sup.deny(i, attention_s=a), "denied")
+
+    def action_deny_reason(self) -> None:
+        """D: deny one item with a reason; the agent reads it in the tool's result."""
         item = self._need_item()
         if item is None or self.sup is None:
             return
-        kind = self._kind(item)
-        if kind is InboxKind.BUDGET:
-            await self._command(lambda: self.sup.raise_budget(item), "budget raised")  # type: ignore[union-attr]
-        elif kind is InboxKind.QUESTION:
-            self.action_reply()
-        else:
-            await self._command(lambda: self.sup.approve(item), f"approved {item}")  # type: ignore[union-attr]
+        sup = self.sup
+        found = self.state().inbox.get(item)
+        what = f"{found.data.get('tool') or found.kind} for {found.thread}" if found else item
 
-    async def action_deny(self) -> None:
-        item = self._need_item()
-        if item is not None:
-            await self._command(lambda: self.sup.deny(item), f"denied {item}")  # type: ignore[union-attr]
+        async def deny(reason: str | None) -> None:
+            if reason is not None:
+                await self._command(
+                    lambda: sup.deny(item, comment=reason), f"denied {item}: {reason[:60]}"
+                )
+
+        self.push_screen(TextDialog(f"Deny {item} ({what}) — the reason the agent reads"), deny)
 
     def action_edit(self) -> None:
         item = self._need_item()
@@ -748,33 +1090,60 @@ class TowerApp(App[int]):
         )
 
     def action_reply(self) -> None:
-        item = self.current_item()
+        """r: answer the question, guide the handed-off threads, approve with a comment; with
+        nothing waiting, a comment to the selected thread."""
+        target = self.shown
         tid = self.selected_thread()
-        if item is None and tid is None:
+        state = self.state()
+        items = self._open_items(target) if target is not None else []
+        if target is not None and not items:
+            self.notify(f"{' '.join(target.items)} already decided", severity="warning")
+            return
+        if not items and tid is None:
             self.notify("no thread selected", severity="warning")
             return
-        found = self.state().inbox.get(item) if item else None
-        if found is not None and found.kind is InboxKind.QUESTION:
-            title = f"{found.thread} asks: {found.data.get('question', '')}"
-            target = item
-        elif found is not None and found.kind is InboxKind.ESCALATION:
-            title = f"Guidance for {found.thread}"
-            target = item
-        elif found is not None and found.kind is InboxKind.APPROVAL:
-            title = f"Approve {found.data.get('tool')} for {found.thread} with a comment"
-            target = item
+        kinds = {state.inbox[i].kind for i in items}
+        first = state.inbox[items[0]] if items else None
+        many = len(items) > 1
+        if first is not None and kinds == {InboxKind.QUESTION} and not many:
+            title = f"{first.thread} asks: {first.data.get('question', '')}"
+        elif first is not None and kinds == {InboxKind.ESCALATION}:
+            title = f"Guidance for {len(items)} threads" if many else f"Guidance for {first.thread}"
+        elif first is not None and kinds == {InboxKind.APPROVAL}:
+            title = (
+                f"Approve {len(items)} calls with a comment"
+                if many
+                else f"Approve {first.data.get('tool')} for {first.thread} with a comment"
+            )
+        elif items:
+            self.notify(
+                "reply works on one question, or on approvals or handoffs of one kind",
+                severity="warning",
+            )
+            return
         else:
             title = f"Comment to {tid} (read before its next model call)"
-            target = tid
+        sup = self.sup
 
         async def send(text: str | None) -> None:
-            if text and target:
-                await self._command(lambda: self.sup.reply(target, text), "sent")  # type: ignore[union-attr]
+            if not text or sup is None:
+                return
+            if items:
+                await self._decide_each(
+                    items, lambda i, a: sup.reply(i, text, attention_s=a), "sent to"
+                )
+            elif tid is not None:
+                await self._command(lambda: sup.reply(tid, text), "sent")
 
         self.push_screen(TextDialog(title), send)
 
     def action_allow_like(self) -> None:
-        item = self._need_item()
+        target = self.shown
+        if target is not None and target.situation is not None and target.situation.is_group:
+            open_ = self._open_items(target)  # the same call: its first item speaks for all
+            item = open_[0] if open_ else None
+        else:
+            item = self._need_item()
         if item is None or self.sup is None:
             return
         with self.state_lock():
@@ -796,11 +1165,13 @@ class TowerApp(App[int]):
         async def chosen(req: GrantRequest | None) -> None:
             if req is None:
                 return
+            self._spend_attention(1)  # the grant settles the covered items: no per-item time
             rid = await self._command(
                 lambda: self.sup.grant(  # type: ignore[union-attr]
                     tool, req.args, agent=req.agent, minutes=req.minutes, item=item
                 )
             )
+            self._after_decision()
             if rid is not None:
                 scope = f"agent {req.agent}" if req.agent else "every agent"
                 globs = " ".join(f"{k}={v}" for k, v in req.args.items())
@@ -813,29 +1184,56 @@ class TowerApp(App[int]):
         self.push_screen(GrantDialog(tool, suggest, agent), chosen)
 
     def action_raise_budget(self) -> None:
+        """b: raise by an amount you type; on a budget target, the cap that stopped it."""
         if self.sup is None:
             return
-        item = self.current_item()
-        found = self.state().inbox.get(item) if item else None
-        if found is not None and found.kind is InboxKind.BUDGET:
-            title = f"Raise the {found.data.get('scope')} budget for {found.thread} by (USD)"
-            suggestion = float(found.data.get("suggest_usd") or 0.01)
-            target: str | None = item
+        target = self.shown
+        state = self.state()
+        items = self._open_items(target) if target is not None else []
+        budget = [i for i in items if state.inbox[i].kind is InboxKind.BUDGET]
+        first = state.inbox[budget[0]] if budget else None
+        if target is not None and first is not None:
+            session = first.data.get("scope") == "session"
+            who = (
+                f"{len(budget)} threads stopped by it"
+                if session and len(budget) > 1
+                else first.thread
+            )
+            title = (
+                f"Raise the session budget ({who}) by (USD)"
+                if session
+                else f"Raise the thread budget of {first.thread} by (USD)"
+            )
+            suggestion = budget_amount(target, first) or 0.01
         else:
             title = "Raise the session budget by (USD)"
-            suggestion = max((self.state().budget.limit_usd or 0.0) * 0.25, 0.01)
-            target = None
+            suggestion = max((state.budget.limit_usd or 0.0) * 0.25, 0.01)
+        sup = self.sup
 
         async def raised(amount: float | None) -> None:
-            if amount:
+            if not amount:
+                return
+            if first is not None and target is not None:
+                share = self._spend_attention(len(budget))
+                session = first.data.get("scope") == "session"
+                lead = [budget[0]] if session else budget
+
+                def run() -> None:
+                    for i in lead:
+                        if i in sup.bus.state.inbox:
+                            sup.raise_budget(i, usd=amount, attention_s=share)
+
+                await self._command(run, f"budget raised by {usd(amount)}")
+                self._after_decision()
+            else:
                 await self._command(
-                    lambda: self.sup.raise_budget(target, usd=amount),  # type: ignore[union-attr]
-                    f"budget raised by {usd(amount)}",
+                    lambda: sup.raise_budget(None, usd=amount), f"budget raised by {usd(amount)}"
                 )
 
         self.push_screen(AmountDialog(title, suggestion), raised)
 
     def _jump(self, step: int) -> None:
+        """] / [: the next situation that needs you; the thread list follows."""
         inbox = self.inbox_list
         keys = inbox.rows
         if not keys:
@@ -843,20 +1241,43 @@ class TowerApp(App[int]):
             return
         current = inbox.current
         index = keys.index(current) if current in keys else -1
-        if not inbox.has_focus and index >= 0:
+        if (not inbox.has_focus or inbox.detached) and index >= 0:
             step = 0  # coming from elsewhere: land on the selected item first
         index = (index + step) % len(keys)
+        inbox.detached = False
         inbox.cursor = index
-        item = self.state().inbox.get(keys[index])
-        if item is not None:
-            threads = self.threads_list
-            if not threads.select_key(item.thread) and threads.filter_text:
-                threads.filter_text = ""
-                with self.state_lock():
-                    threads.rebuild()
-                threads.select_key(item.thread)
-        self._show_item()
         inbox.focus()
+        self._follow_inbox()
+        self._show_item()
+
+    def _follow_inbox(self) -> None:
+        """The thread list's cursor goes to the thread of the inbox row under the cursor."""
+        sit = self.inbox_list.situation_of(self.inbox_list.current)
+        if sit is None:
+            return
+        item = self.state().inbox.get(sit.items[0])
+        if item is None:
+            return
+        threads = self.threads_list
+        if not threads.select_key(item.thread) and threads.filter_text:
+            threads.filter_text = ""
+            with self.state_lock():
+                threads.rebuild()
+            threads.select_key(item.thread)
+
+    def _follow_threads(self) -> None:
+        """The inbox cursor goes to the selected thread's oldest item, or shows none."""
+        tid = self.threads_list.current
+        inbox = self.inbox_list
+        if inbox.marked:
+            return  # a marked set is the target until it is decided or unmarked
+        with self.state_lock():
+            row = inbox.row_for_thread(tid) if tid is not None else None
+        if row is None:
+            inbox.detached = True
+        else:
+            inbox.detached = False
+            inbox.select_key(row)
 
     def action_next_item(self) -> None:
         self._jump(1)
@@ -907,13 +1328,29 @@ class TowerApp(App[int]):
         self._dirty.add(tid)
 
     async def action_sessions(self) -> None:
+        """The sessions list: enter replays, r resumes, f forks, e exports (see its module)."""
+        from tower.ui.screens.sessions import SessionsHost
+
         store, core = self.store, self.core
         if store is None or core is None or self.closed:
             self.notify("still starting…", severity="warning")
             return
-        rows = await core.run(store.list_sessions())
-        current = self.sup.session_id if self.sup is not None else None
-        self.push_screen(SessionsScreen(rows, current))
+
+        async def listed() -> list[Any]:
+            await store.flush()  # this session's newest thread outcomes count too
+            return await store.list_sessions()
+
+        def live() -> int:
+            return sum(1 for t in list(self.state().threads.values()) if not t.state.ended)
+
+        host = SessionsHost(
+            db=store.path,
+            current=self.sup.session_id if self.sup is not None else None,
+            run=lambda work: core.run(work(store)),
+            live_threads=live,
+            shutdown=self.shutdown,
+        )
+        self.push_screen(SessionsScreen(await core.run(listed()), host.current, host))
 
     def action_policy(self) -> None:
         if self.sup is None or self.core is None:
@@ -948,11 +1385,26 @@ class TowerApp(App[int]):
             return
         self.push_screen(ExperimentScreen(self.project.root, variants, self.db, self.core))
 
+    async def action_files(self) -> None:
+        """w: the files the selected thread wrote, each with its diff against the original."""
+        from tower.ui.screens.files import FilesScreen, thread_folders
+
+        tid = self._need_thread()
+        if tid is None or self.sup is None or isinstance(self.screen, FilesScreen):
+            return
+        root, original = thread_folders(self.sup, tid)
+        self.push_screen(FilesScreen(tid, root, original, await self.thread_events(tid)))
+
     def action_focus_inbox(self) -> None:
+        self.inbox_list.detached = False
         self.inbox_list.focus()
+        self._follow_inbox()
+        self._show_item()
 
     def action_focus_threads(self) -> None:
         self.threads_list.focus()
+        self._follow_threads()
+        self._show_item()
 
     def action_help(self) -> None:
         rows = [(self.key_of(bid), bid, desc) for bid, _k, _a, _l, desc in VERBS]
@@ -966,14 +1418,23 @@ class TowerApp(App[int]):
     @on(RowList.Highlighted)
     def _highlighted(self, event: RowList.Highlighted) -> None:
         if isinstance(event.rowlist, InboxList):
-            self._show_item()
+            if event.rowlist.has_focus:
+                event.rowlist.detached = False
+                self._follow_inbox()
         else:
             self._dirty.update(self._panel_targets())
+            if event.rowlist.has_focus:
+                self._follow_threads()
+        self._show_item()
 
     @on(RowList.Selected)
     async def _open(self, event: RowList.Selected) -> None:
         key = event.key
         if isinstance(event.rowlist, InboxList):
+            inbox = event.rowlist
+            if key in inbox.by_key and inbox.by_key[key].is_group:
+                inbox.action_expand(key not in inbox.expanded)
+                return
             item = self.state().inbox.get(key or "")
             key = item.thread if item else None
         if key is not None:

@@ -9,13 +9,23 @@ from typing import Any
 
 
 def usd(x: float | None, places: int = 4) -> str:
-    """Dollars; sums below a billionth are float residue and show as zero."""
+    """Dollars with at least `places` decimals; an amount with up to four decimals is never
+    rounded to a different one ($0.085 stays $0.085, never $0.09). Sums below a billionth
+    are float residue and show as zero."""
     if x is None:
         return "—"
     if abs(x) < 1e-9:
         return f"${0:.{places}f}"
     if abs(x) < 10**-places:
         return f"${x:.6f}"
+    # An amount a person typed ($0.085, $0.0125) is shown exactly, up to four decimals;
+    # a measured cost keeps the requested precision.
+    exact = round(x, 6)
+    more = places
+    while more < 4 and round(x, more) != exact:
+        more += 1
+    if round(x, more) == exact:
+        places = more
     return f"${x:,.{places}f}"
 
 

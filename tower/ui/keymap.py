@@ -8,6 +8,15 @@ approve = "a,y"
 [ui]
 bell = true
 theme = "tower-dark"
+
+[notify]            # when items need you and the terminal is not focused (tower.ui.notify)
+when = "unfocused"  # or "always", "never"
+bell = true
+osc = "9"           # "9", "777", "both" or false
+desktop = true      # notify-send, where installed
+webhook = "https://ntfy.sh/mytopic"
+webhook_format = "ntfy"   # or "slack"
+interval_s = 30
 ```
 
 Action ids are the ids of the app's bindings, so `UiConfig.keymap()` can go straight to
@@ -22,9 +31,20 @@ import difflib
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from textual.keys import Keys, _character_to_key, key_to_character
 
 from tower.resources import config_dir
@@ -87,9 +107,49 @@ class _UiSection(_Strict):
     theme: StrictStr | None = Field(default=None, min_length=1)
 
 
+class _NotifySection(_Strict):
+    """[notify]: which channels tell the person that items need them (see tower.ui.notify)."""
+
+    when: Literal["unfocused", "always", "never"] = "unfocused"
+    bell: StrictBool = False
+    osc: Literal["9", "777", "both"] | None = None
+    desktop: StrictBool = False
+    webhook_format: Literal["ntfy", "slack"] = "ntfy"
+    webhook: StrictStr | None = None
+    interval_s: StrictFloat = Field(default=30.0, ge=1.0, le=86400.0)
+
+    @field_validator("osc", mode="before")
+    @classmethod
+    def _osc(cls, value: Any) -> Any:
+        if value is False:
+            return None
+        if value is True:
+            raise ValueError('say which: "9", "777" or "both" (false for none)')
+        return str(value) if isinstance(value, int) else value
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL, e.g. https://ntfy.sh/mytopic")
+        if info.data.get("webhook_format", "ntfy") == "ntfy" and not parts.path.strip("/"):
+            raise ValueError("an ntfy URL names the topic, e.g. https://ntfy.sh/mytopic")
+        return value
+
+
+NotifyConfig = _NotifySection
+
+
 class _File(_Strict):
     keys: dict[str, StrictStr] = Field(default_factory=dict)
     ui: _UiSection = Field(default_factory=_UiSection)
+    notify: _NotifySection = Field(default_factory=_NotifySection)
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {"ui": _UiSection, "notify": _NotifySection}
 
 
 class UiConfig(_Strict):
@@ -98,6 +158,8 @@ class UiConfig(_Strict):
     keys: dict[str, str] = Field(default_factory=dict)
     bell: bool = False
     theme: str | None = None
+    notify: _NotifySection = Field(default_factory=_NotifySection)
+    """[notify]: when and how to tell the person that items need them."""
     path: Path | None = None
     """The file this came from (None when built in code)."""
 
@@ -118,7 +180,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
 def _describe(err: dict[str, Any], loc: tuple[Any, ...]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        model: type[BaseModel] = _File if len(loc) == 1 else _UiSection
+        model: type[BaseModel] = _File if len(loc) == 1 else _SECTIONS.get(loc[0], _UiSection)
         allowed = list(model.model_fields)
         guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f" (did you mean {guess[0]!r}?)" if guess else ""
@@ -128,6 +190,12 @@ def _describe(err: dict[str, Any], loc: tuple[Any, ...]) -> str:
         return 'expected a string of keys, e.g. "x" or "a,y"'
     if kind in ("dict_type", "model_type"):
         return "expected a table"
+    if kind == "literal_error":
+        expected = str(err["ctx"]["expected"]).replace(" or ", ", ")
+        allowed = [a.strip("'") for a in expected.split(", ")]
+        guess = difflib.get_close_matches(str(err.get("input")), allowed, n=1)
+        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+        return f"expected one of {', '.join(allowed)}{hint}"
     return str(err["msg"]).removeprefix("Value error, ")
 
 
@@ -149,7 +217,13 @@ def parse_config(text: str, path: Path) -> UiConfig:
             split_keys(value)
         except ValueError as exc:
             raise ConfigError(path, f"keys.{action}: {exc}", key=f"keys.{action}") from None
-    return UiConfig(keys=parsed.keys, bell=parsed.ui.bell, theme=parsed.ui.theme, path=path)
+    return UiConfig(
+        keys=parsed.keys,
+        bell=parsed.ui.bell,
+        theme=parsed.ui.theme,
+        notify=parsed.notify,
+        path=path,
+    )
 
 
 def load_config(path: str | Path | None = None) -> UiConfig:

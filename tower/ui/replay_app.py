@@ -2,19 +2,25 @@
 
 It reuses the live screen's widgets over a Replayer's state (the same reducer), with the
 replay clock as "now": ages and waits read as they did at that moment.
+
+The replay is a screen, `ReplayScreen`: `ReplayApp` (the `tower replay` command) shows it on
+its own, and the live tower pushes it from the sessions list (`L`, enter) over the running
+session, which carries on underneath; escape pops it. It is modal, so none of the live
+tower's verbs reach through it, and it reads the log through its own connection.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
 from tower.core.events import EventKind
@@ -83,16 +89,20 @@ class Timeline(Static):
         self.update(Text("\n").join([line, info]), layout=False)
 
 
-class ReplayApp(App[int]):
-    TITLE = "tower replay"
-    CSS = """
-    Screen { layout: vertical; }
-    #main { height: 3fr; }
-    #left { width: 3fr; }
-    #right { width: 2fr; }
-    ThreadList, InboxList { height: 1fr; border: round $panel-lighten-2; }
-    ThreadList:focus, InboxList:focus { border: round $accent; }
-    PanelGrid { height: 2fr; }
+class ReplayScreen(ModalScreen[None]):
+    """A recorded session, scrub-able. `standalone`: closing it ends the app (exit code 0;
+    2 when the session cannot be opened) instead of returning to the screen below."""
+
+    DEFAULT_CSS = """
+    ReplayScreen { layout: vertical; background: $background; }
+    ReplayScreen #main { height: 3fr; }
+    ReplayScreen #left { width: 3fr; }
+    ReplayScreen #right { width: 2fr; }
+    ReplayScreen ThreadList, ReplayScreen InboxList {
+        height: 1fr; border: round $panel-lighten-2;
+    }
+    ReplayScreen ThreadList:focus, ReplayScreen InboxList:focus { border: round $accent; }
+    ReplayScreen PanelGrid { height: 2fr; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("space", "play", "Play/pause", id="replay_play"),
@@ -104,14 +114,18 @@ class ReplayApp(App[int]):
         Binding("minus", "speed(-1)", "Slower", id="replay_slower"),
         Binding("g", "goto", "Go to", id="replay_goto"),
         Binding("t", "follow", "Follow thread", id="replay_follow"),
-        Binding("tab", "focus_next", "Focus", show=False),
-        Binding("q", "quit", "Quit", id="replay_quit"),
+        Binding("tab", "app.focus_next", "Focus", show=False),
+        Binding("escape,q", "close", "Close", id="replay_quit"),
     ]
 
-    def __init__(self, db: str | Path | None, session: str) -> None:
+    def __init__(self, db: str | Path | None, session: str, standalone: bool = False) -> None:
         super().__init__()
         self.db = db
         self.session_ref = session
+        self.standalone = standalone
+        # Over the live tower it is modal (the tower's verbs must not reach through it); on
+        # its own the app's keys (the command palette) stay available, as on any screen.
+        self._modal = not standalone
         self.rp: Replayer | None = None
         self.store: Store | None = None
         self.playing = False
@@ -139,11 +153,6 @@ class ReplayApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
-        themes, _errors = load_themes()
-        for theme in themes.values():
-            self.register_theme(theme)
-        if "tower-dark" in self.available_themes:
-            self.theme = "tower-dark"
         self.threads = self.query_one(ThreadList)
         self.inbox = self.query_one(InboxList)
         self.threads.focus()
@@ -163,10 +172,21 @@ class ReplayApp(App[int]):
         except (StoreError, ReplayError) as exc:
             if self.store is not None:
                 await self.store.close()
-            self.exit(return_code=2, message=Text(f"tower: {exc}"))
+                self.store = None
+            if self.standalone:
+                self.app.exit(return_code=2, message=Text(f"tower: {exc}"))
+            else:
+                self.app.notify(f"cannot replay: {exc}", severity="error")
+                self.dismiss(None)
             return
         self.rp = rp
         self.draw()
+
+    def action_close(self) -> None:
+        if self.standalone:
+            self.app.exit(0)
+        else:
+            self.dismiss(None)
 
     # --- drawing ------------------------------------------------------------------------
 
@@ -175,7 +195,7 @@ class ReplayApp(App[int]):
         if rp is None:
             return
         state = rp.state
-        with self.batch_update():
+        with self.app.batch_update():
             self.query_one(BudgetBar).show(state, self.burn.per_minute(), "replay")
             self.query_one(Timeline).show(rp, self.playing, SPEEDS[self.speed_i], self.follow)
             self.threads.rebuild()
@@ -238,7 +258,7 @@ class ReplayApp(App[int]):
             waited = ev.payload.get("waited_s")
             p = ev.payload
             extra = f" after {waited:.0f}s" if waited else ""
-            self.notify(
+            self.app.notify(
                 f"{ev.thread}: {p['item']} {p['resolution']} by {p['by']}{extra}",
                 title="decision",
                 timeout=3,
@@ -281,7 +301,7 @@ class ReplayApp(App[int]):
             try:
                 kind, value = parse_target(text, rp.first_ts)
             except ValueError as exc:
-                self.notify(str(exc), severity="error")
+                self.app.notify(str(exc), severity="error")
                 return
             if kind == "seq":
                 await rp.seek(int(value))
@@ -289,7 +309,7 @@ class ReplayApp(App[int]):
                 await rp.seek_time(value)
             self.draw()
 
-        self.push_screen(TextDialog("Go to an event number (#120) or a time (2m30s)"), go)
+        self.app.push_screen(TextDialog("Go to an event number (#120) or a time (2m30s)"), go)
 
     def action_follow(self) -> None:
         tid = self.threads.current
@@ -300,3 +320,43 @@ class ReplayApp(App[int]):
         if self.store is not None:
             await self.store.close()
             self.store = None
+
+
+class ReplayApp(App[int]):
+    """`tower replay SESSION`: a ReplayScreen on its own, in tower's theme."""
+
+    TITLE = "tower replay"
+
+    def __init__(self, db: str | Path | None, session: str) -> None:
+        super().__init__()
+        self.replay = ReplayScreen(db, session, standalone=True)
+
+    def on_mount(self) -> None:
+        themes, _errors = load_themes()
+        for theme in themes.values():
+            self.register_theme(theme)
+        if "tower-dark" in self.available_themes:
+            self.theme = "tower-dark"
+
+    def get_default_screen(self) -> Screen[Any]:
+        return self.replay  # the app's own queries (app.query_one) reach its widgets
+
+    # The screen's cursor, for scripts and tests that drive the app.
+    @property
+    def rp(self) -> Replayer | None:
+        return self.replay.rp
+
+    @property
+    def playing(self) -> bool:
+        return self.replay.playing
+
+    @property
+    def speed_i(self) -> int:
+        return self.replay.speed_i
+
+    @property
+    def follow(self) -> str | None:
+        return self.replay.follow
+
+    def state(self) -> TowerState:
+        return self.replay.state()

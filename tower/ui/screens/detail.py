@@ -17,9 +17,20 @@ from tower.core.events import Event, EventKind
 from tower.core.policy import UNGATED
 from tower.ui.format import tokens, usd
 
+# Tool results longer than this are cut in the transcript; enter shows one whole, in place.
+RESULT_CHARS = 600
 
-def transcript_lines(ev: Event) -> list[Text]:
-    """How one event reads in a transcript (empty for events it does not show)."""
+
+def expandable(ev: Event) -> bool:
+    """A tool result the transcript shows cut, which enter can show whole."""
+    if ev.kind is not EventKind.TOOL_RESULT:
+        return False
+    return len(str(ev.payload.get("result", ""))) > RESULT_CHARS
+
+
+def transcript_lines(ev: Event, expanded: bool = False) -> list[Text]:
+    """How one event reads in a transcript (empty for events it does not show); a long tool
+    result is cut unless expanded."""
     p = ev.payload
     k = ev.kind
     if k is EventKind.THREAD_SPAWNED:
@@ -44,8 +55,16 @@ def transcript_lines(ev: Event) -> list[Text]:
         return [Text(f"  policy: {p['policy']} — {p.get('rule', '')}", style=style)]
     if k is EventKind.TOOL_RESULT:
         result = str(p.get("result", ""))
-        short = result if len(result) <= 600 else result[:600] + f"… ({len(result)} chars)"
-        return [Text(f"← {p['tool']}: {short}", style="green" if p.get("ok") else "red")]
+        style = "green" if p.get("ok") else "red"
+        if len(result) <= RESULT_CHARS:
+            return [Text(f"← {p['tool']}: {result}", style=style)]
+        if expanded:
+            line = Text(f"← {p['tool']}: {result}", style=style)
+            line.append(f"\n  ({len(result)} chars · enter folds it)", style="dim")
+            return [line]
+        line = Text(f"← {p['tool']}: {result[:RESULT_CHARS]}… ", style=style)
+        line.append(f"({len(result)} chars · enter shows all)", style="dim")
+        return [line]
     if k is EventKind.INBOX_OPENED:
         what = p.get("question") or p.get("reason") or p.get("tool", "")
         return [Text(f"⚑ inbox {p['item']} ({p['kind']}): {what}", style="yellow")]
@@ -74,9 +93,11 @@ def transcript_lines(ev: Event) -> list[Text]:
 class ThreadScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,backspace", "app.pop_screen", "Back"),
+        Binding("enter", "expand", "Whole result", priority=True),
     ]
     DEFAULT_CSS = """
     ThreadScreen #head { height: auto; padding: 0 1; background: $panel; }
+    ThreadScreen #target { height: 1; padding: 0 1; background: $boost; }
     ThreadScreen Horizontal { height: 1fr; }
     ThreadScreen RichLog { width: 2fr; border: round $panel-lighten-2; }
     ThreadScreen DataTable { width: 1fr; border: round $panel-lighten-2; }
@@ -85,9 +106,14 @@ class ThreadScreen(Screen[None]):
     def __init__(self, thread: str) -> None:
         super().__init__()
         self.thread = thread
+        # What the transcript shows, and where: each shown event and its lines in the log
+        # (None until the log has a size); long results shown whole, by event seq.
+        self.shown: list[tuple[Event, tuple[int, int] | None]] = []
+        self.expanded: set[int] = set()
 
     def compose(self) -> ComposeResult:
         yield Static(id="head")
+        yield Static(id="target")
         with Horizontal():
             yield RichLog(id="transcript", wrap=True, markup=False, auto_scroll=True)
             yield DataTable(id="steps", cursor_type="row", zebra_stripes=True)
@@ -108,9 +134,9 @@ class ThreadScreen(Screen[None]):
     def add_events(self, events: list[Event]) -> None:
         log = self.query_one(RichLog)
         table = self.query_one(DataTable)
+        follow = log.scroll_y >= log.max_scroll_y  # new lines scroll only a log at its end
         for ev in events:
-            for line in transcript_lines(ev):
-                log.write(line)
+            self._write(log, ev, follow)
             if ev.kind is EventKind.LLM_FINISHED:
                 p = ev.payload
                 table.add_row(
@@ -121,6 +147,63 @@ class ThreadScreen(Screen[None]):
                     usd(p["cost_usd"]),
                     f"{p.get('seconds', 0):.2f}",
                 )
+
+    def _write(self, log: RichLog, ev: Event, follow: bool) -> None:
+        lines = transcript_lines(ev, ev.seq in self.expanded)
+        if not lines:
+            return
+        start = len(log.lines)
+        for line in lines:
+            log.write(line, scroll_end=follow)
+        end = len(log.lines)
+        self.shown.append((ev, (start, end) if end > start else None))  # None: not drawn yet
+
+    def _redraw(self) -> None:
+        log = self.query_one(RichLog)
+        events = [ev for ev, _span in self.shown]
+        self.shown = []
+        log.clear()
+        for ev in events:
+            self._write(log, ev, False)
+
+    def action_expand(self) -> None:
+        """Shows the long tool result in view whole (or cuts it again), where it stands: the
+        lowest one on screen, else the nearest."""
+        log = self.query_one(RichLog)
+        if any(span is None for _ev, span in self.shown):
+            self._redraw()  # written before the log had a size: place them now
+        found = [(ev, span) for ev, span in self.shown if span is not None and expandable(ev)]
+        if not found:
+            self.notify("no long tool result in this transcript", timeout=2)
+            return
+        top = round(log.scroll_y)
+        bottom = top + log.scrollable_content_region.height
+        in_view = [(ev, span) for ev, span in found if span[0] < bottom and span[1] > top]
+        ev, span = (
+            in_view[-1]
+            if in_view
+            else min(found, key=lambda f: min(abs(f[1][0] - bottom), abs(f[1][1] - top)))
+        )
+        self.expanded ^= {ev.seq}
+        offset = span[0] - top
+        self._redraw()
+        new = next(s for e, s in self.shown if e is ev)
+        if new is not None:
+            log.scroll_to(y=max(new[0] - max(offset, 0), 0), animate=False)
+
+    def show_target(self, target: object, hints: str) -> None:
+        """The thread's oldest waiting item: what a, d, r… act on from this screen."""
+        label = getattr(target, "label", None)
+        box = self.query("#target")
+        if not box:
+            return
+        if label is None:
+            box.first(Static).update(Text("nothing waiting for you", style="dim"))
+        else:
+            text = Text("▶ ", style="bold")
+            text.append(str(label), style="bold reverse")
+            text.append("  " + hints, style="dim")
+            box.first(Static).update(text)
 
     def show_head(self, text: Text) -> None:
         self.query_one("#head", Static).update(text)

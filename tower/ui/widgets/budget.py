@@ -36,7 +36,10 @@ class BudgetBar(Static):
     BudgetBar.-error { background: $error 45%; }
     """
 
-    def show(self, state: TowerState, burn_per_min: float, note: str = "") -> None:
+    def show(
+        self, state: TowerState, burn_per_min: float, note: str = "", cap: float | None = None
+    ) -> None:
+        """`cap`: the project's attention budget in minutes (`[budget] human_minutes`)."""
         b = state.budget
         level = budget_level(b.spent_usd, b.reserved_usd, b.limit_usd)
         self.set_class(level == "warning", "-warning")
@@ -62,7 +65,10 @@ class BudgetBar(Static):
         if b.unpriced_tokens:
             line2.append(f" ({tokens(b.unpriced_tokens)} at unknown prices)", style="bold")
         human = state.human_seconds / 60
-        line2.append(f" · human {human:.1f} min ({state.decisions} decision(s))")
+        line2.append(f" · you {human:.1f} min on {state.decisions} decision(s)")
+        if cap:
+            line2.append(f" of {cap:g}", style="bold" if human >= cap else "")
+        line2.append(f" · blocked on you {state.blocked_seconds / 60:.1f} thread-min")
         counts = [
             (ThreadState.RUNNING, "running"),
             (ThreadState.WAITING, "waiting"),

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import ClassVar
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+from textual.binding import Binding, BindingType
 from textual.widgets import Static
 
 from tower.core.events import InboxKind
+from tower.core.situations import Situation, situations
 from tower.core.state import InboxItem, TowerState
 from tower.ui.format import age, fit, pretty_args, usd
 from tower.ui.widgets.rowlist import Cells, StateList
@@ -22,6 +25,8 @@ KIND_LABEL = {
     InboxKind.ESCALATION: "handoff",
     InboxKind.FAILURE: "failure",
 }
+
+KIND_W = 12  # "16× approve?"
 
 # What each key does on each kind of item, shown under the item.
 KEY_HINTS = {
@@ -54,8 +59,22 @@ def counts_title(state: TowerState) -> str:
 
 
 class InboxList(StateList):
+    """The inbox as situations: one row per cause, oldest first; groups expand in place.
+
+    Rows are keyed by item id (a single item, or a member of an expanded group) or by a
+    situation key ("g:…"). `space` marks rows; verbs then act on the marked set.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("space", "mark", "Mark", show=False),
+        Binding("right", "expand(True)", "Expand", show=False),
+        Binding("left", "expand(False)", "Collapse", show=False),
+    ]
     COMPONENT_CLASSES: ClassVar[set[str]] = StateList.COMPONENT_CLASSES | {
-        *(f"inbox--{k}" for k in InboxKind)
+        *(f"inbox--{k}" for k in InboxKind),
+        "inbox--marked",
+        "inbox--group",
+        "inbox--detached",
     }
     DEFAULT_CSS = """
     InboxList > .inbox--approval { color: $warning; }
@@ -63,34 +82,152 @@ class InboxList(StateList):
     InboxList > .inbox--budget { color: $error; }
     InboxList > .inbox--escalation { color: $secondary; }
     InboxList > .inbox--failure { color: $error; }
+    InboxList > .inbox--marked { color: $success; text-style: bold; }
+    InboxList > .inbox--group { text-style: bold; }
+    InboxList > .inbox--detached { background: $surface; }
     """
 
+    def __init__(
+        self, state: Callable[[], TowerState], now: Callable[[], float], *, id: str | None = None
+    ) -> None:
+        super().__init__(state, now, id=id)
+        self.by_key: dict[str, Situation] = {}  # situation key → situation
+        self.member_of: dict[str, Situation] = {}  # item id → its situation
+        self.expanded: set[str] = set()
+        self.marked: set[str] = set()  # item ids
+        self.human_minutes_cap: float | None = None
+        self.routine_usd = 0.01
+
     def rebuild(self) -> None:
-        """Oldest first; items of the same instant in thread order, so the list is stable."""
-        items = sorted(self._state().inbox.values(), key=lambda i: (i.created, i.thread, i.id))
-        self.set_rows([i.id for i in items])
+        """Situations oldest first (the digest last); an expanded group lists its items."""
+        sits = situations(
+            self._state(), human_minutes_cap=self.human_minutes_cap, routine_usd=self.routine_usd
+        )
+        self.by_key = {s.key: s for s in sits}
+        self.member_of = {i: s for s in sits for i in s.items}
+        self.marked &= set(self.member_of)  # decided items are no longer marked
+        self.expanded &= set(self.by_key)
+        rows: list[str] = []
+        for sit in sits:
+            rows.append(sit.key)
+            if sit.key in self.expanded:
+                rows.extend(sit.items)
+        self.set_rows(rows)
+
+    def situation_of(self, key: str | None) -> Situation | None:
+        """The situation a row stands for: a group, or a single item's own situation."""
+        if key is None:
+            return None
+        found = self.by_key.get(key)
+        if found is not None:
+            return found
+        owner = self.member_of.get(key)
+        if owner is None:
+            return None
+        if owner.key == key:
+            return owner
+        return Situation(key, owner.kind, "", (key,), (), 0.0)  # a member row: that item
+
+    def row_for_thread(self, thread: str) -> str | None:
+        """The row of the thread's oldest item; a collapsed group holding it is expanded, so
+        the row under the cursor is that very item (the thread's, not the group's)."""
+        inbox = self._state().inbox
+        mine = [i for i in self.member_of if (it := inbox.get(i)) and it.thread == thread]
+        if not mine:
+            return None
+        oldest = min(mine, key=lambda i: (inbox[i].created, i))
+        if oldest not in self.rows:
+            owner = self.member_of[oldest]
+            self.expanded.add(owner.key)
+            self.rebuild()
+        return oldest if oldest in self.rows else None
+
+    def action_mark(self) -> None:
+        sit = self.situation_of(self.current)
+        if sit is None:
+            return
+        items = set(sit.items)
+        if items <= self.marked:
+            self.marked -= items
+        else:
+            self.marked |= items
+        self.detached = False
+        self.refresh()
+        self.post_message(self.Highlighted(self, self.current))
+        self.action_cursor(1)
+
+    def action_expand(self, open_: bool) -> None:
+        key = self.current
+        if key is None:
+            return
+        group = self.by_key.get(key) if key in self.by_key else self.member_of.get(key)
+        if group is None or not group.is_group:
+            return
+        if open_:
+            self.expanded.add(group.key)
+        else:
+            self.expanded.discard(group.key)
+        self.rebuild()
+        self.select_key(group.key)
 
     @staticmethod
     def _widths(width: int) -> tuple[int, int]:
         """THREAD and WHAT widths: the thread name gives way on narrow screens."""
         thread = min(16, max(8, width // 5))
-        return thread, max(width - 9 - thread - 6 - 3, 8)
+        return thread, max(width - 2 - KIND_W - thread - 6 - 4, 8)
 
     def header(self, width: int) -> Cells:
         thread, rest = self._widths(width)
-        cells = [fit("KIND", 9), fit("THREAD", thread), fit("WHAT", rest), "AGE".rjust(6)]
+        cells = [
+            "  " + fit("KIND", KIND_W),
+            fit("THREAD", thread),
+            fit("WHAT", rest),
+            "AGE".rjust(6),
+        ]
         return [(" ".join(cells), None)]
 
     def row(self, key: str, width: int) -> Cells:
-        item = self._state().inbox.get(key)
+        thread_w, rest = self._widths(width)
+        state = self._state()
+        sit = self.by_key.get(key)
+        if sit is not None and sit.is_group:
+            opened = key in self.expanded
+            marked = set(sit.items) <= self.marked
+            lead = ("✓" if marked else "▾" if opened else "▸") + " "
+            label = f"{len(sit.items)}× {KIND_LABEL[sit.kind]}"
+            threads = f"{len(sit.threads)} threads" if len(sit.threads) > 1 else sit.threads[0]
+            style = self.style_of("inbox--marked") if marked else self.style_of("inbox--group")
+            return [
+                (lead, style),
+                (fit(label, KIND_W), self.style_of(f"inbox--{sit.kind}") + style),
+                (" " + fit(threads, thread_w) + " " + fit(sit.row_text, rest) + " ", style),
+                (age(self._now() - sit.created).rjust(6), None),
+            ]
+        item = state.inbox.get(key)
         if item is None:
             return []
-        thread, rest = self._widths(width)
+        member = self.member_of.get(key)
+        nested = member is not None and member.is_group
+        marked = key in self.marked
+        lead = "✓ " if marked else ("  " if not nested else " ·")
+        style = self.style_of("inbox--marked") if marked else None
         return [
-            (fit(KIND_LABEL[item.kind], 9), self.style_of(f"inbox--{item.kind}")),
-            (" " + fit(item.thread, thread) + " " + fit(summary_of(item), rest) + " ", None),
+            (lead, style),
+            (fit(KIND_LABEL[item.kind], KIND_W), self.style_of(f"inbox--{item.kind}")),
+            (" " + fit(item.thread, thread_w) + " " + fit(summary_of(item), rest) + " ", style),
             (age(self._now() - item.created).rjust(6), None),
         ]
+
+    @property
+    def detached(self) -> bool:
+        """True when the selected thread has nothing waiting: no inbox row is the target."""
+        return self.cursor_hidden
+
+    @detached.setter
+    def detached(self, value: bool) -> None:
+        if value != self.cursor_hidden:
+            self.cursor_hidden = value
+            self.refresh()
 
 
 class InboxDetail(Static):
@@ -100,7 +237,37 @@ class InboxDetail(Static):
     InboxDetail { padding: 0 1; height: 1fr; overflow: hidden; }
     """
 
-    def show(self, item: InboxItem | None, now: float, agent: str = "") -> None:
+    def show_text(self, text: Text) -> None:
+        self.update(text, layout=False)
+
+    def show_situation(self, sit: Situation, state: TowerState, now: float, hint: str) -> None:
+        """A group: its cause, what resolving it costs, the threads it holds, the keys."""
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column()
+        grid.add_row("situation", Text(sit.cause))
+        grid.add_row(
+            "items",
+            f"{len(sit.items)} ({' '.join(sit.items[:12])}{' …' if len(sit.items) > 12 else ''})",
+        )
+        if sit.resolve:
+            grid.add_row("resolve", Text(sit.resolve))
+        grid.add_row("waiting", f"oldest {age(now - sit.created)}")
+        parts: list[object] = [grid, Text("threads", style="bold")]
+        lines = []
+        for iid in sit.items[:20]:
+            item = state.inbox.get(iid)
+            if item is not None:
+                lines.append(f"  {iid:<5} {item.thread}  {summary_of(item)}")
+        if len(sit.items) > 20:
+            lines.append(f"  … and {len(sit.items) - 20} more (→ expands the group)")
+        parts.append(Text("\n".join(lines)))
+        parts.append(Text(hint, style="dim italic"))
+        self.update(Group(*parts), layout=False)  # type: ignore[arg-type]
+
+    def show(
+        self, item: InboxItem | None, now: float, agent: str = "", hint: str | None = None
+    ) -> None:
         if item is None:
             self.update(Text("Select an item to see it in full.", style="dim"), layout=False)
             return
@@ -130,10 +297,35 @@ class InboxDetail(Static):
         grid.add_row("waiting", age(now - item.created))
         parts: list[object] = [grid]
         if item.kind is InboxKind.APPROVAL:
-            parts.append(Text("arguments", style="bold"))
-            parts.append(Text(pretty_args(d.get("args", {}))))
+            args = d.get("args", {})
+            diff = str(d.get("diff") or "")
+            if diff and isinstance(args, dict):
+                # The other arguments as rows; the content is the diff, not escaped JSON.
+                for name, value in args.items():
+                    if name != "content":
+                        shown = value if isinstance(value, str) else pretty_args(value)
+                        grid.add_row(name, Text(shown))
+            else:
+                parts.append(Text("arguments", style="bold"))
+                parts.append(Text(pretty_args(args)))
+            if d.get("diff_note"):
+                parts.append(Text(str(d["diff_note"]), style="dim italic"))
+            if diff:
+                from tower.ui.widgets.diffview import diff_view
+
+                lines = diff.split("\n")
+                if lines[0].startswith("--- ") and lines[1:2] and lines[1].startswith("+++ "):
+                    lines = lines[2:]  # the path is a row above
+                # As many lines as leave the keys below in sight (long lines are cut).
+                room = max(self.size.height - grid.row_count - len(parts) - 1, 3)
+                if self.size.height and len(lines) > room:
+                    keep = room - 1
+                    key_of = getattr(self.app, "key_of", None)  # the live app has a files view
+                    where = f" · {key_of('files')}: files view" if key_of else ""
+                    lines = [*lines[:keep], f"… {len(lines) - keep} more lines{where}"]
+                parts.append(diff_view("\n".join(lines), self.app.current_theme, wrap=False))
         if item.kind is InboxKind.ESCALATION and d.get("last_output"):
             parts.append(Text("last output", style="bold"))
             parts.append(Text(str(d["last_output"])[-400:]))
-        parts.append(Text(KEY_HINTS[item.kind], style="dim italic"))
+        parts.append(Text(hint or KEY_HINTS[item.kind], style="dim italic"))
         self.update(Group(*parts), layout=False)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@ output tail. Panels for threads not in view do not exist, so they cost nothing."
 
 from __future__ import annotations
 
+from rich.console import Console
 from rich.text import Text
 from textual.containers import Grid
 from textual.widgets import Static
@@ -30,9 +31,11 @@ class ThreadPanel(Static):
     def __init__(self) -> None:
         super().__init__("")
         self.thread: str | None = None
+        self._view: ThreadView | None = None
 
     def show(self, view: ThreadView | None, selected: bool, pinned: bool) -> None:
         self.thread = view.id if view is not None else None
+        self._view = view
         self.set_class(selected, "-selected")
         self.set_class(pinned, "-pinned")
         self.set_class(view is not None and view.pending > 0, "-needs")
@@ -43,19 +46,47 @@ class ThreadPanel(Static):
             return
         self.border_title = f"{'📌 ' if pinned else ''}{view.id} · {view.state}"
         self.border_subtitle = f"{view.model} · step {view.step} · {usd(view.cost_usd)}"
-        lines_available = max(self.size.height - 1, 3)
-        text = Text(no_wrap=False, overflow="fold")
+        self.update(self._body(view), layout=False)  # the grid fixes the size: repaint only
+
+    def on_resize(self) -> None:
+        """The lines are wrapped to the width: a new size wraps them again."""
+        if self._view is not None:
+            self.update(self._body(self._view), layout=False)
+
+    def _body(self, view: ThreadView) -> Text:
+        """The status lines, then the newest output wrapped to the panel's width, bottom
+        aligned: the last line on screen is the newest line (and the answer, once done).
+
+        Wrapping is done here, not by the widget, so the lines kept are screen lines: keeping
+        N source lines and letting them wrap pushed the newest ones out of sight.
+        """
+        width = max(self.content_size.width, 10)
+        height = max(self.content_size.height, 3)
+        head = Text(no_wrap=True, overflow="ellipsis")
         status = view.reason or ""
         if view.current_tool:
-            text.append("▶ " + view.current_tool + "\n", style="bold")
+            head.append("▶ " + view.current_tool + "\n", style="bold")
         elif status:
-            text.append(status + "\n", style="italic")
-        text.append(f"{tokens(view.tokens)} tokens · {view.tool_calls} tool call(s)\n", style="dim")
-        tail_lines = view.tail.splitlines()[-lines_available:]
+            head.append(status + "\n", style="italic")
+        head.append(f"{tokens(view.tokens)} tokens · {view.tool_calls} tool call(s)", style="dim")
+        head_lines = head.wrap(_console(self), width, no_wrap=True)
+        room = max(height - len(head_lines), 1)
+        # Only the end of the tail can show: wrap no more than a screenful of it.
+        source = view.tail[-(room * width * 2 + 200) :].rstrip("\n")
+        body = Text(source)
         if view.answer is not None and view.state.ended:
-            tail_lines = [*tail_lines[-(lines_available - 2) :], "", f"answer: {view.answer}"]
-        text.append("\n".join(tail_lines))
-        self.update(text, layout=False)  # the grid fixes the size: repaint only
+            body.append("\n\nanswer: ", style="bold")
+            body.append(view.answer)
+        lines = body.wrap(_console(self), width, overflow="fold")
+        kept = list(lines)[-room:]
+        out = Text("\n").join([*head_lines, *kept])
+        out.no_wrap = True
+        out.overflow = "crop"
+        return out
+
+
+def _console(widget: Static) -> Console:
+    return widget.app.console
 
 
 class PanelGrid(Grid):

@@ -64,6 +64,7 @@ class RowList(ScrollView, can_focus=True):
         self._style_cache: dict[str, Style] = {}
         self.rows: list[str] = []
         self._last_key: str | None = None
+        self.cursor_hidden = False  # no row is selected (drawn without the cursor bar)
 
     # --- data -------------------------------------------------------------------------
 
@@ -150,7 +151,9 @@ class RowList(ScrollView, can_focus=True):
         return [(key, None)]
 
     def render_line(self, y: int) -> Strip:
-        width = self.size.width
+        # The region left of the scrollbar: rows drawn to the full width lost their last
+        # column (AGE) under it.
+        width = self.scrollable_content_region.width
         base = self.rich_style
         if y == 0:
             cells = self.header(width)
@@ -161,7 +164,7 @@ class RowList(ScrollView, can_focus=True):
                 return Strip.blank(width, base)
             cells = self.row(self.rows[index], width)
             line_style = base
-            if index == self.cursor:
+            if index == self.cursor and not self.cursor_hidden:
                 line_style = base + self.style_of("rowlist--cursor")
         segments = [
             Segment(text, line_style + style if style is not None else line_style)

@@ -1,0 +1,182 @@
+"""A thread's files: what it wrote, and each file's diff against the original workspace.
+
+The list comes from comparing the thread's workspace with the task's workspace folder it
+was copied from, plus every file its write_file calls wrote (per the log), even unchanged.
+All file reading happens in a worker thread, never on the UI's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from tower.core.diffs import FileChange, compare, file_diff, written_paths
+from tower.core.events import Event
+from tower.ui.widgets.diffview import diff_view
+
+if TYPE_CHECKING:
+    from tower.core.supervisor import Supervisor
+
+STATUS_STYLE = {"added": "green", "modified": "yellow", "deleted": "red", "unchanged": "dim"}
+
+
+def thread_folders(sup: Supervisor, tid: str) -> tuple[Path | None, Path | None]:
+    """(the thread's workspace, the original folder it was copied from) — either may be None.
+
+    The same rule as Supervisor._prepare_workspace: `<db dir>/workspaces/<session>/<thread>`
+    unless the project works in place (copy_workspaces = false).
+    """
+    th = sup.runs.get(tid)
+    src: Path | None = None
+    if th is not None:
+        src = th.workspace_src
+    else:  # a thread of a resumed session that ended before: its task says where
+        view = sup.bus.state.threads.get(tid)
+        base = view.task if view is not None else ""
+        for task in sup.project.tasks:
+            if task.workspace and (base == task.id or base.rpartition("-")[0] == task.id):
+                src = sup.project.root / task.workspace
+                break
+    if th is not None and th.workspace is not None:
+        root: Path | None = th.workspace.root
+    elif src is not None and not sup.project.project.copy_workspaces:
+        root = src
+    elif sup.workspaces_dir is not None:
+        root = sup.workspaces_dir / sup.session_id / tid
+    else:
+        root = src
+    return root, src
+
+
+class FilesScreen(Screen[None]):
+    """Files the thread wrote or changed (left) and the highlighted one's diff (right)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,backspace", "app.pop_screen", "Back"),
+        Binding("f5,ctrl+r", "reload", "Reload"),
+    ]
+    DEFAULT_CSS = """
+    FilesScreen #head { height: auto; padding: 0 1; background: $panel; }
+    FilesScreen Horizontal { height: 1fr; }
+    FilesScreen DataTable {
+        width: 1fr; min-width: 30; height: 1fr; border: round $panel-lighten-2;
+    }
+    FilesScreen DataTable:focus { border: round $accent; }
+    FilesScreen VerticalScroll { width: 3fr; border: round $panel-lighten-2; }
+    FilesScreen #diff { width: auto; min-width: 100%; }
+    """
+
+    def __init__(
+        self, thread: str, root: Path | None, original: Path | None, events: list[Event]
+    ) -> None:
+        super().__init__()
+        self.thread = thread
+        self.root = root
+        self.original = original
+        self.in_place = (
+            root is not None and original is not None and root.resolve() == original.resolve()
+        )
+        self.events = events
+        self.changes: list[FileChange] = []
+        self.diffs: dict[str, str] = {}  # path → the diff shown (for tests and reloads)
+        self.loaded = asyncio.Event()
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._head(), id="head")
+        with Horizontal():
+            yield DataTable(id="files", cursor_type="row", zebra_stripes=True)
+            with VerticalScroll(id="diffbox"):
+                yield Static(Text("reading the workspace…", style="dim"), id="diff")
+        yield Footer()
+
+    def _head(self) -> Text:
+        text = Text(f"{self.thread} · files", style="bold")
+        text.append(f"\nworkspace  {self.root if self.root else '(none yet)'}", style="")
+        if self.in_place:
+            text.append(
+                "\nthis thread writes in the project folder itself (copy_workspaces = false): "
+                "there is no original copy to compare with; files are shown whole",
+                style="italic",
+            )
+        elif self.original is not None:
+            text.append(f"\noriginal   {self.original}", style="")
+        else:
+            text.append("\noriginal   (none: the task has no workspace folder)", style="dim")
+        return text
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.border_title = "written and changed"
+        table.add_columns("status", "file")
+        self.query_one(VerticalScroll).border_title = "diff"
+        table.focus()
+        self.action_reload()
+
+    def action_reload(self) -> None:
+        self._load()
+
+    @work(exclusive=True, group="files-list")
+    async def _load(self) -> None:
+        self.loaded.clear()
+        root, original = self.root, None if self.in_place else self.original
+        events = self.events
+        if root is None:
+            changes: list[FileChange] = []
+        else:
+            changes = await asyncio.to_thread(
+                lambda: compare(root, original, written_paths(events, root))
+            )
+        self.changes = changes
+        table = self.query_one(DataTable)
+        table.clear()
+        for ch in changes:
+            status = Text(ch.status + (" ✎" if ch.written else ""), STATUS_STYLE[ch.status])
+            table.add_row(status, ch.path, key=ch.path)
+        table.border_title = f"written and changed · {len(changes)}"
+        table.border_subtitle = "✎ written by the thread" if changes else ""
+        if not changes:
+            self._show(
+                Text("This thread has not written or changed any file yet.", style="dim italic")
+            )
+            self.loaded.set()
+            return
+        table.move_cursor(row=0)
+        await self._diff(changes[0].path)
+        self.loaded.set()
+
+    @on(DataTable.RowHighlighted, "#files")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        key = event.row_key.value
+        if key is not None:
+            self._diff_soon(key)
+
+    @work(exclusive=True, group="files-diff")
+    async def _diff_soon(self, rel: str) -> None:
+        await self._diff(rel)
+
+    async def _diff(self, rel: str) -> None:
+        root = self.root
+        if root is None:
+            return
+        original = None if self.in_place else self.original
+        text = await asyncio.to_thread(file_diff, root, original, rel)
+        self.diffs[rel] = text
+        box = self.query_one(VerticalScroll)
+        box.border_title = f"diff · {rel}"
+        if text.startswith("--- "):
+            self._show(diff_view(text, self.app.current_theme, wrap=False))
+        else:
+            self._show(Text(text, style="dim italic"))
+        box.scroll_home(animate=False)
+
+    def _show(self, renderable: object) -> None:
+        self.query_one("#diff", Static).update(renderable)  # type: ignore[arg-type]
