@@ -469,7 +469,8 @@ async def test_approve_unblocks_exactly_that_thread(tmp_path: Path) -> None:
         await t.ready(waiting_on(t, 3, InboxKind.APPROVAL), "three approvals")
         assert t.threads.current == "w-1"
         detail = drawn(t.app.query_one(InboxDetail))
-        assert "write_file" in detail and '"path": "out.txt"' in detail
+        assert "write_file" in detail and "path        out.txt" in detail
+        assert "+original" in detail  # the content, as a diff (a new file)
         await t.press("a")
         await t.until(lambda: t.view("w-1").state is ThreadState.DONE, "w-1 done")
         assert (t.workspace("w-1") / "out.txt").read_text() == "original"

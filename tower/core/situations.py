@@ -16,6 +16,7 @@ Pure functions over TowerState: no I/O, no Textual, easy to test.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -98,10 +99,12 @@ def session_budget_need(state: TowerState, blocked: int) -> tuple[float, float |
     return max(need - max(headroom, 0.0), 0.0), per
 
 
-def _round_up_cents(x: float) -> float:
-    """A raise people can read: whole cents, never below the need (tenths of a cent below 1¢)."""
-    step = 0.01 if x >= 0.01 else 0.001
-    return round(-(-x // step) * step, 6) if x > 0 else 0.0
+def _round_up(x: float) -> float:
+    """A raise people can read: two significant digits, rounded up, never below the need."""
+    if x <= 0:
+        return 0.0
+    step = 10.0 ** (math.floor(math.log10(x)) - 1)
+    return round(math.ceil(x / step - 1e-9) * step, 8)
 
 
 def situations(
@@ -190,7 +193,7 @@ def _group(state: TowerState, key: str, members: list[InboxItem], routine: bool)
                 short="session token budget stop",
             )
         need, per = session_budget_need(state, n)
-        raise_usd = _round_up_cents(max(need, suggested))
+        raise_usd = _round_up(max(need, suggested))
         if per is not None:
             queued = state.count(ThreadState.QUEUED)
             resolve = (

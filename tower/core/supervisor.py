@@ -440,7 +440,10 @@ class Supervisor:
                 self.workspace_folder(workspace)
         cascade = list(settings.cascade)
         if model is not None:
-            problem = llm.check_model(model) if model not in cascade else None
+            ms = self.project.model_settings(model)
+            problem = None
+            if model not in cascade:
+                problem = llm.check_model(model, ms.api_base, ms.api_key_env)
             if problem:
                 raise CommandError(problem)
             cascade = [model, *[m for m in cascade if m != model]]

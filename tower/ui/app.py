@@ -155,7 +155,7 @@ class TowerCommands(Provider):
             out.append(
                 (
                     f"Session: {row.id} · {row.project} · {row.status}",
-                    _runner(app, "sessions"),
+                    _runner(app, f"sessions({row.id!r})"),
                     "open it in the sessions list (replay, resume, fork, export)",
                 )
             )
@@ -1327,7 +1327,7 @@ class TowerApp(App[int]):
             self.pinned.insert(0, tid)
         self._dirty.add(tid)
 
-    async def action_sessions(self) -> None:
+    async def action_sessions(self, select: str | None = None) -> None:
         """The sessions list: enter replays, r resumes, f forks, e exports (see its module)."""
         from tower.ui.screens.sessions import SessionsHost
 
@@ -1350,7 +1350,7 @@ class TowerApp(App[int]):
             live_threads=live,
             shutdown=self.shutdown,
         )
-        self.push_screen(SessionsScreen(await core.run(listed()), host.current, host))
+        self.push_screen(SessionsScreen(await core.run(listed()), host.current, host, select))
 
     def action_policy(self) -> None:
         if self.sup is None or self.core is None:

@@ -117,12 +117,17 @@ class SessionsScreen(ModalScreen[None]):
     """
 
     def __init__(
-        self, rows: list[SessionRow], current: str | None, host: SessionsHost | None = None
+        self,
+        rows: list[SessionRow],
+        current: str | None,
+        host: SessionsHost | None = None,
+        select: str | None = None,
     ) -> None:
         super().__init__()
         self.rows = rows
         self.current = current
         self.host = host
+        self.select = select  # the session to highlight first (from the palette)
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -149,7 +154,10 @@ class SessionsScreen(ModalScreen[None]):
                 key=r.id,
             )
         table.focus()
-        self._hint(self.rows[-1].id if self.rows else None)
+        chosen = self.select if any(r.id == self.select for r in self.rows) else None
+        if chosen is not None:
+            table.move_cursor(row=table.get_row_index(chosen))
+        self._hint(chosen or (self.rows[-1].id if self.rows else None))
 
     # --- the highlighted session --------------------------------------------------------
 
