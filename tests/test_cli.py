@@ -194,7 +194,19 @@ def test_sessions_lists_runs_as_rows_and_json(tmp_path) -> None:
     rows = json.loads(tower("sessions", "--db", str(db), "--json").stdout)
     assert [r["id"] for r in rows] == [out["session"]]
     row = rows[0]
-    assert set(row) == {"id", "project", "started", "ended", "status", "threads", "cost_usd"}
+    assert set(row) == {
+        "id",
+        "project",
+        "started",
+        "ended",
+        "status",
+        "threads",
+        "cost_usd",
+        "human_minutes",
+        "blocked_minutes",
+    }
+    # Every decision was a rule's (--approve all): no person's time, nobody blocked on one.
+    assert row["human_minutes"] == 0 and row["blocked_minutes"] == 0
     assert row["status"] == "clean" and row["project"] == "code_review"
     assert row["threads"] == sum(out["threads"].values())
     assert row["cost_usd"] == pytest.approx(out["cost_usd"])

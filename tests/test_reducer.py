@@ -145,8 +145,18 @@ class Log:
             call_id=f"call-{item}",
         )
 
-    def inbox_closed(self, tid: str, item: str, resolution: Resolution, by: str = "human") -> Event:
-        return self.emit(EventKind.INBOX_CLOSED, tid, item=item, resolution=str(resolution), by=by)
+    def inbox_closed(
+        self,
+        tid: str,
+        item: str,
+        resolution: Resolution,
+        by: str = "human",
+        attention_s: float | None = None,
+    ) -> Event:
+        extra = {} if attention_s is None else {"attention_s": attention_s}
+        return self.emit(
+            EventKind.INBOX_CLOSED, tid, item=item, resolution=str(resolution), by=by, **extra
+        )
 
 
 def test_spawn_running_done_with_answer() -> None:
@@ -361,7 +371,9 @@ def test_closing_an_unknown_item_changes_nothing() -> None:
     assert st_.human_seconds == 0.0
 
 
-def test_human_seconds_count_only_human_decisions() -> None:
+def test_blocked_and_attention_seconds_count_only_human_decisions() -> None:
+    """Blocked time is how long the item waited for the person (from the log); attention is
+    the time the person spent deciding (measured by the UI, recorded on the decision)."""
     log = Log(t0=0.0)
     log.spawned("a")
     log.spawned("b")
@@ -374,15 +386,18 @@ def test_human_seconds_count_only_human_decisions() -> None:
     log.now = 13.0
     log.inbox_closed("a", "i2", Resolution.APPROVED, by="rule:--approve all")
     log.now = 15.0
-    log.inbox_closed("a", "i1", Resolution.DENIED, by="human")
+    log.inbox_closed("a", "i1", Resolution.DENIED, by="human", attention_s=1.5)
     log.now = 40.0
     log.inbox_closed("b", "i3", Resolution.DROPPED, by="tower")
     log.now = 41.0
     log.inbox_opened("b", "i4")
     log.now = 44.5
-    log.inbox_closed("b", "i4", Resolution.ANSWERED, by="human")
+    log.inbox_closed("b", "i4", Resolution.ANSWERED, by="human", attention_s=2.0)
     st_ = fold(log.events)
-    assert st_.human_seconds == pytest.approx((15.0 - 10.0) + (44.5 - 41.0))
+    assert st_.blocked_seconds == pytest.approx((15.0 - 10.0) + (44.5 - 41.0))
+    assert st_.human_seconds == pytest.approx(1.5 + 2.0)
+    assert st_.threads["a"].human_seconds == pytest.approx(1.5)
+    assert st_.threads["b"].blocked_seconds == pytest.approx(3.5)
     assert st_.decisions == 2
     assert st_.inbox == {}
     assert st_.threads["a"].pending == 0
@@ -396,7 +411,7 @@ def test_dropped_by_human_is_not_counted_either() -> None:
     log.now = 30.0
     log.inbox_closed("a", "i1", Resolution.DROPPED, by="human")
     st_ = fold(log.events)
-    assert st_.human_seconds == 0.0
+    assert st_.human_seconds == 0.0 and st_.blocked_seconds == 0.0
     assert st_.decisions == 0
     assert st_.inbox == {}
 
@@ -538,7 +553,16 @@ def test_summary_counts_and_fields() -> None:
     st_ = fold(log.events)
     s = summary(st_)
     n = 8
-    assert set(s) == {"session", "threads", "cost_usd", "budget_usd", "tokens", "events"}
+    assert set(s) == {
+        "session",
+        "threads",
+        "cost_usd",
+        "budget_usd",
+        "tokens",
+        "human_minutes",
+        "blocked_minutes",
+        "events",
+    }
     assert s["session"] == "mix"
     assert s["threads"] == {"done": 3, "failed": 1, "killed": 2}
     expected_cost = sum(0.0123457 * (k + 1) for k in range(n))

@@ -119,7 +119,8 @@ def test_csv_export_has_a_row_per_thread_with_cost_and_outcome(runs) -> None:
 
 
 async def test_csv_counts_human_minutes_per_thread(tmp_path) -> None:
-    """A decision by a person after 90 s counts 1.5 minutes for that thread; a rule's none."""
+    """An item a person decided after 90 s, spending 12 s on it: 1.5 minutes blocked and 0.2
+    minutes of attention for that thread; a rule's decision counts neither."""
     store = await Store.open(tmp_path / "t.db")
     await store.create_session("s1", "p", "/p", 0.0, {})
     store.start_writer("s1")
@@ -147,7 +148,7 @@ async def test_csv_counts_human_minutes_per_thread(tmp_path) -> None:
             100.0,
             EventKind.INBOX_CLOSED,
             "t1",
-            {"item": "i1", "resolution": "approved", "by": "human"},
+            {"item": "i1", "resolution": "approved", "by": "human", "attention_s": 12.0},
         ),
         (
             100.0,
@@ -164,10 +165,9 @@ async def test_csv_counts_human_minutes_per_thread(tmp_path) -> None:
         assert await export_csv(store, "s1", out) == 2
     finally:
         await store.close()
-    minutes = {
-        r["thread"]: float(r["human_minutes"]) for r in csv.DictReader(io.StringIO(out.getvalue()))
-    }
-    assert minutes == {"t1": 1.5, "t2": 0.0}
+    rows_out = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert {r["thread"]: float(r["human_minutes"]) for r in rows_out} == {"t1": 0.2, "t2": 0.0}
+    assert {r["thread"]: float(r["blocked_minutes"]) for r in rows_out} == {"t1": 1.5, "t2": 0.0}
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:

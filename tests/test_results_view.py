@@ -100,16 +100,21 @@ async def test_w_lists_the_written_file_with_its_diff_and_the_workspace_path(
     tmp_path: Path,
 ) -> None:
     async with tower(tmp_path, project(EDIT), FILES) as t:
-        await approval(t)
+        item = await approval(t)
         await t.press("w")  # before approval: nothing written yet
         screen = await files_screen(t)
         assert screen.thread == "w" and screen.changes == []
         assert "not written or changed any file" in drawn(screen.query_one("#diff", Static))
+        sup = t.app.sup
+        assert sup is not None
+        await t.app._command(lambda: sup.approve(item))
+        await t.until(lambda: t.view("w").state is ThreadState.DONE, "w done")
+        await t.press("ctrl+r")  # reload: the log and the workspace again
+        await t.until(lambda: screen.loaded.is_set() and screen.changes, "the reloaded list")
+        assert [(c.path, c.written) for c in screen.changes] == [("readme.txt", True)]
         await t.press("escape")
         await t.screen_is(type(t.app.get_default_screen()))
 
-        await t.press("a")
-        await t.until(lambda: t.view("w").state is ThreadState.DONE, "w done")
         await t.press("w")
         screen = await files_screen(t)
         root = t.workspace("w")

@@ -45,7 +45,6 @@ def test_the_same_call_from_many_threads_is_one_situation() -> None:
         item(s, f"i{n}", f"t{n}", InboxKind.APPROVAL, float(n), **write("shared.txt"))
     item(s, "i9", "t9", InboxKind.APPROVAL, 0.5, **write("other.txt"))
     sits = situations(s)
-    assert [x.key for x in sits][0] == "i0" or sits[0].is_group
     group = next(x for x in sits if x.is_group)
     assert group.items == ("i0", "i1", "i2", "i3", "i4")
     assert group.threads == ("t0", "t1", "t2", "t3", "t4")

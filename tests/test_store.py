@@ -367,3 +367,29 @@ async def test_flush_reports_a_failed_write(tmp_path: Path) -> None:
             await asyncio.wait_for(store.flush(), 5)
     finally:
         await store.close()
+
+
+async def test_sessions_list_the_persons_minutes_apart_from_blocked_minutes(
+    tmp_path: Path,
+) -> None:
+    """Attention (recorded on each human decision) and blocked time (how long the item
+    waited) are summed per session; a rule's decisions and dropped items count neither."""
+    store = await Store.open(tmp_path / "tower.db")
+    try:
+        await store.create_session("s", "demo", "/d", 0.0, {})
+        store.start_writer("s")
+        closes = [
+            {"by": "human", "resolution": "approved", "attention_s": 6.0, "waited_s": 120.0},
+            {"by": "human", "resolution": "denied", "attention_s": 3.0, "waited_s": 60.0},
+            {"by": "rule:--approve all", "resolution": "approved", "waited_s": 999.0},
+            {"by": "human", "resolution": "dropped", "waited_s": 999.0},
+        ]
+        for seq, p in enumerate(closes, 1):
+            store.append(Event(seq, float(seq), EventKind.INBOX_CLOSED, "t", {"item": "i", **p}))
+        await store.end_session("s")
+        (row,) = await store.list_sessions()
+        assert row.human_minutes == pytest.approx(9.0 / 60)
+        assert row.blocked_minutes == pytest.approx(3.0)
+        assert row.to_dict()["blocked_minutes"] == 3.0
+    finally:
+        await store.close()

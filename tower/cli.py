@@ -341,16 +341,18 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         return 0
     # STATUS: running, clean, unfinished (ended with threads left: `tower resume` continues
     # them) or crashed; THREADS: done/failed+killed/unfinished.
+    # YOU: minutes the person spent deciding; BLOCKED: thread-minutes waiting for them.
     header = (
         f"{'ID':<22} {'PROJECT':<18} {'STARTED':<19} {'ENDED':<19} {'STATUS':<10} "
-        f"{'THREADS':>9} {'COST':>10}"
+        f"{'THREADS':>9} {'COST':>10} {'YOU':>7} {'BLOCKED':>8}"
     )
     print(header)
     for r, row in zip(rows, found, strict=True):
         threads = f"{row.done}/{row.failed + row.killed}/{row.unfinished}"
         print(
             f"{r['id']:<22} {r['project'][:18]:<18} {_ts(r['started']):<19} {_ts(r['ended']):<19} "
-            f"{r['status']:<10} {threads:>9} {'$' + format(r['cost_usd'], '.4f'):>10}"
+            f"{r['status']:<10} {threads:>9} {'$' + format(r['cost_usd'], '.4f'):>10} "
+            f"{row.human_minutes:>6.1f}m {row.blocked_minutes:>7.1f}m"
         )
     return 0
 

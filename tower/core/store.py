@@ -84,6 +84,8 @@ class SessionRow:
     failed: int = 0
     killed: int = 0
     unfinished: int = 0  # spawned threads not done, failed or killed at the end of the log
+    human_minutes: float = 0.0  # the person's time deciding (attention)
+    blocked_minutes: float = 0.0  # thread-minutes spent waiting for the person
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,6 +96,8 @@ class SessionRow:
             "status": self.status,
             "threads": self.threads,
             "cost_usd": round(self.cost_usd, 6),
+            "human_minutes": round(self.human_minutes, 3),
+            "blocked_minutes": round(self.blocked_minutes, 3),
         }
 
 
@@ -299,6 +303,7 @@ class Store:
         """
         host = socket.gethostname()
         ends = await self._thread_ends()
+        people = await self._human_time()
         rows = []
         async with self._conn.execute(
             sql, (str(EventKind.THREAD_SPAWNED), str(EventKind.LLM_FINISHED))
@@ -314,6 +319,8 @@ class Store:
                     status = "unfinished"
                 row = SessionRow(r[0], r[1], r[2], r[3], r[4], status, r[8], r[9])
                 row.done, row.failed, row.killed, row.unfinished = done, failed, killed, unfinished
+                spent, waited = people.get(r[0], (0.0, 0.0))
+                row.human_minutes, row.blocked_minutes = spent / 60, waited / 60
                 rows.append(row)
         return rows
 
@@ -332,6 +339,23 @@ class Store:
         async with self._conn.execute(sql, (str(EventKind.THREAD_STATE),)) as cur:
             async for session, state, n in cur:
                 out.setdefault(session, {})[state] = n
+        return out
+
+    async def _human_time(self) -> dict[str, tuple[float, float]]:
+        """session -> (seconds the person spent deciding, seconds threads waited for them)."""
+        sql = """
+        SELECT e.session,
+          coalesce(sum(json_extract(e.payload, '$.attention_s')), 0),
+          coalesce(sum(json_extract(e.payload, '$.waited_s')), 0)
+        FROM events e
+        WHERE e.kind = ? AND json_extract(e.payload, '$.by') = 'human'
+          AND json_extract(e.payload, '$.resolution') != 'dropped'
+        GROUP BY e.session
+        """
+        out: dict[str, tuple[float, float]] = {}
+        async with self._conn.execute(sql, (str(EventKind.INBOX_CLOSED),)) as cur:
+            async for session, spent, waited in cur:
+                out[session] = (float(spent), float(waited))
         return out
 
     async def resolve_session(self, prefix: str) -> str | None:

@@ -790,6 +790,14 @@ class TowerApp(App[int]):
             return self.screen.thread
         return self.threads_list.current
 
+    def _verbs_here(self) -> bool:
+        """Verbs act only where their target is drawn: the main screen and a thread's screen.
+        Elsewhere (the files view, replay) a key must not reach an item the person can't see."""
+        if self.screen is self.screen_stack[0] or isinstance(self.screen, ThreadScreen):
+            return True
+        self.notify("escape first: this view does not show what that key would act on")
+        return False
+
     def current_item(self) -> str | None:
         """The one item the screen shows as the target (None for none, a group or a set)."""
         target = self.shown
@@ -818,6 +826,8 @@ class TowerApp(App[int]):
         return result
 
     def _need_thread(self) -> str | None:
+        if not self._verbs_here():
+            return None
         tid = self.selected_thread()
         if tid is None:
             self.notify("no thread selected", severity="warning")
@@ -825,6 +835,8 @@ class TowerApp(App[int]):
 
     def _need_item(self) -> str | None:
         """The single item shown as the target, for verbs that act on one item."""
+        if not self._verbs_here():
+            return None
         target = self.shown
         if target is None:
             tid = self.selected_thread()
@@ -846,6 +858,8 @@ class TowerApp(App[int]):
         return target.single
 
     def _need_target(self) -> tuple[Target, list[str]] | None:
+        if not self._verbs_here():
+            return None
         target = self.shown
         if target is None:
             tid = self.selected_thread()
@@ -1053,21 +1067,26 @@ class TowerApp(App[int]):
         await self._decide_each(items, lambda i, a: sup.deny(i, attention_s=a), "denied")
 
     def action_deny_reason(self) -> None:
-        """D: deny one item with a reason; the agent reads it in the tool's result."""
-        item = self._need_item()
-        if item is None or self.sup is None:
+        """D: deny the target (an item, a group, the marked set) with a reason the agents read
+        in the tool's result."""
+        found = self._need_target()
+        if found is None or self.sup is None:
             return
+        target, items = found
         sup = self.sup
-        found = self.state().inbox.get(item)
-        what = f"{found.data.get('tool') or found.kind} for {found.thread}" if found else item
+        first = self.state().inbox.get(items[0])
+        if len(items) == 1 and first is not None:
+            what = f"{items[0]} ({first.data.get('tool') or first.kind} for {first.thread})"
+        else:
+            what = f"{len(items)} items ({target.label})"
 
         async def deny(reason: str | None) -> None:
             if reason is not None:
-                await self._command(
-                    lambda: sup.deny(item, comment=reason), f"denied {item}: {reason[:60]}"
+                await self._decide_each(
+                    items, lambda i, a: sup.deny(i, comment=reason, attention_s=a), "denied"
                 )
 
-        self.push_screen(TextDialog(f"Deny {item} ({what}) — the reason the agent reads"), deny)
+        self.push_screen(TextDialog(f"Deny {what} — the reason the agent reads"), deny)
 
     def action_edit(self) -> None:
         item = self._need_item()
@@ -1092,6 +1111,8 @@ class TowerApp(App[int]):
     def action_reply(self) -> None:
         """r: answer the question, guide the handed-off threads, approve with a comment; with
         nothing waiting, a comment to the selected thread."""
+        if not self._verbs_here():
+            return
         target = self.shown
         tid = self.selected_thread()
         state = self.state()
@@ -1185,7 +1206,7 @@ class TowerApp(App[int]):
 
     def action_raise_budget(self) -> None:
         """b: raise by an amount you type; on a budget target, the cap that stopped it."""
-        if self.sup is None:
+        if self.sup is None or not self._verbs_here():
             return
         target = self.shown
         state = self.state()

@@ -122,11 +122,14 @@ class FilesScreen(Screen[None]):
         self.action_reload()
 
     def action_reload(self) -> None:
-        self._load()
+        self._load(fresh=self.is_mounted and self.loaded.is_set())
 
     @work(exclusive=True, group="files-list")
-    async def _load(self) -> None:
+    async def _load(self, fresh: bool = False) -> None:
         self.loaded.clear()
+        read = getattr(self.app, "thread_events", None)
+        if fresh and read is not None:  # a reload: what the thread wrote since
+            self.events = await read(self.thread)
         root, original = self.root, None if self.in_place else self.original
         events = self.events
         if root is None:

@@ -139,7 +139,15 @@ class SessionsScreen(ModalScreen[None]):
     def on_mount(self) -> None:
         table = self.query_one(SessionTable)
         table.add_columns(
-            "id", "project", "started", "ended", "status", "done/failed/unfinished", "cost"
+            "id",
+            "project",
+            "started",
+            "ended",
+            "status",
+            "done/failed/unfinished",
+            "cost",
+            "you min",
+            "blocked min",
         )
         for r in reversed(self.rows):  # newest first
             status = "live (this one)" if r.id == self.current else r.status
@@ -151,6 +159,8 @@ class SessionsScreen(ModalScreen[None]):
                 status,
                 f"{r.done}/{r.failed + r.killed}/{r.unfinished}",
                 f"${r.cost_usd:.4f}",
+                f"{r.human_minutes:.1f}",
+                f"{r.blocked_minutes:.1f}",
                 key=r.id,
             )
         table.focus()

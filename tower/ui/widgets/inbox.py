@@ -95,6 +95,7 @@ class InboxList(StateList):
         self.member_of: dict[str, Situation] = {}  # item id → its situation
         self.expanded: set[str] = set()
         self.marked: set[str] = set()  # item ids
+        self._auto_opened: str | None = None  # a group opened to show a selected thread's item
         self.human_minutes_cap: float | None = None
         self.routine_usd = 0.01
 
@@ -136,9 +137,15 @@ class InboxList(StateList):
         if not mine:
             return None
         oldest = min(mine, key=lambda i: (inbox[i].created, i))
+        owner = self.member_of[oldest]
+        if self._auto_opened not in (None, owner.key):
+            # The group opened for the previous thread closes again when the selection leaves.
+            self.expanded.discard(self._auto_opened)
+            self._auto_opened = None
+            self.rebuild()
         if oldest not in self.rows:
-            owner = self.member_of[oldest]
             self.expanded.add(owner.key)
+            self._auto_opened = owner.key
             self.rebuild()
         return oldest if oldest in self.rows else None
 
@@ -163,6 +170,7 @@ class InboxList(StateList):
         group = self.by_key.get(key) if key in self.by_key else self.member_of.get(key)
         if group is None or not group.is_group:
             return
+        self._auto_opened = None  # the person chose: it stays as they left it
         if open_:
             self.expanded.add(group.key)
         else:
