@@ -13,9 +13,15 @@ from tower.core.situations import DIGEST_KEY, is_routine, situations
 from tower.core.state import InboxItem, ThreadView, TowerState, apply
 
 
-def thread(state: TowerState, tid: str, st_: ThreadState = ThreadState.WAITING, cost: float = 0):
+def thread(
+    state: TowerState,
+    tid: str,
+    st_: ThreadState = ThreadState.WAITING,
+    cost: float = 0,
+    task: str = "t",
+) -> None:
     state.threads[tid] = ThreadView(
-        tid, "a", "t", tid, ["sim/small"], "sim/small", 0, 0.0, state=st_, cost_usd=cost
+        tid, "a", task, tid, ["sim/small"], "sim/small", 0, 0.0, state=st_, cost_usd=cost
     )
 
 
@@ -62,31 +68,32 @@ def test_interrupted_calls_are_never_grouped() -> None:
 
 
 def test_session_budget_stop_is_priced_at_the_measured_cost_per_thread() -> None:
+    """market_analysis's stop: cheap headline threads finished first, the screens left cost
+    more; each is priced at its own task's measured cost, minus what a stopped one spent,
+    plus the worst case its next call reserves."""
     s = TowerState()
     s.budget.limit_usd = 0.085
     s.budget.spent_usd = 0.085
-    for n in range(10):
-        thread(s, f"done{n}", ThreadState.DONE, cost=0.001)
-    for n in range(62):
-        thread(s, f"q{n}", ThreadState.QUEUED)
+    for n in range(80):
+        thread(s, f"headline-{n}", ThreadState.DONE, cost=0.0006, task=f"headline-{n}")
+    for n in range(40):
+        thread(s, f"screen-{n}", ThreadState.DONE, cost=0.0008, task=f"screen-{n}")
+    for n in range(100, 162):
+        thread(s, f"screen-{n}", ThreadState.QUEUED, task=f"screen-{n}")
     for n in range(16):
+        tid = f"screen-{200 + n}"
+        thread(s, tid, ThreadState.PAUSED, cost=0.0005, task=tid)
         item(
-            s,
-            f"i{n}",
-            f"b{n}",
-            InboxKind.BUDGET,
-            float(n),
-            scope="session",
-            resource="usd",
-            suggest_usd=0.0004,
-        )
+            s, f"i{n}", tid, InboxKind.BUDGET, float(n), scope="session", resource="usd",
+            suggest_usd=0.0004, need_usd=0.0005,
+        )  # fmt: skip
     (group,) = situations(s)
     assert group.is_group and len(group.items) == 16
     assert group.cause == "16 thread(s) stopped by the session budget"
-    # 62 queued at $0.001 each, and the 16 stopped at half that: $0.07 once rounded up.
-    assert group.suggest_usd == pytest.approx(0.07)
-    assert "+$0.07 lets the 16 stopped and 62 queued finish" in group.resolve
-    assert "$0.001 per thread" in group.resolve
+    # 62 x 0.0008 + 16 x (0.0008 - 0.0005) + 16 x 0.0005 = 0.0624, rounded up to 2 digits.
+    assert group.suggest_usd == pytest.approx(0.063)
+    assert "+$0.063 lets the 16 stopped and 62 queued finish" in group.resolve
+    assert "$0.0008 per thread" in group.resolve
 
 
 def test_one_session_budget_item_is_still_priced_for_the_whole_queue() -> None:
@@ -97,7 +104,7 @@ def test_one_session_budget_item_is_still_priced_for_the_whole_queue() -> None:
     item(s, "i1", "b", InboxKind.BUDGET, 1.0, scope="session", resource="usd", suggest_usd=0.0001)
     (sit,) = situations(s)
     assert sit.key == "i1" and not sit.is_group  # the row is the item
-    assert sit.suggest_usd == pytest.approx(0.011)  # 5 x 0.002 + 0.5 x 0.002
+    assert sit.suggest_usd == pytest.approx(0.012)  # 5 queued and the stopped one at 0.002
     assert "5 queued" in sit.resolve
 
 

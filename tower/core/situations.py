@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
 from tower.core.events import InboxKind, ThreadState
-from tower.core.state import InboxItem, TowerState
+from tower.core.state import InboxItem, ThreadView, TowerState
 
 GROUP_PREFIX = "g:"
 DIGEST_KEY = "g:digest"
@@ -82,20 +83,45 @@ def measured_cost_per_thread(state: TowerState) -> float | None:
     return sum(costs) / len(costs) if costs else None
 
 
-def session_budget_need(state: TowerState, blocked: int) -> tuple[float, float | None]:
-    """What raising the session budget must add so the blocked and queued threads finish.
+def _family(task: str) -> str:
+    """A repeated task's copies ("screen-7") share the family of their task ("screen")."""
+    return re.sub(r"-\d+$", "", task)
 
-    Returns (usd to add, measured cost per thread). With no finished thread to measure yet,
-    the cost is unknown and the need is 0 (the caller falls back to the items' suggestions).
+
+def session_budget_need(state: TowerState, members: list[InboxItem]) -> tuple[float, float | None]:
+    """What raising the session budget must add so the stopped and queued threads finish.
+
+    Each thread is expected to cost what finished threads of its own task cost (the overall
+    mean for a task none finished yet); a stopped thread needs that minus what it already
+    spent; and the last calls in flight reserve their worst case (each stopped item says how
+    much), so that is added too. Returns (usd to add, mean expected cost per thread), or
+    (0, None) before any thread finished (the caller falls back to the items' suggestions).
     """
-    queued = state.count(ThreadState.QUEUED)
-    per = measured_cost_per_thread(state)
-    if per is None:
+    overall = measured_cost_per_thread(state)
+    if overall is None:
         return 0.0, None
+    by_family: dict[str, list[float]] = {}
+    for view in state.threads.values():
+        if view.state is ThreadState.DONE:
+            by_family.setdefault(_family(view.task or view.id), []).append(view.cost_usd)
+    means = {f: sum(c) / len(c) for f, c in by_family.items()}
+
+    def expected(view: ThreadView) -> float:
+        return means.get(_family(view.task or view.id), overall)
+
+    stopped = {i.thread for i in members}
+    queued = [v for v in state.threads.values() if v.state is ThreadState.QUEUED]
+    need = sum(expected(v) for v in queued)
+    estimates = [expected(v) for v in queued]
+    for tid in stopped:
+        view = state.threads.get(tid)
+        if view is not None:
+            need += max(expected(view) - view.cost_usd, 0.0)
+            estimates.append(expected(view))
+    need += sum(float(i.data.get("need_usd") or 0.0) for i in members)  # calls in flight
     b = state.budget
-    # The blocked threads already spent part of their cost; count them at half, a fair middle.
-    need = per * queued + per * 0.5 * blocked
     headroom = (b.limit_usd or 0.0) - b.spent_usd - b.reserved_usd
+    per = sum(estimates) / len(estimates) if estimates else overall
     return max(need - max(headroom, 0.0), 0.0), per
 
 
@@ -192,7 +218,7 @@ def _group(state: TowerState, key: str, members: list[InboxItem], routine: bool)
                 "a raises the session's token cap as suggested · b by an amount · d declines all",
                 short="session token budget stop",
             )
-        need, per = session_budget_need(state, n)
+        need, per = session_budget_need(state, members)
         raise_usd = _round_up(max(need, suggested))
         if per is not None:
             queued = state.count(ThreadState.QUEUED)

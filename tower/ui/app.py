@@ -757,11 +757,27 @@ class TowerApp(App[int]):
                 title="inbox",
                 severity="warning",
             )
-        if budget:
-            names = ", ".join(e.thread or "" for e in budget[:3])
-            more = f" and {len(budget) - 3} more" if len(budget) > 3 else ""
+        session = [e for e in budget if e.payload.get("scope") == "session"]
+        own = [e for e in budget if e.payload.get("scope") != "session"]
+        new_ids = {e.payload["item"] for e in session}
+        stop_began = session and not any(
+            i.kind is InboxKind.BUDGET and i.data.get("scope") == "session" and i.id not in new_ids
+            for i in list(state.inbox.values())
+        )
+        if stop_began:
+            # One toast when the session budget stops the fleet; the threads it stops after
+            # that join the inbox's one situation row instead of a toast each.
             self.notify(
-                f"{names}{more} cannot reserve their next call",
+                f"the session budget stopped {len(session)} thread(s); "
+                f"{self.key_of('next_item')} shows what letting them finish costs",
+                title="budget stop",
+                severity="error",
+            )
+        if own:
+            names = ", ".join(e.thread or "" for e in own[:3])
+            more = f" and {len(own) - 3} more" if len(own) > 3 else ""
+            self.notify(
+                f"{names}{more} reached their own budget",
                 title="budget stop",
                 severity="error",
             )

@@ -262,14 +262,14 @@ class InboxDetail(Static):
             grid.add_row("resolve", Text(sit.resolve))
         grid.add_row("waiting", f"oldest {age(now - sit.created)}")
         parts: list[object] = [grid, Text("threads", style="bold")]
-        lines = []
         for iid in sit.items[:20]:
             item = state.inbox.get(iid)
             if item is not None:
-                lines.append(f"  {iid:<5} {item.thread}  {summary_of(item)}")
+                line = Text(f"  {iid:<5} {item.thread}  ", no_wrap=True, overflow="ellipsis")
+                line.append(summary_of(item), style="dim")
+                parts.append(line)
         if len(sit.items) > 20:
-            lines.append(f"  … and {len(sit.items) - 20} more (→ expands the group)")
-        parts.append(Text("\n".join(lines)))
+            parts.append(Text(f"  … and {len(sit.items) - 20} more (→ opens the group)"))
         parts.append(Text(hint, style="dim italic"))
         self.update(Group(*parts), layout=False)  # type: ignore[arg-type]
 
