@@ -101,10 +101,14 @@ async def test_w_lists_the_written_file_with_its_diff_and_the_workspace_path(
 ) -> None:
     async with tower(tmp_path, project(EDIT), FILES) as t:
         item = await approval(t)
-        await t.press("w")  # before approval: nothing written yet
+        await t.press("w")  # before approval: nothing written yet, one write awaiting it
         screen = await files_screen(t)
         assert screen.thread == "w" and screen.changes == []
-        assert "not written or changed any file" in drawn(screen.query_one("#diff", Static))
+        assert [p[:2] for p in screen.pending] == [(item, "readme.txt")]
+        rows = drawn(screen.query_one(DataTable))
+        assert f"awaiting {item}" in rows and "readme.txt" in rows
+        proposed = drawn(screen.query_one("#diff", Static))
+        assert "+world" in proposed  # the whole proposed diff, before deciding
         sup = t.app.sup
         assert sup is not None
         await t.app._command(lambda: sup.approve(item))
@@ -112,6 +116,7 @@ async def test_w_lists_the_written_file_with_its_diff_and_the_workspace_path(
         await t.press("ctrl+r")  # reload: the log and the workspace again
         await t.until(lambda: screen.loaded.is_set() and screen.changes, "the reloaded list")
         assert [(c.path, c.written) for c in screen.changes] == [("readme.txt", True)]
+        assert screen.pending == []  # decided: no longer awaiting
         await t.press("escape")
         await t.screen_is(type(t.app.get_default_screen()))
 

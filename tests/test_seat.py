@@ -447,3 +447,54 @@ async def test_toasts_never_cover_the_inbox_detail(tmp_path: Path) -> None:
 
 
 __all__ = ["FILES"]
+
+
+async def test_next_item_always_moves_on_from_what_is_shown(tmp_path: Path) -> None:
+    """] from a thread with nothing waiting lands on the oldest situation; from anything
+    shown (thread list or inbox focused) it moves to the next one, never stays put."""
+    async with tower(tmp_path, THREE) as t:
+        await t.ready(waiting_on(t, 3, InboxKind.APPROVAL), "three approvals")
+        await t.until(lambda: t.view("idle").state.ended, "idle ended")
+        assert t.threads.current == "idle" and t.app.shown is None
+        rows = list(t.inbox.rows)
+        await t.press("right_square_bracket")
+        await t.settle()
+        assert shown_items(t) == {rows[0]}  # the oldest
+        await t.press("right_square_bracket")
+        await t.settle()
+        assert shown_items(t) == {rows[1]}
+        # Back on the thread list, a thread whose item is shown: ] goes to the next row.
+        await t.press("t")
+        owner = t.state().inbox[rows[2]].thread
+        t.threads.select_key(owner)
+        await t.settle()
+        assert shown_items(t) == {rows[2]}
+        await t.press("right_square_bracket")
+        await t.settle()
+        assert shown_items(t) == {rows[0]}  # wrapped, not stuck on rows[2]
+
+
+async def test_one_key_on_a_group_is_one_decision(tmp_path: Path) -> None:
+    async with tower(tmp_path, SAME) as t:
+        await t.ready(waiting_on(t, 4, InboxKind.APPROVAL), "four identical approvals")
+        await t.press("i", "home", "left")
+        await act_and_check(t, "a")
+        assert t.state().decisions == 1
+        closed = [e.payload for e in await t.events(None) if e.kind is EventKind.INBOX_CLOSED]
+        assert len({p["batch"] for p in closed}) == 1 and len(closed) == 4
+
+
+async def test_a_threads_screen_header_follows_its_state(tmp_path: Path) -> None:
+    async with tower(tmp_path, THREE) as t:
+        await t.ready(waiting_on(t, 3, InboxKind.APPROVAL), "three approvals")
+        await t.press("down", "down")
+        tid = t.threads.current
+        await t.press("enter")
+        screen = await t.screen_is(ThreadScreen)
+        await t.settle()
+        head = drawn(screen.query_one("#head"))
+        assert "· waiting for approval of write_file ·" in head
+        assert "waiting waiting" not in head
+        await t.press("a")
+        await t.until(lambda: t.view(tid).state is ThreadState.DONE, "done")
+        await t.until(lambda: "· done" in drawn(screen.query_one("#head")), "the header: done")

@@ -241,7 +241,7 @@ def _group(state: TowerState, key: str, members: list[InboxItem], routine: bool)
             resolve,
             suggest_usd=raise_usd,
             routine=routine,
-            short=f"session budget stop · {resolve.split(' lets')[0]} to go on",
+            short=f"session budget · +${raise_usd:.{_places(raise_usd)}f}",
         )
     if key.startswith("g:budget:thread"):
         total = sum(float(i.data.get("suggest_usd") or 0.0) for i in members)

@@ -200,7 +200,8 @@ def apply(state: TowerState, ev: Event) -> TowerState:
                 spent = float(p.get("attention_s") or 0.0)
                 state.blocked_seconds += waited
                 state.human_seconds += spent
-                state.decisions += 1
+                if p.get("batch") in (None, p["item"]):  # one key on a group: one decision
+                    state.decisions += 1
                 if view is not None:
                     view.blocked_seconds += waited
                     view.human_seconds += spent
@@ -251,7 +252,10 @@ def apply(state: TowerState, ev: Event) -> TowerState:
         if view is not None:
             view.checked = bool(p["passed"])
             view.check_detail = str(p.get("detail", ""))
-            _append_tail(view, f"\n[check {'passed' if p['passed'] else 'failed'}] {p['detail']}")
+            verdict = "passed" if p["passed"] else "failed"
+            detail = str(p.get("detail", ""))
+            note = f" {detail}" if detail and detail != verdict else ""
+            _append_tail(view, f"\n[check {verdict}]{note}")
     elif kind is EventKind.POLICY_SET:
         state.policy = list(p.get("policy") or [])
     elif kind is EventKind.RULE_GRANTED:

@@ -50,6 +50,7 @@ class Decision:
     text: str | None = None
     args: dict[str, Any] | None = None
     attention_s: float | None = None  # the person's time on this decision (from the UI)
+    batch: str | None = None  # one key decided several items: the first item's id
 
 
 @dataclass(eq=False)
@@ -960,6 +961,8 @@ class Supervisor:
             payload["args"] = decision.args
         if decision.attention_s is not None:
             payload["attention_s"] = round(max(decision.attention_s, 0.0), 3)
+        if decision.batch is not None:
+            payload["batch"] = decision.batch
         self.bus.emit(EventKind.INBOX_CLOSED, th.id, **payload)
         if not fut.done():
             fut.set_result(decision)
@@ -971,13 +974,14 @@ class Supervisor:
         comment: str | None = None,
         by: str = "human",
         attention_s: float | None = None,
+        batch: str | None = None,
     ) -> None:
         _th, kind, _ = self._owner(item)
         if kind is InboxKind.BUDGET:
             raise CommandError(f"{item} asks for budget: raise it or decline")
         if kind is InboxKind.QUESTION:
             raise CommandError(f"{item} is a question: reply to it")
-        self._decide(item, Decision(Resolution.APPROVED, by, comment, args, attention_s))
+        self._decide(item, Decision(Resolution.APPROVED, by, comment, args, attention_s, batch))
 
     def deny(
         self,
@@ -985,26 +989,31 @@ class Supervisor:
         comment: str | None = None,
         by: str = "human",
         attention_s: float | None = None,
+        batch: str | None = None,
     ) -> None:
         _th, kind, _ = self._owner(item)
-        if kind is InboxKind.BUDGET:
-            self._decide(item, Decision(Resolution.DECLINED, by, comment, None, attention_s))
-        else:
-            self._decide(item, Decision(Resolution.DENIED, by, comment, None, attention_s))
+        resolution = Resolution.DECLINED if kind is InboxKind.BUDGET else Resolution.DENIED
+        self._decide(item, Decision(resolution, by, comment, None, attention_s, batch))
 
     def decline(self, item: str, by: str = "human") -> None:
         self.deny(item, by=by)
 
     def reply(
-        self, target: str, text: str, by: str = "human", attention_s: float | None = None
+        self,
+        target: str,
+        text: str,
+        by: str = "human",
+        attention_s: float | None = None,
+        batch: str | None = None,
     ) -> None:
         """Answers a question or escalation item; on a thread id, attaches a comment."""
         if target in self._item_owner:
             _th, kind, _ = self._owner(target)
             if kind in (InboxKind.QUESTION, InboxKind.ESCALATION):
-                self._decide(target, Decision(Resolution.ANSWERED, by, text, None, attention_s))
+                resolution = Resolution.ANSWERED
             else:  # a comment on an approval: approve with it attached
-                self._decide(target, Decision(Resolution.APPROVED, by, text, None, attention_s))
+                resolution = Resolution.APPROVED
+            self._decide(target, Decision(resolution, by, text, None, attention_s, batch))
             return
         th = self._live(target)
         th.guidance.append(text)
@@ -1017,6 +1026,7 @@ class Supervisor:
         tokens: int = 0,
         by: str = "human",
         attention_s: float | None = None,
+        batch: str | None = None,
     ) -> None:
         """Raises a thread's or the session's caps; on a budget item, the cap that refused.
 
@@ -1060,8 +1070,10 @@ class Supervisor:
                 and i.id in self._item_owner
             ]
         share = attention_s / len(woken) if attention_s is not None and woken else None
+        if batch is None and len(woken) > 1:
+            batch = woken[0]  # one decision, however many threads it wakes
         for one in woken:
-            self._decide(one, Decision(Resolution.RAISED, by, None, None, share))
+            self._decide(one, Decision(Resolution.RAISED, by, None, None, share, batch))
 
     # --- policy -------------------------------------------------------------------------
 

@@ -147,10 +147,14 @@ class TowerCommands(Provider):
             out.append((f"{label}: {description}", _runner(app, action), f"key: {app.key_of(bid)}"))
         for text, action, help_text in PALETTE_ONLY:
             out.append((text, _runner(app, action), help_text))
-        for name in sorted(app.available_themes):
-            if name == "textual-ansi":
-                continue
-            out.append((f"Theme: {name}", _theme_setter(app, name), "switch the colour theme"))
+        # tower's own themes first, then Textual's; the one in use says so.
+        names = sorted(
+            (n for n in app.available_themes if n != "textual-ansi"),
+            key=lambda n: (not n.startswith("tower"), n),
+        )
+        for name in names:
+            note = "the theme in use" if name == app.theme else "switch the colour theme"
+            out.append((f"Theme: {name}", _theme_setter(app, name), note))
         for row in self._sessions[:50]:
             out.append(
                 (
@@ -217,7 +221,7 @@ class TowerApp(App[int]):
     ToastRack { align: left bottom; margin-bottom: 2; }
     ToastHolder { align-horizontal: left; }
     Toast { width: 56; max-width: 45%; padding: 0 1; margin-top: 0; }
-    HelpScreen > ToastRack, PolicyScreen > ToastRack { display: none; }
+    HelpScreen Toast, PolicyScreen Toast { display: none; }
     """
     COMMANDS: ClassVar = {TowerCommands}
     BINDINGS: ClassVar[list[BindingType]] = _verb_bindings({})
@@ -507,7 +511,7 @@ class TowerApp(App[int]):
         inbox = self.inbox_list
         with self.state_lock(), self.batch_update():
             self.budget_bar.show(
-                state, self.burn.per_minute(), self.note, self.inbox_list.human_minutes_cap
+                state, self.burn.per_minute(), self.note, self.inbox_list.human_minutes_cap, now
             )
             if self._rows_dirty or (self._dirty and threads.sort_key in ("cost", "tokens")):
                 threads.rebuild()
@@ -546,6 +550,7 @@ class TowerApp(App[int]):
         events, self._detail_events = self._detail_events, []
         if detail.is_attached:
             detail.add_events(events)
+            self._show_head(detail)
         else:
             self._detail = None
 
@@ -624,10 +629,10 @@ class TowerApp(App[int]):
             detail = self.inbox_detail
             first = state.inbox.get(target.items[0]) if target is not None else None
             amount = budget_amount(target, first) if target is not None else 0.0
-            hints = hints_for(target, self.key_of, amount)
+            tid = self.selected_thread()
+            view = state.threads.get(tid) if tid else None
+            hints = hints_for(target, self.key_of, amount, view is not None and view.state.ended)
             if target is None:
-                tid = self.selected_thread()
-                view = state.threads.get(tid) if tid else None
                 if view is None:
                     detail.show_text(Text("Nothing selected.", style="dim"))
                 else:
@@ -768,7 +773,7 @@ class TowerApp(App[int]):
             # One toast when the session budget stops the fleet; the threads it stops after
             # that join the inbox's one situation row instead of a toast each.
             self.notify(
-                f"the session budget stopped {len(session)} thread(s); "
+                "the session budget is spent: threads stop as they reach their next call; "
                 f"{self.key_of('next_item')} shows what letting them finish costs",
                 title="budget stop",
                 severity="error",
@@ -992,16 +997,19 @@ class TowerApp(App[int]):
             )
 
     async def _decide_each(
-        self, items: list[str], fn: Callable[[str, float], Any], what: str
+        self, items: list[str], fn: Callable[[str, float, str | None], Any], what: str
     ) -> int:
-        """Applies one decision to each item on the core's loop; returns how many applied."""
+        """Applies one decision to each item on the core's loop; returns how many applied.
+        The person's time is shared among the items, and the log records them as one batch
+        (one decision), however many items one key settled."""
         share = self._spend_attention(len(items))
+        batch = items[0] if len(items) > 1 else None
 
         def run() -> int:
             done = 0
             for item in items:
                 try:
-                    fn(item, share)
+                    fn(item, share, batch)
                     done += 1
                 except CommandError:
                     pass  # decided meanwhile (a rule, its thread ended): nothing to do
@@ -1036,7 +1044,7 @@ class TowerApp(App[int]):
         if rest:
             await self._decide_each(
                 rest,
-                lambda i, a: sup.approve(i, attention_s=a),
+                lambda i, a, b: sup.approve(i, attention_s=a, batch=b),
                 "approved",
             )
         if skipped:
@@ -1052,16 +1060,20 @@ class TowerApp(App[int]):
         share = self._spend_attention(len(items))
         amount = budget_amount(target, state.inbox[items[0]])
         woken_before = len([i for i in state.inbox.values() if i.kind is InboxKind.BUDGET])
+        batch = items[0] if len(items) > 1 else None  # one key: one decision in the log
 
         def run() -> None:
             if session:
                 # One raise of the session cap wakes every thread it stopped.
                 sup.raise_budget(
-                    session[0], usd=amount if amount > 0 else 0.0, attention_s=share * len(session)
+                    session[0],
+                    usd=amount if amount > 0 else 0.0,
+                    attention_s=share * len(session),
+                    batch=batch,
                 )
             for i in own:
                 if i in sup.bus.state.inbox:
-                    sup.raise_budget(i, attention_s=share)
+                    sup.raise_budget(i, attention_s=share, batch=batch)
 
         await self._command(run)
         self._after_decision()
@@ -1080,7 +1092,9 @@ class TowerApp(App[int]):
             return
         _target, items = found
         sup = self.sup
-        await self._decide_each(items, lambda i, a: sup.deny(i, attention_s=a), "denied")
+        await self._decide_each(
+            items, lambda i, a, b: sup.deny(i, attention_s=a, batch=b), "denied"
+        )
 
     def action_deny_reason(self) -> None:
         """D: deny the target (an item, a group, the marked set) with a reason the agents read
@@ -1099,7 +1113,9 @@ class TowerApp(App[int]):
         async def deny(reason: str | None) -> None:
             if reason is not None:
                 await self._decide_each(
-                    items, lambda i, a: sup.deny(i, comment=reason, attention_s=a), "denied"
+                    items,
+                    lambda i, a, b: sup.deny(i, comment=reason, attention_s=a, batch=b),
+                    "denied",
                 )
 
         self.push_screen(TextDialog(f"Deny {what} — the reason the agent reads"), deny)
@@ -1167,7 +1183,7 @@ class TowerApp(App[int]):
                 return
             if items:
                 await self._decide_each(
-                    items, lambda i, a: sup.reply(i, text, attention_s=a), "sent to"
+                    items, lambda i, a, b: sup.reply(i, text, attention_s=a, batch=b), "sent to"
                 )
             elif tid is not None:
                 await self._command(lambda: sup.reply(tid, text), "sent")
@@ -1254,11 +1270,12 @@ class TowerApp(App[int]):
                 share = self._spend_attention(len(budget))
                 session = first.data.get("scope") == "session"
                 lead = [budget[0]] if session else budget
+                batch = budget[0] if len(budget) > 1 else None
 
                 def run() -> None:
                     for i in lead:
                         if i in sup.bus.state.inbox:
-                            sup.raise_budget(i, usd=amount, attention_s=share)
+                            sup.raise_budget(i, usd=amount, attention_s=share, batch=batch)
 
                 await self._command(run, f"budget raised by {usd(amount)}")
                 self._after_decision()
@@ -1277,10 +1294,12 @@ class TowerApp(App[int]):
             self.notify("nothing needs you", timeout=2)
             return
         current = inbox.current
-        index = keys.index(current) if current in keys else -1
-        if (not inbox.has_focus or inbox.detached) and index >= 0:
-            step = 0  # coming from elsewhere: land on the selected item first
-        index = (index + step) % len(keys)
+        if inbox.detached or current not in keys or self.shown is None:
+            # Nothing was shown: ] lands on the oldest situation, [ on the newest.
+            index = 0 if step > 0 else len(keys) - 1
+        else:
+            # Something was shown (whichever list has focus): ] always moves on from it.
+            index = (keys.index(current) + step) % len(keys)
         inbox.detached = False
         inbox.cursor = index
         inbox.focus()
@@ -1430,7 +1449,17 @@ class TowerApp(App[int]):
         if tid is None or self.sup is None or isinstance(self.screen, FilesScreen):
             return
         root, original = thread_folders(self.sup, tid)
-        self.push_screen(FilesScreen(tid, root, original, await self.thread_events(tid)))
+        events = await self.thread_events(tid)
+        self.push_screen(FilesScreen(tid, root, original, events, self.pending_writes(tid)))
+
+    def pending_writes(self, tid: str) -> list[tuple[str, str, str]]:
+        """(item, path, diff) of the thread's write_file calls waiting for approval."""
+        with self.state_lock():
+            return [
+                (i.id, str((i.data.get("args") or {}).get("path", "")), str(i.data.get("diff", "")))
+                for i in list(self.state().inbox.values())
+                if i.thread == tid and i.kind is InboxKind.APPROVAL and "diff" in i.data
+            ]
 
     def action_focus_inbox(self) -> None:
         self.inbox_list.detached = False
@@ -1489,15 +1518,25 @@ class TowerApp(App[int]):
         seen = events[-1].seq if events else 0
         screen.add_events(events)
         self._detail_events = [e for e in self._detail_events if e.seq > seen]
-        view = self.state().threads.get(tid)
-        if view is not None:
-            screen.show_head(
-                Text(
-                    f"{view.id} · {view.agent} · {view.state} {view.reason} · {view.model}"
-                    f" · step {view.step} · {usd(view.cost_usd)}\n{view.title}"
-                )
-            )
+        self._show_head(screen)
         self._detail = screen
+
+    def _show_head(self, screen: ThreadScreen) -> None:
+        """The thread's screen header, as the state has it now (redrawn as it changes)."""
+        with self.state_lock():
+            view = self.state().threads.get(screen.thread)
+            if view is None:
+                return
+            status = str(view.state)
+            if view.reason.startswith(status):
+                status = view.reason  # "waiting for approval of …", not "waiting waiting …"
+            elif view.reason:
+                status += f": {view.reason}"
+            head = Text(
+                f"{view.id} · {view.agent} · {status} · {view.model} · step {view.step}"
+                f" · {usd(view.cost_usd)}\n{view.title}"
+            )
+        screen.show_head(head)
 
     async def thread_events(self, tid: str) -> list[Event]:
         """A thread's events as the log has them, read on the core's loop."""

@@ -26,7 +26,14 @@ from tower.ui.widgets.diffview import diff_view
 if TYPE_CHECKING:
     from tower.core.supervisor import Supervisor
 
-STATUS_STYLE = {"added": "green", "modified": "yellow", "deleted": "red", "unchanged": "dim"}
+STATUS_STYLE = {
+    "added": "green",
+    "modified": "yellow",
+    "deleted": "red",
+    "unchanged": "dim",
+    "pending": "bold magenta",
+}
+PENDING = "pending:"  # row keys of writes still waiting for approval
 
 
 def thread_folders(sup: Supervisor, tid: str) -> tuple[Path | None, Path | None]:
@@ -76,10 +83,18 @@ class FilesScreen(Screen[None]):
     """
 
     def __init__(
-        self, thread: str, root: Path | None, original: Path | None, events: list[Event]
+        self,
+        thread: str,
+        root: Path | None,
+        original: Path | None,
+        events: list[Event],
+        pending: list[tuple[str, str, str]] | None = None,
     ) -> None:
+        """`pending`: (item id, path, diff) of write_file calls waiting for approval, shown
+        first, so the whole diff an approval is about can be read before deciding."""
         super().__init__()
         self.thread = thread
+        self.pending = pending or []
         self.root = root
         self.original = original
         self.in_place = (
@@ -130,6 +145,9 @@ class FilesScreen(Screen[None]):
         read = getattr(self.app, "thread_events", None)
         if fresh and read is not None:  # a reload: what the thread wrote since
             self.events = await read(self.thread)
+            pending = getattr(self.app, "pending_writes", None)
+            if pending is not None:
+                self.pending = pending(self.thread)
         root, original = self.root, None if self.in_place else self.original
         events = self.events
         if root is None:
@@ -141,11 +159,21 @@ class FilesScreen(Screen[None]):
         self.changes = changes
         table = self.query_one(DataTable)
         table.clear()
+        for item, path, _diff in self.pending:
+            status = Text(f"awaiting {item}", STATUS_STYLE["pending"])
+            table.add_row(status, path, key=f"{PENDING}{item}")
         for ch in changes:
             status = Text(ch.status + (" ✎" if ch.written else ""), STATUS_STYLE[ch.status])
             table.add_row(status, ch.path, key=ch.path)
         table.border_title = f"written and changed · {len(changes)}"
+        if self.pending:
+            table.border_title += f" · {len(self.pending)} awaiting approval"
         table.border_subtitle = "✎ written by the thread" if changes else ""
+        if self.pending:
+            table.move_cursor(row=0)
+            self._show_pending(self.pending[0][0])
+            self.loaded.set()
+            return
         if not changes:
             self._show(
                 Text("This thread has not written or changed any file yet.", style="dim italic")
@@ -159,8 +187,25 @@ class FilesScreen(Screen[None]):
     @on(DataTable.RowHighlighted, "#files")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         key = event.row_key.value
-        if key is not None:
+        if key is not None and key.startswith(PENDING):
+            self._show_pending(key.removeprefix(PENDING))
+        elif key is not None:
             self._diff_soon(key)
+
+    def _show_pending(self, item: str) -> None:
+        """The diff an approval is about: the proposed content against the file as it is."""
+        found = next((p for p in self.pending if p[0] == item), None)
+        if found is None:
+            return
+        _item, path, text = found
+        self.diffs[f"{PENDING}{item}"] = text
+        box = self.query_one(VerticalScroll)
+        box.border_title = f"proposed · {path} · awaiting approval ({item})"
+        if text.startswith("--- ") or text.startswith("@@"):
+            self._show(diff_view(text, self.app.current_theme, wrap=False))
+        else:
+            self._show(Text(text or "(no diff recorded)", style="dim italic"))
+        box.scroll_home(animate=False)
 
     @work(exclusive=True, group="files-diff")
     async def _diff_soon(self, rel: str) -> None:

@@ -37,7 +37,12 @@ class BudgetBar(Static):
     """
 
     def show(
-        self, state: TowerState, burn_per_min: float, note: str = "", cap: float | None = None
+        self,
+        state: TowerState,
+        burn_per_min: float,
+        note: str = "",
+        cap: float | None = None,
+        now: float | None = None,
     ) -> None:
         """`cap`: the project's attention budget in minutes (`[budget] human_minutes`)."""
         b = state.budget
@@ -55,9 +60,12 @@ class BudgetBar(Static):
             line1.append(f" · limit {usd(b.limit_usd, 2)} ({pct:.0f}%)")
         else:
             line1.append(" · no limit")
-        line1.append(f" · burn {usd(burn_per_min)}/min")
-        left = minutes_left(b.limit_usd, b.spent_usd, b.reserved_usd, burn_per_min)
-        line1.append(f" · {duration_minutes(left)} left")
+        if state.threads and state.all_ended:
+            line1.append(" · every thread has ended")
+        else:
+            line1.append(f" · burn {usd(burn_per_min)}/min")
+            left = minutes_left(b.limit_usd, b.spent_usd, b.reserved_usd, burn_per_min)
+            line1.append(f" · {duration_minutes(left)} left")
         line2 = Text(no_wrap=True, overflow="ellipsis")
         line2.append(f"tokens {tokens(b.tokens)}")
         if b.limit_tokens:
@@ -68,7 +76,9 @@ class BudgetBar(Static):
         line2.append(f" · you {human:.1f} min on {state.decisions} decision(s)")
         if cap:
             line2.append(f" of {cap:g}", style="bold" if human >= cap else "")
-        line2.append(f" · blocked on you {state.blocked_seconds / 60:.1f} thread-min")
+        # Items still open are blocking threads right now: their wait counts as it grows.
+        waiting = sum(max(now - i.created, 0.0) for i in state.inbox.values()) if now else 0.0
+        line2.append(f" · blocked on you {(state.blocked_seconds + waiting) / 60:.1f} thread-min")
         counts = [
             (ThreadState.RUNNING, "running"),
             (ThreadState.WAITING, "waiting"),

@@ -324,8 +324,14 @@ class InboxDetail(Static):
                 lines = diff.split("\n")
                 if lines[0].startswith("--- ") and lines[1:2] and lines[1].startswith("+++ "):
                     lines = lines[2:]  # the path is a row above
-                # As many lines as leave the keys below in sight (long lines are cut).
-                room = max(self.size.height - grid.row_count - len(parts) - 1, 3)
+                # As many lines as leave the keys below in sight (long lines are cut): the
+                # rows above and the hint below are measured as they will wrap.
+                width = max(self.content_size.width, 20)
+                console = self.app.console
+                options = console.options.update(width=width)
+                above = sum(len(console.render_lines(p, options)) for p in parts)
+                below = len(console.render_lines(Text(hint or KEY_HINTS[item.kind]), options))
+                room = max(self.content_size.height - above - below - 1, 3)
                 if self.size.height and len(lines) > room:
                     keep = room - 1
                     key_of = getattr(self.app, "key_of", None)  # the live app has a files view

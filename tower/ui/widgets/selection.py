@@ -46,8 +46,13 @@ def budget_amount(target: Target, item: InboxItem | None) -> float:
     return float(item.data.get("suggest_usd") or 0.0) if item is not None else 0.0
 
 
-def hints_for(target: Target | None, key: Callable[[str], str], amount: float = 0.0) -> str:
-    """The keys that act on this target, in the user's own key names."""
+def hints_for(
+    target: Target | None, key: Callable[[str], str], amount: float = 0.0, ended: bool = False
+) -> str:
+    """The keys that act on this target, in the user's own key names. With no target, the
+    thread's own verbs (only those that still apply to an ended thread)."""
+    if target is None and ended:
+        return f"enter open · {key('files')} files it wrote · {key('next_item')} next item"
     if target is None:
         return (
             f"{key('pause')} pause · {key('kill')} kill · {key('escalate')} escalate · "
