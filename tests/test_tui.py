@@ -1237,11 +1237,9 @@ SPAWN_TASKS = task(ASK, "review", prompt="review the notes") + task(
 
 
 async def pick_task(t: Tower, dialog: SpawnDialog, row: int) -> None:
-    """From the prompt (focused when the dialog opens): back to the task list, open it, go
+    """The task list (focused when the dialog opens on a project with tasks): open it, go
     down `row` options (the first is "none"), enter."""
     template = dialog.query_one("#template", Select)
-    assert dialog.focused is dialog.query_one("#prompt", Input)
-    await t.press("shift+tab")
     assert dialog.focused is template
     await t.press("enter")
     await t.until(lambda: template.expanded, "the task list opens")

@@ -399,11 +399,8 @@ class SpawnDialog(_Dialog):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Spawn a thread", classes="title")
-            yield Label("Agent")
-            yield Select(
-                [(a, a) for a in self.agents], value=self.agents[0], allow_blank=False, id="agent"
-            )
             if self.tasks:
+                # First: most spawns repeat a task of the project (enter opens the list).
                 yield Label("Start from a task of the project (optional)")
                 yield Select(
                     [(self._option(c), tid) for tid, c in self.tasks.items()],
@@ -411,7 +408,11 @@ class SpawnDialog(_Dialog):
                     id="template",
                 )
                 yield Label("", id="task-info")
-            yield Label("Task")
+            yield Label("Agent")
+            yield Select(
+                [(a, a) for a in self.agents], value=self.agents[0], allow_blank=False, id="agent"
+            )
+            yield Label("Prompt")
             yield Input(placeholder="What should the agent do?", id="prompt")
             yield Label("Workspace: a folder of the project (optional; default: an empty one)")
             yield Input(placeholder="e.g. notes", id="workspace")
@@ -423,7 +424,9 @@ class SpawnDialog(_Dialog):
             yield Label("tab next field · enter or ctrl+s spawn · escape cancel")
 
     def on_mount(self) -> None:
-        self.query_one("#prompt", Input).focus()
+        # The task list when the project has tasks (enter opens it), else the prompt.
+        first = self.query("#template") if self.tasks else None
+        (first.first() if first else self.query_one("#prompt", Input)).focus()
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "template":
