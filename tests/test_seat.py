@@ -498,3 +498,16 @@ async def test_a_threads_screen_header_follows_its_state(tmp_path: Path) -> None
         await t.press("a")
         await t.until(lambda: t.view(tid).state is ThreadState.DONE, "done")
         await t.until(lambda: "· done" in drawn(screen.query_one("#head")), "the header: done")
+
+
+async def test_a_key_right_after_a_cursor_move_acts_on_the_new_row(tmp_path: Path) -> None:
+    """The detail pane follows the cursor synchronously: a verb pressed in the same burst
+    of keys as the move acts on the row the cursor moved to, which is what is drawn."""
+    async with tower(tmp_path, THREE) as t:
+        await t.ready(waiting_on(t, 3, InboxKind.APPROVAL), "three approvals")
+        await t.press("i", "home")
+        await t.settle()
+        rows = list(t.inbox.rows)
+        await t.press("down", "d")  # no pause between the move and the verb
+        await t.until(lambda: rows[1] not in t.state().inbox, "decided")
+        assert await closed_items(t) == [rows[1]]

@@ -307,6 +307,8 @@ class TowerApp(App[int]):
         self.budget_bar = self.query_one(BudgetBar)
         self.inbox_detail = self.query_one(InboxDetail)
         self.selection_bar = self.query_one(SelectionBar)
+        self.threads_list.on_highlight = self._highlighted
+        self.inbox_list.on_highlight = self._highlighted
         budget = self.project.budget
         self.inbox_list.human_minutes_cap = budget.human_minutes
         self.inbox_list.routine_usd = budget.routine_usd
@@ -1481,15 +1483,16 @@ class TowerApp(App[int]):
         ]
         self.push_screen(HelpScreen(rows))
 
-    @on(RowList.Highlighted)
-    def _highlighted(self, event: RowList.Highlighted) -> None:
-        if isinstance(event.rowlist, InboxList):
-            if event.rowlist.has_focus:
-                event.rowlist.detached = False
+    def _highlighted(self, rowlist: RowList, _key: str | None) -> None:
+        """The row under a list's cursor changed (called at once, not via a message): the
+        other list follows the focused one, and the target is drawn again."""
+        if isinstance(rowlist, InboxList):
+            if rowlist.has_focus:
+                rowlist.detached = False
                 self._follow_inbox()
         else:
             self._dirty.update(self._panel_targets())
-            if event.rowlist.has_focus:
+            if rowlist.has_focus:
                 self._follow_threads()
         self._show_item()
 
@@ -1520,6 +1523,7 @@ class TowerApp(App[int]):
         self._detail_events = [e for e in self._detail_events if e.seq > seen]
         self._show_head(screen)
         self._detail = screen
+        self._show_item()  # on this screen, verbs act on the thread's oldest item: show it
 
     def _show_head(self, screen: ThreadScreen) -> None:
         """The thread's screen header, as the state has it now (redrawn as it changes)."""
@@ -1553,6 +1557,7 @@ class TowerApp(App[int]):
     def detail_closed(self, screen: ThreadScreen) -> None:
         if self._detail is screen:
             self._detail = None
+        self.call_after_refresh(self._show_item)  # back on the main screen: its target again
 
     # --- leaving ------------------------------------------------------------------------
 

@@ -160,7 +160,8 @@ class InboxList(StateList):
             self.marked |= items
         self.detached = False
         self.refresh()
-        self.post_message(self.Highlighted(self, self.current))
+        self._last_key = None  # the marks changed what the row stands for: announce again
+        self._announce()
         self.action_cursor(1)
 
     def action_expand(self, open_: bool) -> None:

@@ -65,6 +65,8 @@ class RowList(ScrollView, can_focus=True):
         self.rows: list[str] = []
         self._last_key: str | None = None
         self.cursor_hidden = False  # no row is selected (drawn without the cursor bar)
+        # Called at once when the row under the cursor changes (instead of a message).
+        self.on_highlight: Callable[[RowList, str | None], None] | None = None
 
     # --- data -------------------------------------------------------------------------
 
@@ -96,7 +98,12 @@ class RowList(ScrollView, can_focus=True):
         key = self.current
         if key != self._last_key:
             self._last_key = key
-            self.post_message(self.Highlighted(self, key))
+            if self.on_highlight is not None:
+                # Synchronously: a key pressed right after a cursor move must find the
+                # screen (and what verbs act on) already following the cursor.
+                self.on_highlight(self, key)
+            else:
+                self.post_message(self.Highlighted(self, key))
 
     def watch_cursor(self, value: int) -> None:
         if self.rows:
