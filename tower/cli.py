@@ -264,26 +264,10 @@ def _hand_over(handoff: Any, db: str | None) -> int:
 
 
 async def _fork_copy(store: Store, ref: str, at: int) -> str:
-    """A new session holding events 1..`at` of another, ended and ready to resume: the copy
-    that session.fork_headless makes before it continues headless."""
-    from tower.core.replay import ReplayError, resolve_session
-    from tower.core.supervisor import new_session_id
+    """The fork's id: events 1..`at` of another session, copied (see session.fork_copy)."""
+    from tower.core.session import fork_copy
 
-    source = await resolve_session(store, ref)
-    row = {r.id: r for r in await store.list_sessions()}[source]
-    events = [ev async for ev in store.events(source, 0, at)] if at >= 1 else []
-    if not events or events[-1].seq < at:
-        raise ReplayError(f"session {source} has no event {at}")
-    fork = new_session_id()
-    meta = {"forked_from": source, "at": at}
-    await store.create_session(fork, row.project, row.project_dir, events[0].ts, meta)
-    store.start_writer(fork)
-    for ev in events:
-        if ev.kind is EventKind.SESSION_STARTED:
-            ev = Event(ev.seq, ev.ts, ev.kind, ev.thread, {**ev.payload, "session": fork})
-        store.append(ev)
-    await store.end_session(fork, "clean")
-    return fork
+    return (await fork_copy(store, ref, at))[1]
 
 
 async def _probe(store: Store) -> None:

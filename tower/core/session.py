@@ -68,6 +68,32 @@ class ResumeError(Exception):
     """A session that cannot be resumed; the message says why."""
 
 
+async def fork_copy(store: Store, session_ref: str, at: int) -> tuple[str, str]:
+    """A new session holding the first `at` events of another, ended and ready to resume.
+
+    Returns (the source session's id, the fork's id). The TUI's fork (from the sessions
+    list) and `tower fork` both start from this copy.
+    """
+    from tower.core.replay import ReplayError, resolve_session
+    from tower.core.supervisor import new_session_id
+
+    source = await resolve_session(store, session_ref)
+    row = {r.id: r for r in await store.list_sessions()}[source]
+    events = [ev async for ev in store.events(source, 0, at)] if at >= 1 else []
+    if not events or events[-1].seq < at:
+        raise ReplayError(f"session {source} has no event {at}")
+    fork = new_session_id()
+    meta = {"forked_from": source, "at": at}
+    await store.create_session(fork, row.project, row.project_dir, events[0].ts, meta)
+    store.start_writer(fork)
+    for ev in events:
+        if ev.kind is EventKind.SESSION_STARTED:
+            ev = Event(ev.seq, ev.ts, ev.kind, ev.thread, {**ev.payload, "session": fork})
+        store.append(ev)
+    await store.end_session(fork, "clean")
+    return source, fork
+
+
 async def fork_headless(
     db: str | Path | None,
     session_ref: str,
@@ -82,26 +108,9 @@ async def fork_headless(
     The copied model calls are reused as recorded (nothing before `at` is called or billed
     again); with `model`, every unfinished thread continues on that model instead.
     """
-    from tower.core.replay import ReplayError, resolve_session
-    from tower.core.supervisor import new_session_id
-
     store = await Store.open(db)
     try:
-        source = await resolve_session(store, session_ref)
-        row = {r.id: r for r in await store.list_sessions()}[source]
-        events = [ev async for ev in store.events(source) if ev.seq <= at]
-        if not events or events[-1].seq < at or at < 1:
-            raise ReplayError(f"session {source} has no event {at}")
-        fork = new_session_id()
-        await store.create_session(
-            fork, row.project, row.project_dir, events[0].ts, {"forked_from": source, "at": at}
-        )
-        store.start_writer(fork)
-        for ev in events:
-            if ev.kind is EventKind.SESSION_STARTED:
-                ev = Event(ev.seq, ev.ts, ev.kind, ev.thread, {**ev.payload, "session": fork})
-            store.append(ev)
-        await store.end_session(fork, "clean")
+        source, fork = await fork_copy(store, session_ref, at)
     finally:
         await store.close()
     return await resume_headless(

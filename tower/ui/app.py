@@ -858,29 +858,21 @@ class TowerApp(App[int]):
 
     def _need_item(self) -> str | None:
         """The single item shown as the target, for verbs that act on one item."""
-        if not self._verbs_here():
+        found = self._need_target()
+        if found is None:
             return None
-        target = self.shown
-        if target is None:
-            tid = self.selected_thread()
-            self.notify(
-                f"{tid} has nothing waiting for you" if tid else "nothing selected",
-                severity="warning",
-            )
-            return None
-        if target.single is None:
+        target, items = found
+        if target.single is None or len(items) != 1:
             self.notify(
                 f"this works on one item; the target is {len(target.items)} items"
-                " (→ expands a group)",
+                " (→ opens a group)",
                 severity="warning",
             )
             return None
-        if target.single not in self.state().inbox:
-            self.notify(f"{target.single} was already decided", severity="warning")
-            return None
-        return target.single
+        return items[0]
 
     def _need_target(self) -> tuple[Target, list[str]] | None:
+        """What the screen shows as the target, and which of its items are still open."""
         if not self._verbs_here():
             return None
         target = self.shown
