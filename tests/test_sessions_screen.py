@@ -340,7 +340,17 @@ async def test_fork_refuses_an_event_after_which_every_thread_had_ended(
         screen = await t.sessions()
         await t.pick(screen, recorded.finished)
         await t.pilot.press("f")
-        await t.screen_is(ForkDialog)
+        dialog = await t.screen_is(ForkDialog)
+        # A finished session is offered the moment before its last thread ended, not its end.
+        box = dialog.query_one(Input)
+        assert box.value == str(dialog.default) and 1 <= dialog.default < dialog.last
+        ended = [
+            e.seq
+            for e in recorded.events[recorded.finished]
+            if e.kind is EventKind.THREAD_STATE and e.payload["state"] in ("done", "failed")
+        ]
+        assert dialog.default == max(ended) - 1
+        box.value = str(dialog.last)  # its very end: nothing would continue
         await t.pilot.press("enter")
         await t.until(lambda: t.toast("nothing"), "a refusal")
         assert t.app.is_running

@@ -23,7 +23,7 @@ from typing import Any
 import aiosqlite
 import platformdirs
 
-from tower.core.events import Event, EventKind
+from tower.core.events import ENDED_STATES, Event, EventKind
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -357,6 +357,20 @@ class Store:
             async for session, spent, waited in cur:
                 out[session] = (float(spent), float(waited))
         return out
+
+    async def last_thread_end(self, session: str) -> int:
+        """The seq of the session's last thread-ending event (0 if none): forking just before
+        it leaves at least one thread to continue."""
+        sql = """
+        SELECT coalesce(max(seq), 0) FROM events
+        WHERE session = ? AND kind = ? AND json_extract(payload, '$.state') IN (?, ?, ?)
+        """
+        ended = [str(s) for s in ENDED_STATES]
+        async with self._conn.execute(
+            sql, (session, str(EventKind.THREAD_STATE), *sorted(ended))
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def resolve_session(self, prefix: str) -> str | None:
         async with self._conn.execute(

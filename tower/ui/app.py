@@ -111,6 +111,26 @@ VERBS: list[tuple[str, str, str, str, str]] = [
 ]
 
 
+# Verbs left out of the footer, so the ones used most fit in it (the line above the footer
+# names the keys for what is selected; `?` and the palette list every verb).
+FOOTER_HIDDEN = frozenset(
+    {
+        "hand",
+        "edit",
+        "allow_like",
+        "raise_budget",
+        "prev_item",
+        "pause_all",
+        "filter",
+        "sort",
+        "reverse",
+        "pin",
+        "inbox",
+        "threads",
+        "policy",
+    }
+)
+
 # Verbs with no key of their own: the palette is where they live.
 PALETTE_ONLY = [
     (
@@ -198,7 +218,7 @@ def _verb_bindings(keymap: dict[str, str]) -> list[BindingType]:
     of the map: on a narrow footer the remapped verbs were the ones cut off.
     """
     return [
-        Binding(keymap.get(bid, keys), action, label, id=bid, show=True)
+        Binding(keymap.get(bid, keys), action, label, id=bid, show=bid not in FOOTER_HIDDEN)
         for bid, keys, action, label, _ in VERBS
     ] + [Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="quit_ctrl_c")]
 

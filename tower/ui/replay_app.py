@@ -207,7 +207,9 @@ class ReplayScreen(ModalScreen[None]):
             agent = (
                 state.threads[item.thread].agent if item and item.thread in state.threads else ""
             )
-            self.query_one(InboxDetail).show(item, self.now(), agent)
+            self.query_one(InboxDetail).show(
+                item, self.now(), agent, hint="a replay: what was decided shows as it happened"
+            )
             grid = self.query_one(PanelGrid)
             panels = grid.ensure_panels()
             rows = self.threads.rows

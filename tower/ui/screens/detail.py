@@ -115,7 +115,9 @@ class ThreadScreen(Screen[None]):
         yield Static(id="head")
         yield Static(id="target")
         with Horizontal():
-            yield RichLog(id="transcript", wrap=True, markup=False, auto_scroll=True)
+            # min_width=1: wrap at the pane's width (the default wraps at 78 columns, which
+            # hid text behind a scrollbar on a narrow screen and wasted a wide one).
+            yield RichLog(id="transcript", wrap=True, markup=False, auto_scroll=True, min_width=1)
             yield DataTable(id="steps", cursor_type="row", zebra_stripes=True)
         yield Footer()
 

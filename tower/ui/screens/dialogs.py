@@ -21,12 +21,13 @@ if TYPE_CHECKING:
 DIALOG_CSS = """
 _Dialog { align: center middle; background: $background 60%; }
 _Dialog > Vertical {
-    width: 80; max-width: 95%; height: auto; max-height: 90%;
+    width: 80; max-width: 95%; height: auto; max-height: 95%; overflow-y: auto;
     border: thick $accent; background: $surface; padding: 1 2;
 }
 _Dialog Label { width: 100%; }
 _Dialog Label.title { text-style: bold; margin-bottom: 1; }
-_Dialog Label.error { color: $error; }
+/* Textual's own .error class paints a background: an empty message would be a red bar. */
+_Dialog Label.error { color: $error; background: transparent; }
 _Dialog Horizontal.buttons { height: auto; align-horizontal: right; margin-top: 1; }
 _Dialog Button { margin-left: 1; }
 _Dialog TextArea { height: 16; }

@@ -16,7 +16,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
-from textual.screen import Screen
+from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
 
 from tower.core.diffs import FileChange, compare, file_diff, written_paths
@@ -64,14 +64,18 @@ def thread_folders(sup: Supervisor, tid: str) -> tuple[Path | None, Path | None]
     return root, src
 
 
-class FilesScreen(Screen[None]):
-    """Files the thread wrote or changed (left) and the highlighted one's diff (right)."""
+class FilesScreen(ModalScreen[None]):
+    """Files the thread wrote or changed (left) and the highlighted one's diff (right).
+
+    Modal: the tower's verbs do not reach through it (nothing here shows what they would
+    act on), and its footer lists only its own keys."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,backspace", "app.pop_screen", "Back"),
         Binding("f5,ctrl+r", "reload", "Reload"),
     ]
     DEFAULT_CSS = """
+    FilesScreen { background: $background; }
     FilesScreen #head { height: auto; padding: 0 1; background: $panel; }
     FilesScreen Horizontal { height: 1fr; }
     FilesScreen DataTable {

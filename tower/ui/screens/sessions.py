@@ -289,14 +289,17 @@ class SessionsScreen(ModalScreen[None]):
             return
         session = row.id
 
-        async def bounds(store: Store) -> int:
+        async def bounds(store: Store) -> tuple[int, int]:
             await store.flush()
-            return (await store.bounds(session))[0]
+            return (await store.bounds(session))[0], await store.last_thread_end(session)
 
-        last = await host.run(bounds)
+        last, last_end = await host.run(bounds)
         if last < 1:
             self.app.notify(f"{session} has no events to fork", severity="warning")
             return
+        # A finished session's last event is its end: nothing would be left to continue.
+        # Offer the moment just before its last thread ended instead.
+        default = last if row.unfinished or last_end < 2 else last_end - 1
 
         async def lookup(seq: int) -> Event | None:
             async def read(store: Store) -> Event | None:
@@ -305,7 +308,7 @@ class SessionsScreen(ModalScreen[None]):
 
             return await host.run(read)
 
-        at = await self.app.push_screen_wait(ForkDialog(session, last, lookup))
+        at = await self.app.push_screen_wait(ForkDialog(session, last, lookup, default))
         if at is None:
             return
         if (await host.run(lambda store: state_at(store, session, at))).all_ended:
@@ -357,17 +360,22 @@ class ForkDialog(_Dialog):
     """The event to fork after: its number (default the last), the range, what it was."""
 
     def __init__(
-        self, session: str, last: int, lookup: Callable[[int], Awaitable[Event | None]]
+        self,
+        session: str,
+        last: int,
+        lookup: Callable[[int], Awaitable[Event | None]],
+        default: int | None = None,
     ) -> None:
         super().__init__()
         self.session = session
         self.last = last
         self.lookup = lookup
+        self.default = default if default is not None else last
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label(f"Fork {self.session} after event (1–{self.last})", classes="title")
-            yield Input(value=str(self.last), id="seq", type="integer")
+            yield Input(value=str(self.default), id="seq", type="integer")
             yield Label("", id="event")
             yield Label("", classes="error", id="error")
             yield Label(
@@ -376,7 +384,7 @@ class ForkDialog(_Dialog):
             )
 
     def on_mount(self) -> None:
-        self._show(self.last)
+        self._show(self.default)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         seq = self._seq(event.value)

@@ -182,8 +182,8 @@ class InboxList(StateList):
     @staticmethod
     def _widths(width: int) -> tuple[int, int]:
         """THREAD and WHAT widths: the thread name gives way on narrow screens."""
-        thread = min(16, max(8, width // 5))
-        return thread, max(width - 2 - KIND_W - thread - 6 - 4, 8)
+        thread = min(16, max(6, width // 5))
+        return thread, max(width - 2 - KIND_W - thread - 6 - 4, 4)  # AGE always keeps its place
 
     def header(self, width: int) -> Cells:
         thread, rest = self._widths(width)

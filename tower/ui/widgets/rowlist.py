@@ -162,6 +162,7 @@ class RowList(ScrollView, can_focus=True):
         # column (AGE) under it.
         width = self.scrollable_content_region.width
         base = self.rich_style
+        bar: Style | None = None  # the cursor's background, on the cursor row
         if y == 0:
             cells = self.header(width)
             line_style = base + self.style_of("rowlist--header")
@@ -172,11 +173,15 @@ class RowList(ScrollView, can_focus=True):
             cells = self.row(self.rows[index], width)
             line_style = base
             if index == self.cursor and not self.cursor_hidden:
-                line_style = base + self.style_of("rowlist--cursor")
-        segments = [
-            Segment(text, line_style + style if style is not None else line_style)
-            for text, style in cells
-        ]
+                cursor = self.style_of("rowlist--cursor")
+                line_style = base + cursor
+                bar = Style(bgcolor=cursor.bgcolor)
+        segments = []
+        for text, style in cells:
+            seg = line_style if style is None else line_style + style
+            if bar is not None and style is not None:
+                seg += bar  # a cell's own background (a coloured state) must not hide the bar
+            segments.append(Segment(text, seg))
         length = sum(len(text) for text, _ in cells)
         return Strip(segments, length).crop_extend(0, width, line_style)
 
