@@ -280,7 +280,7 @@ def _group(state: TowerState, key: str, members: list[InboxItem], routine: bool)
             ids,
             threads,
             first.created,
-            "a lets them all continue · d stops them all · r sends them all guidance",
+            "",
             routine=routine,
             short=f"handed to you: {reason}",
         )
@@ -294,7 +294,7 @@ def _group(state: TowerState, key: str, members: list[InboxItem], routine: bool)
         ids,
         threads,
         first.created,
-        "a approves all · d denies all · A allows calls like this for a while",
+        "",
         routine=routine,
         short=f"same call: {tool} {target}".rstrip(),
     )

@@ -96,9 +96,10 @@ class ThreadList(StateList):
         self.set_rows([v.id for v in views])
 
     def _widths(self, width: int) -> list[int]:
-        """Column widths for this width; AGENT and MODEL give way before TASK gets too thin."""
+        """Column widths for this width; AGENT, MODEL, STEP and TOKENS give way (in that order)
+        before TASK gets too thin, so STATE, COST and AGE always show."""
         widths = [w or 0 for _, w in COLUMNS]
-        for drop in ("AGENT", "MODEL"):
+        for drop in ("AGENT", "MODEL", "STEP", "TOKENS"):
             if width - (sum(widths) + len(COLUMNS) - 1) >= MIN_TASK:
                 break
             widths[[n for n, _ in COLUMNS].index(drop)] = 0
