@@ -160,6 +160,8 @@ class FilesScreen(ModalScreen[None]):
             changes = await asyncio.to_thread(
                 lambda: compare(root, original, written_paths(events, root))
             )
+        if not self.is_attached:
+            return  # closed while the workspace was read
         self.changes = changes
         table = self.query_one(DataTable)
         table.clear()
@@ -221,6 +223,8 @@ class FilesScreen(ModalScreen[None]):
             return
         original = None if self.in_place else self.original
         text = await asyncio.to_thread(file_diff, root, original, rel)
+        if not self.is_attached:
+            return  # closed while the file was read
         self.diffs[rel] = text
         box = self.query_one(VerticalScroll)
         box.border_title = f"diff · {rel}"

@@ -407,7 +407,9 @@ class ForkDialog(_Dialog):
     async def _show(self, seq: int) -> None:
         ev = await self.lookup(seq)
         text = describe_event(ev) if ev is not None else f"no event {seq}"
-        self.query_one("#event", Label).update(text)
+        box = self.query("#event")  # the dialog may have closed while the log was read
+        if box:
+            box.first(Label).update(text)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         seq = self._seq(event.value)
