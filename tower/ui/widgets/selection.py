@@ -35,7 +35,12 @@ class Target:
         return self.items[0] if len(self.items) == 1 else None
 
 
-def target_label(item: InboxItem, summary: str) -> str:
+def target_label(item: InboxItem, summary: str, limit: int = 60) -> str:
+    """"i3 · review-stock · write_file inventory/stock.py": short enough that the keys after
+    it stay on the line (a question's whole text is in the detail pane)."""
+    summary = " ".join(summary.split())
+    if len(summary) > limit:
+        summary = summary[: limit - 1] + "…"
     return f"{item.id} · {item.thread} · {summary}".rstrip(" ·")
 
 
