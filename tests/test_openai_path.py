@@ -557,3 +557,28 @@ async def test_a_rate_limit_waits_as_long_as_retry_after_says(
     [failed] = live.kinds("t", EventKind.LLM_FAILED)
     second = live.kinds("t", EventKind.LLM_STARTED)[1]
     assert second.ts - failed.ts >= 0.45
+
+
+async def test_a_price_in_the_project_prices_a_model_litellm_does_not_know(
+    server: FakeOpenAI, live_factory: Callable[..., Any]
+) -> None:
+    """`input_usd_per_mtok` / `output_usd_per_mtok` / `cached_input_usd_per_mtok` on a real
+    (local) model: registered with litellm, so a call costs exactly those rates, cached
+    tokens included, as litellm's own cost function computes them."""
+    model = "openai/priced-local-model"
+    toml = project_toml(server, [model]) + (
+        "input_usd_per_mtok = 2.0\noutput_usd_per_mtok = 8.0\ncached_input_usd_per_mtok = 0.5\n"
+    )
+    usage = Usage(1_000, 50, cached_tokens=400)
+    server.script(finish_reply("two files", usage))
+    live: Live = await live_factory(toml, FILES)
+    await live.waiter.until(ended(live, "t"))
+    (fin,) = live.kinds("t", EventKind.LLM_FINISHED)
+    p = fin.payload
+    assert p["price_known"] is True
+    want = (600 * 2.0 + 400 * 0.5 + 50 * 8.0) / 1e6
+    assert p["cost_usd"] == pytest.approx(want, rel=1e-9)
+    assert live.bus.state.budget.unpriced_tokens == 0
+    # The reservation priced the worst case at the same rates (not at $0).
+    (start,) = live.kinds("t", EventKind.LLM_STARTED)
+    assert start.payload["reserved_usd"] > 0

@@ -62,6 +62,10 @@ async def run_thread(sup: Supervisor, th: ThreadRun) -> None:
         if result is None:
             return
         th.messages.append(result.assistant_message())
+        if not result.tool_calls and not result.text.strip():
+            _empty_turn(sup, th)  # never an answer: a failed step
+            continue
+        th.empty_streak = 0
         if not result.tool_calls:
             if await _conclude(sup, th, result.text.strip(), "answered"):
                 return
@@ -71,6 +75,25 @@ async def run_thread(sup: Supervisor, th: ThreadRun) -> None:
                 return
             if await _handle_tool(sup, th, tc, result.text.strip()):
                 return
+
+
+EMPTY_NUDGE = (
+    "Your last reply was empty: no text and no tool call. Continue the task: call one of "
+    "your tools, or call finish with your answer."
+)
+
+
+def _empty_turn(sup: Supervisor, th: ThreadRun) -> None:
+    """A completion with no text and no tool call (weak models do this often): the first
+    time the model is nudged once, recorded as tower's comment; a repeat is a trouble that
+    escalates (the next model of the cascade, else the human), never the thread's answer."""
+    th.empty_streak += 1
+    if th.empty_streak == 1:
+        sup.bus.emit(EventKind.COMMENT, th.id, text=EMPTY_NUDGE, by="tower")
+        th.guidance.append(EMPTY_NUDGE)
+        return
+    th.empty_streak = 0
+    sup.auto_escalate(th, f"empty replies: {th.model} returned no text and no tool call twice")
 
 
 class _Deltas:

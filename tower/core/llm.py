@@ -76,6 +76,37 @@ def register_sim_prices(profiles: dict[str, SimProfile]) -> None:
     )
 
 
+def register_prices(prices: dict[str, tuple[float, float, float | None]]) -> None:
+    """Prices a project gives real models (USD per million input, output and cached input
+    tokens) go into litellm's cost map, so litellm's own cost functions (cached tokens
+    included) agree with tower's reservations. A local or newer model litellm does not know
+    is then priced instead of counted as $0."""
+    if not prices:
+        return
+    litellm = load_litellm()
+    entries: dict[str, dict[str, Any]] = {}
+    for model, (inp, out, cached) in prices.items():
+        try:
+            provider = litellm.get_llm_provider(model)[1]
+        except Exception:
+            provider = "openai"
+        entry: dict[str, Any] = {
+            "input_cost_per_token": inp / 1e6,
+            "output_cost_per_token": out / 1e6,
+            "litellm_provider": provider,
+            "mode": "chat",
+            "supports_function_calling": True,
+        }
+        if cached is not None:
+            entry["cache_read_input_token_cost"] = cached / 1e6
+        entries[model] = entry
+        bare = model.split("/", 1)[1] if "/" in model else None
+        if bare and bare not in litellm.model_cost:
+            entries[bare] = entry  # litellm looks a prefixed name up without its prefix too
+    litellm.register_model(entries)
+    _priced.cache_clear()
+
+
 # --- tokens and prices -------------------------------------------------------------------
 
 

@@ -88,6 +88,7 @@ class ThreadRun:
     interrupted: set[str] = field(default_factory=set)  # ...whose effect may have happened
     recent_calls: list[str] = field(default_factory=list)  # to notice a loop
     error_streak: int = 0  # tool errors in a row
+    empty_streak: int = 0  # empty replies (no text, no tool call) in a row
 
     @property
     def model(self) -> str:
@@ -230,6 +231,17 @@ class Supervisor:
             for name, prof in SIM_PROFILES.items()
         }
         llm.register_sim_prices(overrides)
+        given = {}
+        for model in self.project.all_models():
+            ms = self.project.model_settings(model)
+            if not is_sim(model) and ms.input_usd_per_mtok is not None:
+                out = ms.output_usd_per_mtok
+                given[model] = (
+                    ms.input_usd_per_mtok,
+                    out if out is not None else ms.input_usd_per_mtok,
+                    ms.cached_input_usd_per_mtok,
+                )
+        llm.register_prices(given)  # a real model the project prices: litellm agrees
         for model in self.project.all_models():
             self._prices[model] = llm.model_price(model)
 
