@@ -169,6 +169,9 @@ class FakeOpenAI:
         self.replies: deque[Reply] = deque()
         self.requests: list[Received] = []
         self.unscripted = 0  # requests that found no scripted reply
+        # Answers every request the script does not cover (e.g. a tokenizer that counts
+        # differently from tower: a reply computed from the request itself).
+        self.fallback: Callable[[Received], Reply] | None = None
         self.disconnects = 0  # replies the client walked away from before they were sent
         self.changed = asyncio.Event()  # set whenever a request arrives or a client leaves
         self._server: asyncio.Server | None = None
@@ -277,6 +280,8 @@ class FakeOpenAI:
             return True
         self.requests.append(req)
         self._notify()
+        if not self.replies and self.fallback is not None:
+            self.replies.append(self.fallback(req))
         if not self.replies:
             self.unscripted += 1
             body = {"error": {"message": "fake server: no scripted reply", "type": "test"}}

@@ -582,3 +582,47 @@ async def test_a_price_in_the_project_prices_a_model_litellm_does_not_know(
     # The reservation priced the worst case at the same rates (not at $0).
     (start,) = live.kinds("t", EventKind.LLM_STARTED)
     assert start.payload["reserved_usd"] > 0
+
+
+# --- caps hold whatever the provider's tokenizer ----------------------------------------------
+
+
+async def test_caps_hold_against_a_tokenizer_counting_four_times_the_estimate(
+    server: FakeOpenAI, live_factory: Callable[..., Any]
+) -> None:
+    """A server whose tokenizer counts 4x tower's chars/4 estimate (CJK text does this), with
+    200 calls in flight: reservations use a bound no tokenizer exceeds, so the session ends
+    at or under its cap (before: +34 %), and threads stop on the budget instead."""
+    from tower.core.llm import estimate_tokens
+
+    model = "openai/cjk-local-model"
+
+    def heavy(req: Any) -> Any:
+        prompt = 4 * estimate_tokens(req.messages, req.tools)  # what this tokenizer counts
+        return finish_reply("处理完毕", Usage(prompt, 40), call_id=f"call_{len(server.requests)}")
+
+    server.fallback = heavy
+    cap = 1.0
+    toml = (
+        project_toml(server, [model], max_retries=0)
+        .replace('id = "t"', 'id = "t"\nrepeat = 200')
+        .replace("max_tokens = 256", "max_tokens = 64")  # the prompt dominates the worst case
+        .replace(
+            "[[agents]]", f"[budget]\nusd = {cap}\n\n[limits]\nmax_concurrent = 200\n\n[[agents]]"
+        )
+        .replace("How many files are in the workspace?", "总结工作区中的文件。" * 40)
+    )
+    toml += "input_usd_per_mtok = 20.0\noutput_usd_per_mtok = 80.0\n"
+    live: Live = await live_factory(toml, FILES, approve="none")
+    await live.waiter.until(
+        lambda: len(live.bus.state.threads) == 200 and live.bus.state.all_ended, timeout=120
+    )
+    state = live.bus.state
+    assert state.budget.spent_usd <= cap + 1e-12, state.budget.spent_usd
+    assert state.budget.reserved_usd == pytest.approx(0, abs=1e-12)
+    done = state.count(ThreadState.DONE)
+    stopped = [t for t in state.threads.values() if t.reason == "budget"]
+    assert done > 0 and stopped, (done, len(stopped))  # the cap, not a crash, ended the rest
+    for f in [e for e in live.events if e.kind is EventKind.LLM_FINISHED]:
+        # Every call's real usage fitted in what it had reserved.
+        assert f.payload["cost_usd"] <= f.payload["reserved_usd"] + 1e-12

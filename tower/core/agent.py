@@ -132,7 +132,7 @@ async def _call_model(
     attempt = 0
     while True:
         model = th.model
-        prompt_est = llm.estimate_tokens(th.messages, tools, tools_chars)
+        prompt_est = sup.prompt_bound(model, th.messages, tools, tools_chars)
         max_tokens = th.agent.max_tokens
         price = sup.price(model)
         usd = price.cost(prompt_est, max_tokens) if price else 0.0
@@ -247,6 +247,7 @@ async def _call_model(
                 "total_tokens": tokens,
                 "cached_tokens": result.cached_tokens,
                 "reasoning_tokens": result.reasoning_tokens,
+                **({"estimated": True} if result.usage_estimated else {}),
             },
             cost_usd=cost,
             price_known=result.cost_usd is not None or price is not None,

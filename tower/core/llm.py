@@ -137,6 +137,56 @@ def estimate_tokens(
     return chars // 4 + 4 * len(messages) + 3
 
 
+def exact_tokenizer(model: str) -> bool:
+    """Whether litellm counts this model's tokens exactly: OpenAI's own models (tiktoken,
+    bundled with litellm, no network). Any other tokenizer is unknown to tower."""
+    litellm = load_litellm()
+    bare = model.removeprefix("openai/").removeprefix("azure/")
+    info = litellm.model_cost.get(bare) or litellm.model_cost.get(model) or {}
+    return info.get("litellm_provider") in ("openai", "azure")
+
+
+def prompt_bound(
+    model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, exact: bool
+) -> int:
+    """Prompt tokens a provider can count for this request, at most: what reservations use.
+
+    With a tokenizer litellm knows exactly, its count (plus the chat format's per-message
+    tokens). Otherwise a bound no byte-level BPE tokenizer can exceed: every token covers at
+    least one UTF-8 byte, so the request's bytes (as JSON, which only adds bytes) plus a few
+    template tokens per message bound it, whatever the provider's tokenizer (CJK text counts
+    about four times chars/4, which is how caps overshot by a third).
+    """
+    if exact:
+        try:
+            counted = load_litellm().token_counter(model=model, messages=messages, tools=tools)
+            return int(counted) + 4 * len(messages) + 8
+        except Exception:
+            pass  # an unusual message shape: fall back to the bound
+    data = json.dumps(messages, ensure_ascii=False)
+    if tools:
+        data += json.dumps(tools, ensure_ascii=False)
+    return len(data.encode("utf-8", "surrogatepass")) + 8 * len(messages) + 16
+
+
+def counted_tokens(
+    model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, text: str
+) -> tuple[int, int]:
+    """(prompt, completion) tokens by litellm's tokenizer for the model (tiktoken when it
+    knows no other): for providers that send no usage, better than chars/4. Recorded as
+    estimated."""
+    litellm = load_litellm()
+    try:
+        prompt = int(litellm.token_counter(model=model, messages=messages, tools=tools))
+    except Exception:
+        prompt = estimate_tokens(messages, tools)
+    try:
+        completion = int(litellm.token_counter(model=model, text=text)) if text else 0
+    except Exception:
+        completion = text_tokens(text)
+    return prompt, completion
+
+
 def text_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
@@ -317,6 +367,7 @@ class CallResult:
     cost_usd: float | None = None  # litellm's price of the usage; None when it has none
     cached_tokens: int = 0  # prompt tokens read from the provider's cache (cheaper)
     reasoning_tokens: int = 0  # completion tokens spent thinking (billed as output)
+    usage_estimated: bool = False  # the provider sent no usage: tower counted the tokens
 
     def assistant_message(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": self.text or None}
@@ -591,6 +642,14 @@ async def stream_call(
         result.tool_calls.append(
             ToolCall(ids.get(idx, f"call_{idx}"), names.get(idx, ""), "".join(calls.get(idx, [])))
         )
+    if usage is None and not is_sim(model):
+        # No usage in the stream (llama.cpp's server, some proxies): count with the model's
+        # tokenizer as litellm knows it, and say the figures are tower's own count.
+        said = result.text + "".join(c.name + c.arguments for c in result.tool_calls)
+        result.prompt_tokens, result.completion_tokens = counted_tokens(
+            model, messages, tools, said
+        )
+        result.usage_estimated = True
     if not result.prompt_tokens:
         result.prompt_tokens = estimate_tokens(messages, tools)
     if not result.completion_tokens:

@@ -169,6 +169,7 @@ class Supervisor:
         self._idle = asyncio.Event()
         self._idle.set()
         self._item_owner: dict[str, str] = {}
+        self._exact_tokenizer: dict[str, bool] = {}
         self._prices: dict[str, llm.Price | None] = {}
         self._closing = False
         self._batch = False
@@ -782,6 +783,26 @@ class Supervisor:
             return False
         self.set_state(th, ThreadState.RUNNING)
         return True
+
+    def prompt_bound(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        tools_chars: int,
+    ) -> int:
+        """The prompt tokens a call is reserved for: exact for sim models (they count with
+        the same estimate), the tokenizer's count where litellm knows it exactly (an OpenAI
+        model at OpenAI), else a bound no tokenizer exceeds (see llm.prompt_bound)."""
+        if is_sim(model):
+            return llm.estimate_tokens(messages, tools, tools_chars)
+        exact = self._exact_tokenizer.get(model)
+        if exact is None:
+            # A local server may serve any model under an OpenAI name: only OpenAI's own
+            # endpoint is known to tokenize like tiktoken.
+            local = self.project.model_settings(model).api_base is not None
+            exact = self._exact_tokenizer[model] = not local and llm.exact_tokenizer(model)
+        return llm.prompt_bound(model, messages, tools, exact)
 
     def price(self, model: str) -> llm.Price | None:
         if model not in self._prices:
