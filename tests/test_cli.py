@@ -78,6 +78,7 @@ def test_sample_project_runs_headless_and_the_log_is_complete(name, tmp_path) ->
         "events",
         "human_minutes",
         "blocked_minutes",
+        "lost_usd",
     }
     assert set(out["threads"]) == {"done", "failed", "killed"}
     events = db_events(db, out["session"])
@@ -204,7 +205,9 @@ def test_sessions_lists_runs_as_rows_and_json(tmp_path) -> None:
         "cost_usd",
         "human_minutes",
         "blocked_minutes",
+        "lost_usd",
     }
+    assert row["lost_usd"] == 0  # nothing was cut off
     # Every decision was a rule's (--approve all): no person's time, nobody blocked on one.
     assert row["human_minutes"] == 0 and row["blocked_minutes"] == 0
     assert row["status"] == "clean" and row["project"] == "code_review"

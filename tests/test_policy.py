@@ -386,7 +386,9 @@ def test_parse_rule_from_a_string_and_a_table() -> None:
         ("write_file", {"path": "./src/../lib/x.py", "content": ""}, {"path": "lib/**"}),
         ("run_shell", {"command": "python -m pytest -q tests"}, {"command": "python -m pytest*"}),
         ("run_shell", {"command": "python3 -m mypy tower"}, {"command": "python3 -m mypy*"}),
-        ("run_shell", {"command": "  ls -la src "}, {"command": "ls*"}),
+        # `ls *`, not `ls*`: a verb glob must not cover another program (`cat*` would
+        # cover `catchsegv rm -rf x`).
+        ("run_shell", {"command": "  ls -la src "}, {"command": "ls *"}),
         ("run_shell", {"command": "make && make test"}, {"command": "make && make test"}),
         ("fs__copy", {"src": "a", "count": 3}, {}),
         ("write_file", {"path": 5}, {}),

@@ -557,6 +557,7 @@ def test_summary_counts_and_fields() -> None:
         "session",
         "threads",
         "cost_usd",
+        "lost_usd",
         "budget_usd",
         "tokens",
         "human_minutes",

@@ -305,3 +305,58 @@ async def test_fork_reuses_recorded_calls_and_runs_live_on_another_model(tmp_pat
         ev.payload["cost_usd"] for ev in forked[:at] if ev.kind is EventKind.LLM_FINISHED
     )
     assert fork_cost_before == recorded_cost
+
+
+async def test_a_call_cut_off_by_a_crash_is_booked_as_possibly_billed(tmp_path) -> None:
+    """Resume finds a call started but never finished: the provider may have served and
+    billed it, so its reservation is booked apart ("possibly billed"), counts against the
+    cap, and shows in the summary, the sessions list and the CSV export."""
+    import csv
+    import io
+
+    from tower.core.replay import export_csv
+
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "tower.toml").write_text(WRITER.replace('ask = ["write_file"]', "ask = []"))
+    (root / "ws").mkdir()
+    ref = tmp_path / "ref.db"
+    done = await run_headless(load_project(root), ref, "all", None)
+    session = done.summary["session"]
+    store = await Store.open(ref)
+    events = [ev async for ev in store.events(session)]
+    await store.close()
+    # Cut right after the second call started: as if tower died while it streamed.
+    starts = [i for i, ev in enumerate(events) if ev.kind is EventKind.LLM_STARTED]
+    cut = starts[1] + 1
+    reserved = events[starts[1]].payload["reserved_usd"]
+    cut_db = tmp_path / "cut.db"
+    out = await Store.open(cut_db)
+    await out.create_session(session, "w", str(root), events[0].ts, {})
+    out.start_writer(session)
+    for ev in events[:cut]:
+        out.append(Event(ev.seq, ev.ts, ev.kind, ev.thread, ev.payload))
+    await out.flush()
+    await out.close()
+    with sqlite3.connect(cut_db) as conn:
+        conn.execute("UPDATE sessions SET pid = 999999999")
+
+    result = await resume_headless(cut_db, session, "all", None)
+    assert result.summary["threads"]["done"] == 1
+    assert result.summary["lost_usd"] == pytest.approx(reserved, abs=1e-6)
+    store = await Store.open(cut_db)
+    try:
+        after = [ev async for ev in store.events(session)]
+        (lost,) = [ev for ev in after if ev.kind is EventKind.LLM_LOST]
+        assert lost.payload["usd"] == pytest.approx(reserved) and lost.thread == "t"
+        (row,) = await store.list_sessions()
+        assert row.lost_usd == pytest.approx(reserved)
+        text = io.StringIO()
+        await export_csv(store, session, text)
+        (line,) = list(csv.DictReader(io.StringIO(text.getvalue())))
+        assert float(line["lost_usd"]) == pytest.approx(reserved)
+        # The known cost is what the provider reported; the lost call is apart from it.
+        known = sum(ev.payload["cost_usd"] for ev in after if ev.kind is EventKind.LLM_FINISHED)
+        assert result.summary["cost_usd"] == pytest.approx(known, abs=1e-6)
+    finally:
+        await store.close()

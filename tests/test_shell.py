@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tower.core.secrets import is_secret_name, scrubbed_env, secrets_from_env
-from tower.core.tools import ToolError
+from tower.core.tools import ToolError, shell
 from tower.core.tools.shell import run_shell
 
 BIG = 1_000_000
@@ -182,7 +182,15 @@ async def test_output_under_the_cap_is_whole(cwd: Path) -> None:
 # --- stopping the command and everything it started ----------------------------------------
 
 
-async def test_timeout_stops_the_command_and_its_children(cwd: Path) -> None:
+@pytest.fixture
+def host_pids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests watch the command's PIDs from outside; inside bubblewrap's PID namespace
+    `$$` and `$!` are the namespace's own numbers. (tests/test_secrets_hostile.py checks the
+    same kills under the sandbox by scanning the host's /proc.)"""
+    monkeypatch.setattr(shell, "USE_SANDBOX", False)
+
+
+async def test_timeout_stops_the_command_and_its_children(cwd: Path, host_pids: None) -> None:
     command = (
         "sh -c 'sleep 600 & echo $! > grandchild.pid; echo $$ > child.pid; wait' & "
         "echo started; wait; echo never > finished.txt"
@@ -197,7 +205,7 @@ async def test_timeout_stops_the_command_and_its_children(cwd: Path) -> None:
     assert not (cwd / "finished.txt").exists()
 
 
-async def test_a_background_child_does_not_outlive_the_command(cwd: Path) -> None:
+async def test_a_background_child_does_not_outlive_the_command(cwd: Path, host_pids: None) -> None:
     # The shell exits at once, leaving a child that holds the output pipe open: the call must
     # report the shell's exit status (not a timeout) and take the child down with it.
     head, _body = _split(await _run("sleep 600 & echo $! > child.pid", cwd, timeout_s=10))
@@ -205,7 +213,9 @@ async def test_a_background_child_does_not_outlive_the_command(cwd: Path) -> Non
     await _gone(int((cwd / "child.pid").read_text()))
 
 
-async def test_cancelling_the_call_kills_the_process_group(cwd: Path, fifo: _Fifo) -> None:
+async def test_cancelling_the_call_kills_the_process_group(
+    cwd: Path, fifo: _Fifo, host_pids: None
+) -> None:
     task = asyncio.create_task(
         _run("sleep 600 & echo $$ $! > ready; wait; echo never > finished.txt", cwd)
     )
@@ -233,7 +243,9 @@ def _exited(pid: int) -> bool:
         os.close(fd)
 
 
-async def test_the_kill_checks_can_tell_a_live_process(cwd: Path, fifo: _Fifo) -> None:
+async def test_the_kill_checks_can_tell_a_live_process(
+    cwd: Path, fifo: _Fifo, host_pids: None
+) -> None:
     # The kill tests would prove nothing if a running process already looked gone.
     task = asyncio.create_task(_run("sleep 600 & echo $! > ready; wait", cwd))
     try:

@@ -218,10 +218,14 @@ def _with_store(db: str | None, work: Callable[[Store], Awaitable[T]]) -> T:
         finally:
             await store.close()
 
+    import sqlite3
+
     try:
         return asyncio.run(run())
     except (StoreError, ReplayError, ResumeError, McpStartError) as exc:
         raise UsageError(f"tower: {exc}") from None
+    except sqlite3.Error as exc:  # a damage no check foresaw: still one line, no traceback
+        raise UsageError(f"tower: cannot read database {db or 'default'}: {exc}") from None
 
 
 def _open_tui(project: Project, db: str | None, resume: str | None = None) -> int:
@@ -315,7 +319,12 @@ def _ts(x: float | None) -> str:
 def cmd_sessions(args: argparse.Namespace) -> int:
     if args.db is not None and not Path(args.db).exists():
         raise UsageError(f"tower: no database at {args.db}")
-    found = _with_store(args.db, lambda store: store.list_sessions())
+
+    async def listed(store: Store) -> list[Any]:
+        await store.check_log()  # a damaged session is named, never listed as if whole
+        return await store.list_sessions()
+
+    found = _with_store(args.db, listed)
     rows = [r.to_dict() for r in found]
     if args.json:
         print(json.dumps(rows))
@@ -341,9 +350,18 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _existing_db(db: str | None) -> None:
+def _existing_db(db: str | None, session: str | None = None) -> None:
+    """The database must exist; with `session`, that session's log must read back whole
+    (a damaged one is named by session and event before anything runs or is written)."""
     if db is not None and not Path(db).is_file():
         raise UsageError(f"tower: no database at {db}")
+    if session is not None:
+        from tower.core.replay import resolve_session
+
+        async def check(store: Store) -> None:
+            await store.check_log(await resolve_session(store, session))
+
+        _with_store(db, check)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -479,7 +497,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from tower.core.replay import ReplayError
     from tower.core.session import ResumeError, resume_headless
 
-    _existing_db(args.db)
+    _existing_db(args.db, args.session)
     if not args.headless:
         if args.json or args.approve:
             raise UsageError("tower resume: --json and --approve only apply with --headless")

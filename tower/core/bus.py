@@ -15,7 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 from tower.core.events import Event, EventKind, encode_payload
-from tower.core.secrets import KEY_SHAPES, secrets_from_env
+from tower.core.secrets import (
+    KEY_SHAPES,
+    install_log_redaction,
+    redact_partial_tail,
+    safe_stream_cut,
+    secrets_for_project,
+    secrets_from_env,
+)
 from tower.core.state import TowerState, apply, state_to_dict
 from tower.core.store import Store
 
@@ -34,16 +41,36 @@ class Bus:
         *,
         clock: Callable[[], float] = time.time,
         secrets: dict[str, str] | None = None,
+        project: Any = None,
     ) -> None:
+        """`project`: its models' `api_key_env` variables are secrets whatever their names."""
         self.state = TowerState()
         self.store = store
         self.seq = 0
         self._clock = clock
-        self._secrets = secrets_from_env() if secrets is None else secrets
+        if secrets is None:
+            secrets = secrets_from_env() if project is None else secrets_for_project(project)
+        # A secret can also appear JSON-escaped in a payload (a quote or backslash in it).
+        forms = dict(secrets)
+        for value, name in secrets.items():
+            forms.setdefault(encode_payload(value)[1:-1], name)
+        self._secrets = dict(sorted(forms.items(), key=lambda kv: -len(kv[0])))  # longest first
+        # Streamed text held back per call: the start of what may be a secret split across
+        # deltas, released (redacted) with the next delta or when the call ends.
+        self._held: dict[str, tuple[str | None, str]] = {}
+        install_log_redaction()
         self._subscribers: list[Subscriber] = []
         # Held while the reducer changes the state; a reader on another thread (the TUI)
         # holds it while it walks the state, so it never sees a half-applied event.
         self.lock = threading.RLock()  # re-entrant: the UI nests reads inside its tick
+
+    def add_secrets_of(self, project: Any) -> None:
+        """A reloaded project's new `api_key_env` variables become secrets from now on."""
+        merged = dict(self._secrets)
+        for value, name in secrets_for_project(project).items():
+            for form in (value, encode_payload(value)[1:-1]):
+                merged.setdefault(form, name)
+        self._secrets = dict(sorted(merged.items(), key=lambda kv: -len(kv[0])))
 
     def now(self) -> float:
         return self._clock()
@@ -62,6 +89,34 @@ class Bus:
         return text
 
     def emit(self, kind: EventKind, thread: str | None = None, /, **payload: Any) -> Event:
+        call = payload.get("call")
+        if kind is EventKind.LLM_DELTA and isinstance(payload.get("text"), str):
+            # Hold back what may be the start of a secret until the next delta completes it.
+            _, held = self._held.pop(call, (None, ""))
+            text = held + payload["text"]
+            cut = safe_stream_cut(text, self._secrets)
+            if cut < len(text):
+                self._held[call] = (thread, text[cut:])
+            payload["text"] = text[:cut]
+        elif self._held:
+            if kind in (EventKind.LLM_FINISHED, EventKind.LLM_FAILED) and call in self._held:
+                self._release(call)
+            elif kind is EventKind.LLM_STARTED:  # a call that ended without a word
+                for old in [c for c, (t, _) in self._held.items() if t == thread]:
+                    self._release(old)
+        if kind is EventKind.LLM_FINISHED and isinstance(payload.get("text"), str):
+            # A reply cut off inside a key ends with its first characters.
+            payload["text"] = redact_partial_tail(payload["text"], self._secrets)
+        return self._emit(kind, thread, payload)
+
+    def _release(self, call: str) -> None:
+        """The held-back end of a call's stream, as its last delta."""
+        thread, held = self._held.pop(call)
+        text = redact_partial_tail(held, self._secrets)
+        if text:
+            self._emit(EventKind.LLM_DELTA, thread, {"call": call, "text": text})
+
+    def _emit(self, kind: EventKind, thread: str | None, payload: dict[str, Any]) -> Event:
         self.seq += 1
         text = encode_payload(payload)
         redacted = self._redact(text)

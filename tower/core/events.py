@@ -27,6 +27,9 @@ class EventKind(StrEnum):
     LLM_DELTA = "llm_delta"  # call, text (coalesced stream text)
     LLM_FINISHED = "llm_finished"  # call, step, model, text, tool_calls, usage, cost_usd, ...
     LLM_FAILED = "llm_failed"  # call, step, model, error, retryable, attempt, released_usd
+    # A call a crash cut off (found at resume): the provider may have billed it, so its
+    # reservation is booked as "possibly billed", apart from the known cost.
+    LLM_LOST = "llm_lost"  # model, usd (its reservation), reason
     TOOL_CALLED = "tool_called"  # call_id, tool, args, reason, policy, rule (why it may run)
     TOOL_RESULT = "tool_result"  # call_id, tool, ok, result
     INBOX_OPENED = "inbox_opened"  # item, kind, tool?, args?, reason, question?, cost_so_far
@@ -105,4 +108,15 @@ class Event:
 
     @classmethod
     def from_row(cls, seq: int, ts: float, kind: str, thread: str | None, payload: str) -> Event:
-        return cls(seq, ts, EventKind(kind), thread, json.loads(payload))
+        """An event from its stored row; ValueError says what is wrong with a damaged one."""
+        try:
+            data = json.loads(payload)
+        except (TypeError, ValueError):  # JSONDecodeError and undecodable bytes alike
+            raise ValueError("payload is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ValueError("payload is not a JSON object")
+        try:
+            known = EventKind(kind)
+        except ValueError:
+            raise ValueError(f"unknown event kind {kind!r}") from None
+        return cls(seq, ts, known, thread, data)

@@ -13,14 +13,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import statistics
-import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tower.core.events import Event, ThreadState
-from tower.core.project import PROJECT_FILE, Project, ProjectError, project_from_data
+from tower.core.project import (
+    PROJECT_FILE,
+    Project,
+    ProjectError,
+    loads_toml,
+    project_from_data,
+)
 from tower.core.state import TowerState
 
 
@@ -52,15 +57,19 @@ def load_variant(project_dir: Path, variant: Path, tasks: int | None = None) -> 
     """The project with a variant laid over it (and only its first `tasks` tasks)."""
     base_file = project_dir / PROJECT_FILE
     try:
-        base = tomllib.loads(base_file.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        base = loads_toml(base_file.read_text(encoding="utf-8"), str(base_file))
+    except OSError as exc:
         raise ExperimentError(f"{base_file}: {exc}") from None
+    except ProjectError as exc:
+        raise ExperimentError(exc.problems[0]) from None
     try:
-        over = tomllib.loads(variant.read_text(encoding="utf-8"))
+        # The same guarded parser as tower.toml: nesting that exhausts the stack, huge
+        # integers and bad TOML are one line, never a traceback.
+        over = loads_toml(variant.read_text(encoding="utf-8"), str(variant))
     except OSError as exc:
         raise ExperimentError(f"{variant}: cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ExperimentError(f"{variant}: not valid TOML: {exc}") from None
+    except ProjectError as exc:
+        raise ExperimentError(exc.problems[0]) from None
     if "tasks" in over:
         raise ExperimentError(f"{variant}: a variant changes the loop, not the tasks")
     merged = _merge(base, over)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from tower.core.shellparse import ShellLine, read_shell
+
 
 class Action(StrEnum):
     DENY = "deny"
@@ -30,38 +32,10 @@ UNGATED = frozenset({"ask_human", "finish"})
 # Arguments holding a workspace path: matched after normalising, so `src/../x` is not `src/**`.
 PATH_ARGS = frozenset({"path", "file", "folder", "directory", "repo_path"})
 # Shell argument: deny/ask match any piece of a compound command; allow needs every piece.
+# The line is read by a real parser (tower/core/shellparse.py); a line it cannot see through
+# ("opaque": eval, functions, xargs, ${IFS}, case, …) matches every deny and ask rule on the
+# tool and is never allowed by an allow rule or a grant.
 COMMAND_ARGS = frozenset({"command", "cmd"})
-_SPLIT = re.compile(r"&&|\|\||[;|&\n]")
-_SUBST = ("`", "$(", "<(", ">(")
-_INNER = re.compile(r"\$\(([^()]*)\)|`([^`]*)`|[<>]\(([^()]*)\)")
-# Words that run the command after them: `sudo rm -rf /` is an `rm`.
-_WRAPPERS = frozenset(
-    {
-        "sudo",
-        "doas",
-        "env",
-        "command",
-        "exec",
-        "nohup",
-        "time",
-        "nice",
-        "xargs",
-        "timeout",
-        "stdbuf",
-        "ionice",
-        "chroot",
-        "setsid",
-        "busybox",
-        "builtin",
-    }
-)
-# Shell words that come before a command: `if :; then rm -rf ~; fi` runs an `rm`.
-_KEYWORDS = frozenset({"if", "then", "else", "elif", "do", "while", "until", "!", "{", "(", "time"})
-# Wrapper options that take a value: `nice -n 5 rm`, `sudo -u root rm`, `timeout -s 9 5 rm`.
-_VALUED = frozenset({"-n", "-u", "-g", "-s", "-k", "-C", "-p", "-c", "--signal", "--user"})
-_ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-# Redirections that cannot write anywhere: everything else needs an exact grant.
-_HARMLESS_REDIRECT = re.compile(r"\s*(?:[0-9]?>&[0-9]|[0-9]?>\s*/dev/null)(?=\s|$)")
 # Commands whose first words say what they do, so "allow this verb" is a fair suggestion.
 _RUNNERS = {
     ("python", "-m"): 3,
@@ -77,6 +51,18 @@ _RUNNERS = {
     ("cat",): 1,
     ("grep",): 1,
 }
+# Commands that read (or copy) the files they name: an allow rule or a grant covers them only
+# when every file they name is a relative path that stays inside the workspace, so a grant
+# for `cat notes.txt` never covers `cat /proc/$PPID/environ` or `cat ../../etc/shadow`.
+READERS = frozenset(
+    {
+        "cat", "tac", "head", "tail", "less", "more", "nl", "wc", "od", "xxd", "hexdump",
+        "strings", "file", "stat", "ls", "tree", "du", "grep", "egrep", "fgrep", "rg", "ag",
+        "diff", "cmp", "sort", "uniq", "cut", "md5sum", "sha1sum", "sha256sum", "sha512sum",
+        "base64", "readlink", "realpath", "find", "cp", "ln", "tar", "zip", "dd", "rsync",
+        "awk", "sed", "jq", "column", "paste", "join", "comm", "fold", "iconv", "split",
+    }
+)  # fmt: skip
 _GLOB_CHARS = re.compile(r"\[[*?\[]\]|[*?\[]")
 
 
@@ -105,7 +91,8 @@ class Rule:
                 return False
             if not _arg_matches(name, args[name], glob, every=self.action is Action.ALLOW):
                 return False
-        return True
+        # Not even a rule allowing the whole tool covers a shell line tower cannot see through.
+        return not (self.action is Action.ALLOW and _opaque_command(args))
 
     def describe(self) -> str:
         parts = [str(self.action), self.tool]
@@ -148,7 +135,8 @@ class Verdict:
 
     def describe(self) -> str:
         if self.rule is not None:
-            return f"rule {self.rule.describe()} ({self.rule.source})"
+            text = f"rule {self.rule.describe()} ({self.rule.source})"
+            return f"{text}: {self.why}" if self.why else text
         return self.why
 
 
@@ -157,50 +145,51 @@ def _norm_path(value: str) -> str:
     return path.removeprefix("./")
 
 
-def _plain(piece: str) -> str:
-    """A simple command as it will run: quotes, backslashes, grouping, keywords and wrappers
-    gone, and the program named by its base name.
-
-    `\\rm -rf /`, `'rm' -rf /`, `(rm -rf /)`, `then rm -rf /`, `sudo -u root FOO=1 rm -rf /`,
-    `nice -n 5 rm -rf /` and `/bin/rm -rf /` all read `rm -rf /`.
-    """
-    text = piece.replace("\\\n", " ").replace("\\", "").replace("'", "").replace('"', "")
-    words = text.strip().lstrip("({").rstrip(")}").split()
-    wrapped = False
-    while words:
-        word = words[0]
-        if word in _KEYWORDS or word.strip("({") == "" or _ASSIGN.match(word):
-            words.pop(0)
-        elif word in _WRAPPERS or posixpath.basename(word) in _WRAPPERS:
-            words.pop(0)
-            wrapped = True
-        elif wrapped and word.startswith("-"):
-            words.pop(0)
-            if word in _VALUED and words:
-                words.pop(0)
-        elif wrapped and word.replace(".", "", 1).rstrip("smhd").isdigit():
-            words.pop(0)  # timeout's duration
-        else:
-            break
-    if words:
-        words[0] = posixpath.basename(words[0].lstrip("({"))
-    return " ".join(words)
-
-
 def command_pieces(command: str) -> list[str]:
-    """The simple commands of a shell line, including those inside `$(…)` and backticks.
+    """The simple commands of a shell line as they will run, nested ones included.
 
-    `a && b; c | d` → a, b, c, d. A seatbelt for deny rules, not a shell parser: the
-    default (ask) is what stands between a model and the shell.
+    `a && b; c | d` → a, b, c, d; `sudo -u root rm -rf /` → `sudo -u root rm -rf /` and
+    `rm -rf /`; `echo $(rm x)` → `rm x` and `echo $(rm x)`. Parsed by bashlex (see
+    tower/core/shellparse.py); whether the line is opaque is `shell_opaque`.
     """
-    inner = [next(g for g in m.groups() if g is not None) for m in _INNER.finditer(command)]
-    pieces = []
-    for line in (command, *inner):
-        for raw in _SPLIT.split(line.replace("\\\n", " ")):
-            plain = _plain(raw)
-            if plain:
-                pieces.append(plain)
-    return pieces
+    return read_shell(command).plain
+
+
+def shell_opaque(command: str) -> str:
+    """Why tower cannot see what a shell line runs ("" if it can)."""
+    return read_shell(command).opaque
+
+
+def _confined(source: str, word: str) -> bool:
+    """A word given to a reading command names nothing outside the workspace: no absolute
+    path, no `..` above the top, nothing computed at run time (`$…`, `~`, braces), no glob
+    that could match `..`."""
+    if any(c in source for c in "$`~{}"):
+        return False
+    if word.startswith("-"):
+        if "=" in word:
+            word = word.split("=", 1)[1]
+        else:
+            return "/" not in word and ".." not in word  # not `-f/etc/shadow`
+    if "=" in word and word.split("=", 1)[0].isalpha():
+        word = word.split("=", 1)[1]  # dd's `if=/proc/…`
+    if word.startswith("/") or "\x00" in word:
+        return False
+    path = posixpath.normpath(word) if word else "."
+    if path == ".." or path.startswith("../"):
+        return False
+    for part in word.split("/"):
+        if "[" in part or (part.startswith(".") and any(c in part for c in "*?")):
+            return False  # `.*` matches `..`
+    return True
+
+
+def _readers_confined(line: ShellLine) -> bool:
+    return all(
+        all(_confined(s, w) for s, w in zip(piece.sources[1:], piece.words[1:], strict=True))
+        for piece in line.pieces
+        if piece.words and piece.words[0] in READERS
+    )
 
 
 def _literal(glob: str) -> bool:
@@ -224,20 +213,24 @@ def _arg_matches(name: str, value: Any, glob: str, *, every: bool) -> bool:
             return False  # an allow rule never covers a path that leaves the workspace
         return fnmatch.fnmatchcase(path, glob)
     if name in COMMAND_ARGS:
-        if every and _literal(glob):
-            return text.strip() == _unglob(glob).strip()  # exactly this line, granted as is
-        pieces = command_pieces(text)
+        line = read_shell(text)
         if every:
-            # Allowing `pytest*` must not allow `pytest; rm -rf ~`, `pytest $(curl …)` or
-            # `pytest > ~/.bashrc`.
-            bare = _HARMLESS_REDIRECT.sub("", text)
-            if any(s in text for s in _SUBST) or ">" in bare or "<" in bare or not pieces:
+            # Allowing `pytest*` must not allow `pytest; rm -rf ~`, `pytest $(curl …)`,
+            # `pytest > ~/.bashrc`, `eval …`, or `cat /proc/$PPID/environ` under `cat *`.
+            if line.opaque or not _readers_confined(line):
+                return False
+            if _literal(glob):
+                return text.strip() == _unglob(glob).strip()  # exactly this line, as granted
+            if line.substitution or line.unsafe_redirect or not line.written:
                 return False
             # Pieces as written: `LD_PRELOAD=x pytest` or `sudo pytest` is not `pytest*`.
-            raw = [p.strip() for p in _SPLIT.split(bare) if p.strip()]
-            return all(fnmatch.fnmatchcase(p, glob) for p in raw)
-        return fnmatch.fnmatchcase(text.strip(), glob) or any(
-            fnmatch.fnmatchcase(p, glob) for p in pieces
+            return all(fnmatch.fnmatchcase(p, glob) for p in line.written)
+        if line.opaque:
+            return True  # fail closed: a line tower cannot see through matches every deny
+        return (
+            fnmatch.fnmatchcase(text.strip(), glob)
+            or any(fnmatch.fnmatchcase(p, glob) for p in line.plain)
+            or any(fnmatch.fnmatchcase(p, glob) for p in line.written)
         )
     return fnmatch.fnmatchcase(text, glob)
 
@@ -283,17 +276,33 @@ def decide(
         return default_verdict(tool)
     now = time.time() if now is None else now
     live = [r for r in rules if r.active(now)]
+    opaque = _opaque_command(args)
+    why = f"tower cannot see through this shell line: {opaque}" if opaque else ""
     for rule in live:
         if rule.action is Action.DENY and rule.matches(tool, args, agent):
-            return Verdict(Action.DENY, rule)
+            return Verdict(Action.DENY, rule, why)
     for rule in grants:
         if rule.active(now) and rule.matches(tool, args, agent):
             return Verdict(Action.ALLOW, rule)
     for action in (Action.ASK, Action.ALLOW):
         for rule in live:
             if rule.action is action and rule.matches(tool, args, agent):
-                return Verdict(action, rule)
-    return default_verdict(tool)
+                return Verdict(action, rule, why if action is Action.ASK else "")
+    verdict = default_verdict(tool)
+    if opaque and verdict.action is Action.ASK:
+        return Verdict(Action.ASK, why=f"{verdict.why} ({why})")
+    return verdict
+
+
+def _opaque_command(args: Mapping[str, Any]) -> str:
+    """Why a call's shell line is opaque ("" if it has none or tower can read it)."""
+    for name in sorted(COMMAND_ARGS & args.keys()):
+        value = args[name]
+        if isinstance(value, str):
+            reason = shell_opaque(value)
+            if reason:
+                return reason
+    return ""
 
 
 def parse_rule(spec: str | Mapping[str, Any], action: Action, source: str, rid: str) -> Rule:
@@ -314,7 +323,8 @@ def parse_rule(spec: str | Mapping[str, Any], action: Action, source: str, rid: 
 def suggest_grant(tool: str, args: Mapping[str, Any]) -> dict[str, str]:
     """Argument globs for "allow calls like this one": the folder of a path, a command's verb.
 
-    `src/app/models.py` → `src/app/**`; `python -m pytest -q tests` → `python -m pytest*`.
+    `src/app/models.py` → `src/app/**`; `python -m pytest -q tests` → `python -m pytest*`;
+    `cat notes/a.txt` → `cat *` (relative paths inside the workspace only).
     """
     out: dict[str, str] = {}
     for name, value in args.items():
@@ -327,13 +337,21 @@ def suggest_grant(tool: str, args: Mapping[str, Any]) -> dict[str, str]:
             out[name] = f"{folder}/**" if folder and folder != "." else escape_glob(path)
         elif name in COMMAND_ARGS:
             line = value.strip()
-            pieces = [p.strip() for p in _SPLIT.split(line) if p.strip()]
-            words = pieces[0].split() if len(pieces) == 1 else []
+            parsed = read_shell(value)
+            words = line.split() if len(parsed.written) == 1 and not parsed.opaque else []
             keep = next(
                 (n for prefix, n in _RUNNERS.items() if tuple(words[: len(prefix)]) == prefix), 0
             )
-            if keep and len(words) >= keep:
+            if keep and words[0] in READERS:
+                # `cat *`, not `cat*` (which covers `catchsegv rm -rf x`); the files it may
+                # name stay inside the workspace (see READERS), so this never covers
+                # `cat /proc/$PPID/environ` or `cat ../../../etc/shadow`.
+                out[name] = f"{words[0]} *" if len(words) > 1 else escape_glob(line)
+            elif keep and len(words) >= keep:
                 out[name] = " ".join(words[:keep]) + "*"
             else:
-                out[name] = escape_glob(line)  # anything else: exactly this line
+                # Anything else: exactly this line. A reading command naming files outside
+                # the workspace, or a line tower cannot see through, is never covered by a
+                # grant (the human's approval still runs the call in front of them).
+                out[name] = escape_glob(line)
     return out

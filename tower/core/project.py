@@ -7,13 +7,23 @@ user can fix a project without reading tower's code.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import tomllib
+import unicodedata
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from tower.core.policy import Action, Rule, parse_rule
 from tower.core.simprofiles import FAULT_NAMES, SIM_PROFILES, is_sim
@@ -33,6 +43,66 @@ DEFAULT_TOOLS = ("read_file", "write_file", "list_dir", "ask_human", "finish")
 # An MCP server's tool `get_time` reaches the model as `<server>__get_time`.
 MCP_SEP = "__"
 
+# Limits that keep a hostile or broken file from reaching tomllib's, pydantic's or the
+# filesystem's own failure modes (a RecursionError, a NUL in a path, a copy of /etc).
+MAX_FILE_BYTES = 8 * 1024 * 1024
+MAX_DEPTH = 32  # arrays and tables, counted from the top of the file
+MAX_NAME = 200  # characters in a name, id, title, model or tool name
+MAX_THREADS = 100_000  # threads of all tasks together (repeat included)
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # TOML's integers are 64-bit
+_MAX_SCAN_PROBLEMS = 20
+# Control, format (zero-width, bidi overrides), surrogate, private-use, line/paragraph breaks.
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+_JOINERS = frozenset("\u200c\u200d")  # ZWNJ, ZWJ: part of Persian, Indic and emoji text
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _show(value: str, width: int = 40) -> str:
+    """A string for a one-line message: quoted, escaped, shortened."""
+    return repr(value[:width]) + ("…" if len(value) > width else "")
+
+
+def _bad_char(value: str) -> str | None:
+    for i, ch in enumerate(value):
+        if unicodedata.category(ch) in _BAD_CATEGORIES and ch not in _JOINERS:
+            return f"U+{ord(ch):04X} at position {i}"
+    return None
+
+
+def _check_name(value: str) -> str:
+    if not value.strip():
+        raise ValueError("expected a name, got an empty or blank string")
+    bad = _bad_char(value)
+    if bad:
+        raise ValueError(f"expected a name without control or invisible characters, found {bad}")
+    if value != value.strip():
+        raise ValueError("expected a name without leading or trailing spaces")
+    return value
+
+
+def _check_title(value: str) -> str:
+    return _check_name(value) if value else value
+
+
+def _check_id(value: str) -> str:
+    if not _ID.fullmatch(value):
+        raise ValueError(
+            f"expected letters, digits, '_', '.' or '-', starting with a letter or digit, "
+            f"got {_show(value)}"
+        )
+    return value
+
+
+# A name shown on screen or matched against: non-blank, one line, no invisible characters.
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_NAME), AfterValidator(_check_name)
+]
+Title = Annotated[str, StringConstraints(max_length=MAX_NAME), AfterValidator(_check_title)]
+# An id that becomes a thread id, and so a folder name: no '/', no '..', no spaces.
+Ident = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_NAME), AfterValidator(_check_id)
+]
+
 
 class ProjectError(Exception):
     """A project that cannot be used; `problems` holds one line per problem."""
@@ -43,11 +113,12 @@ class ProjectError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML has types, so "5" is not a number and "yes" not a boolean; no inf or nan.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ProjectMeta(_Strict):
-    name: str = Field(min_length=1)
+    name: Name
     description: str = ""
     seed: int = 0
     call_timeout_s: float = Field(default=60.0, gt=0)
@@ -83,8 +154,11 @@ class ModelSettings(_Strict):
     tokens_per_s: float | None = Field(default=None, ge=0)
     latency_s: float | None = Field(default=None, ge=0)
     wrong_rate: float | None = Field(default=None, ge=0, le=1)
+    # Prices (USD per million tokens): a sim model's, or a real model's that litellm does not
+    # price (a local or newer model); registered with litellm so its cost functions agree.
     input_usd_per_mtok: float | None = Field(default=None, ge=0)
     output_usd_per_mtok: float | None = Field(default=None, ge=0)
+    cached_input_usd_per_mtok: float | None = Field(default=None, ge=0)
     faults: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -124,12 +198,13 @@ class ModelSettings(_Strict):
 class RuleSettings(_Strict):
     """A policy rule as a table: a tool glob, argument globs, optionally one agent."""
 
-    tool: str = Field(default="*", min_length=1)
+    tool: Name = "*"
     args: dict[str, str] = Field(default_factory=dict)
-    agent: str | None = None
+    agent: Name | None = None
 
 
 _NO_SETTINGS = ModelSettings()
+_RULE = "RuleSettings"  # the tag pydantic gives a rule written as a table
 
 
 class PolicySettings(_Strict):
@@ -195,12 +270,12 @@ class CheckSettings(_Strict):
 
 
 class AgentSettings(_Strict):
-    name: str = Field(min_length=1)
+    name: Ident
     description: str = ""
     system_prompt: str = "You are a careful agent. Use the tools, then call finish."
-    cascade: list[str] = Field(default_factory=lambda: ["sim/small"], min_length=1)
-    tools: list[str] = Field(default_factory=lambda: list(DEFAULT_TOOLS))
-    mcp: list[str] = Field(default_factory=list)
+    cascade: list[Name] = Field(default_factory=lambda: ["sim/small"], min_length=1)
+    tools: list[Name] = Field(default_factory=lambda: list(DEFAULT_TOOLS))
+    mcp: list[Name] = Field(default_factory=list)
     max_steps: int = Field(default=20, ge=1, le=1000)
     max_tokens: int = Field(default=512, ge=1, le=200_000)
     # Automatic escalation to the cascade's next model.
@@ -216,7 +291,7 @@ class ScriptStep(_Strict):
     """One scripted turn of a sim model: optional text, then optionally one tool call."""
 
     say: str = ""
-    tool: str | None = None
+    tool: Name | None = None
     args: dict[str, Any] = Field(default_factory=dict)
     wrong_args: dict[str, Any] | None = None
     answer: str | None = None
@@ -227,10 +302,10 @@ class ScriptStep(_Strict):
 
 
 class TaskSettings(_Strict):
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    agent: str
+    id: Ident
+    agent: Name
     prompt: str = Field(min_length=1)
-    title: str = ""
+    title: Title = ""
     workspace: str | None = None
     priority: int = 0
     repeat: int = Field(default=1, ge=1, le=10_000)
@@ -244,7 +319,7 @@ class Project(_Strict):
     project: ProjectMeta
     budget: BudgetSettings = BudgetSettings()
     limits: LimitSettings = LimitSettings()
-    models: dict[str, ModelSettings] = Field(default_factory=dict)
+    models: dict[Name, ModelSettings] = Field(default_factory=dict)
     policy: PolicySettings = PolicySettings()
     shell: ShellSettings = ShellSettings()
     mcp_servers: list[McpServerSettings] = Field(default_factory=list)
@@ -319,13 +394,134 @@ def _unknown_key(loc: tuple[Any, ...]) -> str:
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
+    if len(loc) > 12:  # a deeply nested place: its start says where it is
+        return _loc(loc[:8]) + "…"
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            key = str(part)
+            if not key or len(key) > 60 or not key.isprintable():
+                key = _show(key, 60)  # a key with a newline or a NUL stays one line
+            out += ("." if out else "") + key
     return out or "(top level)"
+
+
+def _scan(data: Any) -> list[str]:
+    """Problems no schema sees, found without recursion: nesting deeper than MAX_DEPTH,
+    inf and nan, integers beyond 64 bits, NUL characters in any text or key."""
+    problems: list[str] = []
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    while stack and len(problems) < _MAX_SCAN_PROBLEMS:
+        path, value = stack.pop()
+        if isinstance(value, (dict, list)):
+            if len(path) > MAX_DEPTH:
+                problems.append(
+                    f"{_loc(path)}: nested too deeply; expected arrays and tables at most "
+                    f"{MAX_DEPTH} levels deep"
+                )
+                continue
+            items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+            for key, item in reversed(items):
+                if isinstance(key, str) and "\x00" in key:
+                    problems.append(f"{_loc((*path, key))}: expected a key without NUL characters")
+                    continue
+                stack.append(((*path, key), item))
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{_loc(path)}: expected a finite number, got {value}")
+        elif isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+            problems.append(f"{_loc(path)}: expected an integer between -2^63 and 2^63-1")
+        elif isinstance(value, str) and "\x00" in value:
+            problems.append(
+                f"{_loc(path)}: expected text without NUL characters, found one at position "
+                f"{value.index(chr(0))}"
+            )
+    return problems
+
+
+def _workspace_problem(root: Path, rel: str) -> str | None:
+    """Why `rel` is not a folder inside the project folder `root` (None: it is one)."""
+    if not rel.strip():
+        return "expected a folder relative to the project folder, got an empty string"
+    bad = _bad_char(rel)
+    if bad:
+        return f"expected a folder path without control characters, found {bad}"
+    if Path(rel).is_absolute():
+        return f"{_show(rel)} is an absolute path; expected a folder relative to the project folder"
+    try:
+        base = root.resolve()
+        folder = (base / rel).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a name too long
+        return f"cannot resolve {_show(rel)} ({exc}); expected a folder inside the project folder"
+    if not folder.is_relative_to(base):
+        return (
+            f"{_show(rel)} leads outside the project folder (to {folder}); expected a folder "
+            f"inside {base}"
+        )
+    if folder.exists() and not folder.is_dir():
+        return f"{_show(rel)} is a file; expected a folder"
+    if not folder.is_dir():
+        return f"folder {rel!r} does not exist"
+    return None
+
+
+def _deep_spot(text: str, limit: int) -> tuple[int, str]:
+    """Best effort, for the message only: the line and key where arrays or inline tables
+    first nest deeper than `limit` (strings and comments skipped)."""
+    depth, line, start, i, n = 0, 1, 0, 0, len(text)
+    key, header = "", ""
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+            if depth == 0:
+                start = i + 1
+        elif c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        elif c in "\"'":
+            if text.startswith(c * 3, i):
+                j = i + 3
+                while True:
+                    k = text.find(c * 3, j)
+                    if k < 0:
+                        return line, key
+                    slashes = len(text[:k]) - len(text[:k].rstrip("\\"))
+                    if c == '"' and slashes % 2:
+                        j = k + 1
+                        continue
+                    break
+                line += text.count("\n", i, k)
+                i = k + 3
+                while i < n and text[i] == c:
+                    i += 1
+                continue
+            j = i + 1
+            while j < n and text[j] not in (c, "\n"):
+                j += 2 if c == '"' and text[j] == "\\" else 1
+            i = j + 1
+            continue
+        elif c == "=" and depth == 0:
+            name = text[start:i].strip()
+            key = f"{header}.{name}" if header else name
+        elif c == "[" and depth == 0 and not text[start:i].strip():  # a [table] header
+            j = text.find("\n", i)
+            header = text[i : n if j < 0 else j].split("#")[0].strip().strip("[]").strip()
+            key = header
+            i = n if j < 0 else j
+            continue
+        elif c in "[{":
+            depth += 1
+            if depth > limit:
+                return line, key
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return line, key
 
 
 def _guess(word: str, options: list[str]) -> str:
@@ -347,6 +543,14 @@ def _cross_check(p: Project) -> list[str]:
                     f"({_guess(tool, list(BUILTIN_TOOLS))}expected one of "
                     f"{', '.join(BUILTIN_TOOLS)}; MCP servers go in `mcp`)"
                 )
+        for field in ("cascade", "tools", "mcp"):
+            entries = getattr(agent, field)
+            for j, entry in enumerate(entries):
+                if entry in entries[:j]:
+                    problems.append(
+                        f"agents[{i}].{field}[{j}]: {entry!r} is already {field}"
+                        f"[{entries.index(entry)}]; expected each entry once"
+                    )
         for j, model in enumerate(agent.cascade):
             if is_sim(model) and model not in SIM_PROFILES:
                 problems.append(
@@ -394,7 +598,14 @@ def _cross_check(p: Project) -> list[str]:
                     f"expected one of {', '.join(agent_names)}"
                 )
     task_ids = [t.id for t in p.tasks]
+    threads = 0
     for i, task in enumerate(p.tasks):
+        threads += task.repeat
+        if threads > MAX_THREADS and threads - task.repeat <= MAX_THREADS:
+            problems.append(
+                f"tasks[{i}].repeat: the tasks make more than {MAX_THREADS} threads; "
+                f"expected at most {MAX_THREADS} in all"
+            )
         if task.id in task_ids[:i]:
             problems.append(f"tasks[{i}].id: duplicate task id {task.id!r}")
         if task.agent not in agent_names:
@@ -413,36 +624,83 @@ def _cross_check(p: Project) -> list[str]:
                     f"{task.agent!r}'s tools ({', '.join(tools)})"
                 )
         if task.workspace is not None:
-            ws = (p.root / task.workspace).resolve()
-            if not ws.is_dir():
-                problems.append(f"tasks[{i}].workspace: folder {task.workspace!r} does not exist")
+            problem = _workspace_problem(p.root, task.workspace)
+            if problem:
+                problems.append(f"tasks[{i}].workspace: {problem}")
     return problems
 
 
 def parse_project(text: str, root: Path, filename: str = PROJECT_FILE) -> Project:
     """Parses and validates project text; raises ProjectError with one line per problem."""
+    return project_from_data(loads_toml(text, filename), root, filename)
+
+
+def loads_toml(text: str, filename: str = PROJECT_FILE) -> dict[str, Any]:
+    """tomllib.loads, with every failure (nesting that exhausts the stack, an integer too
+    long to convert) as a ProjectError line; a leading byte-order mark is ignored."""
+    text = text.removeprefix("\ufeff")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProjectError([f"{filename}: not valid TOML: {exc}"]) from None
-    return project_from_data(data, root, filename)
+    except RecursionError:
+        line, key = _deep_spot(text, MAX_DEPTH)
+        where = _loc((key,)) if key else "(top level)"
+        raise ProjectError(
+            [
+                f"{filename}: {where}: nested too deeply (line {line}); expected arrays and "
+                f"tables at most {MAX_DEPTH} levels deep"
+            ]
+        ) from None
+    except ValueError:  # Python's limit on digits in an integer
+        found = re.search(r"^[ \t]*([^=\n#]+?)[ \t]*=[ \t]*[+-]?[0-9_]{1000,}", text, re.M)
+        where = "(top level)"
+        if found:
+            tables = re.findall(r"^[ \t]*\[+[ \t]*([^\]\n]+?)[ \t]*\]", text[: found.start()], re.M)
+            where = _loc((*tables[-1:], found.group(1)))
+        raise ProjectError(
+            [f"{filename}: {where}: integer too long; expected an integer between -2^63 and 2^63-1"]
+        ) from None
+    if not data:
+        raise ProjectError(
+            [
+                f"{filename}: (top level): the file has no settings; expected a [project] "
+                "table with a name and at least one [[agents]] entry"
+            ]
+        )
+    return data
 
 
 def project_from_data(data: dict[str, Any], root: Path, filename: str = PROJECT_FILE) -> Project:
     """Validates already-parsed project data (a tower.toml, or one with a variant laid over)."""
     if "root" in data:
         raise ProjectError([f"{filename}: root: {_unknown_key(('root',))}"])
+    scanned = _scan(data)
+    if scanned:
+        raise ProjectError([f"{filename}: {line}" for line in scanned])
     try:
         project = Project.model_validate({**data, "root": root})
+    except RecursionError:  # _scan bounds the depth; this is the last line of defence
+        raise ProjectError(
+            [f"{filename}: (top level): nested too deeply; expected at most {MAX_DEPTH} levels"]
+        ) from None
     except ValidationError as exc:
         problems = []
-        for err in exc.errors():
+        errors = exc.errors()
+        # A policy rule is a string or a table: pydantic tries both and tags each attempt
+        # (`.str`, `.RuleSettings`). A table that fails is explained by the table's errors.
+        tables = {e["loc"][: e["loc"].index(_RULE)] for e in errors if _RULE in e["loc"]}
+        for err in errors:
+            if err["loc"][-1:] == ("str",) and err["loc"][:-1] in tables:
+                continue
+            # "[key]": pydantic's mark for a bad dict key; the key itself is the place.
+            loc = tuple(part for part in err["loc"] if part not in (_RULE, "[key]"))
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = _unknown_key(err["loc"])
+                msg = _unknown_key(loc)
             elif err["type"] == "missing":
                 msg = "required key is missing"
-            problems.append(f"{filename}: {_loc(err['loc'])}: {msg}")
+            problems.append(f"{filename}: {_loc(loc)}: {msg}")
         raise ProjectError(problems) from None
     problems = [f"{filename}: {line}" for line in _cross_check(project)]
     if problems:
@@ -458,10 +716,29 @@ def load_project(directory: str | Path) -> Project:
     file = path / PROJECT_FILE
     if not path.exists():
         raise ProjectError([f"{path}: no such project folder"])
+    if file.is_dir():
+        raise ProjectError([f"{file}: is a folder; expected the project file {PROJECT_FILE}"])
+    if file.exists() and not file.is_file():  # a FIFO, a device such as /dev/zero
+        raise ProjectError([f"{file}: not a regular file; expected a TOML text file"])
     if not file.is_file():
         raise ProjectError([f"{file}: missing project file (expected {PROJECT_FILE} in {path})"])
     try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProjectError([f"{file}: cannot read: {exc}"]) from None
+        with file.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ProjectError([f"{file}: cannot read: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ProjectError(
+            [f"{file}: too large; expected a project file of at most {MAX_FILE_BYTES} bytes"]
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ProjectError(
+            [
+                f"{file}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} on line {line}); "
+                "expected a UTF-8 text file"
+            ]
+        ) from None
     return parse_project(text, path.resolve(), str(file))

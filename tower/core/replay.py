@@ -12,9 +12,9 @@ import json
 from contextlib import aclosing
 from typing import Any, TextIO
 
-from tower.core.events import EventKind
+from tower.core.events import Event, EventKind
 from tower.core.state import TowerState, apply, state_from_dict, state_to_dict, summary
-from tower.core.store import Store
+from tower.core.store import Store, damaged
 
 
 class ReplayError(Exception):
@@ -35,6 +35,20 @@ async def resolve_session(store: Store, ref: str) -> str:
     raise ReplayError(f"no session {ref!r} in {store.path} (see: tower sessions --db PATH)")
 
 
+def apply_checked(state: TowerState, ev: Event, session: str, store: Store) -> None:
+    """The reducer on one stored event; an event it cannot apply (a field missing or of the
+    wrong type) raises DamagedLog naming the session and the event, never a traceback."""
+    try:
+        apply(state, ev)
+    except KeyError as exc:
+        why = f"payload has no field {exc.args[0]!r}" if exc.args else "payload lacks a field"
+        raise damaged(session, ev.seq, ev.kind, why, store.path) from None
+    except (TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise damaged(
+            session, ev.seq, ev.kind, f"payload cannot be applied: {exc}", store.path
+        ) from None
+
+
 async def state_at(store: Store, session: str, at: int | None = None) -> TowerState:
     """The reduced state after event `at` (or after the last event).
 
@@ -52,7 +66,7 @@ async def state_at(store: Store, session: str, at: int | None = None) -> TowerSt
         async for ev in events:
             if at is not None and ev.seq > at:
                 break
-            apply(state, ev)
+            apply_checked(state, ev, session, store)
     if at is not None and state.last_seq < at:
         raise ReplayError(
             f"session {session} has {state.last_seq} events; --at {at} is past the end"
@@ -92,6 +106,7 @@ class Replayer:
         return self.state.last_seq
 
     async def open(self) -> None:
+        await self.store.check_log(self.session)  # a damaged log fails here, not mid-scrub
         self.last, self.first_ts, self.last_ts = await self.store.bounds(self.session)
         marks = []
         async with self.store._conn.execute(
@@ -122,7 +137,7 @@ class Replayer:
             async for ev in events:
                 if until_ts is not None and ev.ts > until_ts:
                     break
-                apply(self.state, ev)
+                apply_checked(self.state, ev, self.session, self.store)
                 applied.append(ev)
         return applied
 
@@ -141,6 +156,7 @@ def print_state(state: TowerState, at: int | None) -> dict[str, Any]:
 
 async def export_jsonl(store: Store, session: str, out: TextIO) -> int:
     """Every event, one JSON object a line, in order. Returns the number written."""
+    await store.check_log(session)  # nothing is written for a damaged log
     n = 0
     async for ev in store.events(session):
         out.write(json.dumps(ev.to_dict(), ensure_ascii=False) + "\n")
@@ -162,6 +178,7 @@ CSV_FIELDS = [
     "cost_usd",
     "errors",
     "escalations",
+    "lost_usd",
     "human_minutes",
     "blocked_minutes",
     "started",
@@ -191,6 +208,7 @@ async def export_csv(store: Store, session: str, out: TextIO) -> int:
                 "cost_usd": f"{view.cost_usd:.8f}",
                 "errors": view.errors,
                 "escalations": view.escalations,
+                "lost_usd": f"{view.lost_usd:.8f}",
                 "human_minutes": f"{view.human_seconds / 60:.3f}",
                 "blocked_minutes": f"{view.blocked_seconds / 60:.3f}",
                 "started": view.started if view.started is not None else "",

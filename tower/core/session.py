@@ -79,6 +79,7 @@ async def fork_copy(store: Store, session_ref: str, at: int) -> tuple[str, str]:
 
     source = await resolve_session(store, session_ref)
     row = {r.id: r for r in await store.list_sessions()}[source]
+    await store.check_log(source)
     events = [ev async for ev in store.events(source, 0, at)] if at >= 1 else []
     if not events or events[-1].seq < at:
         raise ReplayError(f"session {source} has no event {at}")
@@ -124,6 +125,16 @@ async def fork_headless(
     )
 
 
+def fold_checked(events: list[Event], session: str, store: Store) -> TowerState:
+    """fold, with a reducer failure on a damaged event reported as that event's DamagedLog."""
+    from tower.core.replay import apply_checked
+
+    state = TowerState()
+    for ev in events:
+        apply_checked(state, ev, session, store)
+    return state
+
+
 async def resume_headless(
     db: str | Path | None,
     session_ref: str,
@@ -136,7 +147,6 @@ async def resume_headless(
     """Continues a recorded session's unfinished threads in the same log, then closes it."""
     from tower.core.project import load_project
     from tower.core.replay import resolve_session
-    from tower.core.state import fold
 
     store = await Store.open(db)
     try:
@@ -144,12 +154,13 @@ async def resume_headless(
         rows = {r.id: r for r in await store.list_sessions()}
         if rows[session].status == "running":
             raise ResumeError(f"session {session} is still running in another process")
+        await store.check_log(session)  # a damaged log is one line naming the event
         events = [ev async for ev in store.events(session)]
-        state = fold(events)
+        state = fold_checked(events, session, store)
         if state.all_ended:
             raise ResumeError(f"session {session} has no unfinished thread to resume")
         project = (load or load_project)(Path(rows[session].project_dir))
-        bus = Bus(store)
+        bus = Bus(store, project=project)
         bus.state, bus.seq = state, state.last_seq
         if on_event is not None:
             bus.subscribe(on_event)
@@ -182,7 +193,7 @@ async def run_headless(
     """
     store = await Store.open(db)
     try:
-        bus = Bus(store)
+        bus = Bus(store, project=project)
         if on_event is not None:
             bus.subscribe(on_event)
         sup = Supervisor(

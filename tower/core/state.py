@@ -48,6 +48,7 @@ class ThreadView:
     tokens: int = 0
     cost_usd: float = 0.0
     reserved_usd: float = 0.0
+    lost_usd: float = 0.0  # calls a crash cut off, booked at their reservation
     started: float | None = None
     ended: float | None = None
     tail: str = ""
@@ -81,6 +82,7 @@ class BudgetView:
     reserved_usd: float = 0.0
     tokens: int = 0
     unpriced_tokens: int = 0  # used by models with no known price (counted, not costed)
+    lost_usd: float = 0.0  # possibly billed: calls lost in a crash, at their reservation
 
 
 @dataclass(slots=True)
@@ -163,6 +165,14 @@ def apply(state: TowerState, ev: Event) -> TowerState:
             if p.get("error") != "cancelled":
                 view.errors += 1
                 _append_tail(view, f"\n[error] {p['error']}")
+    elif kind is EventKind.LLM_LOST:
+        lost = p["usd"]
+        state.budget.reserved_usd = _less(state.budget.reserved_usd, lost)
+        state.budget.lost_usd += lost
+        if view is not None:
+            view.reserved_usd = _less(view.reserved_usd, lost)
+            view.lost_usd += lost
+            _append_tail(view, f"\n[lost in a crash: possibly billed ${lost:.6f}]")
     elif kind is EventKind.TOOL_CALLED:
         if view is not None:
             view.current_tool = f"{p['tool']}({_short(p['args'])})"
@@ -313,6 +323,7 @@ def summary(state: TowerState) -> dict[str, Any]:
             "killed": state.count(ThreadState.KILLED),
         },
         "cost_usd": round(state.budget.spent_usd, 6),
+        "lost_usd": round(state.budget.lost_usd, 6),
         "budget_usd": state.budget.limit_usd,
         "tokens": state.budget.tokens,
         "human_minutes": round(state.human_seconds / 60, 3),

@@ -66,6 +66,119 @@ class StoreError(Exception):
     """The database cannot be opened or written; the message names the path."""
 
 
+class DamagedLog(StoreError):
+    """A recorded session that cannot be read back as it was written: a payload that is not
+    JSON, an unknown kind, a missing field, a gap in the numbering. The message names the
+    session and the event."""
+
+
+# tower's own mark in the SQLite header ("TOWR"), and the layout of its tables. Schema 1 is
+# the unmarked layout of earlier releases (application_id and user_version both 0): it is
+# recognised by its tables and upgraded in place.
+APPLICATION_ID = int.from_bytes(b"TOWR", "big")
+SCHEMA_VERSION = 2
+_COLUMNS = {
+    "sessions": {"id", "project", "project_dir", "started", "ended", "status", "pid", "host"},
+    "events": {"session", "seq", "ts", "thread", "kind", "payload"},
+    "snapshots": {"session", "seq", "state"},
+}
+_NEEDED = ("sessions", "events")  # snapshots are a cache: re-created when missing
+
+# Payload fields that reading a session back relies on (the reducer, resume, the printer).
+REQUIRED_FIELDS: dict[EventKind, tuple[str, ...]] = {
+    EventKind.SESSION_STARTED: ("session", "project"),
+    EventKind.THREAD_SPAWNED: ("agent", "task", "title", "cascade", "model", "priority"),
+    EventKind.THREAD_STATE: ("state",),
+    EventKind.LLM_STARTED: ("step", "model", "reserved_usd"),
+    EventKind.LLM_DELTA: ("text",),
+    EventKind.LLM_LOST: ("usd",),
+    EventKind.LLM_FINISHED: ("step", "model", "cost_usd", "usage", "reserved_usd"),
+    EventKind.LLM_FAILED: ("error", "released_usd"),
+    EventKind.TOOL_CALLED: ("call_id", "tool", "args"),
+    EventKind.TOOL_RESULT: ("call_id",),
+    EventKind.INBOX_OPENED: ("item", "kind"),
+    EventKind.INBOX_CLOSED: ("item", "resolution"),
+    EventKind.ESCALATED: ("from_model", "to_model"),
+    EventKind.CHECKED: ("passed",),
+    EventKind.BUDGET_RAISED: ("scope",),
+    EventKind.COMMENT: ("text",),
+    EventKind.RULE_GRANTED: ("rule",),
+    EventKind.RULE_ENDED: ("rule",),
+    EventKind.MCP_SERVER: ("server", "status"),
+}
+
+
+def damaged(session: str, seq: int, kind: object, why: str, path: object) -> DamagedLog:
+    """The one-line error for a damaged event: session, seq, kind, what is wrong, where."""
+    return DamagedLog(f"session {session}: event {seq} ({kind}): {why} (database {path})")
+
+
+async def _tables(conn: aiosqlite.Connection) -> dict[str, set[str]]:
+    """Every table of the database (SQLite's own excepted) with its columns; reads only."""
+    out: dict[str, set[str]] = {}
+    async with conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    ) as cur:
+        names = [r[0] async for r in cur]
+    for name in names:
+        async with conn.execute("SELECT name FROM pragma_table_info(?)", (name,)) as cur:
+            out[name] = {r[0] async for r in cur}
+    return out
+
+
+async def _pragma(conn: aiosqlite.Connection, name: str) -> int:
+    async with conn.execute(f"PRAGMA {name}") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _check_schema(conn: aiosqlite.Connection, db: Path) -> bool:
+    """Whether the file is tower's (True: open it, creating or upgrading its tables).
+
+    Raises StoreError, without writing anything, for a file that is not tower's: another
+    program's tables, another application_id, a newer schema, or tower's tables damaged.
+    """
+    app = await _pragma(conn, "application_id")
+    version = await _pragma(conn, "user_version")
+    tables = await _tables(conn)
+    names = ", ".join(sorted(tables)) or "none"
+    refuse = "; tower will not write into it"
+    if app not in (0, APPLICATION_ID):
+        raise StoreError(f"{db} is not a tower database: its application_id is {app:#010x}{refuse}")
+    if app == 0:
+        if not tables and version == 0:
+            return True  # a new, empty file
+        foreign = sorted(set(tables) - set(_COLUMNS))
+        if foreign or version != 0 or any(t not in tables for t in _NEEDED):
+            raise StoreError(f"{db} is not a tower database: it has tables {names}{refuse}")
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{db} was written by a newer tower (schema {version}, this one reads up to"
+            f" {SCHEMA_VERSION}); upgrade tower to open it"
+        )
+    missing = [t for t in _NEEDED if t not in tables]
+    if missing:
+        held = ""
+        if "sessions" in tables:
+            async with conn.execute("SELECT id FROM sessions ORDER BY started LIMIT 4") as cur:
+                ids = [r[0] async for r in cur]
+            if ids:
+                more = ", …" if len(ids) > 3 else ""
+                held = f" (it records session {', '.join(map(str, ids[:3]))}{more})"
+        raise StoreError(
+            f"{db} is damaged: its {' and '.join(missing)} table is missing{held};"
+            " tower will not re-create it"
+        )
+    for table, columns in _COLUMNS.items():
+        lacking = sorted(columns - tables.get(table, columns))
+        if lacking:
+            kind = "is not a tower database" if app == 0 else "is damaged"
+            raise StoreError(
+                f"{db} {kind}: table {table} has no column {', '.join(lacking)}{refuse}"
+            )
+    return True
+
+
 def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir("tower", appauthor=False)) / "tower.db"
 
@@ -86,6 +199,7 @@ class SessionRow:
     unfinished: int = 0  # spawned threads not done, failed or killed at the end of the log
     human_minutes: float = 0.0  # the person's time deciding (attention)
     blocked_minutes: float = 0.0  # thread-minutes spent waiting for the person
+    lost_usd: float = 0.0  # possibly billed: calls a crash cut off, at their reservation
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +212,7 @@ class SessionRow:
             "cost_usd": round(self.cost_usd, 6),
             "human_minutes": round(self.human_minutes, 3),
             "blocked_minutes": round(self.blocked_minutes, 3),
+            "lost_usd": round(self.lost_usd, 6),
         }
 
 
@@ -150,14 +265,33 @@ class Store:
         conn: aiosqlite.Connection | None = None
         try:
             conn = await aiosqlite.connect(db)
+            await conn.execute("PRAGMA busy_timeout=5000")
+            # Whose file is it? Decided on reads alone: a file that is not tower's is left
+            # exactly as it was (no tables added, not switched to WAL).
+            await _check_schema(conn, db)
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=NORMAL")
-            await conn.execute("PRAGMA busy_timeout=5000")
-            await conn.executescript(SCHEMA)
+            marked = (
+                await _pragma(conn, "application_id") == APPLICATION_ID
+                and await _pragma(conn, "user_version") == SCHEMA_VERSION
+            )
+            if marked:  # IF NOT EXISTS: writes nothing when every table is there
+                await conn.executescript(SCHEMA)
+            else:  # new or upgraded: tables and marks in one transaction, seen whole or not
+                await conn.executescript(
+                    f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA application_id={APPLICATION_ID};"
+                    f" PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+                )
             await conn.commit()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreError) as exc:
             if conn is not None:
                 await conn.close()
+            if isinstance(exc, StoreError):
+                raise
+            if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+                raise StoreError(
+                    f"{db} is not a tower database: it is not an SQLite file"
+                ) from None
             raise StoreError(f"cannot open database {db}: {exc}") from None
         return cls(db, conn)
 
@@ -294,6 +428,13 @@ class Store:
         `unfinished` rather than `clean` — it can be resumed, and a resume that finishes every
         thread makes it `clean` again.
         """
+        try:
+            return await self._list_sessions()
+        except sqlite3.Error as exc:
+            await self.check_log()  # names the damaged event, if that is the cause
+            raise StoreError(f"cannot read database {self.path}: {exc}") from None
+
+    async def _list_sessions(self) -> list[SessionRow]:
         sql = """
         SELECT s.id, s.project, s.project_dir, s.started, s.ended, s.status, s.pid, s.host,
           (SELECT count(*) FROM events e WHERE e.session = s.id AND e.kind = ?),
@@ -304,6 +445,7 @@ class Store:
         host = socket.gethostname()
         ends = await self._thread_ends()
         people = await self._human_time()
+        lost = await self._lost_usd()
         rows = []
         async with self._conn.execute(
             sql, (str(EventKind.THREAD_SPAWNED), str(EventKind.LLM_FINISHED))
@@ -321,6 +463,7 @@ class Store:
                 row.done, row.failed, row.killed, row.unfinished = done, failed, killed, unfinished
                 spent, waited = people.get(r[0], (0.0, 0.0))
                 row.human_minutes, row.blocked_minutes = spent / 60, waited / 60
+                row.lost_usd = lost.get(r[0], 0.0)
                 rows.append(row)
         return rows
 
@@ -340,6 +483,15 @@ class Store:
             async for session, state, n in cur:
                 out.setdefault(session, {})[state] = n
         return out
+
+    async def _lost_usd(self) -> dict[str, float]:
+        """session -> dollars booked for calls lost in a crash (possibly billed)."""
+        sql = """
+        SELECT session, coalesce(sum(json_extract(payload, '$.usd')), 0) FROM events
+        WHERE kind = ? GROUP BY session
+        """
+        async with self._conn.execute(sql, (str(EventKind.LLM_LOST),)) as cur:
+            return {session: float(usd) async for session, usd in cur}
 
     async def _human_time(self) -> dict[str, tuple[float, float]]:
         """session -> (seconds the person spent deciding, seconds threads waited for them)."""
@@ -381,14 +533,93 @@ class Store:
         return ids[0] if len(ids) == 1 else None
 
     async def _select(
-        self, where: str, params: tuple[Any, ...], limit: int = -1
+        self,
+        where: str,
+        params: tuple[Any, ...],
+        limit: int = -1,
+        after: int | None = None,
     ) -> AsyncIterator[Event]:
+        """Events in order; a row that cannot be read raises DamagedLog naming it. With
+        `after`, the numbering must run on from there without a gap."""
+        session = params[0]
+        expected = None if after is None else after + 1
         async with self._conn.execute(
             f"SELECT seq, ts, kind, thread, payload FROM events WHERE {where} ORDER BY seq LIMIT ?",
             (*params, limit),
         ) as cur:
             async for seq, ts, kind, thread, payload in cur:
-                yield Event.from_row(seq, ts, kind, thread, payload)
+                if expected is not None:
+                    if seq != expected:
+                        raise damaged(
+                            session,
+                            expected,
+                            "missing",
+                            f"not in the log, which jumps from {expected - 1} to {seq}",
+                            self.path,
+                        )
+                    expected += 1
+                try:
+                    ev = Event.from_row(seq, ts, kind, thread, payload)
+                except ValueError as exc:
+                    raise damaged(session, seq, kind, str(exc), self.path) from None
+                yield ev
+
+    async def check_log(self, session: str | None = None) -> None:
+        """Raises DamagedLog for the first damaged event of `session` (or of any session):
+        a payload that is not a JSON object, an unknown kind, a missing required field, a
+        gap in the numbering. One pass in SQL, nothing decoded in Python."""
+        where, params = ("WHERE session = ?", (session,)) if session is not None else ("", ())
+        kinds = [str(k) for k in EventKind]
+        missing = " ".join(
+            f"WHEN '{kind}' THEN "
+            + " OR ".join(f"json_type(payload, '$.{f}') IS NULL" for f in fields)
+            for kind, fields in REQUIRED_FIELDS.items()
+        )
+        sql = f"""
+        SELECT session, seq, kind, payload, why FROM (
+          SELECT session, seq, kind, payload, CASE
+            WHEN NOT json_valid(payload) THEN 'json'
+            WHEN json_type(payload) != 'object' THEN 'object'
+            WHEN kind NOT IN ({", ".join("?" for _ in kinds)}) THEN 'kind'
+            WHEN CASE kind {missing} ELSE 0 END THEN 'field'
+          END AS why
+          FROM events {where}
+        ) WHERE why IS NOT NULL ORDER BY session, seq LIMIT 1
+        """
+        gaps = f"""
+        SELECT session, prev, seq FROM (
+          SELECT session, seq, lag(seq, 1, 0) OVER (PARTITION BY session ORDER BY seq) AS prev
+          FROM events {where}
+        ) WHERE seq != prev + 1 ORDER BY session, seq LIMIT 1
+        """
+        try:
+            async with self._conn.execute(sql, (*kinds, *params)) as cur:
+                bad = await cur.fetchone()
+            async with self._conn.execute(gaps, params) as cur:
+                gap = await cur.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read database {self.path}: {exc}") from None
+        found: list[tuple[str, int, DamagedLog]] = []
+        if gap is not None:
+            ses, prev, seq = gap
+            why = f"not in the log, which jumps from {prev} to {seq}"
+            found.append((ses, prev + 1, damaged(ses, prev + 1, "missing", why, self.path)))
+        if bad is not None:
+            ses, seq, kind, payload, why = bad
+            if why == "field":
+                fields = REQUIRED_FIELDS[EventKind(kind)]
+                data = json.loads(payload)
+                absent = [f for f in fields if f not in data]
+                why = f"payload has no field {', '.join(map(repr, absent))}"
+            else:
+                try:
+                    Event.from_row(seq, 0.0, kind, None, payload)
+                    why = f"unreadable payload ({why})"
+                except ValueError as exc:
+                    why = str(exc)
+            found.append((ses, seq, damaged(ses, seq, kind, why, self.path)))
+        if found:
+            raise min(found, key=lambda f: (f[0], f[1]))[2]
 
     async def snapshot_before(self, session: str, seq: int) -> tuple[int, str] | None:
         """The latest snapshot at or before event `seq`, as (seq, state JSON)."""
@@ -406,7 +637,7 @@ class Store:
 
     def events(self, session: str, after_seq: int = 0, limit: int = -1) -> AsyncIterator[Event]:
         """A session's events in order, after a sequence number (replay, export)."""
-        return self._select("session = ? AND seq > ?", (session, after_seq), limit)
+        return self._select("session = ? AND seq > ?", (session, after_seq), limit, after_seq)
 
     def events_of_kinds(self, session: str, kinds: tuple[str, ...]) -> AsyncIterator[Event]:
         marks = ", ".join("?" for _ in kinds)

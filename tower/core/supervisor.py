@@ -262,7 +262,7 @@ class Supervisor:
         b = state.budget
         self.ledger.session.limit_usd = b.limit_usd if b.limit_usd is not None else INF
         self.ledger.session.limit_tokens = b.limit_tokens if b.limit_tokens is not None else INF
-        self.ledger.session.spent_usd = b.spent_usd
+        self.ledger.session.spent_usd = b.spent_usd + b.lost_usd
         self.ledger.session.spent_tokens = b.tokens
         store = self.bus.store
         if store is not None:
@@ -332,19 +332,18 @@ class Supervisor:
                 th.budget_tokens if th.budget_tokens is not None else INF,
             )
             acct = self.ledger.threads[th.id]
-            acct.spent_usd, acct.spent_tokens = view.cost_usd, view.tokens
-            if view.reserved_usd:  # a call the crash cut off: its reservation goes back
+            if view.reserved_usd:
+                # A call the crash cut off: the provider may have served and billed it, so
+                # it is booked at its reservation, apart, and counts against the caps.
                 self.bus.emit(
-                    EventKind.LLM_FAILED,
+                    EventKind.LLM_LOST,
                     th.id,
-                    call=None,
-                    step=th.steps + 1,
                     model=th.model,
-                    error="interrupted: tower stopped during this call",
-                    retryable=True,
-                    attempt=0,
-                    released_usd=view.reserved_usd,
+                    usd=view.reserved_usd,
+                    reason="tower stopped during this call: possibly billed",
                 )
+            acct.spent_usd = view.cost_usd + view.lost_usd
+            acct.spent_tokens = view.tokens
             for item in [i for i in state.inbox.values() if i.thread == th.id]:
                 self.bus.emit(
                     EventKind.INBOX_CLOSED,
@@ -356,6 +355,8 @@ class Supervisor:
             th.state = ThreadState(view.state)
             self.set_state(th, ThreadState.QUEUED, "resumed")
             bisect.insort(self._queue, (-th.priority, th.order, th.id))
+        # Calls lost just now count against the session's cap too.
+        self.ledger.session.spent_usd = state.budget.spent_usd + state.budget.lost_usd
 
         def highest(kind: EventKind, key: str) -> int:
             ids = [str(e.payload.get(key) or "") for e in events if e.kind is kind]

@@ -29,8 +29,9 @@ from tower.core.attention import AttentionClock
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, ThreadState
 from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
+from tower.core.session import fold_checked
 from tower.core.situations import Situation, is_routine
-from tower.core.state import TowerState, fold
+from tower.core.state import TowerState
 from tower.core.store import Store, StoreError
 from tower.core.supervisor import CommandError, Supervisor
 from tower.ui.core_thread import CoreThread
@@ -298,6 +299,7 @@ class TowerApp(App[int]):
         self._last_key = 0.0
         self.attention = AttentionClock()
         self.shown: Target | None = None  # what the detail pane shows: what verbs act on
+        self._select_next: str | None = None  # a thread just spawned, to select when listed
 
     # --- layout -------------------------------------------------------------------------
 
@@ -388,7 +390,13 @@ class TowerApp(App[int]):
             return
         self.project = project
         if self.sup is not None and self.core is not None:
-            await self._command(lambda: self.sup.reload(project))  # type: ignore[union-attr]
+            sup = self.sup
+
+            def reload() -> None:
+                sup.bus.add_secrets_of(project)  # a new api_key_env is a secret from now on
+                sup.reload(project)
+
+            await self._command(reload)
         self.notify(
             f"{len(project.agents)} agent(s), {len(project.tasks)} task(s) ready to spawn (n); "
             "the policy and model limits apply now; MCP servers change on the next start",
@@ -443,11 +451,12 @@ class TowerApp(App[int]):
         from tower.core.mcp import McpStartError, command_problems
 
         self.store = await Store.open(self.db)
-        bus = Bus(self.store, clock=self.now)
+        bus = Bus(self.store, clock=self.now, project=self.project)
         events: list[Event] = []
         if self.resume_id is not None:
+            await self.store.check_log(self.resume_id)
             events = [ev async for ev in self.store.events(self.resume_id)]
-            bus.state = fold(events)
+            bus.state = fold_checked(events, self.resume_id, self.store)
             bus.seq = bus.state.last_seq
             self._rows_dirty = self._inbox_dirty = True
         bus.subscribe(self._on_event)
@@ -537,6 +546,8 @@ class TowerApp(App[int]):
             )
             if self._rows_dirty or (self._dirty and threads.sort_key in ("cost", "tokens")):
                 threads.rebuild()
+                if self._select_next is not None and threads.select_key(self._select_next):
+                    self._select_next = None
                 threads.border_title = (
                     f"Threads {len(threads.rows)}/{len(state.threads)}"
                     + (f" · filter “{threads.filter_text}”" if threads.filter_text else "")
@@ -954,7 +965,7 @@ class TowerApp(App[int]):
             if tid:
                 self.notify(f"spawned {tid}", timeout=2)
                 self._rows_dirty = True
-                self.call_after_refresh(lambda: self.threads_list.select_key(tid))
+                self._select_next = tid  # selected once the list has its row
 
         self.push_screen(SpawnDialog([a.name for a in project.agents], models, tasks), spawn)
 

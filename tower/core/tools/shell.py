@@ -1,5 +1,6 @@
 """`run_shell`: one command in the workspace, with no stdin, a timeout, an output cap and an
-environment stripped of secrets.
+environment stripped of secrets; inside a bubblewrap sandbox where Linux allows it (own PID
+and network namespaces, the workspace the only writable place).
 
 The command runs in its own process group, so a timeout or a killed thread takes down
 whatever it started too (a test runner's workers, a backgrounded server).
@@ -10,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tower.core.secrets import scrubbed_env
+from tower.core.secrets import hide_from_proc_environ, scrubbed_env
 from tower.core.tools.files import ToolError
 
 # After the command exits, output still held open by its children is read this long.
@@ -32,6 +35,60 @@ def shell_env() -> dict[str, str]:
     if bindir not in path.split(os.pathsep):
         env["PATH"] = bindir + os.pathsep + path
     return env
+
+
+# run_shell's sandbox: bubblewrap when it is installed and this kernel lets it make
+# namespaces (a container may not). TOWER_SHELL_SANDBOX=0 turns it off.
+USE_SANDBOX = os.environ.get("TOWER_SHELL_SANDBOX", "1") != "0"
+_bwrap_ok: bool | None = None  # probed once: None = not yet asked
+
+
+def _bwrap_usable() -> bool:
+    """Whether `bwrap` is installed and can build the sandbox here (probed once)."""
+    global _bwrap_ok
+    if _bwrap_ok is None:
+        bwrap = shutil.which("bwrap")
+        _bwrap_ok = False
+        if bwrap is not None:
+            try:
+                probe = subprocess.run(
+                    [bwrap, *_sandbox_args(Path("/")), "/bin/true"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=10,
+                    check=False,
+                )
+                _bwrap_ok = probe.returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                _bwrap_ok = False
+    return _bwrap_ok
+
+
+def _sandbox_args(cwd: Path) -> list[str]:
+    """Own PID and network namespaces (the command sees neither tower's processes, so no
+    /proc/$PPID/environ, nor the network), the system read-only, a private /tmp, and the
+    workspace read-write. Tower's interpreter stays reachable when it lives under /tmp."""
+    args = [
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--die-with-parent",
+        "--ro-bind", "/", "/",
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--tmpfs", "/tmp",
+    ]  # fmt: skip
+    for keep in {sys.prefix, sys.base_prefix, str(Path(sys.executable).resolve().parent)}:
+        if keep.startswith("/tmp/"):
+            args += ["--ro-bind", keep, keep]
+    here = str(cwd)
+    return [*args, "--bind", here, here, "--chdir", here]
+
+
+def sandboxed() -> bool:
+    """Whether run_shell's commands run inside bubblewrap."""
+    return USE_SANDBOX and _bwrap_usable()
 
 
 def _close_pipes(proc: asyncio.subprocess.Process) -> None:
@@ -111,10 +168,15 @@ async def run_shell(
     if "\x00" in command:
         raise ToolError("command contains a NUL byte")
     started = time.monotonic()
+    argv = ["/bin/sh", "-c", command]
+    if sandboxed():
+        argv = [shutil.which("bwrap") or "bwrap", *_sandbox_args(Path(cwd).resolve()), *argv]
+    else:
+        # No PID namespace: the command can read /proc/$PPID/environ, tower's first
+        # environment; blank the secrets there (the values stay in os.environ).
+        hide_from_proc_environ()
     proc = await asyncio.create_subprocess_exec(
-        "/bin/sh",
-        "-c",
-        command,
+        *argv,
         cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,

@@ -54,6 +54,8 @@ class BudgetBar(Static):
         line1.append(f"{state.project or '…'} ", style="bold")
         line1.append_text(bar(b.spent_usd, b.reserved_usd, b.limit_usd))
         line1.append(f" {usd(b.spent_usd)} spent")
+        if b.lost_usd:
+            line1.append(f" (+{usd(b.lost_usd)} possibly billed: calls lost in a crash)")
         line1.append(f" · {usd(b.reserved_usd)} reserved")
         if b.limit_usd:
             pct = (b.spent_usd + b.reserved_usd) / b.limit_usd * 100

@@ -36,7 +36,7 @@ class Target:
 
 
 def target_label(item: InboxItem, summary: str, limit: int = 60) -> str:
-    """"i3 · review-stock · write_file inventory/stock.py": short enough that the keys after
+    """ "i3 · review-stock · write_file inventory/stock.py": short enough that the keys after
     it stay on the line (a question's whole text is in the detail pane)."""
     summary = " ".join(summary.split())
     if len(summary) > limit:
