@@ -360,3 +360,68 @@ async def test_a_call_cut_off_by_a_crash_is_booked_as_possibly_billed(tmp_path) 
         assert result.summary["cost_usd"] == pytest.approx(known, abs=1e-6)
     finally:
         await store.close()
+
+
+THREE_TASKS = """
+[project]
+name = "cuts"
+[[agents]]
+name = "a"
+cascade = ["sim/instant"]
+tools = ["list_dir", "finish"]
+[[tasks]]
+id = "t"
+agent = "a"
+prompt = "look"
+repeat = 3
+workspace = "ws"
+[[tasks.script]]
+say = "Looking."
+tool = "list_dir"
+[[tasks.script]]
+tool = "finish"
+args = { answer = "saw {n}" }
+"""
+
+
+async def test_a_crash_at_every_event_boundary_resumes_to_the_uninterrupted_outcome(
+    tmp_path,
+) -> None:
+    """The log of an uninterrupted run, cut after every event in turn (and before the first,
+    right after the session row was made): each cut resumes to the same outcome, every
+    task runs (those never spawned are spawned), no recorded call is made twice."""
+    root = write_project(tmp_path / "proj", THREE_TASKS, {"ws/a.txt": "a\n"})
+    ref = await run_headless(load_project(root), tmp_path / "ref.db", "all", None)
+    session = ref.summary["session"]
+    store = await Store.open(tmp_path / "ref.db")
+    events = [ev async for ev in store.events(session)]
+    await store.close()
+    answers = {t: v.answer for t, v in ref.state.threads.items()}
+    assert answers == {"t-1": "saw 1", "t-2": "saw 2", "t-3": "saw 3"}
+    ends = [i for i, ev in enumerate(events) if ev.kind is EventKind.SESSION_ENDED]
+    for k in range(ends[0] if ends else len(events)):
+        db = tmp_path / f"cut{k}.db"
+        out = await Store.open(db)
+        await out.create_session(session, "cuts", str(root), events[0].ts, {})
+        out.start_writer(session)
+        for ev in events[:k]:
+            out.append(Event(ev.seq, ev.ts, ev.kind, ev.thread, ev.payload))
+        await out.flush()
+        await out.close()
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE sessions SET pid = 999999999")
+        result = await resume_headless(db, session, "all", None)
+        got = {t: v.answer for t, v in result.state.threads.items()}
+        assert got == answers, (k, got)
+        assert result.summary["threads"] == {"done": 3, "failed": 0, "killed": 0}, k
+        store = await Store.open(db)
+        after = [ev async for ev in store.events(session)]
+        await store.close()
+        assert [e.seq for e in after] == list(range(1, len(after) + 1)), k
+        assert [e.to_dict() for e in after[:k]] == [e.to_dict() for e in events[:k]]
+        calls = collections.Counter(
+            (e.thread, e.payload["step"]) for e in after if e.kind is EventKind.LLM_FINISHED
+        )
+        assert max(calls.values()) == 1, (k, calls)  # no recorded call made again
+        spawned = [e.thread for e in after if e.kind is EventKind.THREAD_SPAWNED]
+        assert sorted(spawned) == ["t-1", "t-2", "t-3"], (k, spawned)

@@ -38,6 +38,9 @@ class ThreadPlan:
     interrupted: set[str] = field(default_factory=set)  # ...of which the intent was logged
     guidance: list[str] = field(default_factory=list)  # comments not yet shown to the model
     open_reservation: float = 0.0  # reserved by a call the crash cut off
+    # Its `finish` succeeded but the crash came before the thread was marked done: it is
+    # done with this answer (asking the model again would make a call the log never had).
+    finished: str | None = None
 
 
 def rebuild(events: list[Event], system_prompts: dict[str, str]) -> list[ThreadPlan]:
@@ -47,6 +50,7 @@ def rebuild(events: list[Event], system_prompts: dict[str, str]) -> list[ThreadP
     called: dict[str, set[str]] = {}
     results: dict[str, set[str]] = {}
     last_calls: dict[str, list[dict[str, Any]]] = {}
+    answers: dict[str, str] = {}  # a finish call's answer, by call id
     for ev in events:
         tid = ev.thread
         if tid is None:
@@ -91,8 +95,12 @@ def rebuild(events: list[Event], system_prompts: dict[str, str]) -> list[ThreadP
             plan.open_reservation = 0.0
         elif kind is EventKind.TOOL_CALLED:
             called[tid].add(p["call_id"])
+            if p.get("tool") == "finish":
+                answers[p["call_id"]] = str((p.get("args") or {}).get("answer", ""))
         elif kind is EventKind.TOOL_RESULT:
             results[tid].add(p["call_id"])
+            if p.get("tool") == "finish" and p.get("ok"):
+                plan.finished = answers.get(p["call_id"], "")
             plan.messages.append(
                 {"role": "tool", "tool_call_id": p["call_id"], "content": p.get("result", "")}
             )

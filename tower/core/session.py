@@ -157,8 +157,6 @@ async def resume_headless(
         await store.check_log(session)  # a damaged log is one line naming the event
         events = [ev async for ev in store.events(session)]
         state = fold_checked(events, session, store)
-        if state.all_ended:
-            raise ResumeError(f"session {session} has no unfinished thread to resume")
         project = (load or load_project)(Path(rows[session].project_dir))
         bus = Bus(store, project=project)
         bus.state, bus.seq = state, state.last_seq
@@ -171,6 +169,8 @@ async def resume_headless(
             approve=approve,
             workspaces_dir=store.path.parent / "workspaces",
         )
+        if state.all_ended and not sup.unspawned(state, events):
+            raise ResumeError(f"session {session} has no unfinished thread to resume")
         with _stop_signals() as stop:
             await sup.resume_session(events, model=model, origin=origin)
             stopped = await _run_until_idle(sup, stop, store)

@@ -326,6 +326,11 @@ class Store:
         )
         await self._conn.commit()
 
+    @property
+    def writing(self) -> bool:
+        """Whether the writer task runs (a session's log is open for appending)."""
+        return self._writer is not None and not self._writer.done()
+
     def start_writer(self, session: str) -> None:
         self._session = session
         self._writer = asyncio.create_task(self._write_loop(), name="tower-store-writer")

@@ -28,6 +28,7 @@ from tower.core.policy import Action, Rule, Verdict, decide, workspace_relative
 from tower.core.project import MCP_SEP, AgentSettings, CheckSettings, Project, TaskSettings
 from tower.core.ratelimit import RateWindow, Use
 from tower.core.simprofiles import SIM_PROFILES, is_sim
+from tower.core.state import TowerState
 from tower.core.tools import ToolError, Workspace
 from tower.core.tools.shell import run_shell
 
@@ -196,18 +197,7 @@ class Supervisor:
         if store is not None:
             await store.create_session(self.session_id, p.name, str(p.root), time.time(), meta)
             store.start_writer(self.session_id)
-        self.bus.emit(
-            EventKind.SESSION_STARTED,
-            session=self.session_id,
-            project=p.name,
-            project_dir=str(p.root),
-            budget_usd=p.budget.usd,
-            budget_tokens=p.budget.tokens,
-            max_concurrent=p.limits.max_concurrent,
-            seed=p.project.seed,
-            approve=self.approve_mode,
-            policy=[r.to_dict() for r in self._rules],
-        )
+        self._emit_started(spawn_tasks)
         try:
             await self.start_mcp()
         except Exception as exc:
@@ -225,6 +215,39 @@ class Supervisor:
                     self._spawn_copy(self._task_copy(task, n))
             self._batch = False
             self._pump()
+
+    def _emit_started(self, spawn_tasks: bool) -> None:
+        """SESSION_STARTED: the project, its caps and policy; `spawn_tasks` records the intent
+        to run every task of the project, so a resume spawns those a crash kept unspawned."""
+        p = self.project
+        self.bus.emit(
+            EventKind.SESSION_STARTED,
+            session=self.session_id,
+            project=p.name,
+            project_dir=str(p.root),
+            budget_usd=p.budget.usd,
+            budget_tokens=p.budget.tokens,
+            max_concurrent=p.limits.max_concurrent,
+            seed=p.project.seed,
+            approve=self.approve_mode,
+            policy=[r.to_dict() for r in self._rules],
+            spawn_tasks=spawn_tasks,
+        )
+
+    def unspawned(self, state: TowerState, events: list[Event]) -> list[TaskCopy]:
+        """The project's task copies a crash kept from being spawned (none when the session
+        did not mean to run the project's tasks)."""
+        started = next((e for e in events if e.kind is EventKind.SESSION_STARTED), None)
+        if started is not None and not started.payload.get("spawn_tasks", True):
+            return []
+        out = []
+        for task in self.project.tasks:
+            copies = [None] if task.repeat == 1 else list(range(1, task.repeat + 1))
+            for n in copies:
+                copy = self._task_copy(task, n)
+                if copy.thread_id not in state.threads:
+                    out.append(copy)
+        return out
 
     def _register_prices(self) -> None:
         overrides = {
@@ -259,13 +282,20 @@ class Supervisor:
         await asyncio.to_thread(llm.load_litellm)
         self._register_prices()
         state = self.bus.state
+        store = self.bus.store
+        if not any(e.kind is EventKind.SESSION_STARTED for e in events):
+            # Killed right after the session row was made: the log starts here, as start()
+            # would have begun it (caps, policy, the intent to run every task).
+            if store is not None:
+                await store.reopen_session(self.session_id)
+                store.start_writer(self.session_id)
+            self._emit_started(True)
         b = state.budget
         self.ledger.session.limit_usd = b.limit_usd if b.limit_usd is not None else INF
         self.ledger.session.limit_tokens = b.limit_tokens if b.limit_tokens is not None else INF
         self.ledger.session.spent_usd = b.spent_usd + b.lost_usd
         self.ledger.session.spent_tokens = b.tokens
-        store = self.bus.store
-        if store is not None:
+        if store is not None and not store.writing:
             await store.reopen_session(self.session_id)
             store.start_writer(self.session_id)
         await self.start_mcp()
@@ -353,10 +383,18 @@ class Supervisor:
                     by="tower",
                 )
             th.state = ThreadState(view.state)
+            if plan.finished is not None:
+                # Its finish succeeded just before the crash: done, with that answer.
+                self.finish(th, ThreadState.DONE, "finished", answer=plan.finished)
+                continue
             self.set_state(th, ThreadState.QUEUED, "resumed")
             bisect.insort(self._queue, (-th.priority, th.order, th.id))
         # Calls lost just now count against the session's cap too.
         self.ledger.session.spent_usd = state.budget.spent_usd + state.budget.lost_usd
+        # Tasks the crash kept from being spawned run now: every task of the project runs
+        # exactly once, however early the crash came.
+        for copy in self.unspawned(state, events):
+            self._spawn_copy(copy)
 
         def highest(kind: EventKind, key: str) -> int:
             ids = [str(e.payload.get(key) or "") for e in events if e.kind is kind]
@@ -365,8 +403,10 @@ class Supervisor:
         # New items and calls continue the log's numbering, never reusing an id.
         self._items = itertools.count(highest(EventKind.INBOX_OPENED, "item") + 1)
         self._calls = itertools.count(highest(EventKind.LLM_STARTED, "call") + 1)
-        if self.runs:
+        if self._ended < len(self.runs):
             self._idle.clear()
+        else:
+            self._idle.set()  # every resumed thread was already done (a finish just logged)
         self._batch = False
         self._pump()
         return len(plans)
