@@ -435,7 +435,7 @@ def _read(text: str, depth: int) -> ShellLine:
     parsed_text = _QUOTED_HEREDOC.sub(plain_delimiter, text)
     try:
         nodes = bashlex.parse(parsed_text)
-    except Exception as exc:  # ParsingError, NotImplementedError (case, $((…)), …)
+    except Exception as exc:  # bashlex: ParsingError, or "not implemented" for case, $((…)), …
         why = str(exc).split(" (position")[0] or type(exc).__name__
         return ShellLine(opaque=f"the parser cannot read it ({why})")
     walk = _Walk(text, depth, quoted)
