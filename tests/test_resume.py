@@ -307,6 +307,23 @@ async def test_fork_reuses_recorded_calls_and_runs_live_on_another_model(tmp_pat
     assert fork_cost_before == recorded_cost
 
 
+async def _crashed_copy(
+    db: Path, session: str, project: str, root: Path, events: list[Event]
+) -> Path:
+    """A database holding `events` of `session` as a crashed process left them."""
+    out = await Store.open(db)
+    started = events[0].ts if events else 0.0
+    await out.create_session(session, project, str(root), started, {})
+    out.start_writer(session)
+    for ev in events:
+        out.append(Event(ev.seq, ev.ts, ev.kind, ev.thread, ev.payload))
+    await out.flush()
+    await out.close()
+    with sqlite3.connect(db) as conn:  # the process that wrote it is gone
+        conn.execute("UPDATE sessions SET pid = 999999999")
+    return db
+
+
 async def test_a_call_cut_off_by_a_crash_is_booked_as_possibly_billed(tmp_path) -> None:
     """Resume finds a call started but never finished: the provider may have served and
     billed it, so its reservation is booked apart ("possibly billed"), counts against the
@@ -330,16 +347,7 @@ async def test_a_call_cut_off_by_a_crash_is_booked_as_possibly_billed(tmp_path) 
     starts = [i for i, ev in enumerate(events) if ev.kind is EventKind.LLM_STARTED]
     cut = starts[1] + 1
     reserved = events[starts[1]].payload["reserved_usd"]
-    cut_db = tmp_path / "cut.db"
-    out = await Store.open(cut_db)
-    await out.create_session(session, "w", str(root), events[0].ts, {})
-    out.start_writer(session)
-    for ev in events[:cut]:
-        out.append(Event(ev.seq, ev.ts, ev.kind, ev.thread, ev.payload))
-    await out.flush()
-    await out.close()
-    with sqlite3.connect(cut_db) as conn:
-        conn.execute("UPDATE sessions SET pid = 999999999")
+    cut_db = await _crashed_copy(tmp_path / "cut.db", session, "w", root, events[:cut])
 
     result = await resume_headless(cut_db, session, "all", None)
     assert result.summary["threads"]["done"] == 1
@@ -400,16 +408,7 @@ async def test_a_crash_at_every_event_boundary_resumes_to_the_uninterrupted_outc
     assert answers == {"t-1": "saw 1", "t-2": "saw 2", "t-3": "saw 3"}
     ends = [i for i, ev in enumerate(events) if ev.kind is EventKind.SESSION_ENDED]
     for k in range(ends[0] if ends else len(events)):
-        db = tmp_path / f"cut{k}.db"
-        out = await Store.open(db)
-        await out.create_session(session, "cuts", str(root), events[0].ts, {})
-        out.start_writer(session)
-        for ev in events[:k]:
-            out.append(Event(ev.seq, ev.ts, ev.kind, ev.thread, ev.payload))
-        await out.flush()
-        await out.close()
-        with sqlite3.connect(db) as conn:
-            conn.execute("UPDATE sessions SET pid = 999999999")
+        db = await _crashed_copy(tmp_path / f"cut{k}.db", session, "cuts", root, events[:k])
         result = await resume_headless(db, session, "all", None)
         got = {t: v.answer for t, v in result.state.threads.items()}
         assert got == answers, (k, got)

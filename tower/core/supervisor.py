@@ -16,6 +16,7 @@ import secrets
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -209,10 +210,8 @@ class Supervisor:
             raise
         if spawn_tasks:
             self._batch = True  # queue every task first, so priority decides who starts
-            for task in p.tasks:
-                copies = [None] if task.repeat == 1 else list(range(1, task.repeat + 1))
-                for n in copies:
-                    self._spawn_copy(self._task_copy(task, n))
+            for copy in self._planned_copies():
+                self._spawn_copy(copy)
             self._batch = False
             self._pump()
 
@@ -240,14 +239,14 @@ class Supervisor:
         started = next((e for e in events if e.kind is EventKind.SESSION_STARTED), None)
         if started is not None and not started.payload.get("spawn_tasks", True):
             return []
-        out = []
+        return [c for c in self._planned_copies() if c.thread_id not in state.threads]
+
+    def _planned_copies(self) -> Iterator[TaskCopy]:
+        """Every thread the project's tasks expand to, in order (`repeat` copies numbered)."""
         for task in self.project.tasks:
-            copies = [None] if task.repeat == 1 else list(range(1, task.repeat + 1))
+            copies = [None] if task.repeat == 1 else range(1, task.repeat + 1)
             for n in copies:
-                copy = self._task_copy(task, n)
-                if copy.thread_id not in state.threads:
-                    out.append(copy)
-        return out
+                yield self._task_copy(task, n)
 
     def _register_prices(self) -> None:
         overrides = {
