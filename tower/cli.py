@@ -307,7 +307,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         result = asyncio.run(run_headless(project, args.db, approve, printer))
-    except (StoreError, McpStartError) as exc:
+    except (StoreError, McpStartError, ProjectError) as exc:
         raise UsageError(f"tower: {exc}") from None
     return _report(result, f" project {project.name}", args.json, f"\nlog: {result.db}")
 
@@ -484,7 +484,9 @@ def _resume_tui(ref: str, db: str | None) -> int:
         row = {r.id: r for r in await store.list_sessions()}[session]
         if row.status == "running":
             raise ResumeError(f"session {session} is still running in another process")
-        if (await state_at(store, session)).all_ended:
+        # A crashed session resumes even with every thread ended: tasks a crash kept from
+        # being spawned run now, and its log gets the end the crash denied it.
+        if row.status != "crashed" and (await state_at(store, session)).all_ended:
             raise ResumeError(f"session {session} has no unfinished thread to resume")
         return session, row.project_dir
 

@@ -139,10 +139,14 @@ async def _call_model(
         use = await sup.rate_gate(th, model, prompt_est + max_tokens)
         if not await sup.checkpoint(th):
             return None
+        # A call slot before the reservation: waiting at the gate holds no money.
+        if not await sup.admit(th):
+            return None
         while True:
             res = sup.reserve(th, usd, prompt_est + max_tokens)
             if not isinstance(res, Refusal):
                 break
+            sup.calls.release(ended=False)  # never hold a slot while a person decides
             decision = await sup.ask(
                 th,
                 InboxKind.BUDGET,
@@ -161,6 +165,8 @@ async def _call_model(
             if decision.resolution is not Resolution.RAISED:
                 sup.finish(th, ThreadState.FAILED, "budget")
                 return None
+            if not await sup.admit(th):
+                return None
         th.reservation = res
         th.call_id = call = sup.next_call_id()
         bus.emit(
@@ -177,6 +183,8 @@ async def _call_model(
             guidance=guidance if attempt == 0 else [],
         )
         deltas = _Deltas(bus, th.id, call)
+        ended = False
+        failure: llm.CallError | None = None
         try:
             result = await llm.stream_call(
                 model,
@@ -186,9 +194,17 @@ async def _call_model(
                 meta.call_timeout_s,
                 deltas.add,
                 sup.sim_metadata(th, attempt),
+                lag=sup.calls.lag,
+                tokenizer=sup.tokenizers.get(model),
                 **sup.project.model_settings(model).endpoint(),
             )
+            ended = True
         except llm.CallError as err:
+            failure = err
+        finally:
+            sup.calls.release(ended=ended)  # a call that ended well opens the gate
+        if failure is not None:
+            err = failure
             released = sup.ledger.release(res)
             th.reservation = None
             bus.emit(

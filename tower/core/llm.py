@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tower.core.admission import LoopLag, provider_timeout
 from tower.core.simprofiles import SIM_PROFILES, SimProfile, is_sim
 
 _litellm: Any = None
@@ -170,21 +171,58 @@ def prompt_bound(
 
 
 def counted_tokens(
-    model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, text: str
+    model: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    text: str,
+    tokenizer: Any = None,
 ) -> tuple[int, int]:
-    """(prompt, completion) tokens by litellm's tokenizer for the model (tiktoken when it
-    knows no other): for providers that send no usage, better than chars/4. Recorded as
-    estimated."""
+    """(prompt, completion) tokens by the model's tokenizer: the project's (`tokenizer =` a
+    Hugging Face tokenizer.json), else litellm's for the model (tiktoken when it knows no
+    other). For providers that send no usage; recorded as estimated."""
     litellm = load_litellm()
+    custom = {"custom_tokenizer": tokenizer} if tokenizer is not None else {}
     try:
-        prompt = int(litellm.token_counter(model=model, messages=messages, tools=tools))
+        prompt = int(litellm.token_counter(model=model, messages=messages, tools=tools, **custom))
     except Exception:
         prompt = estimate_tokens(messages, tools)
     try:
-        completion = int(litellm.token_counter(model=model, text=text)) if text else 0
+        completion = int(litellm.token_counter(model=model, text=text, **custom)) if text else 0
     except Exception:
         completion = text_tokens(text)
     return prompt, completion
+
+
+def load_tokenizer(path: str) -> Any:
+    """A Hugging Face tokenizer.json, or the tokenizer inside a GGUF model file, as
+    litellm's token_counter takes it; ValueError saying why when the file is neither."""
+    litellm = load_litellm()
+    try:
+        if path.lower().endswith(".gguf"):
+            from tower.core.gguf import tokenizer_json_from_gguf
+
+            text = tokenizer_json_from_gguf(path)  # its ValueErrors name the file
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a Hugging Face tokenizer.json (not UTF-8)") from None
+    try:
+        return litellm.create_tokenizer(text)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a Hugging Face tokenizer.json ({exc})") from None
+
+
+def provider_sent_usage(resp: Any) -> bool:
+    """Whether the provider itself reported usage in this stream. litellm fills in a usage
+    chunk of its own when the provider sends none (llama.cpp's server does not), counted with
+    whatever tokenizer it guesses; its stream wrapper keeps the provider's raw chunks."""
+    chunks = getattr(resp, "chunks", None)
+    if not isinstance(chunks, list):
+        return True  # not litellm's stream wrapper: its usage is the provider's
+    return any(getattr(c, "usage", None) is not None for c in chunks)
 
 
 def text_tokens(text: str) -> int:
@@ -578,8 +616,13 @@ async def stream_call(
     metadata: dict[str, Any] | None = None,
     api_base: str | None = None,
     api_key: str | None = None,
+    lag: LoopLag | None = None,
+    tokenizer: Any = None,
 ) -> CallResult:
-    """One streamed completion, under a hard timeout; raises CallError on any failure."""
+    """One streamed completion, under a hard timeout; raises CallError on any failure.
+
+    With `lag`, the timeout counts the provider's seconds: time the event loop was stalled by
+    tower's own load does not count against the call (see admission.provider_timeout)."""
     litellm = load_litellm()
     result = CallResult()
     started = time.monotonic()
@@ -588,8 +631,9 @@ async def stream_call(
     names: dict[int, str] = {}
     ids: dict[int, str] = {}
     usage: Any = None
+    reported = False
     try:
-        async with asyncio.timeout(timeout_s):
+        async with provider_timeout(timeout_s, lag):
             resp = await litellm.acompletion(
                 model=model,
                 messages=messages,
@@ -629,27 +673,29 @@ async def stream_call(
                             calls.setdefault(idx, []).append(fn.arguments)
                         else:
                             calls.setdefault(idx, [])
+            reported = usage is not None and (is_sim(model) or provider_sent_usage(resp))
     except asyncio.CancelledError:
         raise
     except BaseException as exc:  # litellm raises many unrelated types
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         raise read_error(exc, model, api_base) from None
-    if usage is not None:
-        read_usage(result, usage, model)
     result.text = "".join(parts)
     for idx in sorted(set(calls) | set(names)):
         result.tool_calls.append(
             ToolCall(ids.get(idx, f"call_{idx}"), names.get(idx, ""), "".join(calls.get(idx, [])))
         )
-    if usage is None and not is_sim(model):
-        # No usage in the stream (llama.cpp's server, some proxies): count with the model's
-        # tokenizer as litellm knows it, and say the figures are tower's own count.
+    if not reported and not is_sim(model):
+        # No usage from the provider (llama.cpp's server, some proxies): count with the
+        # model's tokenizer, price that, and say the figures are tower's own count.
         said = result.text + "".join(c.name + c.arguments for c in result.tool_calls)
-        result.prompt_tokens, result.completion_tokens = counted_tokens(
-            model, messages, tools, said
+        prompt, completion = counted_tokens(model, messages, tools, said, tokenizer)
+        usage = litellm.Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
         )
         result.usage_estimated = True
+    if usage is not None:
+        read_usage(result, usage, model)
     if not result.prompt_tokens:
         result.prompt_tokens = estimate_tokens(messages, tools)
     if not result.completion_tokens:

@@ -140,6 +140,10 @@ class BudgetSettings(_Strict):
 
 class LimitSettings(_Strict):
     max_concurrent: int = Field(default=16, ge=1, le=10_000)
+    # Model calls in flight adapt below max_concurrent to tower's own event-loop lag
+    # (tower/core/admission.py); `adaptive = false` admits up to max_concurrent at once.
+    adaptive: bool = True
+    target_lag_ms: float = Field(default=50.0, ge=1, le=10_000)
 
 
 class ModelSettings(_Strict):
@@ -159,6 +163,10 @@ class ModelSettings(_Strict):
     input_usd_per_mtok: float | None = Field(default=None, ge=0)
     output_usd_per_mtok: float | None = Field(default=None, ge=0)
     cached_input_usd_per_mtok: float | None = Field(default=None, ge=0)
+    # The model's own tokenizer (a Hugging Face tokenizer.json, or the GGUF file a llama.cpp
+    # server loads; relative to the project folder): counts tokens when the provider reports
+    # no usage (llama.cpp's server does not).
+    tokenizer: str | None = None
     faults: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -356,6 +364,11 @@ class Project(_Strict):
         # Asked on every model call: one shared (frozen) default, not a new model each time.
         return self.models.get(model, _NO_SETTINGS)
 
+    def tokenizer_path(self, model: str) -> Path | None:
+        """The model's tokenizer.json, if the project names one."""
+        rel = self.model_settings(model).tokenizer
+        return self.root / rel if rel else None
+
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The settings class that holds the last key of loc (to list what was expected)."""
@@ -440,6 +453,27 @@ def _scan(data: Any) -> list[str]:
                 f"{value.index(chr(0))}"
             )
     return problems
+
+
+def _tokenizer_problem(path: Path, given: str) -> str | None:
+    """Why `path` is not a Hugging Face tokenizer.json (read with `tokenizers`, the library
+    litellm counts with; imported only for a project that names a tokenizer)."""
+    from tokenizers import Tokenizer
+
+    if path.suffix.lower() == ".gguf":
+        from tower.core.gguf import tokenizer_json_from_gguf
+
+        try:
+            tokenizer_json_from_gguf(path)
+        except (OSError, ValueError) as exc:
+            return str(exc).replace(str(path), _show(given))  # the path as the file gives it
+        return None
+    try:
+        Tokenizer.from_file(str(path))
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"{_show(given)} is not a Hugging Face tokenizer.json ({first[:200]})"
+    return None
 
 
 def _workspace_problem(root: Path, rel: str) -> str | None:
@@ -557,11 +591,27 @@ def _cross_check(p: Project) -> list[str]:
                     f"agents[{i}].cascade[{j}]: unknown sim model {model!r}, "
                     f"expected one of {', '.join(SIM_PROFILES)}"
                 )
-    for name in p.models:
+    for name, ms in p.models.items():
         if is_sim(name) and name not in SIM_PROFILES:
             problems.append(
                 f"models.{name}: unknown sim model, expected one of {', '.join(SIM_PROFILES)}"
             )
+        if ms.tokenizer is not None:
+            bad = _bad_char(ms.tokenizer)
+            path = p.tokenizer_path(name)
+            if bad or not ms.tokenizer.strip():
+                problems.append(
+                    f"models.{name}.tokenizer: expected a file path, found {bad or 'nothing'}"
+                )
+            elif path is None or not path.is_file():
+                problems.append(
+                    f"models.{name}.tokenizer: no such file {_show(ms.tokenizer)} "
+                    f"(expected a tokenizer.json or a .gguf, relative to {p.root})"
+                )
+            else:
+                problem = _tokenizer_problem(path, ms.tokenizer)
+                if problem:
+                    problems.append(f"models.{name}.tokenizer: {problem}")
     servers = [m.name for m in p.mcp_servers]
     for i, server in enumerate(p.mcp_servers):
         if server.name in servers[:i]:

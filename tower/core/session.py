@@ -170,7 +170,15 @@ async def resume_headless(
             workspaces_dir=store.path.parent / "workspaces",
         )
         if state.all_ended and not sup.unspawned(state, events):
-            raise ResumeError(f"session {session} has no unfinished thread to resume")
+            if rows[session].status != "crashed":
+                raise ResumeError(f"session {session} has no unfinished thread to resume")
+            # Killed after its last thread ended, before its end was logged: the work is
+            # done, so resuming closes the log as the uninterrupted run would have.
+            await store.reopen_session(session)
+            store.start_writer(session)
+            bus.emit(EventKind.SESSION_ENDED, reason="finished")
+            await store.end_session(session, "clean")
+            return RunResult(summary(bus.state), bus.state, False, store.path)
         with _stop_signals() as stop:
             await sup.resume_session(events, model=model, origin=origin)
             stopped = await _run_until_idle(sup, stop, store)

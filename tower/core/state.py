@@ -49,6 +49,7 @@ class ThreadView:
     cost_usd: float = 0.0
     reserved_usd: float = 0.0
     lost_usd: float = 0.0  # calls a crash cut off, booked at their reservation
+    estimated_tokens: int = 0  # counted by tower: the provider sent no usage
     started: float | None = None
     ended: float | None = None
     tail: str = ""
@@ -83,6 +84,7 @@ class BudgetView:
     tokens: int = 0
     unpriced_tokens: int = 0  # used by models with no known price (counted, not costed)
     lost_usd: float = 0.0  # possibly billed: calls lost in a crash, at their reservation
+    estimated_tokens: int = 0  # counted with the model's tokenizer: no usage was reported
 
 
 @dataclass(slots=True)
@@ -152,9 +154,14 @@ def apply(state: TowerState, ev: Event) -> TowerState:
         state.budget.reserved_usd = _less(state.budget.reserved_usd, p["reserved_usd"])
         if not p.get("price_known", True):
             state.budget.unpriced_tokens += tokens
+        estimated = p["usage"].get("estimated", False)
+        if estimated:
+            state.budget.estimated_tokens += tokens
         if view is not None:
             view.cost_usd += cost
             view.tokens += tokens
+            if estimated:
+                view.estimated_tokens += tokens
             if not p.get("price_known", True):
                 view.unpriced = True
             view.reserved_usd = _less(view.reserved_usd, p["reserved_usd"])
@@ -326,6 +333,7 @@ def summary(state: TowerState) -> dict[str, Any]:
         "lost_usd": round(state.budget.lost_usd, 6),
         "budget_usd": state.budget.limit_usd,
         "tokens": state.budget.tokens,
+        "estimated_tokens": state.budget.estimated_tokens,
         "human_minutes": round(state.human_seconds / 60, 3),
         "blocked_minutes": round(state.blocked_seconds / 60, 3),
         "events": state.events,

@@ -22,11 +22,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tower.core import llm
+from tower.core.admission import CallGate
 from tower.core.budget import INF, Account, Ledger, Refusal, Reservation
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
 from tower.core.policy import Action, Rule, Verdict, decide, workspace_relative
-from tower.core.project import MCP_SEP, AgentSettings, CheckSettings, Project, TaskSettings
+from tower.core.project import (
+    MCP_SEP,
+    AgentSettings,
+    CheckSettings,
+    Project,
+    ProjectError,
+    TaskSettings,
+)
 from tower.core.ratelimit import RateWindow, Use
 from tower.core.simprofiles import SIM_PROFILES, is_sim
 from tower.core.state import TowerState
@@ -172,6 +180,7 @@ class Supervisor:
         self._idle.set()
         self._item_owner: dict[str, str] = {}
         self._exact_tokenizer: dict[str, bool] = {}
+        self.tokenizers: dict[str, Any] = {}  # the project's own, for usage-less providers
         self._prices: dict[str, llm.Price | None] = {}
         self._closing = False
         self._batch = False
@@ -183,6 +192,11 @@ class Supervisor:
         self._grant_ids = itertools.count(1)
         self._expiries: list[asyncio.TimerHandle] = []
         self.mcp: McpHub | None = None
+        lim = project.limits
+        # Calls in flight adapt to tower's own load; their timeouts count provider time.
+        self.calls = CallGate(
+            lim.max_concurrent, adaptive=lim.adaptive, target_lag_s=lim.target_lag_ms / 1000
+        )
         if approve is not None:
             bus.subscribe(self._auto_decide_soon)
 
@@ -192,6 +206,7 @@ class Supervisor:
         """Registers prices, records the session start, and spawns the project's tasks."""
         await asyncio.to_thread(llm.load_litellm)
         self._register_prices()
+        self.calls.start()
         p = self.project
         store = self.bus.store
         meta = {"seed": p.project.seed, "approve": self.approve_mode}
@@ -207,6 +222,7 @@ class Supervisor:
             if store is not None:
                 await store.end_session(self.session_id, "clean")
             self._closing = True
+            await self.calls.stop()
             raise
         if spawn_tasks:
             self._batch = True  # queue every task first, so priority decides who starts
@@ -266,6 +282,13 @@ class Supervisor:
                 )
         llm.register_prices(given)  # a real model the project prices: litellm agrees
         for model in self.project.all_models():
+            path = self.project.tokenizer_path(model)
+            if path is not None and model not in self.tokenizers:
+                try:
+                    self.tokenizers[model] = llm.load_tokenizer(str(path))
+                except ValueError as exc:  # changed since the project was checked
+                    raise ProjectError([f"models.{model}.tokenizer: {exc}"]) from None
+        for model in self.project.all_models():
             self._prices[model] = llm.model_price(model)
 
     async def resume_session(
@@ -280,6 +303,7 @@ class Supervisor:
 
         await asyncio.to_thread(llm.load_litellm)
         self._register_prices()
+        self.calls.start()
         state = self.bus.state
         store = self.bus.store
         if not any(e.kind is EventKind.SESSION_STARTED for e in events):
@@ -456,6 +480,16 @@ class Supervisor:
             self._release(th)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.calls.stop()
+        gate = self.calls
+        log.info(
+            "call gate: limit %d, %d cuts, %d admitted, loop stalled %.1f s, worst lag %.0f ms",
+            gate.limit,
+            gate.aimd.cuts,
+            gate.admitted,
+            gate.lag.stalled,
+            gate.lag.worst_s * 1000,
+        )
         for handle in self._expiries:
             handle.cancel()
         if self.mcp is not None:
@@ -866,6 +900,18 @@ class Supervisor:
             await asyncio.sleep(delay)
         self.set_state(th, ThreadState.RUNNING)
         return window.record(time.monotonic(), tokens)
+
+    async def admit(self, th: ThreadRun) -> bool:
+        """Holds a call slot for `th` (waiting at the gate while tower is loaded); False if
+        the thread ended meanwhile. A pause asked for while waiting is honoured before the
+        call, without holding the slot."""
+        while True:
+            await self.calls.acquire()
+            if not th.pause_requested and th.escalation is None and not th.ended:
+                return True
+            self.calls.release(ended=False)
+            if not await self.checkpoint(th):
+                return False
 
     def next_call_id(self) -> str:
         return f"c{next(self._calls)}"

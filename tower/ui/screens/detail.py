@@ -36,8 +36,11 @@ def transcript_lines(ev: Event, expanded: bool = False) -> list[Text]:
     if k is EventKind.THREAD_SPAWNED:
         return [Text(f"task: {p.get('prompt', p.get('title', ''))}", style="bold")]
     if k is EventKind.LLM_FINISHED:
+        # "~": the provider sent no usage; tower counted with the model's tokenizer.
+        approx = "~" if p["usage"].get("estimated") else ""
         head = Text(
-            f"── step {p['step']} · {p['model']} · {tokens(p['usage']['total_tokens'])} tokens"
+            f"── step {p['step']} · {p['model']} · {approx}{tokens(p['usage']['total_tokens'])}"
+            f" tokens{' (estimated: no usage from the provider)' if approx else ''}"
             f" · {usd(p['cost_usd']) if p.get('price_known', True) else 'price unknown'} ──",
             style="dim",
         )
@@ -141,11 +144,12 @@ class ThreadScreen(Screen[None]):
             self._write(log, ev, follow)
             if ev.kind is EventKind.LLM_FINISHED:
                 p = ev.payload
+                approx = "~" if p["usage"].get("estimated") else ""
                 table.add_row(
                     str(p["step"]),
                     p["model"],
-                    str(p["usage"]["prompt_tokens"]),
-                    str(p["usage"]["completion_tokens"]),
+                    f"{approx}{p['usage']['prompt_tokens']}",
+                    f"{approx}{p['usage']['completion_tokens']}",
                     usd(p["cost_usd"]),
                     f"{p.get('seconds', 0):.2f}",
                 )
