@@ -16,6 +16,13 @@ threads done, peak RSS and CPU seconds of the run. The last lines are ratios aga
 first configuration of the same run.
 
     python bench/scale.py [--threads 10000] [--configs fixed,adaptive] [--pythonpath DIR]
+
+Measured on 2026-11-30 (2 cores; legacy = the release before the call gate, a worktree at
+27eb4a9 given as --pythonpath), 10,000 threads, 30,000 calls each run:
+
+    legacy:   176.9 calls/s, call p50 48.1 s, p95 54.8 s, 1,932 timeouts
+    fixed:    181.8 calls/s, call p50 46.8 s, p95 55.8 s, 0 timeouts (provider-time timeouts)
+    adaptive: 192.3 calls/s, call p50 0.42 s, p95 1.50 s, 0 timeouts
 """
 
 from __future__ import annotations

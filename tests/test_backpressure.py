@@ -276,3 +276,42 @@ def test_the_limits_keys_are_checked(tmp_path) -> None:
     with pytest.raises(ProjectError) as err:
         load_project(root)
     assert "adaptive" in str(err.value)
+
+
+# --- on screen ----------------------------------------------------------------------------
+
+SLOW = """
+[project]
+name = "held"
+[limits]
+max_concurrent = 60
+[models."sim/small"]
+latency_s = 30
+tokens_per_s = 0
+[[agents]]
+name = "a"
+cascade = ["sim/small"]
+tools = ["finish"]
+[[tasks]]
+id = "t"
+agent = "a"
+prompt = "p {n}"
+repeat = 60
+[[tasks.script]]
+tool = "finish"
+args = { answer = "ok" }
+"""
+
+
+async def test_the_budget_bar_says_when_tower_holds_calls_back(tmp_path) -> None:
+    """60 threads may run, the gate starts at 32 calls: the other 28 threads are running but
+    their calls wait for tower, and the bar says how many, apart from any provider wait."""
+    from tests.test_tui import drawn, tower
+
+    async with tower(tmp_path, SLOW, files={}) as t:
+        gate = t.app.sup.calls
+        await t.until(lambda: gate.in_flight == START_LIMIT and gate.waiting == 28, "held")
+        bar = t.app.budget_bar
+        await t.until(lambda: "held back" in drawn(bar), "the bar redrawn")
+        assert f"calls {START_LIMIT} in flight, 28 held back (tower's load" in drawn(bar)
+        assert "60 running" in drawn(bar)

@@ -75,6 +75,7 @@ def test_sample_project_runs_headless_and_the_log_is_complete(name, tmp_path) ->
         "cost_usd",
         "budget_usd",
         "tokens",
+        "estimated_tokens",
         "events",
         "human_minutes",
         "blocked_minutes",

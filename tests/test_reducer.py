@@ -560,6 +560,7 @@ def test_summary_counts_and_fields() -> None:
         "lost_usd",
         "budget_usd",
         "tokens",
+        "estimated_tokens",
         "human_minutes",
         "blocked_minutes",
         "events",
@@ -570,6 +571,7 @@ def test_summary_counts_and_fields() -> None:
     assert s["cost_usd"] == round(expected_cost, 6)
     assert s["budget_usd"] == 3.0
     assert s["tokens"] == sum(100 + k + 7 for k in range(n))
+    assert s["estimated_tokens"] == 0  # every call's usage came from its provider
     assert s["events"] == len(log.events)
     assert st_.count(ThreadState.RUNNING) == 1
     assert st_.count(ThreadState.WAITING) == 1

@@ -52,7 +52,7 @@ from tower.ui.screens.help import HelpScreen
 from tower.ui.screens.policy import PolicyScreen
 from tower.ui.screens.sessions import SessionsScreen
 from tower.ui.themes import load_themes, theme_dirs, watch_file, watch_themes
-from tower.ui.widgets.budget import BudgetBar
+from tower.ui.widgets.budget import BudgetBar, CallsGate
 from tower.ui.widgets.inbox import InboxDetail, InboxList, counts_title, summary_of
 from tower.ui.widgets.panels import PanelGrid
 from tower.ui.widgets.rowlist import RowList
@@ -321,6 +321,15 @@ class TowerApp(App[int]):
     def state(self) -> TowerState:
         return self.bus.state if self.bus is not None else _EMPTY
 
+    def _gate(self) -> CallsGate | None:
+        """The call gate's counters (plain numbers the core thread updates; a frame may see
+        them one call apart, which a once-a-second figure can bear)."""
+        sup = self.sup
+        if sup is None:
+            return None
+        gate = sup.calls
+        return CallsGate(gate.in_flight, gate.waiting, gate.lag.lag_s)
+
     def on_mount(self) -> None:
         # The main screen's widgets, kept: other screens (detail, dialogs) come on top of it.
         self.threads_list = self.query_one(ThreadList)
@@ -542,7 +551,12 @@ class TowerApp(App[int]):
         inbox = self.inbox_list
         with self.state_lock(), self.batch_update():
             self.budget_bar.show(
-                state, self.burn.per_minute(), self.note, self.inbox_list.human_minutes_cap, now
+                state,
+                self.burn.per_minute(),
+                self.note,
+                self.inbox_list.human_minutes_cap,
+                now,
+                self._gate(),
             )
             if self._rows_dirty or (self._dirty and threads.sort_key in ("cost", "tokens")):
                 threads.rebuild()

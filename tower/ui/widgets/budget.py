@@ -3,6 +3,8 @@ tokens, human attention, and thread counts. Warning colour at 80 %, error at 100
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from rich.text import Text
 from textual.widgets import Static
 
@@ -26,6 +28,14 @@ def bar(spent: float, reserved: float, limit: float | None, width: int = BAR_WID
     return text
 
 
+class CallsGate(NamedTuple):
+    """What the call gate (core/admission.py) is doing, read once per frame."""
+
+    in_flight: int
+    waiting: int
+    lag_s: float
+
+
 class BudgetBar(Static):
     DEFAULT_CSS = """
     BudgetBar {
@@ -43,8 +53,10 @@ class BudgetBar(Static):
         note: str = "",
         cap: float | None = None,
         now: float | None = None,
+        gate: CallsGate | None = None,
     ) -> None:
-        """`cap`: the project's attention budget in minutes (`[budget] human_minutes`)."""
+        """`cap`: the project's attention budget in minutes (`[budget] human_minutes`).
+        `gate`: the call gate, when calls wait at it (tower is holding them back)."""
         b = state.budget
         level = budget_level(b.spent_usd, b.reserved_usd, b.limit_usd)
         self.set_class(level == "warning", "-warning")
@@ -101,6 +113,12 @@ class BudgetBar(Static):
         )
         if state.inbox:
             line2.append(f" · inbox {len(state.inbox)}", style="bold")
+        if gate is not None and gate.waiting:
+            # Running threads whose next call waits for tower itself, not for a provider.
+            line2.append(
+                f" · calls {gate.in_flight:,} in flight, {gate.waiting:,} held back"
+                f" (tower's load: lag {gate.lag_s * 1000:.0f} ms)"
+            )
         if note:
             line2.append(f" · {note}", style="italic")
         self.update(Text("\n").join([line1, line2]), layout=False)  # fixed height: no layout
