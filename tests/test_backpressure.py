@@ -78,6 +78,27 @@ def test_the_limit_never_passes_max_concurrent() -> None:
 # --- the gate -----------------------------------------------------------------------------
 
 
+async def test_the_gate_admits_by_priority_then_spawn_order_then_arrival() -> None:
+    gate = CallGate(1, adaptive=False)
+    await gate.acquire()
+    admitted: list[str] = []
+
+    async def call(name: str, key: tuple[int, int]) -> None:
+        await gate.acquire(key)
+        admitted.append(name)
+        gate.release()
+
+    tasks = [
+        asyncio.create_task(call(name, key))
+        for name, key in [("late", (0, 9)), ("urgent", (-5, 7)), ("early", (0, 1)), ("b", (0, 9))]
+    ]
+    while gate.waiting < 4:
+        await asyncio.sleep(0)
+    gate.release()
+    await asyncio.gather(*tasks)
+    assert admitted == ["urgent", "early", "late", "b"]
+
+
 async def test_the_gate_admits_up_to_its_limit_in_arrival_order() -> None:
     gate = CallGate(4, adaptive=False)
     order: list[int] = []
@@ -313,5 +334,5 @@ async def test_the_budget_bar_says_when_tower_holds_calls_back(tmp_path) -> None
         await t.until(lambda: gate.in_flight == START_LIMIT and gate.waiting == 28, "held")
         bar = t.app.budget_bar
         await t.until(lambda: "held back" in drawn(bar), "the bar redrawn")
-        assert f"calls {START_LIMIT} in flight, 28 held back (tower's load" in drawn(bar)
+        assert f"28 calls held back by tower, {START_LIMIT} in flight (lag" in drawn(bar)
         assert "60 running" in drawn(bar)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+import heapq
+import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -152,7 +153,10 @@ async def provider_timeout(seconds: float, lag: LoopLag | None) -> AsyncIterator
 
 
 class CallGate:
-    """Admits model calls up to the AIMD limit, first come first served."""
+    """Admits model calls up to the AIMD limit, in the scheduler's order: higher priority
+    first, then the thread spawned first. (First come first served would move every thread
+    one step at a time in lockstep: with 3,000 threads, none would finish until all had
+    almost finished. In spawn order, threads finish as they would with fewer at once.)"""
 
     def __init__(
         self, max_limit: int, *, adaptive: bool = True, target_lag_s: float = TARGET_LAG_S
@@ -164,17 +168,13 @@ class CallGate:
         self.lag = LoopLag(self._sample if adaptive else None)
         self.in_flight = 0
         self.admitted = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.waiting = 0  # calls waiting for room (a plain int the UI's thread may read)
+        self._heap: list[tuple[tuple[int, int], int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
 
     @property
     def limit(self) -> int:
         return self.aimd.allowed
-
-    @property
-    def waiting(self) -> int:
-        """Calls waiting for room: O(1), and safe to read from another thread (the UI's):
-        a cancelled waiter leaves the queue as it is cancelled."""
-        return len(self._waiters)
 
     def start(self) -> None:
         self.lag.start()
@@ -185,22 +185,24 @@ class CallGate:
     def _sample(self, lag_s: float, now: float) -> None:
         self.aimd.sample(lag_s, now)
 
-    async def acquire(self) -> None:
-        """Waits for room (cancel-safe: a cancelled waiter holds nothing)."""
-        if self.in_flight < self.limit and not self._waiters:
+    async def acquire(self, key: tuple[int, int] = (0, 0)) -> None:
+        """Waits for room; `key` orders the waiters, lowest first (-priority, spawn order).
+        Cancel-safe: a cancelled waiter holds nothing."""
+        if self.in_flight < self.limit and not self.waiting:
             self.in_flight += 1
             self.admitted += 1
             return
         fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        heapq.heappush(self._heap, (key, next(self._arrivals), fut))
+        self.waiting += 1
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.release(ended=False)  # admitted as it was cancelled: hand the slot on
             else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(fut)
+                fut.cancel()  # left in the heap, skipped when it comes up
+                self.waiting -= 1
             raise
 
     def release(self, ended: bool = True) -> None:
@@ -211,10 +213,11 @@ class CallGate:
         self._wake()
 
     def _wake(self) -> None:
-        while self._waiters and self.in_flight < self.limit:
-            fut = self._waiters.popleft()
+        while self._heap and self.in_flight < self.limit:
+            _key, _n, fut = heapq.heappop(self._heap)
             if fut.done():
-                continue
+                continue  # cancelled while waiting (already uncounted)
+            self.waiting -= 1
             self.in_flight += 1
             self.admitted += 1
             fut.set_result(None)

@@ -906,7 +906,7 @@ class Supervisor:
         the thread ended meanwhile. A pause asked for while waiting is honoured before the
         call, without holding the slot."""
         while True:
-            await self.calls.acquire()
+            await self.calls.acquire((-th.priority, th.order))
             if not th.pause_requested and th.escalation is None and not th.ended:
                 return True
             self.calls.release(ended=False)

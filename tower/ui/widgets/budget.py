@@ -116,8 +116,8 @@ class BudgetBar(Static):
         if gate is not None and gate.waiting:
             # Running threads whose next call waits for tower itself, not for a provider.
             line2.append(
-                f" · calls {gate.in_flight:,} in flight, {gate.waiting:,} held back"
-                f" (tower's load: lag {gate.lag_s * 1000:.0f} ms)"
+                f" · {gate.waiting:,} calls held back by tower, {gate.in_flight:,} in flight"
+                f" (lag {gate.lag_s * 1000:.0f} ms)"
             )
         if note:
             line2.append(f" · {note}", style="italic")
