@@ -228,3 +228,47 @@ async def _snapshot_seqs(store: Store, session: str):
     ) as cur:
         async for (seq,) in cur:
             yield seq
+
+
+async def test_a_snapshot_of_another_state_shape_is_rebuilt_not_misread(tmp_path, monkeypatch):
+    """Seeking reads a snapshot of the current shape (a marked one shows through), and
+    ignores one written for another shape (an older release's), folding from the start."""
+    import sqlite3
+    import zlib
+
+    import tower.core.bus
+    from tower.core.state import STATE_VERSION
+
+    monkeypatch.setattr(tower.core.bus, "SNAPSHOT_EVERY", 20)
+    db = tmp_path / "t.db"
+    result = await run_headless(load_project(REPO / "sample_projects" / "tax_return"), db, "all")
+    session = result.summary["session"]
+
+    def mark(version: int | None) -> None:
+        with sqlite3.connect(db) as conn:
+            (blob,) = conn.execute(
+                "SELECT state FROM snapshots WHERE session = ? AND seq = 40", (session,)
+            ).fetchone()
+            data = json.loads(zlib.decompress(blob))
+            assert data["state_version"] == STATE_VERSION
+            data["budget"]["spent_usd"] = 123.0  # a value no fold gives
+            if version is None:
+                del data["state_version"]  # as releases before versioned snapshots wrote
+            else:
+                data["state_version"] = version
+            conn.execute(
+                "UPDATE snapshots SET state = ? WHERE session = ? AND seq = 40",
+                (zlib.compress(json.dumps(data).encode()), session),
+            )
+
+    store = await Store.open(db)
+    try:
+        events = [ev async for ev in store.events(session)]
+        truth = state_to_dict(fold(events[:45]))
+        mark(STATE_VERSION)
+        assert (await state_at(store, session, 45)).budget.spent_usd >= 123.0  # it was read
+        for other in (None, STATE_VERSION - 1, STATE_VERSION + 1):
+            mark(other)
+            assert state_to_dict(await state_at(store, session, 45)) == truth, other
+    finally:
+        await store.close()

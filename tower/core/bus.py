@@ -23,7 +23,7 @@ from tower.core.secrets import (
     secrets_for_project,
     secrets_from_env,
 )
-from tower.core.state import TowerState, apply, state_to_dict
+from tower.core.state import TowerState, apply, snapshot_of
 from tower.core.store import Store
 
 log = logging.getLogger("tower.bus")
@@ -137,7 +137,7 @@ class Bus:
             if self.seq % SNAPSHOT_EVERY == 0:
                 # Replay seeks from the nearest snapshot instead of folding from event 1.
                 with self.lock:
-                    snapshot = json.dumps(state_to_dict(self.state), separators=(",", ":"))
+                    snapshot = json.dumps(snapshot_of(self.state), separators=(",", ":"))
                 self.store.append_snapshot(self.seq, snapshot)
         for fn in self._subscribers:
             try:

@@ -13,7 +13,7 @@ from contextlib import aclosing
 from typing import Any, TextIO
 
 from tower.core.events import Event, EventKind
-from tower.core.state import TowerState, apply, state_from_dict, state_to_dict, summary
+from tower.core.state import TowerState, apply, state_from_snapshot, state_to_dict, summary
 from tower.core.store import Store, damaged
 
 
@@ -59,9 +59,9 @@ async def state_at(store: Store, session: str, at: int | None = None) -> TowerSt
     start = 0
     if at is not None:
         snap = await store.snapshot_before(session, at)
-        if snap is not None:
-            start, data = snap
-            state = state_from_dict(json.loads(data))
+        restored = state_from_snapshot(json.loads(snap[1])) if snap is not None else None
+        if snap is not None and restored is not None:
+            start, state = snap[0], restored
     async with aclosing(store.events(session, start)) as events:
         async for ev in events:
             if at is not None and ev.seq > at:

@@ -307,6 +307,27 @@ def state_to_dict(state: TowerState) -> dict[str, Any]:
     return out
 
 
+# The shape of TowerState in snapshots. Bump it when a field changes meaning or a new one
+# would be wrong at its default for events already folded: snapshots of another version are
+# not read (replay folds from the start instead), never misread.
+STATE_VERSION = 2
+
+
+def snapshot_of(state: TowerState) -> dict[str, Any]:
+    """A snapshot for the log: the state as data, with the version of its shape."""
+    return {"state_version": STATE_VERSION, **state_to_dict(state)}
+
+
+def state_from_snapshot(data: dict[str, Any]) -> TowerState | None:
+    """The state a snapshot holds, or None if it was written for another shape."""
+    if data.get("state_version") != STATE_VERSION:
+        return None
+    try:
+        return state_from_dict({k: v for k, v in data.items() if k != "state_version"})
+    except (TypeError, KeyError, ValueError):
+        return None  # a shape this version does not know after all: fold instead
+
+
 def state_from_dict(data: dict[str, Any]) -> TowerState:
     """The inverse of state_to_dict (snapshots for fast seeking)."""
     rest = {k: v for k, v in data.items() if k not in ("threads", "inbox", "budget")}
