@@ -286,7 +286,7 @@ async def test_budget_stop_asks_and_raise_lets_it_continue(live_factory) -> None
 async def test_budget_declined_fails_with_reason_budget(live_factory) -> None:
     live = await live_factory(project(BUDGET_TASK), FILES)
     await live.waiter.until(lambda: len(live.bus.state.inbox) == 1)
-    live.sup.decline(live.item_of("b"))
+    live.sup.deny(live.item_of("b"))  # on a budget item: declined
     await live.waiter.until(ended(live, "b"))
     assert live.view("b").state is ThreadState.FAILED and live.view("b").reason == "budget"
     assert live.sup.ledger.threads["b"].spent_usd <= 0.0005

@@ -127,10 +127,3 @@ class Ledger:
     @property
     def open_reservations(self) -> int:
         return len(self._open)
-
-
-def price_call(
-    prompt_tokens: int, completion_tokens: int, input_per_token: float, output_per_token: float
-) -> float:
-    """Cost of a call from token counts and per-token prices."""
-    return prompt_tokens * input_per_token + completion_tokens * output_per_token

@@ -70,7 +70,6 @@ class InboxKind(StrEnum):
     QUESTION = "question"  # the agent called ask_human
     BUDGET = "budget"  # the thread could not reserve its next call
     ESCALATION = "escalation"  # handed to the human (key or last model exhausted)
-    FAILURE = "failure"  # reserved for later issues: failed threads worth a look
 
 
 class Resolution(StrEnum):

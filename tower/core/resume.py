@@ -37,7 +37,6 @@ class ThreadPlan:
     pending: list[ToolCall] = field(default_factory=list)  # recorded calls without a result
     interrupted: set[str] = field(default_factory=set)  # ...of which the intent was logged
     guidance: list[str] = field(default_factory=list)  # comments not yet shown to the model
-    open_reservation: float = 0.0  # reserved by a call the crash cut off
     # Its `finish` succeeded but the crash came before the thread was marked done: it is
     # done with this answer (asking the model again would make a call the log never had).
     finished: str | None = None
@@ -80,7 +79,6 @@ def rebuild(events: list[Event], system_prompts: dict[str, str]) -> list[ThreadP
                 )
                 if note in plan.guidance:
                     plan.guidance.remove(note)
-            plan.open_reservation = p["reserved_usd"]
         elif kind is EventKind.LLM_FINISHED:
             msg: dict[str, Any] = {"role": "assistant", "content": p.get("text") or None}
             if p.get("tool_calls"):
@@ -88,11 +86,8 @@ def rebuild(events: list[Event], system_prompts: dict[str, str]) -> list[ThreadP
             plan.messages.append(msg)
             plan.steps = p["step"]
             plan.model = p["model"]
-            plan.open_reservation = 0.0
             last_calls[tid] = p.get("tool_calls") or []
             called[tid], results[tid] = set(), set()
-        elif kind is EventKind.LLM_FAILED:
-            plan.open_reservation = 0.0
         elif kind is EventKind.TOOL_CALLED:
             called[tid].add(p["call_id"])
             if p.get("tool") == "finish":

@@ -529,14 +529,6 @@ class Store:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    async def resolve_session(self, prefix: str) -> str | None:
-        async with self._conn.execute(
-            "SELECT id FROM sessions WHERE substr(id, 1, ?) = ? ORDER BY started",
-            (len(prefix), prefix),
-        ) as cur:
-            ids = [r[0] async for r in cur]
-        return ids[0] if len(ids) == 1 else None
-
     async def _select(
         self,
         where: str,
@@ -643,10 +635,6 @@ class Store:
     def events(self, session: str, after_seq: int = 0, limit: int = -1) -> AsyncIterator[Event]:
         """A session's events in order, after a sequence number (replay, export)."""
         return self._select("session = ? AND seq > ?", (session, after_seq), limit, after_seq)
-
-    def events_of_kinds(self, session: str, kinds: tuple[str, ...]) -> AsyncIterator[Event]:
-        marks = ", ".join("?" for _ in kinds)
-        return self._select(f"session = ? AND kind IN ({marks})", (session, *kinds))
 
     async def seq_at_time(self, session: str, ts: float) -> int:
         """The last event at or before time `ts` (0 before the first)."""

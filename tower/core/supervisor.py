@@ -1114,9 +1114,6 @@ class Supervisor:
         resolution = Resolution.DECLINED if kind is InboxKind.BUDGET else Resolution.DENIED
         self._decide(item, Decision(resolution, by, comment, None, attention_s, batch))
 
-    def decline(self, item: str, by: str = "human") -> None:
-        self.deny(item, by=by)
-
     def reply(
         self,
         target: str,

@@ -23,7 +23,6 @@ KIND_LABEL = {
     InboxKind.QUESTION: "question",
     InboxKind.BUDGET: "budget",
     InboxKind.ESCALATION: "handoff",
-    InboxKind.FAILURE: "failure",
 }
 
 KIND_W = 12  # "16× approve?"
@@ -35,7 +34,6 @@ KEY_HINTS = {
     InboxKind.QUESTION: "r reply · d refuse to answer",
     InboxKind.BUDGET: "a raise by the suggested amount · b raise by… · d decline (thread fails)",
     InboxKind.ESCALATION: "r reply with guidance · a let it continue · d stop the thread",
-    InboxKind.FAILURE: "d dismiss",
 }
 
 
