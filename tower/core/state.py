@@ -7,18 +7,19 @@ place (copying thousands of threads per event would make a million-event replay 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tower.core import payloads as pl
 from tower.core.events import (
     ENDED_STATES,
     Event,
-    EventKind,
     InboxKind,
     Resolution,
     ThreadState,
 )
+from tower.core.payloads import payload_of
 
 TAIL_CHARS = 4000
 
@@ -126,169 +127,250 @@ def _short(args: Any, limit: int = 60) -> str:
 
 
 def apply(state: TowerState, ev: Event) -> TowerState:
-    """Folds one event into the state and returns it."""
+    """Folds one event into the state and returns it: the typed payload goes to its kind's
+    own function below."""
     state.events += 1
     state.last_seq = ev.seq
     state.last_ts = ev.ts
-    p = ev.payload
-    kind = ev.kind
+    data = payload_of(ev)
     view = state.threads.get(ev.thread) if ev.thread is not None else None
-
-    if kind is EventKind.LLM_DELTA:
-        if view is not None:
-            _append_tail(view, p["text"])
-    elif kind is EventKind.LLM_STARTED:
-        if view is not None:
-            view.step = p["step"]
-            view.model = p["model"]
-            view.reserved_usd += p["reserved_usd"]
-            view.current_tool = None
-            if view.tail:
-                _append_tail(view, "\n")
-        state.budget.reserved_usd += p["reserved_usd"]
-    elif kind is EventKind.LLM_FINISHED:
-        cost = p["cost_usd"]
-        tokens = p["usage"]["total_tokens"]
-        state.budget.spent_usd += cost
-        state.budget.tokens += tokens
-        state.budget.reserved_usd = _less(state.budget.reserved_usd, p["reserved_usd"])
-        if not p.get("price_known", True):
-            state.budget.unpriced_tokens += tokens
-        estimated = p["usage"].get("estimated", False)
-        if estimated:
-            state.budget.estimated_tokens += tokens
-        if view is not None:
-            view.cost_usd += cost
-            view.tokens += tokens
-            if estimated:
-                view.estimated_tokens += tokens
-            if not p.get("price_known", True):
-                view.unpriced = True
-            view.reserved_usd = _less(view.reserved_usd, p["reserved_usd"])
-    elif kind is EventKind.LLM_FAILED:
-        state.budget.reserved_usd = _less(state.budget.reserved_usd, p["released_usd"])
-        if view is not None:
-            view.reserved_usd = _less(view.reserved_usd, p["released_usd"])
-            if p.get("error") != "cancelled":
-                view.errors += 1
-                _append_tail(view, f"\n[error] {p['error']}")
-    elif kind is EventKind.LLM_LOST:
-        lost = p["usd"]
-        state.budget.reserved_usd = _less(state.budget.reserved_usd, lost)
-        state.budget.lost_usd += lost
-        if view is not None:
-            view.reserved_usd = _less(view.reserved_usd, lost)
-            view.lost_usd += lost
-            _append_tail(view, f"\n[lost in a crash: possibly billed ${lost:.6f}]")
-    elif kind is EventKind.TOOL_CALLED:
-        if view is not None:
-            view.current_tool = f"{p['tool']}({_short(p['args'])})"
-            view.tool_calls += 1
-    elif kind is EventKind.TOOL_RESULT:
-        if view is not None:
-            view.current_tool = None
-    elif kind is EventKind.THREAD_STATE:
-        if view is not None:
-            new = ThreadState(p["state"])
-            view.state = new
-            view.reason = p.get("reason", "")
-            if new is ThreadState.RUNNING and view.started is None:
-                view.started = ev.ts
-            if new in ENDED_STATES:
-                view.ended = ev.ts
-                view.current_tool = None
-                if "answer" in p:
-                    view.answer = p["answer"]
-    elif kind is EventKind.INBOX_OPENED:
-        item = InboxItem(p["item"], ev.thread or "", InboxKind(p["kind"]), ev.ts, p)
-        state.inbox[item.id] = item
-        if view is not None:
-            view.pending += 1
-            view.items += 1
-    elif kind is EventKind.INBOX_CLOSED:
-        item = state.inbox.pop(p["item"], None)
-        if item is not None:
-            if view is not None:
-                view.pending = max(view.pending - 1, 0)
-            if p.get("by") == "human" and p["resolution"] != Resolution.DROPPED:
-                # Two different costs: how long the thread was blocked on the person, and
-                # how long the person actually spent deciding (measured by the UI).
-                waited = max(ev.ts - item.created, 0.0)
-                spent = float(p.get("attention_s") or 0.0)
-                state.blocked_seconds += waited
-                state.human_seconds += spent
-                if p.get("batch") in (None, p["item"]):  # one key on a group: one decision
-                    state.decisions += 1
-                if view is not None:
-                    view.blocked_seconds += waited
-                    view.human_seconds += spent
-    elif kind is EventKind.ESCALATED:
-        if view is not None:
-            if p["to_model"] != "human":  # handed to the human: the model stays the same
-                view.model = p["to_model"]
-            view.escalations += 1
-    elif kind is EventKind.BUDGET_RAISED:
-        if p["scope"] == "session":
-            b = state.budget
-            if p.get("usd"):
-                b.limit_usd = (b.limit_usd or 0.0) + p["usd"]
-            if p.get("tokens"):
-                b.limit_tokens = (b.limit_tokens or 0) + p["tokens"]
-        elif view is not None:
-            if p.get("usd"):
-                view.budget_usd = (view.budget_usd or 0.0) + p["usd"]
-            if p.get("tokens"):
-                view.budget_tokens = (view.budget_tokens or 0) + p["tokens"]
-    elif kind is EventKind.THREAD_SPAWNED:
-        state.threads[ev.thread or ""] = ThreadView(
-            id=ev.thread or "",
-            agent=p["agent"],
-            task=p["task"],
-            title=p["title"],
-            cascade=list(p["cascade"]),
-            model=p["model"],
-            priority=p["priority"],
-            created=ev.ts,
-            budget_usd=p.get("budget_usd"),
-            budget_tokens=p.get("budget_tokens"),
-        )
-    elif kind is EventKind.SESSION_STARTED:
-        state.session = p["session"]
-        state.project = p["project"]
-        state.started = ev.ts
-        state.budget.limit_usd = p.get("budget_usd")
-        state.budget.limit_tokens = p.get("budget_tokens")
-        state.policy = list(p.get("policy") or [])
-    elif kind is EventKind.SESSION_ENDED:
-        state.ended = ev.ts
-        state.end_reason = p.get("reason")
-    elif kind is EventKind.SESSION_RESUMED:
-        state.ended = None
-        state.end_reason = None
-    elif kind is EventKind.CHECKED:
-        if view is not None:
-            view.checked = bool(p["passed"])
-            view.check_detail = str(p.get("detail", ""))
-            verdict = "passed" if p["passed"] else "failed"
-            detail = str(p.get("detail", ""))
-            note = f" {detail}" if detail and detail != verdict else ""
-            _append_tail(view, f"\n[check {verdict}]{note}")
-    elif kind is EventKind.POLICY_SET:
-        state.policy = list(p.get("policy") or [])
-    elif kind is EventKind.RULE_GRANTED:
-        state.grants[p["rule"]["id"]] = p["rule"]
-    elif kind is EventKind.RULE_ENDED:
-        state.grants.pop(p["rule"], None)
-    elif kind is EventKind.MCP_SERVER:
-        entry = state.mcp.setdefault(p["server"], {"tools": [], "restarts": 0})
-        entry["status"] = p["status"]
-        entry["detail"] = p.get("detail", "")
-        if "tools" in p:
-            entry["tools"] = list(p["tools"])
-        if p["status"] == "restarted":
-            entry["restarts"] += 1
-    # COMMENT events change nothing the overview shows; the transcript reads them.
+    handler = _APPLY.get(type(data))
+    if handler is not None:  # COMMENT changes nothing the overview shows
+        handler(state, ev, data, view)
     return state
+
+
+def _llm_delta(state: TowerState, ev: Event, p: pl.LlmDelta, view: ThreadView | None) -> None:
+    if view is not None:
+        _append_tail(view, p.text)
+
+
+def _llm_started(state: TowerState, ev: Event, p: pl.LlmStarted, view: ThreadView | None) -> None:
+    if view is not None:
+        view.step = p.step
+        view.model = p.model
+        view.reserved_usd += p.reserved_usd
+        view.current_tool = None
+        if view.tail:
+            _append_tail(view, "\n")
+    state.budget.reserved_usd += p.reserved_usd
+
+
+def _llm_finished(state: TowerState, ev: Event, p: pl.LlmFinished, view: ThreadView | None) -> None:
+    b = state.budget
+    tokens = p.usage.total_tokens
+    b.spent_usd += p.cost_usd
+    b.tokens += tokens
+    b.reserved_usd = _less(b.reserved_usd, p.reserved_usd)
+    if not p.price_known:
+        b.unpriced_tokens += tokens
+    if p.usage.estimated:
+        b.estimated_tokens += tokens
+    if view is not None:
+        view.cost_usd += p.cost_usd
+        view.tokens += tokens
+        if p.usage.estimated:
+            view.estimated_tokens += tokens
+        if not p.price_known:
+            view.unpriced = True
+        view.reserved_usd = _less(view.reserved_usd, p.reserved_usd)
+
+
+def _llm_failed(state: TowerState, ev: Event, p: pl.LlmFailed, view: ThreadView | None) -> None:
+    state.budget.reserved_usd = _less(state.budget.reserved_usd, p.released_usd)
+    if view is not None:
+        view.reserved_usd = _less(view.reserved_usd, p.released_usd)
+        if p.error != "cancelled":
+            view.errors += 1
+            _append_tail(view, f"\n[error] {p.error}")
+
+
+def _llm_lost(state: TowerState, ev: Event, p: pl.LlmLost, view: ThreadView | None) -> None:
+    state.budget.reserved_usd = _less(state.budget.reserved_usd, p.usd)
+    state.budget.lost_usd += p.usd
+    if view is not None:
+        view.reserved_usd = _less(view.reserved_usd, p.usd)
+        view.lost_usd += p.usd
+        _append_tail(view, f"\n[lost in a crash: possibly billed ${p.usd:.6f}]")
+
+
+def _tool_called(state: TowerState, ev: Event, p: pl.ToolCalled, view: ThreadView | None) -> None:
+    if view is not None:
+        view.current_tool = f"{p.tool}({_short(p.args)})"
+        view.tool_calls += 1
+
+
+def _tool_result(state: TowerState, ev: Event, p: pl.ToolResult, view: ThreadView | None) -> None:
+    if view is not None:
+        view.current_tool = None
+
+
+def _thread_state(
+    state: TowerState, ev: Event, p: pl.ThreadStateChanged, view: ThreadView | None
+) -> None:
+    if view is None:
+        return
+    new = ThreadState(p.state)
+    view.state = new
+    view.reason = p.reason
+    if new is ThreadState.RUNNING and view.started is None:
+        view.started = ev.ts
+    if new in ENDED_STATES:
+        view.ended = ev.ts
+        view.current_tool = None
+        if p.answer is not None:
+            view.answer = p.answer
+
+
+def _inbox_opened(state: TowerState, ev: Event, p: pl.InboxOpened, view: ThreadView | None) -> None:
+    # The item keeps the recorded payload whole: the inbox shows its kind's own fields.
+    item = InboxItem(p.item, ev.thread or "", InboxKind(p.kind), ev.ts, ev.payload)
+    state.inbox[item.id] = item
+    if view is not None:
+        view.pending += 1
+        view.items += 1
+
+
+def _inbox_closed(state: TowerState, ev: Event, p: pl.InboxClosed, view: ThreadView | None) -> None:
+    item = state.inbox.pop(p.item, None)
+    if item is None:
+        return
+    if view is not None:
+        view.pending = max(view.pending - 1, 0)
+    if p.by == "human" and p.resolution != Resolution.DROPPED:
+        # Two different costs: how long the thread was blocked on the person, and how long
+        # the person actually spent deciding (measured by the UI).
+        waited = max(ev.ts - item.created, 0.0)
+        spent = float(p.attention_s or 0.0)
+        state.blocked_seconds += waited
+        state.human_seconds += spent
+        if p.batch in (None, p.item):  # one key on a group: one decision
+            state.decisions += 1
+        if view is not None:
+            view.blocked_seconds += waited
+            view.human_seconds += spent
+
+
+def _escalated(state: TowerState, ev: Event, p: pl.Escalated, view: ThreadView | None) -> None:
+    if view is not None:
+        if p.to_model != "human":  # handed to the human: the model stays the same
+            view.model = p.to_model
+        view.escalations += 1
+
+
+def _budget_raised(
+    state: TowerState, ev: Event, p: pl.BudgetRaised, view: ThreadView | None
+) -> None:
+    if p.scope == "session":
+        b = state.budget
+        if p.usd:
+            b.limit_usd = (b.limit_usd or 0.0) + p.usd
+        if p.tokens:
+            b.limit_tokens = (b.limit_tokens or 0) + p.tokens
+    elif view is not None:
+        if p.usd:
+            view.budget_usd = (view.budget_usd or 0.0) + p.usd
+        if p.tokens:
+            view.budget_tokens = (view.budget_tokens or 0) + p.tokens
+
+
+def _thread_spawned(
+    state: TowerState, ev: Event, p: pl.ThreadSpawned, view: ThreadView | None
+) -> None:
+    state.threads[ev.thread or ""] = ThreadView(
+        id=ev.thread or "",
+        agent=p.agent,
+        task=p.task,
+        title=p.title,
+        cascade=list(p.cascade),
+        model=p.model,
+        priority=p.priority,
+        created=ev.ts,
+        budget_usd=p.budget_usd,
+        budget_tokens=p.budget_tokens,
+    )
+
+
+def _session_started(
+    state: TowerState, ev: Event, p: pl.SessionStarted, view: ThreadView | None
+) -> None:
+    state.session = p.session
+    state.project = p.project
+    state.started = ev.ts
+    state.budget.limit_usd = p.budget_usd
+    state.budget.limit_tokens = p.budget_tokens
+    state.policy = list(p.policy or [])
+
+
+def _session_ended(
+    state: TowerState, ev: Event, p: pl.SessionEnded, view: ThreadView | None
+) -> None:
+    state.ended = ev.ts
+    state.end_reason = p.reason
+
+
+def _session_resumed(
+    state: TowerState, ev: Event, p: pl.SessionResumed, view: ThreadView | None
+) -> None:
+    state.ended = None
+    state.end_reason = None
+
+
+def _checked(state: TowerState, ev: Event, p: pl.Checked, view: ThreadView | None) -> None:
+    if view is None:
+        return
+    view.checked = bool(p.passed)
+    view.check_detail = str(p.detail)
+    verdict = "passed" if p.passed else "failed"
+    note = f" {p.detail}" if p.detail and p.detail != verdict else ""
+    _append_tail(view, f"\n[check {verdict}]{note}")
+
+
+def _policy_set(state: TowerState, ev: Event, p: pl.PolicySet, view: ThreadView | None) -> None:
+    state.policy = list(p.policy or [])
+
+
+def _rule_granted(state: TowerState, ev: Event, p: pl.RuleGranted, view: ThreadView | None) -> None:
+    state.grants[p.rule["id"]] = p.rule
+
+
+def _rule_ended(state: TowerState, ev: Event, p: pl.RuleEnded, view: ThreadView | None) -> None:
+    state.grants.pop(p.rule, None)
+
+
+def _mcp_server(state: TowerState, ev: Event, p: pl.McpServer, view: ThreadView | None) -> None:
+    entry = state.mcp.setdefault(p.server, {"tools": [], "restarts": 0})
+    entry["status"] = p.status
+    entry["detail"] = p.detail
+    if p.tools is not None:
+        entry["tools"] = list(p.tools)
+    if p.status == "restarted":
+        entry["restarts"] += 1
+
+
+_APPLY: dict[type[pl.Payload], Callable[[TowerState, Event, Any, ThreadView | None], None]] = {
+    pl.LlmDelta: _llm_delta,
+    pl.LlmStarted: _llm_started,
+    pl.LlmFinished: _llm_finished,
+    pl.LlmFailed: _llm_failed,
+    pl.LlmLost: _llm_lost,
+    pl.ToolCalled: _tool_called,
+    pl.ToolResult: _tool_result,
+    pl.ThreadStateChanged: _thread_state,
+    pl.InboxOpened: _inbox_opened,
+    pl.InboxClosed: _inbox_closed,
+    pl.Escalated: _escalated,
+    pl.BudgetRaised: _budget_raised,
+    pl.ThreadSpawned: _thread_spawned,
+    pl.SessionStarted: _session_started,
+    pl.SessionEnded: _session_ended,
+    pl.SessionResumed: _session_resumed,
+    pl.Checked: _checked,
+    pl.PolicySet: _policy_set,
+    pl.RuleGranted: _rule_granted,
+    pl.RuleEnded: _rule_ended,
+    pl.McpServer: _mcp_server,
+}
 
 
 def fold(events: Iterable[Event], state: TowerState | None = None) -> TowerState:

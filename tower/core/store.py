@@ -24,6 +24,7 @@ import aiosqlite
 import platformdirs
 
 from tower.core.events import ENDED_STATES, Event, EventKind
+from tower.core.payloads import TYPES, required_fields
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -85,26 +86,9 @@ _COLUMNS = {
 _NEEDED = ("sessions", "events")  # snapshots are a cache: re-created when missing
 
 # Payload fields that reading a session back relies on (the reducer, resume, the printer).
+# What an event cannot be read without, per kind: the typed payloads' fields with no default.
 REQUIRED_FIELDS: dict[EventKind, tuple[str, ...]] = {
-    EventKind.SESSION_STARTED: ("session", "project"),
-    EventKind.THREAD_SPAWNED: ("agent", "task", "title", "cascade", "model", "priority"),
-    EventKind.THREAD_STATE: ("state",),
-    EventKind.LLM_STARTED: ("step", "model", "reserved_usd"),
-    EventKind.LLM_DELTA: ("text",),
-    EventKind.LLM_LOST: ("usd",),
-    EventKind.LLM_FINISHED: ("step", "model", "cost_usd", "usage", "reserved_usd"),
-    EventKind.LLM_FAILED: ("error", "released_usd"),
-    EventKind.TOOL_CALLED: ("call_id", "tool", "args"),
-    EventKind.TOOL_RESULT: ("call_id",),
-    EventKind.INBOX_OPENED: ("item", "kind"),
-    EventKind.INBOX_CLOSED: ("item", "resolution"),
-    EventKind.ESCALATED: ("from_model", "to_model"),
-    EventKind.CHECKED: ("passed",),
-    EventKind.BUDGET_RAISED: ("scope",),
-    EventKind.COMMENT: ("text",),
-    EventKind.RULE_GRANTED: ("rule",),
-    EventKind.RULE_ENDED: ("rule",),
-    EventKind.MCP_SERVER: ("server", "status"),
+    k: fields for k in TYPES if (fields := required_fields(k))
 }
 
 
@@ -604,7 +588,7 @@ class Store:
         if bad is not None:
             ses, seq, kind, payload, why = bad
             if why == "field":
-                fields = REQUIRED_FIELDS[EventKind(kind)]
+                fields = REQUIRED_FIELDS.get(EventKind(kind), ())
                 data = json.loads(payload)
                 absent = [f for f in fields if f not in data]
                 why = f"payload has no field {', '.join(map(repr, absent))}"

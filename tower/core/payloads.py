@@ -1,0 +1,343 @@
+"""Typed payloads: one frozen dataclass per event kind, with its version and upcasters.
+
+An event is stored as (seq, ts, kind, thread, payload JSON). Readers used to pick payload
+fields by string key, each with its own defaults; here every kind's fields are declared once,
+with the defaults older logs need, and `payload_of(event)` gives the typed view. The reducer
+(state.py) dispatches on these types, one small function per event, as the `eventsourcing`
+library's aggregates do.
+
+Versions: a payload is stored with `"v": N` only when its type's VERSION is above 1, so every
+log written so far reads as version 1. When a field is renamed or changes meaning, bump the
+type's VERSION and register an upcaster from the old version: `payload_of` runs the chain
+on read, so the reducer, replay and export only ever see the current shape. A field that is
+merely added needs a default here, not a version.
+
+Fields a kind carries for some of its events only (an inbox item's kind-specific data, a
+verdict's rule) are kept in `extra`, so nothing recorded is lost on the way through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from tower.core.events import Event, EventKind
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    KIND: ClassVar[EventKind]
+    VERSION: ClassVar[int] = 1
+
+    extra: dict[str, Any] = field(default_factory=dict, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted(Payload):
+    KIND = EventKind.SESSION_STARTED
+    session: str
+    project: str
+    project_dir: str = ""
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
+    max_concurrent: int | None = None
+    seed: int | None = None
+    approve: str | None = None
+    policy: list[dict[str, Any]] = field(default_factory=list)
+    # Logs before resumable spawning lack it: they meant to run every task.
+    spawn_tasks: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded(Payload):
+    KIND = EventKind.SESSION_ENDED
+    reason: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionResumed(Payload):
+    KIND = EventKind.SESSION_RESUMED
+    threads: list[str] = field(default_factory=list)
+    pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadSpawned(Payload):
+    KIND = EventKind.THREAD_SPAWNED
+    agent: str
+    task: str
+    title: str
+    cascade: list[str]
+    model: str
+    priority: int
+    prompt: str | None = None
+    max_steps: int | None = None
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadStateChanged(Payload):
+    KIND = EventKind.THREAD_STATE
+    state: str
+    reason: str = ""
+    answer: str | None = None  # on an ending with an answer
+
+
+@dataclass(frozen=True, slots=True)
+class LlmStarted(Payload):
+    KIND = EventKind.LLM_STARTED
+    step: int
+    model: str
+    reserved_usd: float
+    call: str | None = None
+    attempt: int = 0
+    prompt_tokens_est: int = 0
+    max_tokens: int = 0
+    reserved_tokens: int = 0
+    guidance: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class LlmDelta(Payload):
+    KIND = EventKind.LLM_DELTA
+    text: str
+    call: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A call's token counts; `estimated`: counted by tower, the provider sent none."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LlmFinished(Payload):
+    KIND = EventKind.LLM_FINISHED
+    step: int
+    model: str
+    cost_usd: float
+    usage: Usage
+    reserved_usd: float
+    call: str | None = None
+    text: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    price_known: bool = True  # logs before unknown prices were told apart: known
+    seconds: float = 0.0
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LlmFailed(Payload):
+    KIND = EventKind.LLM_FAILED
+    error: str
+    released_usd: float
+    call: str | None = None
+    step: int = 0
+    model: str = ""
+    retryable: bool = False
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LlmLost(Payload):
+    KIND = EventKind.LLM_LOST
+    usd: float
+    model: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCalled(Payload):
+    KIND = EventKind.TOOL_CALLED
+    call_id: str
+    tool: str
+    args: Any
+    reason: str = ""
+    policy: str | None = None  # the verdict that let it run, when the policy was asked
+    rule_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult(Payload):
+    KIND = EventKind.TOOL_RESULT
+    call_id: str
+    tool: str = ""
+    ok: bool = True
+    result: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InboxOpened(Payload):
+    """An item for the person; its kind's own fields (tool and args, question, amounts)
+    are in `extra`, as the inbox shows them."""
+
+    KIND = EventKind.INBOX_OPENED
+    item: str
+    kind: str
+    cost_so_far: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InboxClosed(Payload):
+    KIND = EventKind.INBOX_CLOSED
+    item: str
+    resolution: str
+    by: str = "human"
+    text: str | None = None
+    args: dict[str, Any] | None = None
+    attention_s: float | None = None  # the person's time on it (from the UI)
+    waited_s: float | None = None
+    batch: str | None = None  # one key decided several items: the first item's id
+
+
+@dataclass(frozen=True, slots=True)
+class Escalated(Payload):
+    KIND = EventKind.ESCALATED
+    from_model: str
+    to_model: str
+    trigger: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Checked(Payload):
+    KIND = EventKind.CHECKED
+    passed: bool
+    detail: str = ""
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRaised(Payload):
+    KIND = EventKind.BUDGET_RAISED
+    scope: str
+    usd: float | None = None
+    tokens: int | None = None
+    by: str = "human"
+
+
+@dataclass(frozen=True, slots=True)
+class Comment(Payload):
+    KIND = EventKind.COMMENT
+    text: str
+    by: str = "human"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet(Payload):
+    KIND = EventKind.POLICY_SET
+    policy: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleGranted(Payload):
+    KIND = EventKind.RULE_GRANTED
+    rule: dict[str, Any]
+    minutes: float | None = None
+    by: str = "human"
+    item: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleEnded(Payload):
+    KIND = EventKind.RULE_ENDED
+    rule: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class McpServer(Payload):
+    KIND = EventKind.MCP_SERVER
+    server: str
+    status: str
+    detail: str = ""
+    tools: list[str] | None = None
+
+
+TYPES: dict[EventKind, type[Payload]] = {
+    t.KIND: t
+    for t in (
+        SessionStarted,
+        SessionEnded,
+        SessionResumed,
+        ThreadSpawned,
+        ThreadStateChanged,
+        LlmStarted,
+        LlmDelta,
+        LlmFinished,
+        LlmFailed,
+        LlmLost,
+        ToolCalled,
+        ToolResult,
+        InboxOpened,
+        InboxClosed,
+        Escalated,
+        Checked,
+        BudgetRaised,
+        Comment,
+        PolicySet,
+        RuleGranted,
+        RuleEnded,
+        McpServer,
+    )
+}
+
+# (kind, version read) → a function turning that version's payload into the next one's.
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+UPCASTERS: dict[tuple[EventKind, int], Upcaster] = {}
+
+
+def required_fields(kind: EventKind) -> tuple[str, ...]:
+    """The fields an event of this kind cannot be read without (no default)."""
+    return tuple(
+        f.name
+        for f in dataclasses.fields(TYPES[kind])
+        if f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and f.name != "extra"
+    )
+
+
+_FIELDS: dict[type[Payload], frozenset[str]] = {
+    t: frozenset(f.name for f in dataclasses.fields(t) if f.name != "extra") for t in TYPES.values()
+}
+
+
+def upcast(kind: EventKind, data: dict[str, Any]) -> dict[str, Any]:
+    """The payload in its type's current shape (the chain of upcasters from its "v")."""
+    version = data.get("v", 1)
+    current = TYPES[kind].VERSION
+    while version < current:
+        data = UPCASTERS[(kind, version)](dict(data))
+        version += 1
+    return data
+
+
+def payload_of(ev: Event) -> Payload:
+    """The typed view of an event's payload. KeyError/TypeError on a damaged one (a field
+    it cannot do without is missing); the store checks logs for that before folding."""
+    cls = TYPES[ev.kind]
+    data = upcast(ev.kind, ev.payload) if "v" in ev.payload or cls.VERSION > 1 else ev.payload
+    for name in _REQUIRED[cls]:
+        if name not in data:
+            raise KeyError(name)  # as a dict read would: "payload has no field ..."
+    known = _FIELDS[cls]
+    args = {k: v for k, v in data.items() if k in known}
+    if cls is LlmFinished:
+        args["usage"] = Usage(**{k: v for k, v in data["usage"].items() if k in _USAGE})
+    extra = {k: v for k, v in data.items() if k not in known and k != "v"}
+    return cls(**args, extra=extra)
+
+
+_USAGE = frozenset(f.name for f in dataclasses.fields(Usage))
+_REQUIRED = {t: required_fields(t.KIND) for t in TYPES.values()}
