@@ -424,3 +424,49 @@ async def test_a_crash_at_every_event_boundary_resumes_to_the_uninterrupted_outc
         assert max(calls.values()) == 1, (k, calls)  # no recorded call made again
         spawned = [e.thread for e in after if e.kind is EventKind.THREAD_SPAWNED]
         assert sorted(spawned) == ["t-1", "t-2", "t-3"], (k, spawned)
+
+
+TEXT_ANSWER = """
+[[tasks]]
+id = "t"
+agent = "a"
+prompt = "What is right?"
+[tasks.check]
+answer_contains = ["right"]
+[[tasks.script]]
+say = "It is wrong."
+"""
+
+
+async def test_resume_sends_the_model_the_conversation_the_live_loop_sent(live_factory) -> None:
+    """A text answer failed its check: the live loop told the model why (a user message).
+    The conversation a resume rebuilds from the log, cut anywhere, is the live one up to
+    that point, that note included (both are the same fold of the thread's events)."""
+    from tests.test_escalation import ended, project
+    from tower.core.check import CHECK_FAILED
+    from tower.core.resume import rebuild
+
+    live = await live_factory(project(TEXT_ANSWER), approve="all")
+    await live.waiter.until(ended(live, "t"))
+    sent = live.sup.runs["t"].messages
+    notes = [m for m in sent if str(m.get("content") or "").startswith(CHECK_FAILED)]
+    assert notes and all(m["role"] == "user" for m in notes)
+    await live.store.flush()
+    events = [ev async for ev in live.store.events(live.sup.session_id)]
+    prompts = {a.name: a.system_prompt for a in live.project.agents}
+    checked = [i for i, ev in enumerate(events) if ev.kind is EventKind.CHECKED]
+    compared = 0
+    for cut in (checked[0] + 1, len(events) - 1):
+        ended_at = next(
+            (i for i, ev in enumerate(events[:cut]) if ev.kind is EventKind.THREAD_STATE
+             and ev.payload["state"] in ("done", "failed")),
+            None,
+        )  # fmt: skip
+        if ended_at is not None:
+            continue  # an ended thread is not resumed
+        (plan,) = rebuild(events[:cut], prompts)
+        rebuilt = plan.conversation.messages
+        assert rebuilt == sent[: len(rebuilt)], cut
+        assert any(str(m.get("content") or "").startswith(CHECK_FAILED) for m in rebuilt)
+        compared += 1
+    assert compared >= 1  # the cut after the failed check, at least, was resumable

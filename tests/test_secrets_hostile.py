@@ -88,8 +88,8 @@ def test_bus_redacts_a_key_split_across_deltas(pieces: list[str]) -> None:
     bus.emit(EventKind.LLM_STARTED, None, call="c1", step=1, model="m", reserved_usd=0.0)
     for piece in pieces:
         bus.emit(EventKind.LLM_DELTA, None, call="c1", text=piece)
-    bus.emit(EventKind.LLM_FINISHED, None, call="c1", text="".join(pieces), cost_usd=0.0,
-             usage={"total_tokens": 0}, reserved_usd=0.0)  # fmt: skip
+    bus.emit(EventKind.LLM_FINISHED, None, call="c1", step=1, model="m", text="".join(pieces),
+             cost_usd=0.0, usage={"total_tokens": 0}, reserved_usd=0.0)  # fmt: skip
     deltas = "".join(e.payload["text"] for e in seen if e.kind is EventKind.LLM_DELTA)
     assert deltas == f"Your key is [redacted {VAR}] and again:[redacted {VAR}]."
     for ev in seen:

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tower import __version__
-from tower.core.events import Event, EventKind, ThreadState
+from tower.core import payloads as pl
+from tower.core.events import Event, EventKind, InboxKind, ThreadState
+from tower.core.payloads import payload_of
 from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
 from tower.core.store import Store, StoreError
 
@@ -153,53 +155,73 @@ class _Printer:
         self.out = out
 
     def _line(self, ev: Event, text: str) -> None:
-        stamp = time.strftime("%H:%M:%S", time.localtime(ev.ts))
-        print(f"{stamp}  {ev.thread or '':<24} {text}", file=self.out)
+        print(f"{self._stamp(ev)}  {ev.thread or '':<24} {text}", file=self.out)
 
     def __call__(self, ev: Event) -> None:
-        p = ev.payload
-        if ev.kind is EventKind.ESCALATED:
-            trigger = f" ({p['trigger']})" if p.get("trigger") else ""
-            self._line(ev, f"escalated {p['from_model']} → {p['to_model']}{trigger}")
-        elif ev.kind is EventKind.CHECKED and not p.get("passed", True):
-            on = f" on {p['model']}" if p.get("model") else ""
-            self._line(ev, f"check failed{on}: {p.get('detail', '')}")
-        elif ev.kind is EventKind.INBOX_OPENED and p.get("kind") == "budget":
-            scope, reason = p.get("scope", ""), p.get("reason", "")
-            where = "" if not scope or reason.startswith(scope) else f" ({scope})"
-            self._line(ev, f"budget stop{where}: {reason}")
-        elif ev.kind is EventKind.THREAD_STATE:
-            state = ev.payload["state"]
-            reason = ev.payload.get("reason", "")
-            answer = ev.payload.get("answer")
-            line = f"{time.strftime('%H:%M:%S', time.localtime(ev.ts))}  {ev.thread:<24} {state:<8}"
-            if reason:
-                line += f" {reason}"
-            if answer and state == ThreadState.DONE:
-                short = " ".join(answer.split())
-                line += f" — {short[:100]}{'…' if len(short) > 100 else ''}"
-            print(line.rstrip(), file=self.out, flush=False)
-        elif ev.kind is EventKind.INBOX_CLOSED and ev.payload.get("by", "").startswith("rule"):
+        line = _PRINTED.get(pl.TYPES[ev.kind])
+        if line is not None:
+            line(self, ev, payload_of(ev))
+
+    def _stamp(self, ev: Event) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(ev.ts))
+
+    def _escalated(self, ev: Event, p: pl.Escalated) -> None:
+        trigger = f" ({p.trigger})" if p.trigger else ""
+        self._line(ev, f"escalated {p.from_model} → {p.to_model}{trigger}")
+
+    def _checked(self, ev: Event, p: pl.Checked) -> None:
+        if p.passed:
+            return
+        on = f" on {p.model}" if p.model else ""
+        self._line(ev, f"check failed{on}: {p.detail}")
+
+    def _inbox_opened(self, ev: Event, p: pl.InboxOpened) -> None:
+        if p.kind != InboxKind.BUDGET:
+            return
+        scope, reason = p.extra.get("scope", ""), p.reason
+        where = "" if not scope or reason.startswith(scope) else f" ({scope})"
+        self._line(ev, f"budget stop{where}: {reason}")
+
+    def _thread_state(self, ev: Event, p: pl.ThreadStateChanged) -> None:
+        line = f"{self._stamp(ev)}  {ev.thread:<24} {p.state:<8}"
+        if p.reason:
+            line += f" {p.reason}"
+        if p.answer and p.state == ThreadState.DONE:
+            short = " ".join(p.answer.split())
+            line += f" — {short[:100]}{'…' if len(short) > 100 else ''}"
+        print(line.rstrip(), file=self.out, flush=False)
+
+    def _inbox_closed(self, ev: Event, p: pl.InboxClosed) -> None:
+        if p.by.startswith("rule"):
             print(
-                f"{time.strftime('%H:%M:%S', time.localtime(ev.ts))}  {ev.thread:<24} "
-                f"inbox {ev.payload['item']} {ev.payload['resolution']} ({ev.payload['by']})",
+                f"{self._stamp(ev)}  {ev.thread:<24} inbox {p.item} {p.resolution} ({p.by})",
                 file=self.out,
             )
-        elif ev.kind is EventKind.TOOL_CALLED and ev.payload.get("policy") == "deny":
-            print(
-                f"{time.strftime('%H:%M:%S', time.localtime(ev.ts))}  {ev.thread:<24} "
-                f"refused {ev.payload['tool']} by {ev.payload.get('rule', 'policy')}",
-                file=self.out,
-            )
-        elif ev.kind is EventKind.MCP_SERVER:
-            p = ev.payload
-            tools = f", {len(p['tools'])} tool(s)" if "tools" in p else ""
-            detail = f" {p['detail']}" if p.get("detail") else ""
-            print(
-                f"{time.strftime('%H:%M:%S', time.localtime(ev.ts))}  mcp {p['server']:<20} "
-                f"{p['status']}{tools}{detail}",
-                file=self.out,
-            )
+
+    def _tool_called(self, ev: Event, p: pl.ToolCalled) -> None:
+        if p.policy == "deny":
+            rule = p.rule or "policy"
+            print(f"{self._stamp(ev)}  {ev.thread:<24} refused {p.tool} by {rule}", file=self.out)
+
+    def _mcp_server(self, ev: Event, p: pl.McpServer) -> None:
+        tools = f", {len(p.tools)} tool(s)" if p.tools is not None else ""
+        detail = f" {p.detail}" if p.detail else ""
+        print(
+            f"{self._stamp(ev)}  mcp {p.server:<20} {p.status}{tools}{detail}",
+            file=self.out,
+        )
+
+
+# What the printer shows, by payload type; kinds not here print nothing.
+_PRINTED: dict[type[pl.Payload], Callable[[_Printer, Event, Any], None]] = {
+    pl.Escalated: _Printer._escalated,
+    pl.Checked: _Printer._checked,
+    pl.InboxOpened: _Printer._inbox_opened,
+    pl.ThreadStateChanged: _Printer._thread_state,
+    pl.InboxClosed: _Printer._inbox_closed,
+    pl.ToolCalled: _Printer._tool_called,
+    pl.McpServer: _Printer._mcp_server,
+}
 
 
 T = TypeVar("T")

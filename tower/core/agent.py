@@ -12,9 +12,9 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from tower.core import diffs, llm
+from tower.core import diffs, llm, messages
 from tower.core.budget import Refusal
-from tower.core.check import CHECK_FAILED, check_answer
+from tower.core.check import check_answer
 from tower.core.events import EventKind, InboxKind, Resolution, ThreadState
 from tower.core.policy import Action, Verdict, suggest_grant, workspace_relative
 from tower.core.resume import has_side_effects
@@ -33,10 +33,7 @@ async def run_thread(sup: Supervisor, th: ThreadRun) -> None:
     tools = sup.tools_for(th.agent)
     tools_chars = llm.schema_chars(tools)
     if not th.messages:
-        th.messages = [
-            {"role": "system", "content": th.agent.system_prompt},
-            {"role": "user", "content": th.prompt},
-        ]
+        th.messages.extend(messages.opening(th.agent.system_prompt, th.prompt))
     pending, th.pending = th.pending, []
     for tc in pending:  # a resumed thread: recorded calls that have no result yet
         if not await sup.checkpoint(th):
@@ -54,14 +51,10 @@ async def run_thread(sup: Supervisor, th: ThreadRun) -> None:
             )
             return
         guidance, th.guidance = th.guidance, []
-        for note in guidance:
-            th.messages.append(
-                {"role": "user", "content": f"Message from the human orchestrator: {note}"}
-            )
+        # The conversation takes the guidance and the reply from the call's events.
         result = await _call_model(sup, th, tools, tools_chars, guidance)
         if result is None:
             return
-        th.messages.append(result.assistant_message())
         if not result.tool_calls and not result.text.strip():
             _empty_turn(sup, th)  # never an answer: a failed step
             continue
@@ -130,9 +123,11 @@ async def _call_model(
     meta = sup.project.project
     bus = sup.bus
     attempt = 0
+    unsent = list(guidance)  # goes with the first call started; then it is in the conversation
     while True:
         model = th.model
-        prompt_est = sup.prompt_bound(model, th.messages, tools, tools_chars)
+        ahead = [messages.guidance(note) for note in unsent]
+        prompt_est = sup.prompt_bound(model, th.messages + ahead, tools, tools_chars)
         max_tokens = th.agent.max_tokens
         price = sup.price(model)
         usd = price.cost(prompt_est, max_tokens) if price else 0.0
@@ -180,8 +175,9 @@ async def _call_model(
             max_tokens=max_tokens,
             reserved_usd=res.usd,
             reserved_tokens=res.tokens,
-            guidance=guidance if attempt == 0 else [],
+            guidance=unsent,
         )
+        unsent = []  # the conversation holds it now (folded from this event)
         deltas = _Deltas(bus, th.id, call)
         ended = False
         failure: llm.CallError | None = None
@@ -272,10 +268,6 @@ async def _call_model(
             finish_reason=result.finish_reason,
         )
         return result
-
-
-def _tool_message(call_id: str, content: str) -> dict[str, Any]:
-    return {"role": "tool", "tool_call_id": call_id, "content": content}
 
 
 async def _handle_tool(
@@ -413,11 +405,8 @@ async def _conclude(
             _result(sup, th, tc, True, "finished")
         sup.finish(th, ThreadState.DONE, reason, answer=answer)
         return True
-    note = f"{CHECK_FAILED}: {outcome.detail}. Work on from here and give a corrected answer."
-    if tc is not None:
-        _result(sup, th, tc, False, note)
-    else:
-        th.messages.append({"role": "user", "content": note})
+    if tc is not None:  # on a text answer, the conversation adds the note from CHECKED
+        _result(sup, th, tc, False, messages.check_note(outcome.detail))
     sup.auto_escalate(th, f"check failed: {outcome.detail}")
     return th.ended
 
@@ -453,7 +442,6 @@ def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
 
 
 def _result(sup: Supervisor, th: ThreadRun, tc: llm.ToolCall, ok: bool, content: str) -> bool:
-    th.messages.append(_tool_message(tc.id, content))
     sup.bus.emit(EventKind.TOOL_RESULT, th.id, call_id=tc.id, tool=tc.name, ok=ok, result=content)
     # Tool errors in a row (not a human's "no") escalate: the model is out of its depth.
     if ok:

@@ -164,6 +164,7 @@ class ToolCalled(Payload):
     args: Any
     reason: str = ""
     policy: str | None = None  # the verdict that let it run, when the policy was asked
+    rule: str = ""  # the verdict described: the rule that decided, or the default
     rule_id: str | None = None
 
 

@@ -12,7 +12,9 @@ import json
 from contextlib import aclosing
 from typing import Any, TextIO
 
-from tower.core.events import Event, EventKind
+from tower.core import payloads as pl
+from tower.core.events import Event, EventKind, InboxKind, ThreadState
+from tower.core.payloads import payload_of
 from tower.core.state import TowerState, apply, state_from_snapshot, state_to_dict, summary
 from tower.core.store import Store, damaged
 
@@ -78,14 +80,16 @@ async def state_at(store: Store, session: str, at: int | None = None) -> TowerSt
 MARK_KINDS = ("approval", "escalation", "budget", "failure")
 
 
-def mark_of(kind: EventKind, payload: dict[str, Any]) -> str | None:
-    if kind is EventKind.INBOX_OPENED and payload.get("kind") == "approval":
+def mark_of(ev: Event) -> str | None:
+    """The timeline mark an event makes, if any."""
+    p = payload_of(ev)
+    if isinstance(p, pl.InboxOpened) and p.kind == InboxKind.APPROVAL:
         return "approval"
-    if kind is EventKind.INBOX_OPENED and payload.get("kind") == "budget":
+    if isinstance(p, pl.InboxOpened) and p.kind == InboxKind.BUDGET:
         return "budget"
-    if kind is EventKind.ESCALATED:
+    if isinstance(p, pl.Escalated):
         return "escalation"
-    if kind is EventKind.THREAD_STATE and payload.get("state") == "failed":
+    if isinstance(p, pl.ThreadStateChanged) and p.state == ThreadState.FAILED:
         return "failure"
     return None
 
@@ -110,7 +114,8 @@ class Replayer:
         self.last, self.first_ts, self.last_ts = await self.store.bounds(self.session)
         marks = []
         async with self.store._conn.execute(
-            "SELECT seq, kind, payload FROM events WHERE session = ? AND kind IN (?, ?, ?)"
+            "SELECT seq, ts, kind, thread, payload FROM events"
+            " WHERE session = ? AND kind IN (?, ?, ?)"
             " ORDER BY seq",
             (
                 self.session,
@@ -119,8 +124,8 @@ class Replayer:
                 str(EventKind.THREAD_STATE),
             ),
         ) as cur:
-            async for seq, kind, payload in cur:
-                mark = mark_of(EventKind(kind), json.loads(payload))
+            async for seq, ts, kind, thread, payload in cur:
+                mark = mark_of(Event.from_row(seq, ts, kind, thread, payload))
                 if mark:
                     marks.append((seq, mark))
         self.marks = marks

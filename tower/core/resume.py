@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tower.core import messages
 from tower.core.events import ENDED_STATES, Event, EventKind, ThreadState
 from tower.core.llm import ToolCall
+from tower.core.messages import Conversation
 from tower.core.policy import READ_TOOLS, UNGATED
 
 
@@ -31,7 +33,7 @@ class ThreadPlan:
 
     id: str
     spawned: dict[str, Any]
-    messages: list[dict[str, Any]] = field(default_factory=list)
+    conversation: Conversation = field(default_factory=Conversation)
     steps: int = 0
     model: str = ""
     pending: list[ToolCall] = field(default_factory=list)  # recorded calls without a result
@@ -58,32 +60,21 @@ def rebuild(events: list[Event], system_prompts: dict[str, str]) -> list[ThreadP
         kind = ev.kind
         if kind is EventKind.THREAD_SPAWNED:
             system = system_prompts.get(p["agent"], "")
+            prompt = p.get("prompt", p.get("title", ""))
             plans[tid] = ThreadPlan(
-                tid,
-                p,
-                [
-                    {"role": "system", "content": system},
-                    {"role": "user", "content": p.get("prompt", p.get("title", ""))},
-                ],
-                model=p["model"],
+                tid, p, Conversation(messages.opening(system, prompt)), model=p["model"]
             )
             called[tid], results[tid], last_calls[tid] = set(), set(), []
             continue
         plan = plans.get(tid)
         if plan is None:
             continue
+        plan.conversation.apply(ev)  # what the model was sent: the live loop's own fold
         if kind is EventKind.LLM_STARTED:
             for note in p.get("guidance", ()):
-                plan.messages.append(
-                    {"role": "user", "content": f"Message from the human orchestrator: {note}"}
-                )
                 if note in plan.guidance:
                     plan.guidance.remove(note)
         elif kind is EventKind.LLM_FINISHED:
-            msg: dict[str, Any] = {"role": "assistant", "content": p.get("text") or None}
-            if p.get("tool_calls"):
-                msg["tool_calls"] = p["tool_calls"]
-            plan.messages.append(msg)
             plan.steps = p["step"]
             plan.model = p["model"]
             last_calls[tid] = p.get("tool_calls") or []
@@ -96,9 +87,6 @@ def rebuild(events: list[Event], system_prompts: dict[str, str]) -> list[ThreadP
             results[tid].add(p["call_id"])
             if p.get("tool") == "finish" and p.get("ok"):
                 plan.finished = answers.get(p["call_id"], "")
-            plan.messages.append(
-                {"role": "tool", "tool_call_id": p["call_id"], "content": p.get("result", "")}
-            )
         elif kind is EventKind.ESCALATED and p["to_model"] != "human":
             plan.model = p["to_model"]
         elif kind is EventKind.COMMENT:

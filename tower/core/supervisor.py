@@ -26,6 +26,8 @@ from tower.core.admission import CallGate
 from tower.core.budget import INF, Account, Ledger, Refusal, Reservation
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
+from tower.core.messages import KINDS as CONVERSATION_KINDS
+from tower.core.messages import Conversation
 from tower.core.policy import Action, Rule, Verdict, decide, workspace_relative
 from tower.core.project import (
     MCP_SEP,
@@ -99,6 +101,13 @@ class ThreadRun:
     recent_calls: list[str] = field(default_factory=list)  # to notice a loop
     error_streak: int = 0  # tool errors in a row
     empty_streak: int = 0  # empty replies (no text, no tool call) in a row
+    # The messages the model is sent: folded from this thread's events as they are emitted.
+    conversation: Conversation | None = None
+
+    def __post_init__(self) -> None:
+        if self.conversation is None:
+            self.conversation = Conversation(self.messages)
+        self.messages = self.conversation.messages
 
     @property
     def model(self) -> str:
@@ -197,8 +206,16 @@ class Supervisor:
         self.calls = CallGate(
             lim.max_concurrent, adaptive=lim.adaptive, target_lag_s=lim.target_lag_ms / 1000
         )
+        bus.subscribe(self._fold_conversation)
         if approve is not None:
             bus.subscribe(self._auto_decide_soon)
+
+    def _fold_conversation(self, ev: Event) -> None:
+        """Each event of a live thread goes to its conversation (what its model is sent)."""
+        if ev.thread is not None and ev.kind in CONVERSATION_KINDS:
+            th = self.runs.get(ev.thread)
+            if th is not None and th.conversation is not None:
+                th.conversation.apply(ev)
 
     # --- session lifecycle --------------------------------------------------------------
 
@@ -372,7 +389,7 @@ class Supervisor:
                 budget_usd=view.budget_usd,
                 budget_tokens=view.budget_tokens,
                 model_index=cascade.index(plan.model) if plan.model in cascade else 0,
-                messages=plan.messages,
+                conversation=plan.conversation,
                 steps=plan.steps,
                 pending=plan.pending,
                 interrupted=plan.interrupted,

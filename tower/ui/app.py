@@ -25,9 +25,11 @@ from textual.containers import Horizontal, Vertical
 from textual.theme import Theme
 from textual.widgets import Footer, Input
 
+from tower.core import payloads as pl
 from tower.core.attention import AttentionClock
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, ThreadState
+from tower.core.payloads import payload_of
 from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
 from tower.core.session import fold_checked
 from tower.core.situations import Situation, is_routine
@@ -522,7 +524,8 @@ class TowerApp(App[int]):
         kind = ev.kind
         if kind is EventKind.THREAD_STATE or kind is EventKind.THREAD_SPAWNED:
             self._rows_dirty = True
-            if ev.payload.get("state") == ThreadState.FAILED:
+            p = payload_of(ev)
+            if isinstance(p, pl.ThreadStateChanged) and p.state == ThreadState.FAILED:
                 self._failures.append(ev)
         elif kind is EventKind.INBOX_OPENED:
             self._inbox_dirty = True
@@ -530,8 +533,10 @@ class TowerApp(App[int]):
         elif kind is EventKind.INBOX_CLOSED:
             self._inbox_dirty = True
             self.notifications.saw_closed(ev)
-        elif kind is EventKind.MCP_SERVER and ev.payload["status"] in ("crashed", "failed"):
-            self._failures.append(ev)
+        elif kind is EventKind.MCP_SERVER:
+            p = payload_of(ev)
+            if isinstance(p, pl.McpServer) and p.status in ("crashed", "failed"):
+                self._failures.append(ev)
         detail = self._detail
         if detail is not None and ev.thread == detail.thread:
             self._detail_events.append(ev)

@@ -4,7 +4,8 @@ step, and the same verbs as the main screen (the app's bindings act on this thre
 from __future__ import annotations
 
 import json
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -13,7 +14,9 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, RichLog, Static
 
+from tower.core import payloads as pl
 from tower.core.events import Event, EventKind
+from tower.core.payloads import payload_of
 from tower.core.policy import UNGATED
 from tower.ui.format import tokens, usd
 
@@ -25,72 +28,110 @@ def expandable(ev: Event) -> bool:
     """A tool result the transcript shows cut, which enter can show whole."""
     if ev.kind is not EventKind.TOOL_RESULT:
         return False
-    return len(str(ev.payload.get("result", ""))) > RESULT_CHARS
+    p = payload_of(ev)
+    return isinstance(p, pl.ToolResult) and len(str(p.result)) > RESULT_CHARS
 
 
 def transcript_lines(ev: Event, expanded: bool = False) -> list[Text]:
     """How one event reads in a transcript (empty for events it does not show); a long tool
     result is cut unless expanded."""
-    p = ev.payload
-    k = ev.kind
-    if k is EventKind.THREAD_SPAWNED:
-        return [Text(f"task: {p.get('prompt', p.get('title', ''))}", style="bold")]
-    if k is EventKind.LLM_FINISHED:
-        # "~": the provider sent no usage; tower counted with the model's tokenizer.
-        approx = "~" if p["usage"].get("estimated") else ""
-        head = Text(
-            f"── step {p['step']} · {p['model']} · {approx}{tokens(p['usage']['total_tokens'])}"
-            f" tokens{' (estimated: no usage from the provider)' if approx else ''}"
-            f" · {usd(p['cost_usd']) if p.get('price_known', True) else 'price unknown'} ──",
-            style="dim",
-        )
-        out = [head]
-        if p.get("text"):
-            out.append(Text(p["text"]))
-        for call in p.get("tool_calls", []):
-            fn = call.get("function", {})
-            out.append(Text(f"→ {fn.get('name')}({fn.get('arguments', '')[:300]})", style="bold"))
-        return out
-    if k is EventKind.LLM_FAILED and p.get("error") != "cancelled":
-        return [Text(f"✗ model call failed: {p['error']}", style="red")]
-    if k is EventKind.TOOL_CALLED and p.get("policy") and p["tool"] not in UNGATED:
-        style = {"deny": "red", "ask": "yellow"}.get(p["policy"], "dim")
-        return [Text(f"  policy: {p['policy']} — {p.get('rule', '')}", style=style)]
-    if k is EventKind.TOOL_RESULT:
-        result = str(p.get("result", ""))
-        style = "green" if p.get("ok") else "red"
-        if len(result) <= RESULT_CHARS:
-            return [Text(f"← {p['tool']}: {result}", style=style)]
-        if expanded:
-            line = Text(f"← {p['tool']}: {result}", style=style)
-            line.append(f"\n  ({len(result)} chars · enter folds it)", style="dim")
-            return [line]
-        line = Text(f"← {p['tool']}: {result[:RESULT_CHARS]}… ", style=style)
-        line.append(f"({len(result)} chars · enter shows all)", style="dim")
+    lines = _LINES.get(pl.TYPES[ev.kind])
+    return lines(payload_of(ev), expanded) if lines is not None else []
+
+
+def _spawned(p: pl.ThreadSpawned, expanded: bool) -> list[Text]:
+    return [Text(f"task: {p.prompt if p.prompt is not None else p.title}", style="bold")]
+
+
+def _finished(p: pl.LlmFinished, expanded: bool) -> list[Text]:
+    # "~": the provider sent no usage; tower counted with the model's tokenizer.
+    approx = "~" if p.usage.estimated else ""
+    head = Text(
+        f"── step {p.step} · {p.model} · {approx}{tokens(p.usage.total_tokens)}"
+        f" tokens{' (estimated: no usage from the provider)' if approx else ''}"
+        f" · {usd(p.cost_usd) if p.price_known else 'price unknown'} ──",
+        style="dim",
+    )
+    out = [head]
+    if p.text:
+        out.append(Text(p.text))
+    for call in p.tool_calls:
+        fn = call.get("function", {})
+        out.append(Text(f"→ {fn.get('name')}({fn.get('arguments', '')[:300]})", style="bold"))
+    return out
+
+
+def _failed(p: pl.LlmFailed, expanded: bool) -> list[Text]:
+    if p.error == "cancelled":
+        return []
+    return [Text(f"✗ model call failed: {p.error}", style="red")]
+
+
+def _called(p: pl.ToolCalled, expanded: bool) -> list[Text]:
+    if not p.policy or p.tool in UNGATED:
+        return []
+    style = {"deny": "red", "ask": "yellow"}.get(p.policy, "dim")
+    return [Text(f"  policy: {p.policy} — {p.rule}", style=style)]
+
+
+def _result(p: pl.ToolResult, expanded: bool) -> list[Text]:
+    result = str(p.result)
+    style = "green" if p.ok else "red"
+    if len(result) <= RESULT_CHARS:
+        return [Text(f"← {p.tool}: {result}", style=style)]
+    if expanded:
+        line = Text(f"← {p.tool}: {result}", style=style)
+        line.append(f"\n  ({len(result)} chars · enter folds it)", style="dim")
         return [line]
-    if k is EventKind.INBOX_OPENED:
-        what = p.get("question") or p.get("reason") or p.get("tool", "")
-        return [Text(f"⚑ inbox {p['item']} ({p['kind']}): {what}", style="yellow")]
-    if k is EventKind.INBOX_CLOSED:
-        extra = f": {p['text']}" if p.get("text") else ""
-        if p.get("args") is not None:
-            extra += f" with args {json.dumps(p['args'])[:200]}"
-        return [Text(f"✓ {p['item']} {p['resolution']} by {p['by']}{extra}", style="yellow")]
-    if k is EventKind.ESCALATED:
-        return [
-            Text(
-                f"⇧ escalated {p['from_model']} → {p['to_model']} ({p['trigger']})", style="magenta"
-            )
-        ]
-    if k is EventKind.COMMENT:
-        return [Text(f"✎ {p['by']}: {p['text']}", style="cyan")]
-    if k is EventKind.BUDGET_RAISED:
-        return [Text(f"$ budget raised by {usd(p.get('usd', 0))}", style="yellow")]
-    if k is EventKind.THREAD_STATE:
-        reason = f" — {p['reason']}" if p.get("reason") else ""
-        answer = f"\nanswer: {p['answer']}" if p.get("answer") else ""
-        return [Text(f"● {p['state']}{reason}{answer}", style="italic")]
-    return []
+    line = Text(f"← {p.tool}: {result[:RESULT_CHARS]}… ", style=style)
+    line.append(f"({len(result)} chars · enter shows all)", style="dim")
+    return [line]
+
+
+def _opened(p: pl.InboxOpened, expanded: bool) -> list[Text]:
+    what = p.extra.get("question") or p.reason or p.extra.get("tool", "")
+    return [Text(f"⚑ inbox {p.item} ({p.kind}): {what}", style="yellow")]
+
+
+def _closed(p: pl.InboxClosed, expanded: bool) -> list[Text]:
+    extra = f": {p.text}" if p.text else ""
+    if p.args is not None:
+        extra += f" with args {json.dumps(p.args)[:200]}"
+    return [Text(f"✓ {p.item} {p.resolution} by {p.by}{extra}", style="yellow")]
+
+
+def _escalated(p: pl.Escalated, expanded: bool) -> list[Text]:
+    return [Text(f"⇧ escalated {p.from_model} → {p.to_model} ({p.trigger})", style="magenta")]
+
+
+def _comment(p: pl.Comment, expanded: bool) -> list[Text]:
+    return [Text(f"✎ {p.by}: {p.text}", style="cyan")]
+
+
+def _raised(p: pl.BudgetRaised, expanded: bool) -> list[Text]:
+    return [Text(f"$ budget raised by {usd(p.usd)}", style="yellow")]
+
+
+def _state(p: pl.ThreadStateChanged, expanded: bool) -> list[Text]:
+    reason = f" — {p.reason}" if p.reason else ""
+    answer = f"\nanswer: {p.answer}" if p.answer else ""
+    return [Text(f"● {p.state}{reason}{answer}", style="italic")]
+
+
+# Each shown kind's lines, by payload type; kinds not here show nothing.
+_LINES: dict[type[pl.Payload], Callable[[Any, bool], list[Text]]] = {
+    pl.ThreadSpawned: _spawned,
+    pl.LlmFinished: _finished,
+    pl.LlmFailed: _failed,
+    pl.ToolCalled: _called,
+    pl.ToolResult: _result,
+    pl.InboxOpened: _opened,
+    pl.InboxClosed: _closed,
+    pl.Escalated: _escalated,
+    pl.Comment: _comment,
+    pl.BudgetRaised: _raised,
+    pl.ThreadStateChanged: _state,
+}
 
 
 class ThreadScreen(Screen[None]):
@@ -142,16 +183,16 @@ class ThreadScreen(Screen[None]):
         follow = log.scroll_y >= log.max_scroll_y  # new lines scroll only a log at its end
         for ev in events:
             self._write(log, ev, follow)
-            if ev.kind is EventKind.LLM_FINISHED:
-                p = ev.payload
-                approx = "~" if p["usage"].get("estimated") else ""
+            p = payload_of(ev) if ev.kind is EventKind.LLM_FINISHED else None
+            if isinstance(p, pl.LlmFinished):
+                approx = "~" if p.usage.estimated else ""
                 table.add_row(
-                    str(p["step"]),
-                    p["model"],
-                    f"{approx}{p['usage']['prompt_tokens']}",
-                    f"{approx}{p['usage']['completion_tokens']}",
-                    usd(p["cost_usd"]),
-                    f"{p.get('seconds', 0):.2f}",
+                    str(p.step),
+                    p.model,
+                    f"{approx}{p.usage.prompt_tokens}",
+                    f"{approx}{p.usage.completion_tokens}",
+                    usd(p.cost_usd),
+                    f"{p.seconds:.2f}",
                 )
 
     def _write(self, log: RichLog, ev: Event, follow: bool) -> None:
