@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tower.core.budget import INF, Account, Ledger, Refusal, Reservation, price_call
+from tower.core.budget import INF, Account, Ledger, Refusal, Reservation
 
 TOL = 1e-9
 PEAKS: list[int] = []
@@ -123,11 +123,6 @@ def test_settle_of_one_reservation_leaves_others_reserved() -> None:
     assert led.session.spent_usd == pytest.approx(0.4)
     assert led.threads["b"].reserved_usd == pytest.approx(0.7)
     assert led.threads["b"].spent_usd == 0.0
-
-
-def test_price_call() -> None:
-    assert price_call(1000, 200, 3e-6, 12e-6) == pytest.approx(1000 * 3e-6 + 200 * 12e-6)
-    assert price_call(0, 0, 1.0, 1.0) == 0.0
 
 
 # --- refusals -----------------------------------------------------------------------------

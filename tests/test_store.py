@@ -317,10 +317,15 @@ async def test_resolve_session_by_unique_prefix(tmp_path: Path) -> None:
         await store.create_session("20240101-aaaa", "demo", "/d", 1.0, {})
         await store.create_session("20240101-aabb", "demo", "/d", 2.0, {})
         await store.create_session("20240202-cccc", "demo", "/d", 3.0, {})
-        assert await store.resolve_session("20240202") == "20240202-cccc"
-        assert await store.resolve_session("20240101-aaa") == "20240101-aaaa"
-        assert await store.resolve_session("20240101") is None  # ambiguous
-        assert await store.resolve_session("1999") is None
+        # The CLI's and the replay's resolver (Store's own copy was never used).
+        from tower.core.replay import ReplayError, resolve_session
+
+        assert await resolve_session(store, "20240202") == "20240202-cccc"
+        assert await resolve_session(store, "20240101-aaa") == "20240101-aaaa"
+        with pytest.raises(ReplayError, match="ambiguous"):
+            await resolve_session(store, "20240101")
+        with pytest.raises(ReplayError, match="no session '1999'"):
+            await resolve_session(store, "1999")
     finally:
         await store.close()
 
