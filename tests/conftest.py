@@ -4,7 +4,10 @@ waiter that resolves on bus events (tests wait on conditions, never on sleeps)."
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
+import tempfile
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -14,11 +17,20 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from tower.core.bus import Bus
-from tower.core.events import Event, EventKind
-from tower.core.project import Project, load_project
-from tower.core.store import Store
-from tower.core.supervisor import ApproveMode, Supervisor
+# Tests never write to the user's real folders: tower's database, workspaces, tower.log, MCP
+# logs and config go to a folder of this test run (the CLI's subprocesses inherit it). The
+# cache folder is left alone: the opt-in real-model test finds its model there.
+TEST_HOME = Path(tempfile.mkdtemp(prefix="tower-tests-"))
+for _var in ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME"):
+    os.environ[_var] = str(TEST_HOME / _var.lower())
+atexit.register(shutil.rmtree, TEST_HOME, True)
+# (tower is imported after this, so that nothing it sets up sees the real folders)
+
+from tower.core.bus import Bus  # noqa: E402
+from tower.core.events import Event, EventKind  # noqa: E402
+from tower.core.project import Project, load_project  # noqa: E402
+from tower.core.store import Store  # noqa: E402
+from tower.core.supervisor import ApproveMode, Supervisor  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -418,13 +418,23 @@ async def test_per_model_cap(live_factory) -> None:
 async def test_spawn_command_and_comment(live_factory) -> None:
     live = await live_factory(project(ASK_THEN_WRITE), FILES, spawn_tasks=False)
     tid = live.sup.spawn("a", "Say hello", model="sim/large")
+    # A comment on the thread (not on an inbox item) before its first call: logged, and
+    # sent to the model with that call.
+    live.sup.reply(tid, "Keep it short, please.")
     await live.waiter.until(ended(live, tid))
     view = live.view(tid)
     assert view.state is ThreadState.DONE and view.model == "sim/large"
+    comments = [(e.payload["text"], e.payload["by"]) for e in live.kinds(tid, EventKind.COMMENT)]
+    assert comments == [("Keep it short, please.", "human")]
+    first_call = live.kinds(tid, EventKind.LLM_STARTED)[0]
+    assert first_call.payload["guidance"] == ["Keep it short, please."]
     with pytest.raises(Exception, match="unknown agent"):
         live.sup.spawn("nobody", "x")
     with pytest.raises(Exception, match="already ended"):
         live.sup.pause(tid)
+    with pytest.raises(Exception, match="already ended"):
+        live.sup.reply(tid, "too late")
+    assert len(live.kinds(tid, EventKind.COMMENT)) == 1
 
 
 async def test_cost_matches_litellm_cost_map(live_factory) -> None:

@@ -626,3 +626,17 @@ def test_secrets_never_reach_the_log(tmp_path) -> None:
     assert reads and "[redacted OPENAI_API_KEY]" in reads[0].payload["result"]
     for path in tmp_path.glob("t.db*"):
         assert secret.encode() not in path.read_bytes()
+
+
+def test_the_tests_keep_tower_out_of_the_users_own_folders() -> None:
+    """The CLI with no --db writes its database, workspaces and tower.log under the XDG
+    folders conftest sets for the test run, never under the real home."""
+    from tests.conftest import TEST_HOME
+
+    real = Path.home() / ".local" / "state" / "tower" / "log" / "tower.log"
+    before = real.stat().st_mtime_ns if real.exists() else None
+    proc = tower("run", "sample_projects/tax_return", "--headless", "--approve", "all", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert (TEST_HOME / "xdg_data_home" / "tower" / "tower.db").is_file()
+    assert (TEST_HOME / "xdg_state_home" / "tower" / "log" / "tower.log").is_file()
+    assert (real.stat().st_mtime_ns if real.exists() else None) == before

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
@@ -152,24 +151,29 @@ def test_resolve_keys_overrides_defaults() -> None:
     }
 
 
-async def test_keymap_applies_to_a_textual_app() -> None:
-    """The keymap goes straight to App.set_keymap: binding ids are the action ids."""
-    from textual.app import App
-    from textual.binding import Binding, BindingType
+async def test_a_keys_toml_rebinds_towers_own_app(tmp_path: Path) -> None:
+    """A keys.toml override, loaded as the CLI loads it, rebinds tower's own app: the old key
+    does nothing and each of the new keys does the verb."""
+    from tests.test_tui import ASK, project, task, tower, waiting_on
+    from tower.core.events import ThreadState
+    from tower.ui.app import VERBS
+    from tower.ui.screens.dialogs import ConfirmDialog
 
-    pressed: list[str] = []
-
-    class KeyApp(App[None]):
-        BINDINGS: ClassVar[list[BindingType]] = [Binding("x", "kill", "Kill", id="kill")]
-
-        def action_kill(self) -> None:
-            pressed.append("kill")
-
-    app = KeyApp()
-    app.set_keymap(UiConfig(keys={"kill": "K, ctrl+k"}).keymap())
-    async with app.run_test() as pilot:
-        await pilot.press("x")
-        assert pressed == []
-        await pilot.press("K")
-        await pilot.press("ctrl+k")
-        assert pressed == ["kill", "kill"]
+    config = load_config(write(tmp_path, '[keys]\nkill = "K, ctrl+k"\n'))
+    assert validate_keys(config, {bid for bid, *_ in VERBS}) == []
+    async with tower(tmp_path, project(task(ASK, "t")), keymap=config.keymap()) as t:
+        await t.ready(waiting_on(t, 1), "a question")
+        assert t.app.key_of("kill") == "K, ^k"
+        await t.press("x")
+        await t.settle()
+        assert not isinstance(t.app.screen, ConfirmDialog)
+        assert t.view("t").state is ThreadState.WAITING
+        await t.press("K")
+        await t.screen_is(ConfirmDialog)
+        await t.press("escape")
+        await t.screen_is(type(t.app.get_default_screen()))
+        assert t.view("t").state is ThreadState.WAITING
+        await t.press("ctrl+k")
+        await t.screen_is(ConfirmDialog)
+        await t.press("y")
+        await t.until(lambda: t.view("t").state is ThreadState.KILLED, "t killed")

@@ -480,6 +480,66 @@ _CALL_ARGS = st.fixed_dictionaries(
 )
 
 
+# Which deny globs match which value, written out by hand (the oracle for the property below,
+# instead of Rule.matches itself). Globs not listed for a value do not match it.
+_DENY_TOOL_GLOBS = {
+    "read_file": {"read_file", "*", "*_file", "r*"},
+    "write_file": {"write_file", "*", "*_file"},
+    "list_dir": {"list_dir", "*"},
+    "search": {"search", "*"},
+    "run_shell": {"run_shell", "*", "r*"},
+    "git__push": {"git__push", "*", "git__*"},
+    "fs__write": {"fs__write", "*", "fs__*"},
+}
+_DENY_ARG_GLOBS = {
+    # Paths are matched once normalised: `./src/a.py` is `src/a.py`, `src/../tower.toml` is
+    # `tower.toml` (so not under `src/`); `*` crosses `/`.
+    "path": {
+        "src/a.py": {"*", "src/*", "src/**"},
+        "./src/a.py": {"*", "src/*", "src/**"},
+        "src/../tower.toml": {"*", "tower.toml"},
+        "../x": {"*"},
+        "/etc/passwd": {"*"},
+        "docs/x.md": {"*"},
+    },
+    # A deny matches the whole line or any one of its pieces.
+    "command": {
+        "ls": {"*", "ls*"},
+        "ls && rm -rf /": {"*", "ls*", "rm *"},
+        "python -m pytest": {"*", "python -m pytest*"},
+        "make; make test": {"*"},
+        "echo $(id)": {"*"},
+    },
+    "query": {"x": {"*", "x"}, "y": {"*"}},
+}
+
+
+def _deny_hits(rule: Rule, tool: str, args: dict[str, str], agent: str | None) -> bool:
+    """The expected verdict of one rule on one call, from the tables above."""
+    return (
+        rule.action is Action.DENY
+        and (rule.expires is None or rule.expires > NOW)
+        and rule.tool in _DENY_TOOL_GLOBS[tool]
+        and rule.agent in (None, agent)
+        and all(n in args and g in _DENY_ARG_GLOBS[n][args[n]] for n, g in rule.args)
+    )
+
+
+def test_a_lone_deny_decides_as_the_hand_written_tables_say() -> None:
+    # Every entry of the tables, not a random sample: the property below draws combinations.
+    for tool in _TOOLS:
+        for glob in _TOOL_GLOBS:
+            verdict = decide([_deny(glob)], tool, {}, now=NOW)
+            assert (verdict.action is Action.DENY) == (glob in _DENY_TOOL_GLOBS[tool]), (tool, glob)
+    values = {"path": _PATHS, "command": _COMMANDS, "query": ["x", "y"]}
+    for name, vals in values.items():
+        for value in vals:
+            for glob in _GLOBS:
+                verdict = decide([_deny(**{name: glob})], "run_shell", {name: value}, now=NOW)
+                expected = glob in _DENY_ARG_GLOBS[name][value]
+                assert (verdict.action is Action.DENY) == expected, (name, value, glob)
+
+
 @given(
     rules=st.lists(_rules(), max_size=8),
     tool=st.sampled_from(_TOOLS),
@@ -489,13 +549,14 @@ _CALL_ARGS = st.fixed_dictionaries(
 def test_property_deny_wins_exactly_when_an_active_deny_matches(
     rules: list[Rule], tool: str, args: dict[str, str], agent: str | None
 ) -> None:
+    for rule in rules:  # each rule alone, so no earlier deny hides a wrong verdict
+        alone = decide([rule], tool, args, agent=agent, now=NOW)
+        assert (alone.action is Action.DENY) == _deny_hits(rule, tool, args, agent), rule
     verdict = decide(rules, tool, args, agent=agent, now=NOW)
-    live_denies = [
-        r
-        for r in rules
-        if r.action is Action.DENY and r.active(NOW) and r.matches(tool, args, agent)
-    ]
+    live_denies = [r for r in rules if _deny_hits(r, tool, args, agent)]
     assert (verdict.action is Action.DENY) == bool(live_denies)
+    if live_denies:
+        assert verdict.rule == live_denies[0]  # the first matching deny, in file order
     if verdict.rule is not None:
         assert verdict.rule in rules
         assert verdict.rule.active(NOW)

@@ -316,11 +316,18 @@ def test_release_of_zero_after_idempotent_ledger_release_changes_nothing() -> No
     log = Log()
     log.spawned("t1")
     log.llm_started("t1", "c1", 1, usd=0.2, tokens=1000)
+    log.llm_started("t1", "c2", 2, usd=0.3, tokens=1000)  # still in flight throughout
+    assert fold(log.events).threads["t1"].reserved_usd == pytest.approx(0.5)
     log.llm_failed("t1", "c1", 1, released=0.2, error="boom")
     log.llm_failed("t1", "c1", 1, released=0.0, error="cancelled")
     st_ = fold(log.events)
-    assert st_.budget.reserved_usd == pytest.approx(0.0, abs=TOL)
-    assert st_.threads["t1"].reserved_usd >= 0.0
+    v = st_.threads["t1"]
+    # Exactly c2's reservation is left: c1's was released once, not twice.
+    assert st_.budget.reserved_usd == pytest.approx(0.3, abs=TOL)
+    assert v.reserved_usd == pytest.approx(0.3, abs=TOL)
+    assert st_.budget.spent_usd == 0.0
+    assert v.cost_usd == 0.0
+    assert v.errors == 1  # the failure; the late "cancelled" release is not a second error
 
 
 def test_inbox_is_oldest_first_and_pending_counts() -> None:

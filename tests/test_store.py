@@ -252,7 +252,22 @@ async def test_flush_makes_events_visible_to_another_connection(tmp_path: Path) 
 async def test_flush_without_writer_returns(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "tower.db")
     try:
-        await store.flush()
+        # Never started: nothing to wait for.
+        await asyncio.wait_for(store.flush(), 2.0)
+        assert (store.written, store.error) == (0, None)
+
+        await store.create_session("s", "demo", "/d", 1.0, {})
+        store.start_writer("s")
+        events = _events(n_threads=1, calls_per_thread=1)
+        for ev in events:
+            store.append(ev)
+        await store.end_session("s")
+        assert store.written == len(events)
+        # An event queued once the writer is gone can never be written; flush must return
+        # rather than wait forever for progress that will not come.
+        store.append(Event(len(events) + 1, 9.0, EventKind.COMMENT, None, {"text": "late"}))
+        await asyncio.wait_for(store.flush(), 2.0)
+        assert (store.written, store.error) == (len(events), None)
     finally:
         await store.close()
 

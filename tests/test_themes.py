@@ -295,7 +295,14 @@ async def test_watch_themes_awaits_async_callback_and_stops_on_cancel(tmp_path: 
 
 
 async def test_watch_themes_with_no_existing_dir_returns(tmp_path: Path) -> None:
-    await asyncio.wait_for(watch_themes([tmp_path / "nope"], Recorder()), TIMEOUT)
+    missing = tmp_path / "nope"
+    rec = Recorder()
+    ready = asyncio.Event()
+    # Returns on its own (a watcher that hung here would time out), without a stop event.
+    await asyncio.wait_for(watch_themes([missing], rec, ready=ready), TIMEOUT)
+    assert ready.is_set()  # a caller waiting for `ready` is not left hanging
+    assert rec.calls == []  # nothing was loaded or reported
+    assert not missing.exists()  # the folder is not created behind the user's back
 
 
 async def test_watch_file_fires_for_the_file_not_a_sibling(tmp_path: Path) -> None:
