@@ -87,6 +87,12 @@ class Live:
         return items[0].id
 
 
+def ended(live: Live, *tids: str) -> Callable[[], bool]:
+    """A condition for Waiter.until: every named thread (default "t") exists and has ended."""
+    names = tids or ("t",)
+    return lambda: all(t in live.bus.state.threads and live.view(t).state.ended for t in names)
+
+
 @pytest.fixture
 async def live_factory(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
     """Starts a supervisor on a project written to tmp_path; closes everything afterwards."""

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from tests.conftest import ended
 from tower.core.events import EventKind, InboxKind, Resolution, ThreadState
 
 BASE = """
@@ -60,10 +61,6 @@ def project(
 
 
 FILES = {"ws/readme.txt": "hello\n"}
-
-
-def ended(live, tid):
-    return lambda: live.view(tid).state.ended
 
 
 async def test_question_answer_then_approval_then_done(live_factory) -> None:

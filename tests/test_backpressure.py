@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from tests.conftest import Live, write_project
-from tests.test_escalation import ended
+from tests.conftest import Live, ended, write_project
 from tower.core.admission import (
     BACKOFF,
     COOLDOWN_S,

@@ -9,7 +9,8 @@ streams an empty completion through litellm like any provider would.
 
 from __future__ import annotations
 
-from tests.test_escalation import LiveFactory, ended, project
+from tests.conftest import ended
+from tests.test_escalation import LiveFactory, project
 from tower.core.agent import EMPTY_NUDGE
 from tower.core.events import EventKind, ThreadState
 

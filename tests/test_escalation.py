@@ -14,6 +14,7 @@ from typing import Any
 import litellm
 import pytest
 
+from tests.conftest import ended
 from tower.core import llm
 from tower.core.check import CHECK_FAILED, check_answer, run_check
 from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
@@ -133,10 +134,6 @@ def reading(paths: list[str], tid: str = "r") -> str:
     for path in paths:
         out += f'\n[[tasks.script]]\ntool = "read_file"\nargs = {{ path = "{path}" }}\n'
     return out + '\n[[tasks.script]]\ntool = "finish"\nargs = { answer = "read" }\n'
-
-
-def ended(live: Live, tid: str) -> Callable[[], bool]:
-    return lambda: live.view(tid).state.ended
 
 
 def escalation_items(live: Live) -> list[str]:

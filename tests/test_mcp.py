@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Live, write_project
+from tests.conftest import Live, ended, write_project
 from tower.core import mcp as mcp_module
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, ThreadState
@@ -176,10 +176,6 @@ def task(tid: str, *steps: tuple[str, dict[str, Any]]) -> str:
 def hub(sup: Supervisor) -> McpHub:
     assert sup.mcp is not None, "the project's MCP servers were not started"
     return sup.mcp
-
-
-def ended(live: Live, tid: str) -> Callable[[], bool]:
-    return lambda: tid in live.bus.state.threads and live.view(tid).state.ended
 
 
 def results(live: Live, tid: str, tool: str) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Live
+from tests.conftest import Live, ended
 from tests.fake_openai import (
     FakeOpenAI,
     Reply,
@@ -318,10 +318,6 @@ async def test_without_api_base_litellm_takes_the_base_url_from_the_environment(
 
 def finish_reply(answer: str, usage: Usage | None = None, call_id: str = "call_fin") -> Reply:
     return tool_reply("finish", {"answer": answer}, call_id, usage=usage or Usage(700, 25))
-
-
-def ended(live: Live, tid: str) -> Callable[[], bool]:
-    return lambda: live.view(tid).state.ended
 
 
 def reasons(live: Live, tid: str) -> list[str]:

@@ -442,7 +442,8 @@ async def test_resume_sends_the_model_the_conversation_the_live_loop_sent(live_f
     """A text answer failed its check: the live loop told the model why (a user message).
     The conversation a resume rebuilds from the log, cut anywhere, is the live one up to
     that point, that note included (both are the same fold of the thread's events)."""
-    from tests.test_escalation import ended, project
+    from tests.conftest import ended
+    from tests.test_escalation import project
     from tower.core.check import CHECK_FAILED
     from tower.core.resume import rebuild
 

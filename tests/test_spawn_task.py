@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ended
 from tower.core.events import EventKind, ThreadState
 from tower.core.supervisor import CommandError
 
@@ -84,10 +85,6 @@ FILES = {
     "ws/sub/inner.txt": "inner\n",
     "other/readme.txt": "other\n",
 }
-
-
-def ended(live: Live, *tids: str) -> Callable[[], bool]:
-    return lambda: all(t in live.bus.state.threads and live.view(t).state.ended for t in tids)
 
 
 def spawned(live: Live, tid: str) -> dict:

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from tests.conftest import Live, write_project
+from tests.conftest import Live, ended, write_project
 from tests.fake_openai import FakeOpenAI, Usage, text_reply, tool_reply
-from tests.test_openai_path import FILES, KEY, MSGS, UNPRICED, ended, project_toml, server
+from tests.test_openai_path import FILES, KEY, MSGS, UNPRICED, project_toml, server
 from tower.core import llm
 from tower.core.events import EventKind, ThreadState
 from tower.core.gguf import read_gguf_metadata, tokenizer_json_from_gguf
