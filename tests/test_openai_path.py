@@ -71,6 +71,7 @@ async def call(
     tools: list[dict[str, Any]] | None = None,
     timeout_s: float = 20.0,
     on_text: Callable[[str], None] | None = None,
+    tokenizer: Any = None,
 ) -> llm.CallResult:
     """tower's own streamed call, at the fake server."""
     return await llm.stream_call(
@@ -83,6 +84,7 @@ async def call(
         None,
         api_base=server.base_url,
         api_key=KEY,
+        tokenizer=tokenizer,
     )
 
 

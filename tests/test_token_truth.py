@@ -27,7 +27,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from tests.conftest import Live, ended, write_project
 from tests.fake_openai import FakeOpenAI, Usage, text_reply, tool_reply
-from tests.test_openai_path import FILES, KEY, MSGS, UNPRICED, project_toml, server
+from tests.test_openai_path import FILES, UNPRICED, call, project_toml, server
 from tower.core import llm
 from tower.core.events import EventKind, ThreadState
 from tower.core.gguf import read_gguf_metadata, tokenizer_json_from_gguf
@@ -45,41 +45,28 @@ def word_tokenizer() -> str:
     return tok.to_str()
 
 
+def words(tmp_path: Path) -> Any:
+    """The word-level tokenizer, loaded from a tokenizer.json as a project's would be."""
+    path = tmp_path / "words.json"
+    path.write_text(word_tokenizer(), encoding="utf-8")
+    return llm.load_tokenizer(str(path))
+
+
 async def test_a_stream_without_usage_is_counted_by_the_given_tokenizer_and_marked(
-    server: FakeOpenAI,
+    server: FakeOpenAI, tmp_path: Path
 ) -> None:
     server.script(text_reply("there are three files in the workspace", usage=None))
-    tok = llm.load_tokenizer(_write(word_tokenizer()))
-    result = await llm.stream_call(
-        UNPRICED,
-        MSGS,
-        None,
-        64,
-        20.0,
-        lambda _t: None,
-        api_base=server.base_url,
-        api_key=KEY,
-        tokenizer=tok,
-    )
+    result = await call(server, UNPRICED, tokenizer=words(tmp_path))
     assert result.usage_estimated
     assert result.completion_tokens == 7  # seven words, not chars/4 (10) nor tiktoken's
     assert result.prompt_tokens > 0
 
 
-async def test_a_stream_with_usage_keeps_the_providers_figures(server: FakeOpenAI) -> None:
+async def test_a_stream_with_usage_keeps_the_providers_figures(
+    server: FakeOpenAI, tmp_path: Path
+) -> None:
     server.script(text_reply("three files", usage=Usage(41, 3)))
-    tok = llm.load_tokenizer(_write(word_tokenizer()))
-    result = await llm.stream_call(
-        UNPRICED,
-        MSGS,
-        None,
-        64,
-        20.0,
-        lambda _t: None,
-        api_base=server.base_url,
-        api_key=KEY,
-        tokenizer=tok,
-    )
+    result = await call(server, UNPRICED, tokenizer=words(tmp_path))
     assert not result.usage_estimated
     assert (result.prompt_tokens, result.completion_tokens) == (41, 3)
 
@@ -89,18 +76,8 @@ async def test_without_a_tokenizer_litellms_count_is_still_marked_estimated(
 ) -> None:
     """The bug this replaces: litellm's invented usage passed as the provider's."""
     server.script(text_reply("there are three files in the workspace", usage=None))
-    result = await llm.stream_call(
-        UNPRICED, MSGS, None, 64, 20.0, lambda _t: None, api_base=server.base_url, api_key=KEY
-    )
+    result = await call(server, UNPRICED)
     assert result.usage_estimated and result.completion_tokens > 0
-
-
-def _write(text: str) -> str:
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        f.write(text)
-    return f.name
 
 
 async def test_the_whole_path_records_shows_and_exports_estimated_usage(

@@ -92,6 +92,9 @@ class Event:
     kind: EventKind
     thread: str | None = None
     payload: dict[str, Any] = field(default_factory=dict)
+    # The typed view of `payload`, decoded once (payloads.payload_of) for every reader of
+    # this event: the reducer, the conversation, the transcript, the printer.
+    typed: Any = field(default=None, compare=False, repr=False)
 
     def payload_json(self) -> str:
         return encode_payload(self.payload)

@@ -16,6 +16,7 @@ llama-cpp-python's own tokenizer on SmolLM2-135M-Instruct: 314 of 314 varied str
 
 from __future__ import annotations
 
+import functools
 import mmap
 import struct
 from pathlib import Path
@@ -115,7 +116,16 @@ def _read_header(path: str | Path, reader: _Reader) -> dict[str, object]:
 
 
 def tokenizer_json_from_gguf(path: str | Path) -> str:
-    """Return a ``tokenizers.Tokenizer`` JSON equivalent to a GGUF's "gpt2" tokenizer."""
+    """Return a ``tokenizers.Tokenizer`` JSON equivalent to a GGUF's "gpt2" tokenizer.
+
+    Built once per file version: `tower check` (project load) and the session's start both
+    ask for it, and a project reload asks again."""
+    st = Path(path).stat()
+    return _tokenizer_json(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_json(path: str, _mtime_ns: int, _size: int) -> str:
     meta = read_gguf_metadata(path)
     model = meta.get("tokenizer.ggml.model")
     if model != "gpt2":

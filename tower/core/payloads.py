@@ -326,7 +326,15 @@ def upcast(kind: EventKind, data: dict[str, Any]) -> dict[str, Any]:
 
 def payload_of(ev: Event) -> Payload:
     """The typed view of an event's payload. KeyError/TypeError on a damaged one (a field
-    it cannot do without is missing); the store checks logs for that before folding."""
+    it cannot do without is missing); the store checks logs for that before folding.
+    Decoded once per event: later readers get the same object."""
+    if ev.typed is not None:
+        return ev.typed
+    ev.typed = _decode(ev)
+    return ev.typed
+
+
+def _decode(ev: Event) -> Payload:
     cls = TYPES[ev.kind]
     data = upcast(ev.kind, ev.payload) if "v" in ev.payload or cls.VERSION > 1 else ev.payload
     for name in _REQUIRED[cls]:
