@@ -347,7 +347,7 @@ async def test_pause_one_thread_then_resume(tmp_path: Path) -> None:
         await t.press("p")
         sup = t.app.sup
         assert sup is not None
-        assert sup.runs["t-1"].pause_requested and not sup.runs["t-2"].pause_requested
+        assert t.view("t-1").pause_requested and not t.view("t-2").pause_requested
         assert any("pausing t-1" in s for s in t.toast_texts())
         # It waits for the human; the pause lands at its next checkpoint, after the answer.
         await t.press("r")
@@ -360,7 +360,7 @@ async def test_pause_one_thread_then_resume(tmp_path: Path) -> None:
         assert t.view("t-2").state is ThreadState.WAITING
         steps = t.view("t-1").step
         await t.press("p")
-        assert not sup.runs["t-1"].pause_requested
+        assert not t.view("t-1").pause_requested
         assert any("resumed t-1" in s for s in t.toast_texts())
         await t.until(
             lambda: [i.kind for i in t.items("t-1")] == [InboxKind.APPROVAL], "t-1 continues"
@@ -381,7 +381,7 @@ async def test_pause_all_and_resume_all(tmp_path: Path) -> None:
         sup = t.app.sup
         assert sup is not None
         await t.press("P")
-        assert all(sup.runs[x].pause_requested for x in ("t-1", "t-2", "t-3"))
+        assert all(t.view(x).pause_requested for x in ("t-1", "t-2", "t-3"))
         assert any("pausing 3 thread(s)" in s for s in t.toast_texts())
         # queued threads pause at once; the waiting one at its next checkpoint
         assert t.view("t-2").state is ThreadState.PAUSED
@@ -391,7 +391,7 @@ async def test_pause_all_and_resume_all(tmp_path: Path) -> None:
         assert "3 paused" not in drawn(t.app.query_one(BudgetBar))
         assert "2 paused" in drawn(t.app.query_one(BudgetBar))
         await t.press("P")
-        assert not any(sup.runs[x].pause_requested for x in ("t-1", "t-2", "t-3"))
+        assert not any(t.view(x).pause_requested for x in ("t-1", "t-2", "t-3"))
         assert any("resumed 3 thread(s)" in s for s in t.toast_texts())
         assert t.view("t-2").state is ThreadState.QUEUED
         await t.settle()
@@ -844,9 +844,9 @@ async def test_command_palette_runs_a_verb(tmp_path: Path, key: str) -> None:
         await t.press("enter")
         sup = t.app.sup
         assert sup is not None
-        await t.until(lambda: sup.runs["t-1"].pause_requested, "t-1 pausing")
+        await t.until(lambda: t.view("t-1").pause_requested, "t-1 pausing")
         assert not isinstance(t.app.screen, CommandPalette)
-        assert not sup.runs["t-2"].pause_requested
+        assert not t.view("t-2").pause_requested
 
 
 async def test_help_lists_every_key(tmp_path: Path) -> None:
@@ -899,7 +899,7 @@ async def test_detail_screen_shows_transcript_and_costs_and_verbs_work_there(
         await t.press("p")
         sup = t.app.sup
         assert sup is not None
-        assert sup.runs["t-2"].pause_requested and not sup.runs["t-1"].pause_requested
+        assert t.view("t-2").pause_requested and not t.view("t-1").pause_requested
         await t.press("a")
         await t.until(lambda: t.view("t-2").state is ThreadState.PAUSED, "t-2 paused")
         await t.until(lambda: "● paused" in transcript(), "live events in the transcript")

@@ -23,6 +23,8 @@ class EventKind(StrEnum):
     SESSION_RESUMED = "session_resumed"  # threads (ids continued), pid
     THREAD_SPAWNED = "thread_spawned"  # agent, task, title, cascade, model, priority, budgets
     THREAD_STATE = "thread_state"  # state, reason?, answer?
+    # The person asked a thread to pause (it does at its next checkpoint) or withdrew that.
+    PAUSE_REQUESTED = "pause_requested"  # requested: bool
     LLM_STARTED = "llm_started"  # step, model, reserved_usd, reserved_tokens, call
     LLM_DELTA = "llm_delta"  # call, text (coalesced stream text)
     LLM_FINISHED = "llm_finished"  # call, step, model, text, tool_calls, usage, cost_usd, ...

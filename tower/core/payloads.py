@@ -88,6 +88,12 @@ class ThreadStateChanged(Payload):
 
 
 @dataclass(frozen=True, slots=True)
+class PauseRequested(Payload):
+    KIND = EventKind.PAUSE_REQUESTED
+    requested: bool
+
+
+@dataclass(frozen=True, slots=True)
 class LlmStarted(Payload):
     KIND = EventKind.LLM_STARTED
     step: int
@@ -273,6 +279,7 @@ TYPES: dict[EventKind, type[Payload]] = {
         SessionResumed,
         ThreadSpawned,
         ThreadStateChanged,
+        PauseRequested,
         LlmStarted,
         LlmDelta,
         LlmFinished,

@@ -65,6 +65,9 @@ class ThreadView:
     checked: bool | None = None  # the last self-check: None when the task has none
     unpriced: bool = False  # some call's model has no known price: its cost is a floor
     check_detail: str = ""
+    # A pause asked for and not withdrawn: the thread pauses at its next checkpoint (a
+    # running one shows "pausing" until then) and is not started from the queue.
+    pause_requested: bool = False
 
 
 @dataclass(slots=True)
@@ -222,6 +225,13 @@ def _thread_state(
             view.answer = p.answer
 
 
+def _pause_requested(
+    state: TowerState, ev: Event, p: pl.PauseRequested, view: ThreadView | None
+) -> None:
+    if view is not None:
+        view.pause_requested = p.requested
+
+
 def _inbox_opened(state: TowerState, ev: Event, p: pl.InboxOpened, view: ThreadView | None) -> None:
     # The item keeps the recorded payload whole: the inbox shows its kind's own fields.
     item = InboxItem(p.item, ev.thread or "", InboxKind(p.kind), ev.ts, ev.payload)
@@ -357,6 +367,7 @@ _APPLY: dict[type[pl.Payload], Callable[[TowerState, Event, Any, ThreadView | No
     pl.ToolCalled: _tool_called,
     pl.ToolResult: _tool_result,
     pl.ThreadStateChanged: _thread_state,
+    pl.PauseRequested: _pause_requested,
     pl.InboxOpened: _inbox_opened,
     pl.InboxClosed: _inbox_closed,
     pl.Escalated: _escalated,

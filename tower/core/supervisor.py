@@ -87,7 +87,6 @@ class ThreadRun:
     steps: int = 0
     task: asyncio.Task[None] | None = None
     state: ThreadState = ThreadState.QUEUED
-    pause_requested: bool = False
     resume: asyncio.Event = field(default_factory=asyncio.Event)
     items: dict[str, tuple[InboxKind, asyncio.Future[Decision]]] = field(default_factory=dict)
     escalation: asyncio.Future[Decision] | None = None
@@ -699,8 +698,9 @@ class Supervisor:
             tid = self._queue[i][2]
             th = self.runs[tid]
             mcap = self._model_cap(th.model)
-            if th.pause_requested or (mcap is not None and self._per_model[th.model] >= mcap):
-                if not th.pause_requested:
+            pausing = self.pause_requested(th)
+            if pausing or (mcap is not None and self._per_model[th.model] >= mcap):
+                if not pausing:
                     self.set_state(
                         th, ThreadState.QUEUED, f"waiting for a {th.model} slot ({mcap})"
                     )
@@ -866,7 +866,7 @@ class Supervisor:
                 return False
             if decision.resolution is Resolution.ANSWERED and decision.text:
                 th.guidance.append(decision.text)
-        while th.pause_requested and not th.ended:
+        while self.pause_requested(th) and not th.ended:
             self.set_state(th, ThreadState.PAUSED, "paused by the human")
             th.resume.clear()
             await th.resume.wait()
@@ -924,7 +924,7 @@ class Supervisor:
         call, without holding the slot."""
         while True:
             await self.calls.acquire((-th.priority, th.order))
-            if not th.pause_requested and th.escalation is None and not th.ended:
+            if not self.pause_requested(th) and th.escalation is None and not th.ended:
                 return True
             self.calls.release(ended=False)
             if not await self.checkpoint(th):
@@ -947,15 +947,23 @@ class Supervisor:
             raise CommandError(f"thread {tid} has already ended ({th.state})")
         return th
 
+    def pause_requested(self, th: ThreadRun) -> bool:
+        """The state holds pause requests (the screen and replay read them there)."""
+        return self.bus.state.threads[th.id].pause_requested
+
+    def _ask_pause(self, th: ThreadRun, requested: bool) -> None:
+        if self.pause_requested(th) != requested:
+            self.bus.emit(EventKind.PAUSE_REQUESTED, th.id, requested=requested)
+
     def pause(self, tid: str) -> None:
         th = self._live(tid)
-        th.pause_requested = True
+        self._ask_pause(th, True)
         if th.task is None:  # still queued: it stays out of the queue's way
             self.set_state(th, ThreadState.PAUSED, "paused by the human")
 
     def resume(self, tid: str) -> None:
         th = self._live(tid)
-        th.pause_requested = False
+        self._ask_pause(th, False)
         th.resume.set()
         if th.task is None:
             self.set_state(th, ThreadState.QUEUED)
@@ -963,12 +971,12 @@ class Supervisor:
 
     def pause_all(self) -> None:
         for th in self.runs.values():
-            if not th.ended and not th.pause_requested:
+            if not th.ended and not self.pause_requested(th):
                 self.pause(th.id)
 
     def resume_all(self) -> None:
         for th in self.runs.values():
-            if not th.ended and th.pause_requested:
+            if not th.ended and self.pause_requested(th):
                 self.resume(th.id)
 
     def kill(self, tid: str, reason: str = "killed by the human") -> None:

@@ -28,7 +28,7 @@ from textual.widgets import Footer, Input
 from tower.core import payloads as pl
 from tower.core.attention import AttentionClock
 from tower.core.bus import Bus
-from tower.core.events import Event, EventKind, InboxKind, ThreadState
+from tower.core.events import ENDED_STATES, Event, EventKind, InboxKind, ThreadState
 from tower.core.payloads import payload_of
 from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
 from tower.core.session import fold_checked
@@ -992,8 +992,8 @@ class TowerApp(App[int]):
         tid = self._need_thread()
         if tid is None or self.sup is None:
             return
-        run = self.sup.runs.get(tid)
-        if run is not None and run.pause_requested:
+        view = self.state().threads.get(tid)
+        if view is not None and view.pause_requested:
             await self._command(lambda: self.sup.resume(tid), f"resumed {tid}")  # type: ignore[union-attr]
         else:
             await self._command(lambda: self.sup.pause(tid), f"pausing {tid}")  # type: ignore[union-attr]
@@ -1001,8 +1001,10 @@ class TowerApp(App[int]):
     async def action_pause_all(self) -> None:
         if self.sup is None:
             return
-        live = [r for r in list(self.sup.runs.values()) if not r.ended]
-        if live and all(r.pause_requested for r in live):
+        with self.state_lock():
+            live = [v for v in self.state().threads.values() if v.state not in ENDED_STATES]
+            asked = live and all(v.pause_requested for v in live)
+        if asked:
             await self._command(self.sup.resume_all, f"resumed {len(live)} thread(s)")
         else:
             await self._command(self.sup.pause_all, f"pausing {len(live)} thread(s)")
