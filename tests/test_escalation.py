@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import ended
 from tower.core import llm
+from tower.core import payloads as pl
 from tower.core.check import CHECK_FAILED, check_answer, run_check
 from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
 from tower.core.project import CheckSettings, ProjectError, parse_project
@@ -725,29 +726,29 @@ class Log:
     def __init__(self) -> None:
         self.events: list[Event] = []
 
-    def emit(self, kind: EventKind, thread: str | None = None, /, **payload: Any) -> None:
-        self.events.append(
-            Event(len(self.events) + 1, 100.0 + len(self.events), kind, thread, payload)
-        )
+    def emit(self, payload: pl.Payload, thread: str | None = None, /) -> None:
+        n = len(self.events)
+        self.events.append(Event(n + 1, 100.0 + n, payload.KIND, thread, payload.to_dict()))
 
     def spawn(self, tid: str) -> None:
         self.emit(
-            EventKind.THREAD_SPAWNED,
+            pl.ThreadSpawned(
+                agent="a",
+                task=tid,
+                title=tid,
+                prompt="p",
+                cascade=["sim/small", "sim/large"],
+                model="sim/small",
+                priority=0,
+                budget_usd=None,
+                budget_tokens=None,
+                max_steps=20,
+            ),
             tid,
-            agent="a",
-            task=tid,
-            title=tid,
-            prompt="p",
-            cascade=["sim/small", "sim/large"],
-            model="sim/small",
-            priority=0,
-            budget_usd=None,
-            budget_tokens=None,
-            max_steps=20,
         )
 
     def item(self, tid: str, item: str, kind: InboxKind) -> None:
-        self.emit(EventKind.INBOX_OPENED, tid, item=item, kind=str(kind), cost_so_far=0.0)
+        self.emit(pl.InboxOpened.of(item=item, kind=str(kind), cost_so_far=0.0), tid)
 
 
 def test_reducer_keeps_the_last_check_and_counts_items() -> None:
@@ -758,9 +759,7 @@ def test_reducer_keeps_the_last_check_and_counts_items() -> None:
     assert state.threads["t"].checked is None and state.threads["t"].check_detail == ""
     assert state.threads["t"].items == 0
 
-    log.emit(
-        EventKind.CHECKED, "t", passed=False, detail="the answer lacks '42'", model="sim/small"
-    )
+    log.emit(pl.Checked(passed=False, detail="the answer lacks '42'", model="sim/small"), "t")
     state = fold(log.events)
     t = state.threads["t"]
     assert t.checked is False and t.check_detail == "the answer lacks '42'"
@@ -768,9 +767,9 @@ def test_reducer_keeps_the_last_check_and_counts_items() -> None:
     assert state.threads["u"].checked is None  # another thread's check is not this one's
 
     log.item("t", "i1", InboxKind.ESCALATION)
-    log.emit(EventKind.INBOX_CLOSED, "t", item="i1", resolution="answered", by="human")
+    log.emit(pl.InboxClosed(item="i1", resolution="answered", by="human"), "t")
     log.item("t", "i2", InboxKind.APPROVAL)
-    log.emit(EventKind.CHECKED, "t", passed=True, detail="passed", model="sim/large")
+    log.emit(pl.Checked(passed=True, detail="passed", model="sim/large"), "t")
     state = fold(log.events)
     t = state.threads["t"]
     assert t.checked is True and t.check_detail == "passed"

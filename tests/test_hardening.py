@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tower.core import payloads as pl
 from tower.core.bus import Bus
 from tower.core.events import EventKind
 from tower.core.experiment import VariantScore, table, winner
@@ -26,13 +27,13 @@ async def test_a_lone_surrogate_in_tool_arguments_does_not_break_the_log(tmp_pat
     await store.create_session("s", "p", str(tmp_path), time.time(), {})
     store.start_writer("s")
     bus = Bus(store, secrets={})
-    bus.emit(EventKind.TOOL_CALLED, "t", call_id="c", tool="read_file", args={"path": "\ud800x"})
-    bus.emit(EventKind.COMMENT, "t", text="after")
+    bus.emit(pl.ToolCalled(call_id="c", tool="read_file", args={"path": "\ud800x"}), "t")
+    bus.emit(pl.Comment(text="after"), "t")
     await asyncio.wait_for(store.flush(), 10)
     got = [ev.payload async for ev in store.events("s")]
     await store.close()
     assert got[0]["args"]["path"].endswith("x") and "\ud800" not in got[0]["args"]["path"]
-    assert got[1] == {"text": "after"}
+    assert got[1] == {"text": "after", "by": "human"}  # the next event is stored whole
 
 
 async def test_a_surrogate_path_is_a_tool_error(tmp_path: Path) -> None:

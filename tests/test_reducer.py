@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
+from tower.core import payloads as pl
+from tower.core.events import Event, InboxKind, Resolution, ThreadState
 from tower.core.state import TowerState, apply, fold, summary
 
 TOL = 1e-9
@@ -22,8 +23,8 @@ class Log:
         self.events: list[Event] = []
         self.now = t0
 
-    def emit(self, kind: EventKind, thread: str | None = None, /, **payload: Any) -> Event:
-        ev = Event(len(self.events) + 1, self.now, kind, thread, payload)
+    def emit(self, payload: pl.Payload, thread: str | None = None, /) -> Event:
+        ev = Event(len(self.events) + 1, self.now, payload.KIND, thread, payload.to_dict())
         self.events.append(ev)
         return ev
 
@@ -33,15 +34,16 @@ class Log:
         self, session: str = "s1", budget_usd: float | None = 1.0, budget_tokens: int | None = None
     ) -> Event:
         return self.emit(
-            EventKind.SESSION_STARTED,
-            session=session,
-            project="demo",
-            project_dir="/tmp/demo",
-            budget_usd=budget_usd,
-            budget_tokens=budget_tokens,
-            max_concurrent=16,
-            seed=0,
-            approve=None,
+            pl.SessionStarted(
+                session=session,
+                project="demo",
+                project_dir="/tmp/demo",
+                budget_usd=budget_usd,
+                budget_tokens=budget_tokens,
+                max_concurrent=16,
+                seed=0,
+                approve=None,
+            )
         )
 
     def spawned(
@@ -53,37 +55,39 @@ class Log:
         priority: int = 0,
     ) -> Event:
         return self.emit(
-            EventKind.THREAD_SPAWNED,
+            pl.ThreadSpawned(
+                agent="worker",
+                task=f"task-{tid}",
+                title=f"title of {tid}",
+                prompt=f"do {tid}",
+                cascade=list(cascade),
+                model=cascade[0],
+                priority=priority,
+                budget_usd=budget_usd,
+                budget_tokens=budget_tokens,
+                max_steps=20,
+            ),
             tid,
-            agent="worker",
-            task=f"task-{tid}",
-            title=f"title of {tid}",
-            prompt=f"do {tid}",
-            cascade=list(cascade),
-            model=cascade[0],
-            priority=priority,
-            budget_usd=budget_usd,
-            budget_tokens=budget_tokens,
-            max_steps=20,
         )
 
     def state(self, tid: str, state: ThreadState, reason: str = "", **extra: Any) -> Event:
-        return self.emit(EventKind.THREAD_STATE, tid, state=str(state), reason=reason, **extra)
+        return self.emit(pl.ThreadStateChanged.of(state=str(state), reason=reason, **extra), tid)
 
     def llm_started(
         self, tid: str, call: str, step: int, usd: float, tokens: int, model: str = "sim/small"
     ) -> Event:
         return self.emit(
-            EventKind.LLM_STARTED,
+            pl.LlmStarted(
+                call=call,
+                step=step,
+                model=model,
+                attempt=0,
+                prompt_tokens_est=tokens - 100,
+                max_tokens=100,
+                reserved_usd=usd,
+                reserved_tokens=tokens,
+            ),
             tid,
-            call=call,
-            step=step,
-            model=model,
-            attempt=0,
-            prompt_tokens_est=tokens - 100,
-            max_tokens=100,
-            reserved_usd=usd,
-            reserved_tokens=tokens,
         )
 
     def llm_finished(
@@ -98,51 +102,54 @@ class Log:
         model: str = "sim/small",
     ) -> Event:
         return self.emit(
-            EventKind.LLM_FINISHED,
+            pl.LlmFinished(
+                call=call,
+                step=step,
+                model=model,
+                text="thinking",
+                tool_calls=[],
+                usage=pl.Usage(
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    total_tokens=prompt_tokens + completion_tokens,
+                ),
+                cost_usd=cost,
+                price_known=True,
+                reserved_usd=reserved_usd,
+                seconds=0.01,
+                finish_reason="stop",
+            ),
             tid,
-            call=call,
-            step=step,
-            model=model,
-            text="thinking",
-            tool_calls=[],
-            usage={
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-            cost_usd=cost,
-            price_known=True,
-            reserved_usd=reserved_usd,
-            seconds=0.01,
-            finish_reason="stop",
         )
 
     def llm_failed(
         self, tid: str, call: str, step: int, released: float, error: str = "rate limited"
     ) -> Event:
         return self.emit(
-            EventKind.LLM_FAILED,
+            pl.LlmFailed(
+                call=call,
+                step=step,
+                model="sim/small",
+                error=error,
+                retryable=error != "cancelled",
+                attempt=0,
+                released_usd=released,
+            ),
             tid,
-            call=call,
-            step=step,
-            model="sim/small",
-            error=error,
-            retryable=error != "cancelled",
-            attempt=0,
-            released_usd=released,
         )
 
     def inbox_opened(self, tid: str, item: str, kind: InboxKind = InboxKind.APPROVAL) -> Event:
         return self.emit(
-            EventKind.INBOX_OPENED,
+            pl.InboxOpened.of(
+                item=item,
+                kind=str(kind),
+                cost_so_far=0.0,
+                tool="write_file",
+                args={"path": "out.txt", "content": "x"},
+                reason="writing the result",
+                call_id=f"call-{item}",
+            ),
             tid,
-            item=item,
-            kind=str(kind),
-            cost_so_far=0.0,
-            tool="write_file",
-            args={"path": "out.txt", "content": "x"},
-            reason="writing the result",
-            call_id=f"call-{item}",
         )
 
     def inbox_closed(
@@ -155,7 +162,7 @@ class Log:
     ) -> Event:
         extra = {} if attention_s is None else {"attention_s": attention_s}
         return self.emit(
-            EventKind.INBOX_CLOSED, tid, item=item, resolution=str(resolution), by=by, **extra
+            pl.InboxClosed.of(item=item, resolution=str(resolution), by=by, **extra), tid
         )
 
 
@@ -426,9 +433,7 @@ def test_dropped_by_human_is_not_counted_either() -> None:
 def test_escalated_moves_to_next_model() -> None:
     log = Log()
     log.spawned("t1", cascade=("sim/small", "sim/large"))
-    log.emit(
-        EventKind.ESCALATED, "t1", from_model="sim/small", to_model="sim/large", trigger="human"
-    )
+    log.emit(pl.Escalated(from_model="sim/small", to_model="sim/large", trigger="human"), "t1")
     st_ = fold(log.events)
     v = st_.threads["t1"]
     assert v.model == "sim/large"
@@ -442,7 +447,7 @@ def test_escalated_moves_to_next_model() -> None:
 def test_budget_raised_for_session() -> None:
     log = Log()
     log.session_started(budget_usd=1.5, budget_tokens=10_000)
-    log.emit(EventKind.BUDGET_RAISED, None, scope="session", usd=0.5, tokens=2500, by="human")
+    log.emit(pl.BudgetRaised(scope="session", usd=0.5, tokens=2500, by="human"))
     st_ = fold(log.events)
     assert st_.budget.limit_usd == pytest.approx(2.0)
     assert st_.budget.limit_tokens == 12_500
@@ -452,7 +457,7 @@ def test_budget_raised_for_session() -> None:
 def test_budget_raised_for_session_without_a_limit_starts_from_zero() -> None:
     log = Log()
     log.session_started(budget_usd=None, budget_tokens=None)
-    log.emit(EventKind.BUDGET_RAISED, None, scope="session", usd=0.25, tokens=0, by="human")
+    log.emit(pl.BudgetRaised(scope="session", usd=0.25, tokens=0, by="human"))
     st_ = fold(log.events)
     assert st_.budget.limit_usd == pytest.approx(0.25)
     assert st_.budget.limit_tokens is None
@@ -463,7 +468,7 @@ def test_budget_raised_for_thread() -> None:
     log.session_started(budget_usd=5.0)
     log.spawned("a", budget_usd=0.1)
     log.spawned("b", budget_usd=0.1)
-    log.emit(EventKind.BUDGET_RAISED, "a", scope="thread", usd=0.4, tokens=0, by="human")
+    log.emit(pl.BudgetRaised(scope="thread", usd=0.4, tokens=0, by="human"), "a")
     st_ = fold(log.events)
     assert st_.threads["a"].budget_usd == pytest.approx(0.5)
     assert st_.threads["b"].budget_usd == pytest.approx(0.1)
@@ -473,7 +478,7 @@ def test_budget_raised_for_thread() -> None:
 def test_budget_raised_for_thread_tokens() -> None:
     log = Log()
     log.spawned("a", budget_tokens=1000)
-    log.emit(EventKind.BUDGET_RAISED, "a", scope="thread", usd=0.0, tokens=500, by="human")
+    log.emit(pl.BudgetRaised(scope="thread", usd=0.0, tokens=500, by="human"), "a")
     st_ = fold(log.events)
     assert st_.threads["a"].budget_tokens == 1500
 
@@ -481,21 +486,14 @@ def test_budget_raised_for_thread_tokens() -> None:
 def test_tool_called_and_result_track_current_tool() -> None:
     log = Log()
     log.spawned("t1")
-    log.emit(
-        EventKind.TOOL_CALLED,
-        "t1",
-        call_id="x1",
-        tool="read_file",
-        args={"path": "a.txt"},
-        reason="",
-    )
+    log.emit(pl.ToolCalled(call_id="x1", tool="read_file", args={"path": "a.txt"}, reason=""), "t1")
     st_ = fold(log.events)
     v = st_.threads["t1"]
     assert v.tool_calls == 1
     assert v.current_tool is not None
     assert v.current_tool.startswith("read_file(")
     assert "a.txt" in v.current_tool
-    log.emit(EventKind.TOOL_RESULT, "t1", call_id="x1", tool="read_file", ok=True, result="hi")
+    log.emit(pl.ToolResult(call_id="x1", tool="read_file", ok=True, result="hi"), "t1")
     apply(st_, log.events[-1])
     assert v.current_tool is None
     assert v.tool_calls == 1
@@ -504,8 +502,8 @@ def test_tool_called_and_result_track_current_tool() -> None:
 def test_deltas_build_the_tail() -> None:
     log = Log()
     log.spawned("t1")
-    log.emit(EventKind.LLM_DELTA, "t1", call="c1", text="Hello, ")
-    log.emit(EventKind.LLM_DELTA, "t1", call="c1", text="world")
+    log.emit(pl.LlmDelta(call="c1", text="Hello, "), "t1")
+    log.emit(pl.LlmDelta(call="c1", text="world"), "t1")
     assert fold(log.events).threads["t1"].tail == "Hello, world"
 
 
@@ -513,7 +511,7 @@ def test_session_ended() -> None:
     log = Log(t0=5.0)
     log.session_started()
     log.now = 9.0
-    log.emit(EventKind.SESSION_ENDED, None, reason="interrupted")
+    log.emit(pl.SessionEnded(reason="interrupted"))
     st_ = fold(log.events)
     assert st_.ended == 9.0
     assert st_.end_reason == "interrupted"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tower.core.events import Event, EventKind
+from tower.core.payloads import payload_of
 from tower.core.project import load_project
 from tower.core.session import resume_headless, run_headless
 from tower.core.store import Store
@@ -356,7 +357,7 @@ async def test_a_call_cut_off_by_a_crash_is_booked_as_possibly_billed(tmp_path) 
     try:
         after = [ev async for ev in store.events(session)]
         (lost,) = [ev for ev in after if ev.kind is EventKind.LLM_LOST]
-        assert lost.payload["usd"] == pytest.approx(reserved) and lost.thread == "t"
+        assert payload_of(lost).reserved_usd == pytest.approx(reserved) and lost.thread == "t"
         (row,) = await store.list_sessions()
         assert row.lost_usd == pytest.approx(reserved)
         text = io.StringIO()

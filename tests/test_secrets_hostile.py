@@ -29,6 +29,7 @@ import pytest
 from tests.fake_openai import FakeOpenAI, Reply, tool_reply
 from tower.core import agent
 from tower.core import bus as bus_mod
+from tower.core import payloads as pl
 from tower.core.bus import Bus
 from tower.core.events import EventKind
 from tower.core.project import load_project
@@ -85,11 +86,16 @@ def test_bus_redacts_a_key_split_across_deltas(pieces: list[str]) -> None:
     bus = Bus(None, secrets={KEY: VAR})
     seen: list[Any] = []
     bus.subscribe(seen.append)
-    bus.emit(EventKind.LLM_STARTED, None, call="c1", step=1, model="m", reserved_usd=0.0)
+    bus.emit(pl.LlmStarted(call="c1", step=1, model="m", reserved_usd=0.0))
     for piece in pieces:
-        bus.emit(EventKind.LLM_DELTA, None, call="c1", text=piece)
-    bus.emit(EventKind.LLM_FINISHED, None, call="c1", step=1, model="m", text="".join(pieces),
-             cost_usd=0.0, usage={"total_tokens": 0}, reserved_usd=0.0)  # fmt: skip
+        bus.emit(pl.LlmDelta(call="c1", text=piece))
+    text = "".join(pieces)
+    usage = pl.Usage(total_tokens=0)
+    bus.emit(
+        pl.LlmFinished(
+            call="c1", step=1, model="m", text=text, cost_usd=0.0, usage=usage, reserved_usd=0.0
+        )
+    )
     deltas = "".join(e.payload["text"] for e in seen if e.kind is EventKind.LLM_DELTA)
     assert deltas == f"Your key is [redacted {VAR}] and again:[redacted {VAR}]."
     for ev in seen:
@@ -104,8 +110,8 @@ def test_the_overlap_is_short_and_a_cut_off_key_is_redacted() -> None:
     bus = Bus(None, secrets=secrets)
     seen: list[Any] = []
     bus.subscribe(seen.append)
-    bus.emit(EventKind.LLM_DELTA, None, call="c", text=text)
-    bus.emit(EventKind.LLM_FAILED, None, call="c", error="cut", released_usd=0.0)
+    bus.emit(pl.LlmDelta(call="c", text=text))
+    bus.emit(pl.LlmFailed(call="c", error="cut", released_usd=0.0))
     got = "".join(e.payload.get("text", "") for e in seen if e.kind is EventKind.LLM_DELTA)
     assert got == f"see [redacted {VAR}]"
 
@@ -396,5 +402,5 @@ def test_a_reloaded_project_adds_its_keys(monkeypatch: pytest.MonkeyPatch) -> No
     bus = Bus(None, secrets={})
     model = type("M", (), {"api_key_env": "MYLLM_RELOADED_ACCESS"})
     bus.add_secrets_of(type("P", (), {"models": {"m": model}}))
-    ev = bus.emit(EventKind.COMMENT, None, text="it was reloaded-value-123")
+    ev = bus.emit(pl.Comment(text="it was reloaded-value-123"))
     assert ev.payload["text"] == "it was [redacted MYLLM_RELOADED_ACCESS]"

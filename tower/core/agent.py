@@ -13,9 +13,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tower.core import diffs, llm, messages
+from tower.core import payloads as pl
 from tower.core.budget import Refusal
 from tower.core.check import check_answer
-from tower.core.events import EventKind, InboxKind, Resolution, ThreadState
+from tower.core.events import InboxKind, Resolution, ThreadState
 from tower.core.policy import Action, Verdict, suggest_grant, workspace_relative
 from tower.core.resume import has_side_effects
 from tower.core.tools import ToolError
@@ -82,7 +83,7 @@ def _empty_turn(sup: Supervisor, th: ThreadRun) -> None:
     escalates (the next model of the cascade, else the human), never the thread's answer."""
     th.empty_streak += 1
     if th.empty_streak == 1:
-        sup.bus.emit(EventKind.COMMENT, th.id, text=EMPTY_NUDGE, by="tower")
+        sup.bus.emit(pl.Comment(text=EMPTY_NUDGE, by="tower"), th.id)
         th.guidance.append(EMPTY_NUDGE)
         return
     th.empty_streak = 0
@@ -106,9 +107,7 @@ class _Deltas:
 
     def flush(self) -> None:
         if self.parts:
-            self.bus.emit(
-                EventKind.LLM_DELTA, self.thread, call=self.call, text="".join(self.parts)
-            )
+            self.bus.emit(pl.LlmDelta(call=self.call, text="".join(self.parts)), self.thread)
             self.parts.clear()
 
 
@@ -165,17 +164,18 @@ async def _call_model(
         th.reservation = res
         th.call_id = call = sup.next_call_id()
         bus.emit(
-            EventKind.LLM_STARTED,
+            pl.LlmStarted(
+                call=call,
+                step=th.steps + 1,
+                model=model,
+                attempt=attempt,
+                prompt_tokens_est=prompt_est,
+                max_tokens=max_tokens,
+                reserved_usd=res.usd,
+                reserved_tokens=res.tokens,
+                guidance=unsent,
+            ),
             th.id,
-            call=call,
-            step=th.steps + 1,
-            model=model,
-            attempt=attempt,
-            prompt_tokens_est=prompt_est,
-            max_tokens=max_tokens,
-            reserved_usd=res.usd,
-            reserved_tokens=res.tokens,
-            guidance=unsent,
         )
         unsent = []  # the conversation holds it now (folded from this event)
         deltas = _Deltas(bus, th.id, call)
@@ -204,15 +204,16 @@ async def _call_model(
             released = sup.ledger.release(res)
             th.reservation = None
             bus.emit(
-                EventKind.LLM_FAILED,
+                pl.LlmFailed(
+                    call=call,
+                    step=th.steps + 1,
+                    model=model,
+                    error=str(err),
+                    retryable=err.retryable,
+                    attempt=attempt,
+                    released_usd=released,
+                ),
                 th.id,
-                call=call,
-                step=th.steps + 1,
-                model=model,
-                error=str(err),
-                retryable=err.retryable,
-                attempt=attempt,
-                released_usd=released,
             )
             if err.context_window and th.model_index + 1 < len(th.cascade):
                 # The conversation outgrew this model: the next one may hold it.
@@ -246,26 +247,27 @@ async def _call_model(
         th.reservation = None
         th.steps += 1
         bus.emit(
-            EventKind.LLM_FINISHED,
+            pl.LlmFinished(
+                call=call,
+                step=th.steps,
+                model=model,
+                text=result.text,
+                tool_calls=[tc.as_message() for tc in result.tool_calls],
+                usage=pl.Usage(
+                    prompt_tokens=result.prompt_tokens,
+                    completion_tokens=result.completion_tokens,
+                    total_tokens=tokens,
+                    cached_tokens=result.cached_tokens,
+                    reasoning_tokens=result.reasoning_tokens,
+                    estimated=result.usage_estimated,
+                ),
+                cost_usd=cost,
+                price_known=result.cost_usd is not None or price is not None,
+                reserved_usd=res.usd,
+                seconds=round(result.seconds, 4),
+                finish_reason=result.finish_reason,
+            ),
             th.id,
-            call=call,
-            step=th.steps,
-            model=model,
-            text=result.text,
-            tool_calls=[tc.as_message() for tc in result.tool_calls],
-            usage={
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "total_tokens": tokens,
-                "cached_tokens": result.cached_tokens,
-                "reasoning_tokens": result.reasoning_tokens,
-                **({"estimated": True} if result.usage_estimated else {}),
-            },
-            cost_usd=cost,
-            price_known=result.cost_usd is not None or price is not None,
-            reserved_usd=res.usd,
-            seconds=round(result.seconds, 4),
-            finish_reason=result.finish_reason,
         )
         return result
 
@@ -281,12 +283,10 @@ async def _handle_tool(
             raise ValueError("arguments must be a JSON object")
     except ValueError as exc:
         bus.emit(
-            EventKind.TOOL_CALLED,
+            pl.ToolCalled(
+                call_id=tc.id, tool=tc.name, args={"_raw": tc.arguments[:2000]}, reason=reason
+            ),
             th.id,
-            call_id=tc.id,
-            tool=tc.name,
-            args={"_raw": tc.arguments[:2000]},
-            reason=reason,
         )
         return _result(
             sup,
@@ -299,13 +299,14 @@ async def _handle_tool(
     known = sup.has_tool(th.agent, tc.name)
     verdict = sup.judge(th, tc.name, args) if known else None
     bus.emit(
-        EventKind.TOOL_CALLED,
+        pl.ToolCalled.of(
+            call_id=tc.id,
+            tool=tc.name,
+            args=args,
+            reason=reason,
+            **_verdict_fields(verdict) if verdict else {},
+        ),
         th.id,
-        call_id=tc.id,
-        tool=tc.name,
-        args=args,
-        reason=reason,
-        **(_verdict_fields(verdict) if verdict else {}),
     )
     if verdict is None:
         names = [*th.agent.tools, *(sup.mcp.names(th.agent.mcp) if sup.mcp else [])]
@@ -398,7 +399,7 @@ async def _conclude(
     outcome = await check_answer(sup.check_of(th), answer, root)
     if outcome is not None:
         sup.bus.emit(
-            EventKind.CHECKED, th.id, passed=outcome.passed, detail=outcome.detail, model=th.model
+            pl.Checked(passed=outcome.passed, detail=outcome.detail, model=th.model), th.id
         )
     if outcome is None or outcome.passed:
         if tc is not None:
@@ -442,7 +443,7 @@ def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
 
 
 def _result(sup: Supervisor, th: ThreadRun, tc: llm.ToolCall, ok: bool, content: str) -> bool:
-    sup.bus.emit(EventKind.TOOL_RESULT, th.id, call_id=tc.id, tool=tc.name, ok=ok, result=content)
+    sup.bus.emit(pl.ToolResult(call_id=tc.id, tool=tc.name, ok=ok, result=content), th.id)
     # Tool errors in a row (not a human's "no") escalate: the model is out of its depth.
     if ok:
         th.error_streak = 0

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tower.core.events import Event, EventKind, encode_payload
+from tower.core.payloads import Payload
 from tower.core.secrets import (
     KEY_SHAPES,
     install_log_redaction,
@@ -88,26 +89,32 @@ class Bus:
         text = KEY_SHAPES.sub("[redacted key]", text)
         return text
 
-    def emit(self, kind: EventKind, thread: str | None = None, /, **payload: Any) -> Event:
-        call = payload.get("call")
-        if kind is EventKind.LLM_DELTA and isinstance(payload.get("text"), str):
+    def emit(self, payload: Payload, thread: str | None = None, /) -> Event:
+        """Records one typed event: `bus.emit(ThreadSpawned(...), tid)`. Secrets are
+        redacted first (also across streamed deltas). Readers get the typed view decoded
+        from the stored payload, never the object given: the live fold and a replay of the
+        log then see the very same values (a tuple given is a list read back)."""
+        kind = payload.KIND
+        data = payload.to_dict()
+        call = data.get("call")
+        if kind is EventKind.LLM_DELTA and isinstance(data.get("text"), str):
             # Hold back what may be the start of a secret until the next delta completes it.
             _, held = self._held.pop(call, (None, ""))
-            text = held + payload["text"]
+            text = held + data["text"]
             cut = safe_stream_cut(text, self._secrets)
             if cut < len(text):
                 self._held[call] = (thread, text[cut:])
-            payload["text"] = text[:cut]
+            data["text"] = text[:cut]
         elif self._held:
             if kind in (EventKind.LLM_FINISHED, EventKind.LLM_FAILED) and call in self._held:
                 self._release(call)
             elif kind is EventKind.LLM_STARTED:  # a call that ended without a word
                 for old in [c for c, (t, _) in self._held.items() if t == thread]:
                     self._release(old)
-        if kind is EventKind.LLM_FINISHED and isinstance(payload.get("text"), str):
+        if kind is EventKind.LLM_FINISHED and isinstance(data.get("text"), str):
             # A reply cut off inside a key ends with its first characters.
-            payload["text"] = redact_partial_tail(payload["text"], self._secrets)
-        return self._emit(kind, thread, payload)
+            data["text"] = redact_partial_tail(data["text"], self._secrets)
+        return self._emit(kind, thread, data)
 
     def _release(self, call: str) -> None:
         """The held-back end of a call's stream, as its last delta."""

@@ -16,7 +16,8 @@ encode_payload = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, def
 
 
 class EventKind(StrEnum):
-    """What happened. Payload keys per kind are listed beside each member."""
+    """What happened. Each kind's payload is a typed dataclass in payloads.py (its fields,
+    defaults and version); the comments beside the members are a summary."""
 
     SESSION_STARTED = "session_started"  # project, project_dir, budget_usd, budget_tokens, ...
     SESSION_ENDED = "session_ended"  # reason: "finished" | "interrupted" | "quit"

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from tower.core.events import EventKind
+from tower.core import payloads as pl
 from tower.core.project import MCP_SEP, McpServerSettings, Project
 from tower.core.secrets import scrubbed_env
 from tower.core.tools.files import ToolError
@@ -303,9 +303,7 @@ class McpServer:
         return f" (log: {self.log_path})"
 
     def _emit(self, status: str, detail: str = "", **extra: Any) -> None:
-        self.bus.emit(
-            EventKind.MCP_SERVER, None, server=self.name, status=status, detail=detail, **extra
-        )
+        self.bus.emit(pl.McpServer.of(server=self.name, status=status, detail=detail, **extra))
 
     def prefixed(self, tool: str) -> str:
         return f"{self.name}{MCP_SEP}{tool}"

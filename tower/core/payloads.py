@@ -33,6 +33,36 @@ class Payload:
 
     extra: dict[str, Any] = field(default_factory=dict, kw_only=True)
 
+    @classmethod
+    def of(cls, **data: Any) -> Any:
+        """The payload from keyword data, what its type does not name kept in `extra` (an
+        inbox item's kind-specific fields, a fork's origin)."""
+        names = _NAMES[cls]
+        return cls(
+            **{k: v for k, v in data.items() if k in names},
+            extra={k: v for k, v in data.items() if k not in names},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored shape: the fields at the top level (with `extra`'s) — a field left at
+        a default of None is left out, as the log always did —, and "v" from version 2 on,
+        so logs written before versions existed read as version 1."""
+        optional = _OPTIONAL[type(self)]
+        out: dict[str, Any] = {}
+        for name in _NAMES[type(self)]:
+            value = getattr(self, name)
+            if value is not None or name not in optional:
+                out[name] = value
+        usage = out.get("usage")
+        if isinstance(usage, Usage):
+            out["usage"] = {name: getattr(usage, name) for name in _USAGE_NAMES}
+        if self.extra:
+            for key, value in self.extra.items():
+                out.setdefault(key, value)
+        if self.VERSION > 1:
+            out["v"] = self.VERSION
+        return out
+
 
 @dataclass(frozen=True, slots=True)
 class SessionStarted(Payload):
@@ -156,8 +186,12 @@ class LlmFailed(Payload):
 
 @dataclass(frozen=True, slots=True)
 class LlmLost(Payload):
+    """A call a crash cut off, booked at its reservation. Version 2 renamed `usd` to
+    `reserved_usd`, the name LLM_STARTED gives the same amount (upcaster below)."""
+
     KIND = EventKind.LLM_LOST
-    usd: float
+    VERSION = 2
+    reserved_usd: float
     model: str = ""
     reason: str = ""
 
@@ -305,6 +339,14 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 UPCASTERS: dict[tuple[EventKind, int], Upcaster] = {}
 
 
+def _lost_v1(data: dict[str, Any]) -> dict[str, Any]:
+    data["reserved_usd"] = data.pop("usd")
+    return data
+
+
+UPCASTERS[(EventKind.LLM_LOST, 1)] = _lost_v1
+
+
 def required_fields(kind: EventKind) -> tuple[str, ...]:
     """The fields an event of this kind cannot be read without (no default)."""
     return tuple(
@@ -356,4 +398,11 @@ def _decode(ev: Event) -> Payload:
 
 
 _USAGE = frozenset(f.name for f in dataclasses.fields(Usage))
+_USAGE_NAMES = tuple(f.name for f in dataclasses.fields(Usage))
+_NAMES: dict[type[Payload], tuple[str, ...]] = {
+    t: tuple(f.name for f in dataclasses.fields(t) if f.name != "extra") for t in TYPES.values()
+}
+_OPTIONAL: dict[type[Payload], frozenset[str]] = {
+    t: frozenset(f.name for f in dataclasses.fields(t) if f.default is None) for t in TYPES.values()
+}
 _REQUIRED = {t: required_fields(t.KIND) for t in TYPES.values()}

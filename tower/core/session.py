@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tower.core import payloads as pl
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind
 from tower.core.project import Project
@@ -176,7 +177,7 @@ async def resume_headless(
             # done, so resuming closes the log as the uninterrupted run would have.
             await store.reopen_session(session)
             store.start_writer(session)
-            bus.emit(EventKind.SESSION_ENDED, reason="finished")
+            bus.emit(pl.SessionEnded(reason="finished"))
             await store.end_session(session, "clean")
             return RunResult(summary(bus.state), bus.state, False, store.path)
         with _stop_signals() as stop:

@@ -189,12 +189,12 @@ def _llm_failed(state: TowerState, ev: Event, p: pl.LlmFailed, view: ThreadView 
 
 
 def _llm_lost(state: TowerState, ev: Event, p: pl.LlmLost, view: ThreadView | None) -> None:
-    state.budget.reserved_usd = _less(state.budget.reserved_usd, p.usd)
-    state.budget.lost_usd += p.usd
+    state.budget.reserved_usd = _less(state.budget.reserved_usd, p.reserved_usd)
+    state.budget.lost_usd += p.reserved_usd
     if view is not None:
-        view.reserved_usd = _less(view.reserved_usd, p.usd)
-        view.lost_usd += p.usd
-        _append_tail(view, f"\n[lost in a crash: possibly billed ${p.usd:.6f}]")
+        view.reserved_usd = _less(view.reserved_usd, p.reserved_usd)
+        view.lost_usd += p.reserved_usd
+        _append_tail(view, f"\n[lost in a crash: possibly billed ${p.reserved_usd:.6f}]")
 
 
 def _tool_called(state: TowerState, ev: Event, p: pl.ToolCalled, view: ThreadView | None) -> None:

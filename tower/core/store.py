@@ -474,9 +474,13 @@ class Store:
         return out
 
     async def _lost_usd(self) -> dict[str, float]:
-        """session -> dollars booked for calls lost in a crash (possibly billed)."""
+        """session -> dollars booked for calls lost in a crash (possibly billed). Reads both
+        versions of LLM_LOST (the amount was `usd` before version 2): SQL sees raw payloads,
+        not the upcast ones."""
         sql = """
-        SELECT session, coalesce(sum(json_extract(payload, '$.usd')), 0) FROM events
+        SELECT session, coalesce(sum(coalesce(
+          json_extract(payload, '$.reserved_usd'), json_extract(payload, '$.usd'))), 0)
+        FROM events
         WHERE kind = ? GROUP BY session
         """
         async with self._conn.execute(sql, (str(EventKind.LLM_LOST),)) as cur:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tower.core import llm
+from tower.core import payloads as pl
 from tower.core.admission import CallGate
 from tower.core.budget import INF, Account, Ledger, Refusal, Reservation
 from tower.core.bus import Bus
@@ -234,7 +235,7 @@ class Supervisor:
             await self.start_mcp()
         except Exception as exc:
             # The log says why the session ended before any thread ran.
-            self.bus.emit(EventKind.SESSION_ENDED, reason="failed to start", error=str(exc))
+            self.bus.emit(pl.SessionEnded(reason="failed to start", error=str(exc)))
             if store is not None:
                 await store.end_session(self.session_id, "clean")
             self._closing = True
@@ -252,17 +253,18 @@ class Supervisor:
         to run every task of the project, so a resume spawns those a crash kept unspawned."""
         p = self.project
         self.bus.emit(
-            EventKind.SESSION_STARTED,
-            session=self.session_id,
-            project=p.name,
-            project_dir=str(p.root),
-            budget_usd=p.budget.usd,
-            budget_tokens=p.budget.tokens,
-            max_concurrent=p.limits.max_concurrent,
-            seed=p.project.seed,
-            approve=self.approve_mode,
-            policy=[r.to_dict() for r in self._rules],
-            spawn_tasks=spawn_tasks,
+            pl.SessionStarted(
+                session=self.session_id,
+                project=p.name,
+                project_dir=str(p.root),
+                budget_usd=p.budget.usd,
+                budget_tokens=p.budget.tokens,
+                max_concurrent=p.limits.max_concurrent,
+                seed=p.project.seed,
+                approve=self.approve_mode,
+                policy=[r.to_dict() for r in self._rules],
+                spawn_tasks=spawn_tasks,
+            )
         )
 
     def unspawned(self, state: TowerState, events: list[Event]) -> list[TaskCopy]:
@@ -339,15 +341,12 @@ class Supervisor:
             store.start_writer(self.session_id)
         await self.start_mcp()
         # The rules in force are this tower.toml's: the log says so for the policy view.
-        self.bus.emit(EventKind.POLICY_SET, None, policy=[r.to_dict() for r in self._rules])
+        self.bus.emit(pl.PolicySet(policy=[r.to_dict() for r in self._rules]))
         self._restore_grants(events)
         prompts = {a.name: a.system_prompt for a in self.project.agents}
         plans = rebuild(events, prompts)
         self.bus.emit(
-            EventKind.SESSION_RESUMED,
-            threads=[p.id for p in plans],
-            pid=os.getpid(),
-            **(origin or {}),
+            pl.SessionResumed.of(threads=[p.id for p in plans], pid=os.getpid(), **origin or {})
         )
         self._batch = True
         for plan in plans:
@@ -364,11 +363,7 @@ class Supervisor:
                     cascade.insert(at, model)
                 self._prices.setdefault(model, llm.model_price(model))
                 self.bus.emit(
-                    EventKind.ESCALATED,
-                    plan.id,
-                    from_model=plan.model,
-                    to_model=model,
-                    trigger="fork",
+                    pl.Escalated(from_model=plan.model, to_model=model, trigger="fork"), plan.id
                 )
                 plan.model = model
             th = ThreadRun(
@@ -405,21 +400,19 @@ class Supervisor:
                 # A call the crash cut off: the provider may have served and billed it, so
                 # it is booked at its reservation, apart, and counts against the caps.
                 self.bus.emit(
-                    EventKind.LLM_LOST,
+                    pl.LlmLost(
+                        model=th.model,
+                        reserved_usd=view.reserved_usd,
+                        reason="tower stopped during this call: possibly billed",
+                    ),
                     th.id,
-                    model=th.model,
-                    usd=view.reserved_usd,
-                    reason="tower stopped during this call: possibly billed",
                 )
             acct.spent_usd = view.cost_usd + view.lost_usd
             acct.spent_tokens = view.tokens
             for item in [i for i in state.inbox.values() if i.thread == th.id]:
                 self.bus.emit(
-                    EventKind.INBOX_CLOSED,
+                    pl.InboxClosed(item=item.id, resolution=str(Resolution.DROPPED), by="tower"),
                     th.id,
-                    item=item.id,
-                    resolution=str(Resolution.DROPPED),
-                    by="tower",
                 )
             th.state = ThreadState(view.state)
             if plan.finished is not None:
@@ -510,7 +503,7 @@ class Supervisor:
             handle.cancel()
         if self.mcp is not None:
             await self.mcp.close()
-        self.bus.emit(EventKind.SESSION_ENDED, reason=reason)
+        self.bus.emit(pl.SessionEnded(reason=reason))
         store = self.bus.store
         if store is not None:
             await store.end_session(self.session_id, "clean")
@@ -582,18 +575,19 @@ class Supervisor:
         )
         self._idle.clear()
         self.bus.emit(
-            EventKind.THREAD_SPAWNED,
+            pl.ThreadSpawned(
+                agent=agent,
+                task=th.task_id,
+                title=th.title,
+                prompt=prompt,
+                cascade=cascade,
+                model=th.model,
+                priority=priority,
+                budget_usd=th.budget_usd,
+                budget_tokens=th.budget_tokens,
+                max_steps=settings.max_steps,
+            ),
             tid,
-            agent=agent,
-            task=th.task_id,
-            title=th.title,
-            prompt=prompt,
-            cascade=cascade,
-            model=th.model,
-            priority=priority,
-            budget_usd=th.budget_usd,
-            budget_tokens=th.budget_tokens,
-            max_steps=settings.max_steps,
         )
         bisect.insort(self._queue, (-priority, th.order, tid))
         self._pump()
@@ -773,22 +767,23 @@ class Supervisor:
         if th.state is state and view is not None and view.reason == reason and not extra:
             return
         th.state = state
-        self.bus.emit(EventKind.THREAD_STATE, th.id, state=str(state), reason=reason, **extra)
+        self.bus.emit(pl.ThreadStateChanged.of(state=str(state), reason=reason, **extra), th.id)
 
     def _release(self, th: ThreadRun) -> None:
         """Returns a thread's in-flight reservation, recording it so the log balances."""
         if th.reservation is not None:
             released = self.ledger.release(th.reservation)
             self.bus.emit(
-                EventKind.LLM_FAILED,
+                pl.LlmFailed(
+                    call=th.call_id,
+                    step=th.steps + 1,
+                    model=th.model,
+                    error="cancelled",
+                    retryable=False,
+                    attempt=0,
+                    released_usd=released,
+                ),
                 th.id,
-                call=th.call_id,
-                step=th.steps + 1,
-                model=th.model,
-                error="cancelled",
-                retryable=False,
-                attempt=0,
-                released_usd=released,
             )
             th.reservation = None
 
@@ -801,11 +796,7 @@ class Supervisor:
         self._release(th)
         for item, (_kind, fut) in list(th.items.items()):
             self.bus.emit(
-                EventKind.INBOX_CLOSED,
-                th.id,
-                item=item,
-                resolution=str(Resolution.DROPPED),
-                by="tower",
+                pl.InboxClosed(item=item, resolution=str(Resolution.DROPPED), by="tower"), th.id
             )
             if not fut.done():
                 fut.cancel()
@@ -831,12 +822,10 @@ class Supervisor:
         self._item_owner[item] = th.id
         view = self.bus.state.threads[th.id]
         self.bus.emit(
-            EventKind.INBOX_OPENED,
+            pl.InboxOpened.of(
+                item=item, kind=str(kind), cost_so_far=round(view.cost_usd, 6), **data
+            ),
             th.id,
-            item=item,
-            kind=str(kind),
-            cost_so_far=round(view.cost_usd, 6),
-            **data,
         )
         return item, fut
 
@@ -953,7 +942,7 @@ class Supervisor:
 
     def _ask_pause(self, th: ThreadRun, requested: bool) -> None:
         if self.pause_requested(th) != requested:
-            self.bus.emit(EventKind.PAUSE_REQUESTED, th.id, requested=requested)
+            self.bus.emit(pl.PauseRequested(requested=requested), th.id)
 
     def pause(self, tid: str) -> None:
         th = self._live(tid)
@@ -1007,11 +996,7 @@ class Supervisor:
             if th.model not in self._prices:
                 self._prices[th.model] = llm.model_price(th.model)
             self.bus.emit(
-                EventKind.ESCALATED,
-                th.id,
-                from_model=old,
-                to_model=th.model,
-                trigger=note or "human",
+                pl.Escalated(from_model=old, to_model=th.model, trigger=note or "human"), th.id
             )
             return th.model
         if th.escalation is not None:
@@ -1032,9 +1017,7 @@ class Supervisor:
             est_human_minutes=round(self.human_minutes_estimate(), 2),
         )
         th.escalation = fut
-        self.bus.emit(
-            EventKind.ESCALATED, th.id, from_model=th.model, to_model="human", trigger=why
-        )
+        self.bus.emit(pl.Escalated(from_model=th.model, to_model="human", trigger=why), th.id)
         return item
 
     def escalation_estimate(self, th: ThreadRun) -> float | None:
@@ -1107,7 +1090,7 @@ class Supervisor:
             payload["attention_s"] = round(max(decision.attention_s, 0.0), 3)
         if decision.batch is not None:
             payload["batch"] = decision.batch
-        self.bus.emit(EventKind.INBOX_CLOSED, th.id, **payload)
+        self.bus.emit(pl.InboxClosed.of(**payload), th.id)
         if not fut.done():
             fut.set_result(decision)
 
@@ -1158,7 +1141,7 @@ class Supervisor:
             return
         th = self._live(target)
         th.guidance.append(text)
-        self.bus.emit(EventKind.COMMENT, th.id, text=text, by=by)
+        self.bus.emit(pl.Comment(text=text, by=by), th.id)
 
     def raise_budget(
         self,
@@ -1193,12 +1176,10 @@ class Supervisor:
             scope_thread = self._thread(target).id
         self.ledger.raise_limit(scope_thread, usd, tokens)
         self.bus.emit(
-            EventKind.BUDGET_RAISED,
+            pl.BudgetRaised(
+                scope="thread" if scope_thread else "session", usd=usd, tokens=tokens, by=by
+            ),
             scope_thread,
-            scope="thread" if scope_thread else "session",
-            usd=usd,
-            tokens=tokens,
-            by=by,
         )
         woken = [item] if item is not None else []
         if scope_thread is None:
@@ -1224,7 +1205,7 @@ class Supervisor:
         self._rules = project.policy.rules()
         self._rates.clear()
         self._sim_overrides.clear()
-        self.bus.emit(EventKind.POLICY_SET, None, policy=[r.to_dict() for r in self._rules])
+        self.bus.emit(pl.PolicySet(policy=[r.to_dict() for r in self._rules]))
 
     def policy_rules(self) -> tuple[list[Rule], list[Rule]]:
         """The project's rules, and the time-boxed grants still in force."""
@@ -1271,9 +1252,7 @@ class Supervisor:
             id=rid,
         )
         self._grants[rid] = rule
-        self.bus.emit(
-            EventKind.RULE_GRANTED, None, rule=rule.to_dict(), minutes=minutes, by=by, item=item
-        )
+        self.bus.emit(pl.RuleGranted(rule=rule.to_dict(), minutes=minutes, by=by, item=item))
         self._schedule_expiry(rule)
         if item is not None:
             self.approve(item, comment=None, by=by)
@@ -1287,7 +1266,7 @@ class Supervisor:
 
     def _end_grant(self, rid: str, reason: str) -> None:
         if self._grants.pop(rid, None) is not None and not self._closing:
-            self.bus.emit(EventKind.RULE_ENDED, None, rule=rid, reason=reason)
+            self.bus.emit(pl.RuleEnded(rule=rid, reason=reason))
 
     def revoke(self, rid: str) -> None:
         if rid not in self._grants:
@@ -1327,7 +1306,7 @@ class Supervisor:
                 self._grants[rule.id] = rule
                 self._schedule_expiry(rule)
             else:
-                self.bus.emit(EventKind.RULE_ENDED, None, rule=rule.id, reason="expired")
+                self.bus.emit(pl.RuleEnded(rule=rule.id, reason="expired"))
 
     # --- running tools ------------------------------------------------------------------
 
