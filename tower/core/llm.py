@@ -522,9 +522,10 @@ def _address(exc: BaseException, api_base: str | None) -> str:
     for e in reversed(_chain(exc)):  # the innermost first: litellm's own carry dummy URLs
         if type(e).__module__.startswith("litellm"):
             continue
-        try:
-            url = getattr(e, "request", None).url  # httpx and openai errors
-            return f"{url.scheme}://{url.netloc.decode()}" if url.netloc else str(url)
+        try:  # httpx's `request` property raises RuntimeError when it has none
+            url = getattr(getattr(e, "request", None), "url", None)  # httpx and openai errors
+            if url is not None:
+                return f"{url.scheme}://{url.netloc.decode()}" if url.netloc else str(url)
         except Exception:
             pass
         host, port = getattr(e, "host", None), getattr(e, "port", None)  # aiohttp's

@@ -232,8 +232,10 @@ class McpServer:
         marker = os.urandom(8).hex()
         eof = anyio.Event()
         restarted = self._first.is_set()
+        errlog = self._errlog
+        assert errlog is not None, "start() opens the server's log before the first run"
         try:
-            async with stdio_client(self._params(marker), errlog=self._errlog) as (read, write):
+            async with stdio_client(self._params(marker), errlog=errlog) as (read, write):
                 self.pid = _find_child(marker)
                 async with ClientSession(_EofWatch(read, eof), write) as session:
                     with anyio.fail_after(self.settings.startup_timeout_s):

@@ -629,8 +629,8 @@ def _cross_check(p: Project) -> list[str]:
             tool = spec if isinstance(spec, str) else spec.tool
             if any(c in tool for c in "*?[") or tool in BUILTIN_TOOLS:
                 continue
-            server = tool.split(MCP_SEP, 1)[0] if MCP_SEP in tool else None
-            if server in servers:
+            prefix = tool.split(MCP_SEP, 1)[0] if MCP_SEP in tool else None
+            if prefix in servers:
                 continue
             problems.append(
                 f"policy.{action}[{j}]: unknown tool {tool!r} ({_guess(tool, list(BUILTIN_TOOLS))}"

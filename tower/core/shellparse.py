@@ -18,6 +18,11 @@ import re
 from dataclasses import dataclass
 
 import bashlex
+from bashlex.ast import node as Node
+
+# bashlex ships no types. A Node carries attributes that depend on its kind: every node has
+# `kind` and `pos` (its span), a command or a word `parts`, a redirect `type` and `output`, …
+# The walk reads them as such; a shape it does not know (AttributeError) makes the line opaque.
 
 MAX_LEN = 100_000  # longer lines are not parsed: opaque
 MAX_DEPTH = 4  # sh -c 'sh -c "…"' nesting read through
@@ -158,8 +163,8 @@ def unquote(src: str) -> str:
     return "".join(out)
 
 
-def _children(node: object) -> list[object]:
-    out: list[object] = []
+def _children(node: Node) -> list[Node]:
+    out: list[Node] = []
     for value in vars(node).values():
         if isinstance(value, bashlex.ast.node):
             out.append(value)
@@ -185,12 +190,12 @@ class _Walk:
         if not self.opaque:
             self.opaque = why
 
-    def src(self, node: object) -> str:
-        start, end = node.pos  # type: ignore[attr-defined]
+    def src(self, node: Node) -> str:
+        start, end = node.pos
         return self.text[start:end]
 
-    def visit(self, node: object) -> None:
-        kind = node.kind  # type: ignore[attr-defined]
+    def visit(self, node: Node) -> None:
+        kind = node.kind
         if kind == "command":
             self.command(node)
             return
@@ -198,7 +203,7 @@ class _Walk:
             self.fail("it defines a shell function (what a call of it runs is not visible)")
         elif kind in ("commandsubstitution", "processsubstitution"):
             self.substitution = True
-            self.subst_starts.add(node.pos[0])  # type: ignore[attr-defined]
+            self.subst_starts.add(node.pos[0])
         elif kind == "parameter":
             value = str(getattr(node, "value", "") or "")
             if "$(" in value or "`" in value or "$[" in value or "<(" in value:
@@ -210,8 +215,8 @@ class _Walk:
         for child in _children(node):
             self.visit(child)
 
-    def redirect(self, node: object) -> None:
-        rtype = node.type  # type: ignore[attr-defined]
+    def redirect(self, node: Node) -> None:
+        rtype = node.type
         output = getattr(node, "output", None)
         heredoc = getattr(node, "heredoc", None)
         if heredoc is not None:
@@ -229,18 +234,18 @@ class _Walk:
         if not harmless:
             self.unsafe_redirect = True
 
-    def command(self, node: object) -> None:
+    def command(self, node: Node) -> None:
         if self.depth == 0:
             self.written.append(self.src(node).strip())
-        words: list[object] = []
-        for part in node.parts:  # type: ignore[attr-defined]
+        words: list[Node] = []
+        for part in node.parts:
             if part.kind == "word":
                 words.append(part)
             self.visit(part) if part.kind != "command" else self.command(part)
         items = [(self.src(w), w) for w in words]
         self.resolve(items)
 
-    def resolve(self, items: list[tuple[str, object]]) -> None:
+    def resolve(self, items: list[tuple[str, Node]]) -> None:
         # bashlex reads `A=1 >x B=2 rm` as running `B=2`: the shell runs `rm`.
         while items and _ASSIGN.match(items[0][0]):
             items = items[1:]
@@ -275,12 +280,12 @@ class _Walk:
             items = inner
         self.fail("too many wrappers")
 
-    def add(self, items: list[tuple[str, object]]) -> None:
+    def add(self, items: list[tuple[str, Node]]) -> None:
         words = [unquote(s) for s, _ in items]
         words[0] = posixpath.basename(words[0])
         self.pieces.append(Piece(" ".join(words), tuple(words), tuple(s for s, _ in items)))
 
-    def unwrap(self, prog: str, rest: list[tuple[str, object]]) -> list[tuple[str, object]] | None:
+    def unwrap(self, prog: str, rest: list[tuple[str, Node]]) -> list[tuple[str, Node]] | None:
         flags, valued, positional = _WRAPPERS[prog]
         i = 0
         while i < len(rest):
@@ -316,7 +321,7 @@ class _Walk:
                 inner = inner[1:]
         return inner
 
-    def shell(self, prog: str, rest: list[tuple[str, object]]) -> None:
+    def shell(self, prog: str, rest: list[tuple[str, Node]]) -> None:
         i, run_string = 0, False
         while i < len(rest):
             word = unquote(rest[i][0])

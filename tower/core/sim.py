@@ -16,6 +16,7 @@ from typing import Any
 
 from litellm import CustomLLM
 from litellm.llms.custom_llm import CustomLLMError
+from litellm.types.llms.openai import ChatCompletionToolCallChunk, ChatCompletionUsageBlock
 from litellm.types.utils import GenericStreamingChunk
 
 from tower.core.check import CHECK_FAILED
@@ -44,10 +45,10 @@ def _injected_order(messages: list[dict[str, Any]]) -> str | None:
 
 def _chunk(
     text: str = "",
-    tool: dict[str, Any] | None = None,
+    tool: ChatCompletionToolCallChunk | None = None,
     finished: bool = False,
     reason: str = "",
-    usage: dict[str, int] | None = None,
+    usage: ChatCompletionUsageBlock | None = None,
 ) -> GenericStreamingChunk:
     return GenericStreamingChunk(
         text=text, tool_use=tool, is_finished=finished, finish_reason=reason, usage=usage, index=0
@@ -79,6 +80,9 @@ def _default_step(k: int, messages: list[dict[str, Any]], tools: set[str]) -> di
 class SimProvider(CustomLLM):
     """litellm calls `astreaming` for `sim/<name>` with stream=True, `acompletion` otherwise."""
 
+    # litellm types CustomLLM.astreaming as a coroutine that returns the stream, but its router
+    # hands what the call returns straight to CustomStreamWrapper, which iterates it: only an
+    # async generator works, so this override cannot match the declared (wrong) type.
     async def astreaming(  # type: ignore[override]
         self, model: str, messages: list, *args: Any, **kwargs: Any
     ) -> AsyncIterator[GenericStreamingChunk]:
@@ -102,6 +106,7 @@ class SimProvider(CustomLLM):
         rng = random.Random(f"{seed}:{thread}:{k}:{name}:{attempt}" + (f":{redo}" if redo else ""))
 
         script = sim.get("script")
+        step: dict[str, Any]
         if script:
             step = (
                 script[k]
@@ -133,23 +138,23 @@ class SimProvider(CustomLLM):
             # Real providers jitter; identical threads would otherwise move in lockstep.
             await asyncio.sleep(prof.latency_s * (0.5 + rng.random()))
 
-        args = step.get("args") or {}
+        tool_args = step.get("args") or {}
         order = _injected_order(messages) if step.get("obey") else None
         if order is not None and "run_shell" in tool_names:
             # A model that does what a file or web page told it to: the policy must hold.
             step = {"say": f"The instructions say to run {order}.", "tool": "run_shell"}
-            args = {"command": order}
+            tool_args = {"command": order}
         if (
             step.get("wrong_args") is not None
             and prof.wrong_rate
             and rng.random() < prof.wrong_rate
         ):
-            args = step["wrong_args"]
+            tool_args = step["wrong_args"]
         text = step.get("say") or ""
         tool = step.get("tool")
         if tool is not None and tool not in tool_names:
             tool = None  # a sim never calls a tool it was not offered
-        arguments = json.dumps(args, ensure_ascii=False)
+        arguments = json.dumps(tool_args, ensure_ascii=False)
         if fault == "malformed_tool_json" and tool is not None:
             arguments = arguments[: max(len(arguments) // 2, 1)] + '"'
 

@@ -114,10 +114,10 @@ def session_budget_need(state: TowerState, members: list[InboxItem]) -> tuple[fl
     need = sum(expected(v) for v in queued)
     estimates = [expected(v) for v in queued]
     for tid in stopped:
-        view = state.threads.get(tid)
-        if view is not None:
-            need += max(expected(view) - view.cost_usd, 0.0)
-            estimates.append(expected(view))
+        stopped_view = state.threads.get(tid)
+        if stopped_view is not None:
+            need += max(expected(stopped_view) - stopped_view.cost_usd, 0.0)
+            estimates.append(expected(stopped_view))
     need += sum(float(i.data.get("need_usd") or 0.0) for i in members)  # calls in flight
     b = state.budget
     headroom = (b.limit_usd or 0.0) - b.spent_usd - b.reserved_usd

@@ -15,7 +15,7 @@ import socket
 import sqlite3
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -523,7 +523,7 @@ class Store:
         params: tuple[Any, ...],
         limit: int = -1,
         after: int | None = None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Events in order; a row that cannot be read raises DamagedLog naming it. With
         `after`, the numbering must run on from there without a gap."""
         session = params[0]
@@ -616,11 +616,13 @@ class Store:
             row = await cur.fetchone()
         return (row[0], zlib.decompress(row[1]).decode()) if row else None
 
-    def thread_events(self, session: str, thread: str) -> AsyncIterator[Event]:
+    def thread_events(self, session: str, thread: str) -> AsyncGenerator[Event, None]:
         """One thread's events in order (the detail view's transcript)."""
         return self._select("session = ? AND thread = ?", (session, thread))
 
-    def events(self, session: str, after_seq: int = 0, limit: int = -1) -> AsyncIterator[Event]:
+    def events(
+        self, session: str, after_seq: int = 0, limit: int = -1
+    ) -> AsyncGenerator[Event, None]:
         """A session's events in order, after a sequence number (replay, export)."""
         return self._select("session = ? AND seq > ?", (session, after_seq), limit, after_seq)
 

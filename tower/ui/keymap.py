@@ -45,6 +45,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic_core import ErrorDetails
 from textual.keys import Keys, _character_to_key, key_to_character
 
 from tower.resources import config_dir
@@ -177,7 +178,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "root"
 
 
-def _describe(err: dict[str, Any], loc: tuple[Any, ...]) -> str:
+def _describe(err: ErrorDetails, loc: tuple[Any, ...]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         model: type[BaseModel] = _File if len(loc) == 1 else _SECTIONS.get(loc[0], _UiSection)

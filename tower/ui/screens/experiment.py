@@ -119,7 +119,7 @@ class ExperimentScreen(ModalScreen[None]):
                 f"best: {best} (lowest cost per success at the highest success rate)"
             )
 
-    def action_dismiss(self, result: None = None) -> None:  # type: ignore[override]
+    async def action_dismiss(self, result: None = None) -> None:
         stop = self._stop
         if stop is not None and not self.done:
             self.core.loop.call_soon_threadsafe(stop.set)

@@ -11,6 +11,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from rich.console import RenderableType
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -234,5 +235,5 @@ class FilesScreen(ModalScreen[None]):
             self._show(Text(text, style="dim italic"))
         box.scroll_home(animate=False)
 
-    def _show(self, renderable: object) -> None:
-        self.query_one("#diff", Static).update(renderable)  # type: ignore[arg-type]
+    def _show(self, renderable: RenderableType) -> None:
+        self.query_one("#diff", Static).update(renderable)

@@ -41,5 +41,5 @@ class HelpScreen(ModalScreen[None]):
                 "j/k or arrows move, escape closes dialogs."
             )
 
-    def action_dismiss(self, result: None = None) -> None:  # type: ignore[override]
+    async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(result)

@@ -104,8 +104,8 @@ class PolicyScreen(ModalScreen[None]):
             cells = ("allow", g["tool"], _args(g), g.get("agent") or "any", left)
             rows.append((1, g["id"], (*cells, g["source"])))
         rows.sort(key=lambda r: r[0])
-        for _rank, rid, cells in rows:
-            table.add_row(*cells, key=rid)
+        for _rank, rid, row in rows:
+            table.add_row(*row, key=rid)
         for i, (action, tools, why) in enumerate(DEFAULTS):
             table.add_row(action, tools, "", "any", "always", why, key=f"default{i}")
         if keep is not None and keep in table.rows:
@@ -134,5 +134,5 @@ class PolicyScreen(ModalScreen[None]):
         await self._revoke(key)
         self.refresh_tables()
 
-    def action_dismiss(self, result: None = None) -> None:  # type: ignore[override]
+    async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(result)

@@ -28,7 +28,7 @@ own newest events can be forked too.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -61,7 +61,7 @@ class SessionsHost:
     db: Path  # the log, for the replay's own connection
     current: str | None  # the live session
     # Runs `work(store)` on the core's loop with the live store; returns its result.
-    run: Callable[[Callable[[Store], Awaitable[Any]]], Awaitable[Any]]
+    run: Callable[[Callable[[Store], Coroutine[Any, Any, Any]]], Awaitable[Any]]
     live_threads: Callable[[], int]  # threads of the live session not ended
     shutdown: Callable[[], Awaitable[None]]  # stops the live session, flushes the log
 
@@ -263,7 +263,7 @@ class SessionsScreen(ModalScreen[None]):
                 try:
                     await host.shutdown()
                 finally:
-                    self.app.exit(handoff)  # type: ignore[arg-type]
+                    self.app.exit(handoff)
 
         live = host.live_threads()
         if not live:
@@ -352,7 +352,7 @@ class SessionsScreen(ModalScreen[None]):
         what = "events" if fmt == "jsonl" else "threads"
         self.app.notify(f"wrote {n} {what} of {session} to {path.resolve()}", title="exported")
 
-    def action_dismiss(self, result: None = None) -> None:  # type: ignore[override]
+    async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(result)
 
 

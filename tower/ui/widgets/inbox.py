@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import ClassVar
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual.binding import Binding, BindingType
@@ -217,11 +217,14 @@ class InboxList(StateList):
         nested = member is not None and member.is_group
         marked = key in self.marked
         lead = "✓ " if marked else ("  " if not nested else " ·")
-        style = self.style_of("inbox--marked") if marked else None
+        item_style = self.style_of("inbox--marked") if marked else None
         return [
-            (lead, style),
+            (lead, item_style),
             (fit(KIND_LABEL[item.kind], KIND_W), self.style_of(f"inbox--{item.kind}")),
-            (" " + fit(item.thread, thread_w) + " " + fit(summary_of(item), rest) + " ", style),
+            (
+                " " + fit(item.thread, thread_w) + " " + fit(summary_of(item), rest) + " ",
+                item_style,
+            ),
             (age(self._now() - item.created).rjust(6), None),
         ]
 
@@ -260,7 +263,7 @@ class InboxDetail(Static):
         if sit.resolve:
             grid.add_row("resolve", Text(sit.resolve))
         grid.add_row("waiting", f"oldest {age(now - sit.created)}")
-        parts: list[object] = [grid, Text("threads", style="bold")]
+        parts: list[RenderableType] = [grid, Text("threads", style="bold")]
         for iid in sit.items[:20]:
             item = state.inbox.get(iid)
             if item is not None:
@@ -270,7 +273,7 @@ class InboxDetail(Static):
         if len(sit.items) > 20:
             parts.append(Text(f"  … and {len(sit.items) - 20} more (→ opens the group)"))
         parts.append(Text(hint, style="dim italic"))
-        self.update(Group(*parts), layout=False)  # type: ignore[arg-type]
+        self.update(Group(*parts), layout=False)
 
     def show(
         self, item: InboxItem | None, now: float, agent: str = "", hint: str | None = None
@@ -302,7 +305,7 @@ class InboxDetail(Static):
             grid.add_row("you", f"≈ {float(d['est_human_minutes']):.1f} min of your attention")
         grid.add_row("cost so far", usd(d.get("cost_so_far", 0.0)))
         grid.add_row("waiting", age(now - item.created))
-        parts: list[object] = [grid]
+        parts: list[RenderableType] = [grid]
         if item.kind is InboxKind.APPROVAL:
             args = d.get("args", {})
             diff = str(d.get("diff") or "")
@@ -341,4 +344,4 @@ class InboxDetail(Static):
             parts.append(Text("last output", style="bold"))
             parts.append(Text(str(d["last_output"])[-400:]))
         parts.append(Text(hint or KEY_HINTS[item.kind], style="dim italic"))
-        self.update(Group(*parts), layout=False)  # type: ignore[arg-type]
+        self.update(Group(*parts), layout=False)
