@@ -10,65 +10,77 @@ import asyncio
 import json
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from tower.core import diffs, llm, messages
 from tower.core import payloads as pl
-from tower.core.budget import Refusal
+from tower.core.admission import LoopLag
+from tower.core.budget import Refusal, Reservation
 from tower.core.check import check_answer
 from tower.core.events import InboxKind, Resolution, ThreadState
 from tower.core.policy import Action, Verdict, suggest_grant, workspace_relative
+from tower.core.project import AgentSettings, CheckSettings, ProjectMeta
+from tower.core.ratelimit import Use
 from tower.core.resume import has_side_effects
+from tower.core.run import Decision, ThreadRun
 from tower.core.tools import ToolError
-
-if TYPE_CHECKING:
-    from tower.core.bus import Bus
-    from tower.core.supervisor import Supervisor, ThreadRun
 
 # Streamed text is coalesced into one event per thread at most this often.
 DELTA_INTERVAL_S = 0.1
 MAX_BACKOFF_S = 30.0
 
 
-async def run_thread(sup: Supervisor, th: ThreadRun) -> None:
-    tools = sup.tools_for(th.agent)
-    tools_chars = llm.schema_chars(tools)
-    if not th.messages:
-        th.messages.extend(messages.opening(th.agent.system_prompt, th.prompt))
-    pending, th.pending = th.pending, []
-    for tc in pending:  # a resumed thread: recorded calls that have no result yet
-        if not await sup.checkpoint(th):
-            return
-        if await _handle_tool(sup, th, tc, "resumed after a crash", tc.id in th.interrupted):
-            return
-    while not th.ended:
-        if not await sup.checkpoint(th):
-            return
-        if th.steps >= th.agent.max_steps:
-            sup.finish(
-                th,
-                ThreadState.FAILED,
-                f"max_steps: {th.agent.max_steps} model calls without finishing",
-            )
-            return
-        guidance, th.guidance = th.guidance, []
-        # The conversation takes the guidance and the reply from the call's events.
-        result = await _call_model(sup, th, tools, tools_chars, guidance)
-        if result is None:
-            return
-        if not result.tool_calls and not result.text.strip():
-            _empty_turn(sup, th)  # never an answer: a failed step
-            continue
-        th.empty_streak = 0
-        if not result.tool_calls:
-            if await _conclude(sup, th, result.text.strip(), "answered"):
-                return
-            continue
-        for tc in result.tool_calls:
-            if not await sup.checkpoint(th):
-                return
-            if await _handle_tool(sup, th, tc, result.text.strip()):
-                return
+class LoopHost(Protocol):
+    """All an agent loop may ask of the rest of tower (the supervisor implements it).
+
+    Each member is one thing the loop cannot decide alone: the log, the budget, a call slot,
+    the inbox, the policy, a tool's effect, a thread's ending. The loop never sees the
+    ledger, the queue, the bus or the MCP hub themselves."""
+
+    @property
+    def settings(self) -> ProjectMeta: ...  # timeouts, retries, backoff
+    @property
+    def lag(self) -> LoopLag: ...  # the loop's stall, which a call's timeout does not count
+
+    def emit(self, payload: pl.Payload, thread: str | None = None, /) -> object: ...
+    async def barrier(self) -> None: ...
+    # thread lifecycle
+    async def checkpoint(self, th: ThreadRun) -> bool: ...
+    def set_state(self, th: ThreadRun, state: ThreadState, reason: str = "") -> None: ...
+    def finish(
+        self, th: ThreadRun, state: ThreadState, reason: str = "", answer: str | None = None
+    ) -> None: ...
+    def auto_escalate(self, th: ThreadRun, trigger: str) -> None: ...
+    async def ask(
+        self, th: ThreadRun, kind: InboxKind, wait_state: ThreadState, why: str, **data: Any
+    ) -> Decision: ...
+    # model calls: slots, rates, money
+    async def admit(self, th: ThreadRun) -> bool: ...
+    def release_slot(self, ended: bool) -> None: ...
+    async def rate_gate(self, th: ThreadRun, model: str, tokens: int) -> Use | None: ...
+    def prompt_bound(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        tools_chars: int,
+    ) -> int: ...
+    def price(self, model: str) -> llm.Price | None: ...
+    def reserve(self, th: ThreadRun, usd: float, tokens: int) -> Reservation | Refusal: ...
+    def release(self, res: Reservation) -> float: ...
+    def settle(self, res: Reservation, usd: float, tokens: int) -> None: ...
+    def next_call_id(self) -> str: ...
+    def endpoint(self, model: str) -> dict[str, Any]: ...
+    def tokenizer(self, model: str) -> Any: ...
+    def sim_metadata(self, th: ThreadRun, attempt: int) -> dict[str, Any] | None: ...
+    # tools and policy
+    def tools_for(self, agent: AgentSettings) -> list[dict[str, Any]]: ...
+    def has_tool(self, agent: AgentSettings, name: str) -> bool: ...
+    def mcp_tool_names(self, agent: AgentSettings) -> list[str]: ...
+    def judge(self, th: ThreadRun, tool: str, args: dict[str, Any]) -> Verdict: ...
+    async def run_tool(self, th: ThreadRun, name: str, args: dict[str, Any]) -> str: ...
+    def check_of(self, th: ThreadRun) -> CheckSettings | None: ...
 
 
 EMPTY_NUDGE = (
@@ -77,24 +89,11 @@ EMPTY_NUDGE = (
 )
 
 
-def _empty_turn(sup: Supervisor, th: ThreadRun) -> None:
-    """A completion with no text and no tool call (weak models do this often): the first
-    time the model is nudged once, recorded as tower's comment; a repeat is a trouble that
-    escalates (the next model of the cascade, else the human), never the thread's answer."""
-    th.empty_streak += 1
-    if th.empty_streak == 1:
-        sup.bus.emit(pl.Comment(text=EMPTY_NUDGE, by="tower"), th.id)
-        th.guidance.append(EMPTY_NUDGE)
-        return
-    th.empty_streak = 0
-    sup.auto_escalate(th, f"empty replies: {th.model} returned no text and no tool call twice")
-
-
 class _Deltas:
     """Coalesces streamed text into at most one event per DELTA_INTERVAL_S per call."""
 
-    def __init__(self, bus: Bus, thread: str, call: str) -> None:
-        self.bus, self.thread, self.call = bus, thread, call
+    def __init__(self, emit: Callable[[pl.Payload, str], object], thread: str, call: str) -> None:
+        self.emit, self.thread, self.call = emit, thread, call
         self.parts: list[str] = []
         self.last = time.monotonic()
 
@@ -107,323 +106,8 @@ class _Deltas:
 
     def flush(self) -> None:
         if self.parts:
-            self.bus.emit(pl.LlmDelta(call=self.call, text="".join(self.parts)), self.thread)
+            self.emit(pl.LlmDelta(call=self.call, text="".join(self.parts)), self.thread)
             self.parts.clear()
-
-
-async def _call_model(
-    sup: Supervisor,
-    th: ThreadRun,
-    tools: list[dict[str, Any]],
-    tools_chars: int,
-    guidance: list[str],
-) -> llm.CallResult | None:
-    """Reserves, calls (retrying what may pass on retry), settles. None if the thread ended."""
-    meta = sup.project.project
-    bus = sup.bus
-    attempt = 0
-    unsent = list(guidance)  # goes with the first call started; then it is in the conversation
-    while True:
-        model = th.model
-        ahead = [messages.guidance(note) for note in unsent]
-        prompt_est = sup.prompt_bound(model, th.messages + ahead, tools, tools_chars)
-        max_tokens = th.agent.max_tokens
-        price = sup.price(model)
-        usd = price.cost(prompt_est, max_tokens) if price else 0.0
-        use = await sup.rate_gate(th, model, prompt_est + max_tokens)
-        if not await sup.checkpoint(th):
-            return None
-        # A call slot before the reservation: waiting at the gate holds no money.
-        if not await sup.admit(th):
-            return None
-        while True:
-            res = sup.reserve(th, usd, prompt_est + max_tokens)
-            if not isinstance(res, Refusal):
-                break
-            sup.calls.release(ended=False)  # never hold a slot while a person decides
-            decision = await sup.ask(
-                th,
-                InboxKind.BUDGET,
-                ThreadState.PAUSED,
-                "budget",
-                scope=res.scope,
-                resource=res.resource,
-                reason=res.describe(),
-                need_usd=round(usd, 6),
-                need_tokens=prompt_est + max_tokens,
-                suggest_usd=round(max(usd * 10, usd - res.available), 6)
-                if res.resource == "usd"
-                else 0.0,
-                suggest_tokens=int(max(res.needed * 10, 0)) if res.resource == "tokens" else 0,
-            )
-            if decision.resolution is not Resolution.RAISED:
-                sup.finish(th, ThreadState.FAILED, "budget")
-                return None
-            if not await sup.admit(th):
-                return None
-        th.reservation = res
-        th.call_id = call = sup.next_call_id()
-        bus.emit(
-            pl.LlmStarted(
-                call=call,
-                step=th.steps + 1,
-                model=model,
-                attempt=attempt,
-                prompt_tokens_est=prompt_est,
-                max_tokens=max_tokens,
-                reserved_usd=res.usd,
-                reserved_tokens=res.tokens,
-                guidance=unsent,
-            ),
-            th.id,
-        )
-        unsent = []  # the conversation holds it now (folded from this event)
-        deltas = _Deltas(bus, th.id, call)
-        ended = False
-        failure: llm.CallError | None = None
-        try:
-            result = await llm.stream_call(
-                model,
-                th.messages,
-                tools,
-                max_tokens,
-                meta.call_timeout_s,
-                deltas.add,
-                sup.sim_metadata(th, attempt),
-                lag=sup.calls.lag,
-                tokenizer=sup.tokenizers.get(model),
-                **sup.project.model_settings(model).endpoint(),
-            )
-            ended = True
-        except llm.CallError as err:
-            failure = err
-        finally:
-            sup.calls.release(ended=ended)  # a call that ended well opens the gate
-        if failure is not None:
-            err = failure
-            released = sup.ledger.release(res)
-            th.reservation = None
-            bus.emit(
-                pl.LlmFailed(
-                    call=call,
-                    step=th.steps + 1,
-                    model=model,
-                    error=str(err),
-                    retryable=err.retryable,
-                    attempt=attempt,
-                    released_usd=released,
-                ),
-                th.id,
-            )
-            if err.context_window and th.model_index + 1 < len(th.cascade):
-                # The conversation outgrew this model: the next one may hold it.
-                sup.auto_escalate(th, f"context window exceeded on {model}")
-                if not await sup.checkpoint(th):
-                    return None
-                attempt = 0  # the next model gets its own retries
-                continue
-            if not err.retryable or attempt >= meta.max_retries:
-                sup.finish(th, ThreadState.FAILED, f"error: {err}")
-                return None
-            sup.set_state(th, ThreadState.RUNNING, f"retrying ({attempt + 1}/{meta.max_retries})")
-            delay = min(meta.retry_backoff_s * 2**attempt, MAX_BACKOFF_S)
-            delay *= 0.5 + random.random()
-            if err.retry_after is not None:  # the provider said how long: never sooner
-                delay = max(delay, min(err.retry_after, MAX_BACKOFF_S))
-            await asyncio.sleep(delay)
-            if not await sup.checkpoint(th):
-                return None
-            attempt += 1
-            continue
-        deltas.flush()
-        # litellm prices the usage from its cost map; the same map's per-token prices otherwise.
-        cost = result.cost_usd
-        if cost is None:
-            cost = price.cost(result.prompt_tokens, result.completion_tokens) if price else 0.0
-        tokens = result.prompt_tokens + result.completion_tokens
-        if use is not None:
-            use.tokens = tokens  # the minute's count holds what was really used
-        sup.ledger.settle(res, cost, tokens)
-        th.reservation = None
-        th.steps += 1
-        bus.emit(
-            pl.LlmFinished(
-                call=call,
-                step=th.steps,
-                model=model,
-                text=result.text,
-                tool_calls=[tc.as_message() for tc in result.tool_calls],
-                usage=pl.Usage(
-                    prompt_tokens=result.prompt_tokens,
-                    completion_tokens=result.completion_tokens,
-                    total_tokens=tokens,
-                    cached_tokens=result.cached_tokens,
-                    reasoning_tokens=result.reasoning_tokens,
-                    estimated=result.usage_estimated,
-                ),
-                cost_usd=cost,
-                price_known=result.cost_usd is not None or price is not None,
-                reserved_usd=res.usd,
-                seconds=round(result.seconds, 4),
-                finish_reason=result.finish_reason,
-            ),
-            th.id,
-        )
-        return result
-
-
-async def _handle_tool(
-    sup: Supervisor, th: ThreadRun, tc: llm.ToolCall, reason: str, interrupted: bool = False
-) -> bool:
-    """Runs one tool call through policy and the approval gate; True when the thread ended."""
-    bus = sup.bus
-    try:
-        args = json.loads(tc.arguments or "{}")
-        if not isinstance(args, dict):
-            raise ValueError("arguments must be a JSON object")
-    except ValueError as exc:
-        bus.emit(
-            pl.ToolCalled(
-                call_id=tc.id, tool=tc.name, args={"_raw": tc.arguments[:2000]}, reason=reason
-            ),
-            th.id,
-        )
-        return _result(
-            sup,
-            th,
-            tc,
-            False,
-            f"error: the arguments of {tc.name} were not valid JSON ({exc}); "
-            "call the tool again with a JSON object",
-        )
-    known = sup.has_tool(th.agent, tc.name)
-    verdict = sup.judge(th, tc.name, args) if known else None
-    bus.emit(
-        pl.ToolCalled.of(
-            call_id=tc.id,
-            tool=tc.name,
-            args=args,
-            reason=reason,
-            **_verdict_fields(verdict) if verdict else {},
-        ),
-        th.id,
-    )
-    if verdict is None:
-        names = [*th.agent.tools, *(sup.mcp.names(th.agent.mcp) if sup.mcp else [])]
-        return _result(
-            sup,
-            th,
-            tc,
-            False,
-            f"error: no tool named {tc.name!r}; your tools are {', '.join(names)}",
-        )
-    if tc.name == "finish":
-        return await _conclude(sup, th, str(args.get("answer", "")).strip(), "finished", tc)
-    _notice_repeats(sup, th, tc.name, args)
-    if tc.name == "ask_human":
-        question = str(args.get("question", "")).strip() or "(no question given)"
-        decision = await sup.ask(
-            th,
-            InboxKind.QUESTION,
-            ThreadState.WAITING,
-            "asked the human",
-            question=question,
-            reason=reason,
-            call_id=tc.id,
-        )
-        if decision.resolution is Resolution.ANSWERED:
-            return _result(sup, th, tc, True, decision.text or "")
-        note = f" ({decision.text})" if decision.text else ""
-        return _result(sup, th, tc, False, f"The human declined to answer{note}.")
-    if verdict.action is Action.DENY:
-        return _result(sup, th, tc, False, f"error: refused by policy ({verdict.describe()})")
-    if interrupted or verdict.action is Action.ASK:
-        why = (
-            f"interrupted — run again? tower stopped after this {tc.name} began, so it "
-            "may or may not have happened"
-            if interrupted
-            else reason
-        )
-        shown = await _write_diff(th, tc.name, args)
-        decision = await sup.ask(
-            th,
-            InboxKind.APPROVAL,
-            ThreadState.WAITING,
-            f"interrupted {tc.name}: run again?"
-            if interrupted
-            else f"waiting for approval of {tc.name}",
-            tool=tc.name,
-            args=args,
-            reason=why,
-            call_id=tc.id,
-            policy_rule=verdict.describe(),
-            suggest=suggest_grant(
-                tc.name,
-                workspace_relative(args, str(th.workspace.root) if th.workspace else None),
-            ),
-            **({"interrupted": True} if interrupted else {}),
-            **shown,
-        )
-        if decision.resolution is not Resolution.APPROVED:
-            if interrupted:
-                return _result(sup, th, tc, False, "not run again after an interruption")
-            note = f": {decision.text}" if decision.text else ""
-            who = "the human" if decision.by == "human" else decision.by
-            return _result(sup, th, tc, False, f"denied by {who}{note}")
-        if decision.args is not None:
-            args = decision.args
-            # Edited arguments are judged again: a deny rule wins over everyone.
-            again = sup.judge(th, tc.name, args)
-            if again.action is Action.DENY:
-                return _result(sup, th, tc, False, f"error: refused by policy ({again.describe()})")
-        if decision.text and not interrupted:
-            th.guidance.append(decision.text)
-    if has_side_effects(tc.name):
-        # Commit barrier: the decision and the intent are on disk before the effect happens.
-        await sup.barrier()
-    try:
-        output = await sup.run_tool(th, tc.name, args)
-    except ToolError as exc:
-        return _result(sup, th, tc, False, f"error: {exc}")
-    except OSError as exc:
-        return _result(sup, th, tc, False, f"error: {exc.strerror or exc}")
-    return _result(sup, th, tc, True, output)
-
-
-async def _conclude(
-    sup: Supervisor, th: ThreadRun, answer: str, reason: str, tc: llm.ToolCall | None = None
-) -> bool:
-    """The thread has an answer: it is done if the task's check passes (or it has none);
-    otherwise the model hears why, and the thread escalates. True when the thread ended."""
-    root = th.workspace.root if th.workspace is not None else None
-    outcome = await check_answer(sup.check_of(th), answer, root)
-    if outcome is not None:
-        sup.bus.emit(
-            pl.Checked(passed=outcome.passed, detail=outcome.detail, model=th.model), th.id
-        )
-    if outcome is None or outcome.passed:
-        if tc is not None:
-            _result(sup, th, tc, True, "finished")
-        sup.finish(th, ThreadState.DONE, reason, answer=answer)
-        return True
-    if tc is not None:  # on a text answer, the conversation adds the note from CHECKED
-        _result(sup, th, tc, False, messages.check_note(outcome.detail))
-    sup.auto_escalate(th, f"check failed: {outcome.detail}")
-    return th.ended
-
-
-def _notice_repeats(sup: Supervisor, th: ThreadRun, name: str, args: dict[str, Any]) -> None:
-    """The same call N times in a row is a loop: escalate, and tell the model."""
-    n = th.agent.escalate_on_repeat
-    th.recent_calls.append(name + json.dumps(args, sort_keys=True, ensure_ascii=False))
-    del th.recent_calls[:-n]
-    if len(th.recent_calls) == n and len(set(th.recent_calls)) == 1:
-        th.recent_calls.clear()
-        th.guidance.append(
-            f"You called {name} {n} times with the same arguments; the result will not "
-            "change. Try a different approach."
-        )
-        sup.auto_escalate(th, f"loop: {name} called {n} times with the same arguments")
 
 
 async def _write_diff(th: ThreadRun, tool: str, args: dict[str, Any]) -> dict[str, str]:
@@ -442,14 +126,390 @@ def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
     return out
 
 
-def _result(sup: Supervisor, th: ThreadRun, tc: llm.ToolCall, ok: bool, content: str) -> bool:
-    sup.bus.emit(pl.ToolResult(call_id=tc.id, tool=tc.name, ok=ok, result=content), th.id)
-    # Tool errors in a row (not a human's "no") escalate: the model is out of its depth.
-    if ok:
-        th.error_streak = 0
-    elif content.startswith("error:"):
-        th.error_streak += 1
-        if th.error_streak >= th.agent.escalate_after_errors:
+class AgentLoop:
+    """One thread's loop. It owns its thread's run (`th`) and reaches the rest of tower only
+    through `host`, the narrow LoopHost protocol: budgets, the inbox, policy, tools and the
+    log are the host's, so this class can be driven by any host (a test's, a worker's)."""
+
+    def __init__(self, host: LoopHost, th: ThreadRun) -> None:
+        self.host = host
+        self.th = th
+
+    async def run(self) -> None:
+        th = self.th
+        tools = self.host.tools_for(th.agent)
+        tools_chars = llm.schema_chars(tools)
+        if not th.messages:
+            th.messages.extend(messages.opening(th.agent.system_prompt, th.prompt))
+        pending, th.pending = th.pending, []
+        for tc in pending:  # a resumed thread: recorded calls that have no result yet
+            if not await self.host.checkpoint(th):
+                return
+            if await self._handle_tool(tc, "resumed after a crash", tc.id in th.interrupted):
+                return
+        while not th.ended:
+            if not await self.host.checkpoint(th):
+                return
+            if th.steps >= th.agent.max_steps:
+                self.host.finish(
+                    th,
+                    ThreadState.FAILED,
+                    f"max_steps: {th.agent.max_steps} model calls without finishing",
+                )
+                return
+            guidance, th.guidance = th.guidance, []
+            # The conversation takes the guidance and the reply from the call's events.
+            result = await self._call_model(tools, tools_chars, guidance)
+            if result is None:
+                return
+            if not result.tool_calls and not result.text.strip():
+                self._empty_turn()  # never an answer: a failed step
+                continue
+            th.empty_streak = 0
+            if not result.tool_calls:
+                if await self._conclude(result.text.strip(), "answered"):
+                    return
+                continue
+            for tc in result.tool_calls:
+                if not await self.host.checkpoint(th):
+                    return
+                if await self._handle_tool(tc, result.text.strip()):
+                    return
+
+    def _empty_turn(
+        self,
+    ) -> None:
+        """A completion with no text and no tool call (weak models do this often): the first
+        time the model is nudged once, recorded as tower's comment; a repeat is a trouble that
+        escalates (the next model of the cascade, else the human), never the thread's answer."""
+        th = self.th
+        th.empty_streak += 1
+        if th.empty_streak == 1:
+            self.host.emit(pl.Comment(text=EMPTY_NUDGE, by="tower"), th.id)
+            th.guidance.append(EMPTY_NUDGE)
+            return
+        th.empty_streak = 0
+        self.host.auto_escalate(
+            th, f"empty replies: {th.model} returned no text and no tool call twice"
+        )
+
+    async def _call_model(
+        self,
+        tools: list[dict[str, Any]],
+        tools_chars: int,
+        guidance: list[str],
+    ) -> llm.CallResult | None:
+        """Reserves, calls (retrying what may pass on retry), settles. None if the thread ended."""
+        th = self.th
+        meta = self.host.settings
+        attempt = 0
+        unsent = list(guidance)  # goes with the first call started; then it is in the conversation
+        while True:
+            model = th.model
+            ahead = [messages.guidance(note) for note in unsent]
+            prompt_est = self.host.prompt_bound(model, th.messages + ahead, tools, tools_chars)
+            max_tokens = th.agent.max_tokens
+            price = self.host.price(model)
+            usd = price.cost(prompt_est, max_tokens) if price else 0.0
+            use = await self.host.rate_gate(th, model, prompt_est + max_tokens)
+            if not await self.host.checkpoint(th):
+                return None
+            # A call slot before the reservation: waiting at the gate holds no money.
+            if not await self.host.admit(th):
+                return None
+            while True:
+                res = self.host.reserve(th, usd, prompt_est + max_tokens)
+                if not isinstance(res, Refusal):
+                    break
+                self.host.release_slot(ended=False)  # never hold a slot while a person decides
+                decision = await self.host.ask(
+                    th,
+                    InboxKind.BUDGET,
+                    ThreadState.PAUSED,
+                    "budget",
+                    scope=res.scope,
+                    resource=res.resource,
+                    reason=res.describe(),
+                    need_usd=round(usd, 6),
+                    need_tokens=prompt_est + max_tokens,
+                    suggest_usd=round(max(usd * 10, usd - res.available), 6)
+                    if res.resource == "usd"
+                    else 0.0,
+                    suggest_tokens=int(max(res.needed * 10, 0)) if res.resource == "tokens" else 0,
+                )
+                if decision.resolution is not Resolution.RAISED:
+                    self.host.finish(th, ThreadState.FAILED, "budget")
+                    return None
+                if not await self.host.admit(th):
+                    return None
+            th.reservation = res
+            th.call_id = call = self.host.next_call_id()
+            self.host.emit(
+                pl.LlmStarted(
+                    call=call,
+                    step=th.steps + 1,
+                    model=model,
+                    attempt=attempt,
+                    prompt_tokens_est=prompt_est,
+                    max_tokens=max_tokens,
+                    reserved_usd=res.usd,
+                    reserved_tokens=res.tokens,
+                    guidance=unsent,
+                ),
+                th.id,
+            )
+            unsent = []  # the conversation holds it now (folded from this event)
+            deltas = _Deltas(self.host.emit, th.id, call)
+            ended = False
+            failure: llm.CallError | None = None
+            try:
+                result = await llm.stream_call(
+                    model,
+                    th.messages,
+                    tools,
+                    max_tokens,
+                    meta.call_timeout_s,
+                    deltas.add,
+                    self.host.sim_metadata(th, attempt),
+                    lag=self.host.lag,
+                    tokenizer=self.host.tokenizer(model),
+                    **self.host.endpoint(model),
+                )
+                ended = True
+            except llm.CallError as exc:
+                failure = exc
+            finally:
+                self.host.release_slot(ended=ended)  # a call that ended well opens the gate
+            if failure is not None:
+                err = failure  # a name of its own: `except ... as` names end with the block
+                released = self.host.release(res)
+                th.reservation = None
+                self.host.emit(
+                    pl.LlmFailed(
+                        call=call,
+                        step=th.steps + 1,
+                        model=model,
+                        error=str(err),
+                        retryable=err.retryable,
+                        attempt=attempt,
+                        released_usd=released,
+                    ),
+                    th.id,
+                )
+                if err.context_window and th.model_index + 1 < len(th.cascade):
+                    # The conversation outgrew this model: the next one may hold it.
+                    self.host.auto_escalate(th, f"context window exceeded on {model}")
+                    if not await self.host.checkpoint(th):
+                        return None
+                    attempt = 0  # the next model gets its own retries
+                    continue
+                if not err.retryable or attempt >= meta.max_retries:
+                    self.host.finish(th, ThreadState.FAILED, f"error: {err}")
+                    return None
+                self.host.set_state(
+                    th, ThreadState.RUNNING, f"retrying ({attempt + 1}/{meta.max_retries})"
+                )
+                delay = min(meta.retry_backoff_s * 2**attempt, MAX_BACKOFF_S)
+                delay *= 0.5 + random.random()
+                if err.retry_after is not None:  # the provider said how long: never sooner
+                    delay = max(delay, min(err.retry_after, MAX_BACKOFF_S))
+                await asyncio.sleep(delay)
+                if not await self.host.checkpoint(th):
+                    return None
+                attempt += 1
+                continue
+            deltas.flush()
+            # litellm prices the usage from its cost map; the same map's per-token prices otherwise.
+            cost = result.cost_usd
+            if cost is None:
+                cost = price.cost(result.prompt_tokens, result.completion_tokens) if price else 0.0
+            tokens = result.prompt_tokens + result.completion_tokens
+            if use is not None:
+                use.tokens = tokens  # the minute's count holds what was really used
+            self.host.settle(res, cost, tokens)
+            th.reservation = None
+            th.steps += 1
+            self.host.emit(
+                pl.LlmFinished(
+                    call=call,
+                    step=th.steps,
+                    model=model,
+                    text=result.text,
+                    tool_calls=[tc.as_message() for tc in result.tool_calls],
+                    usage=pl.Usage(
+                        prompt_tokens=result.prompt_tokens,
+                        completion_tokens=result.completion_tokens,
+                        total_tokens=tokens,
+                        cached_tokens=result.cached_tokens,
+                        reasoning_tokens=result.reasoning_tokens,
+                        estimated=result.usage_estimated,
+                    ),
+                    cost_usd=cost,
+                    price_known=result.cost_usd is not None or price is not None,
+                    reserved_usd=res.usd,
+                    seconds=round(result.seconds, 4),
+                    finish_reason=result.finish_reason,
+                ),
+                th.id,
+            )
+            return result
+
+    async def _handle_tool(self, tc: llm.ToolCall, reason: str, interrupted: bool = False) -> bool:
+        """Runs one tool call through policy and the approval gate; True when the thread ended."""
+        th = self.th
+        try:
+            args = json.loads(tc.arguments or "{}")
+            if not isinstance(args, dict):
+                raise ValueError("arguments must be a JSON object")
+        except ValueError as exc:
+            self.host.emit(
+                pl.ToolCalled(
+                    call_id=tc.id, tool=tc.name, args={"_raw": tc.arguments[:2000]}, reason=reason
+                ),
+                th.id,
+            )
+            return self._result(
+                tc,
+                False,
+                f"error: the arguments of {tc.name} were not valid JSON ({exc}); "
+                "call the tool again with a JSON object",
+            )
+        known = self.host.has_tool(th.agent, tc.name)
+        verdict = self.host.judge(th, tc.name, args) if known else None
+        self.host.emit(
+            pl.ToolCalled.of(
+                call_id=tc.id,
+                tool=tc.name,
+                args=args,
+                reason=reason,
+                **_verdict_fields(verdict) if verdict else {},
+            ),
+            th.id,
+        )
+        if verdict is None:
+            names = [*th.agent.tools, *self.host.mcp_tool_names(th.agent)]
+            return self._result(
+                tc,
+                False,
+                f"error: no tool named {tc.name!r}; your tools are {', '.join(names)}",
+            )
+        if tc.name == "finish":
+            return await self._conclude(str(args.get("answer", "")).strip(), "finished", tc)
+        self._notice_repeats(tc.name, args)
+        if tc.name == "ask_human":
+            question = str(args.get("question", "")).strip() or "(no question given)"
+            decision = await self.host.ask(
+                th,
+                InboxKind.QUESTION,
+                ThreadState.WAITING,
+                "asked the human",
+                question=question,
+                reason=reason,
+                call_id=tc.id,
+            )
+            if decision.resolution is Resolution.ANSWERED:
+                return self._result(tc, True, decision.text or "")
+            note = f" ({decision.text})" if decision.text else ""
+            return self._result(tc, False, f"The human declined to answer{note}.")
+        if verdict.action is Action.DENY:
+            return self._result(tc, False, f"error: refused by policy ({verdict.describe()})")
+        if interrupted or verdict.action is Action.ASK:
+            why = (
+                f"interrupted — run again? tower stopped after this {tc.name} began, so it "
+                "may or may not have happened"
+                if interrupted
+                else reason
+            )
+            shown = await _write_diff(th, tc.name, args)
+            decision = await self.host.ask(
+                th,
+                InboxKind.APPROVAL,
+                ThreadState.WAITING,
+                f"interrupted {tc.name}: run again?"
+                if interrupted
+                else f"waiting for approval of {tc.name}",
+                tool=tc.name,
+                args=args,
+                reason=why,
+                call_id=tc.id,
+                policy_rule=verdict.describe(),
+                suggest=suggest_grant(
+                    tc.name,
+                    workspace_relative(args, str(th.workspace.root) if th.workspace else None),
+                ),
+                **({"interrupted": True} if interrupted else {}),
+                **shown,
+            )
+            if decision.resolution is not Resolution.APPROVED:
+                if interrupted:
+                    return self._result(tc, False, "not run again after an interruption")
+                note = f": {decision.text}" if decision.text else ""
+                who = "the human" if decision.by == "human" else decision.by
+                return self._result(tc, False, f"denied by {who}{note}")
+            if decision.args is not None:
+                args = decision.args
+                # Edited arguments are judged again: a deny rule wins over everyone.
+                again = self.host.judge(th, tc.name, args)
+                if again.action is Action.DENY:
+                    return self._result(tc, False, f"error: refused by policy ({again.describe()})")
+            if decision.text and not interrupted:
+                th.guidance.append(decision.text)
+        if has_side_effects(tc.name):
+            # Commit barrier: the decision and the intent are on disk before the effect happens.
+            await self.host.barrier()
+        try:
+            output = await self.host.run_tool(th, tc.name, args)
+        except ToolError as exc:
+            return self._result(tc, False, f"error: {exc}")
+        except OSError as exc:
+            return self._result(tc, False, f"error: {exc.strerror or exc}")
+        return self._result(tc, True, output)
+
+    async def _conclude(self, answer: str, reason: str, tc: llm.ToolCall | None = None) -> bool:
+        """The thread has an answer: it is done if the task's check passes (or it has none);
+        otherwise the model hears why, and the thread escalates. True when the thread ended."""
+        th = self.th
+        root = th.workspace.root if th.workspace is not None else None
+        outcome = await check_answer(self.host.check_of(th), answer, root)
+        if outcome is not None:
+            self.host.emit(
+                pl.Checked(passed=outcome.passed, detail=outcome.detail, model=th.model), th.id
+            )
+        if outcome is None or outcome.passed:
+            if tc is not None:
+                self._result(tc, True, "finished")
+            self.host.finish(th, ThreadState.DONE, reason, answer=answer)
+            return True
+        if tc is not None:  # on a text answer, the conversation adds the note from CHECKED
+            self._result(tc, False, messages.check_note(outcome.detail))
+        self.host.auto_escalate(th, f"check failed: {outcome.detail}")
+        return th.ended
+
+    def _notice_repeats(self, name: str, args: dict[str, Any]) -> None:
+        """The same call N times in a row is a loop: escalate, and tell the model."""
+        th = self.th
+        n = th.agent.escalate_on_repeat
+        th.recent_calls.append(name + json.dumps(args, sort_keys=True, ensure_ascii=False))
+        del th.recent_calls[:-n]
+        if len(th.recent_calls) == n and len(set(th.recent_calls)) == 1:
+            th.recent_calls.clear()
+            th.guidance.append(
+                f"You called {name} {n} times with the same arguments; the result will not "
+                "change. Try a different approach."
+            )
+            self.host.auto_escalate(th, f"loop: {name} called {n} times with the same arguments")
+
+    def _result(self, tc: llm.ToolCall, ok: bool, content: str) -> bool:
+        th = self.th
+        self.host.emit(pl.ToolResult(call_id=tc.id, tool=tc.name, ok=ok, result=content), th.id)
+        # Tool errors in a row (not a human's "no") escalate: the model is out of its depth.
+        if ok:
             th.error_streak = 0
-            sup.auto_escalate(th, f"{th.agent.escalate_after_errors} tool errors in a row")
-    return th.ended
+        elif content.startswith("error:"):
+            th.error_streak += 1
+            if th.error_streak >= th.agent.escalate_after_errors:
+                th.error_streak = 0
+                self.host.auto_escalate(
+                    th, f"{th.agent.escalate_after_errors} tool errors in a row"
+                )
+        return th.ended

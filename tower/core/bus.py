@@ -96,7 +96,7 @@ class Bus:
         log then see the very same values (a tuple given is a list read back)."""
         kind = payload.KIND
         data = payload.to_dict()
-        call = data.get("call")
+        call = str(data.get("call"))
         if kind is EventKind.LLM_DELTA and isinstance(data.get("text"), str):
             # Hold back what may be the start of a secret until the next delta completes it.
             _, held = self._held.pop(call, (None, ""))

@@ -12,23 +12,21 @@ import bisect
 import itertools
 import logging
 import os
-import secrets
 import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tower.core import llm
 from tower.core import payloads as pl
-from tower.core.admission import CallGate
+from tower.core.admission import CallGate, LoopLag
+from tower.core.agent import AgentLoop
 from tower.core.budget import INF, Account, Ledger, Refusal, Reservation
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
 from tower.core.messages import KINDS as CONVERSATION_KINDS
-from tower.core.messages import Conversation
 from tower.core.policy import Action, Rule, Verdict, decide, workspace_relative
 from tower.core.project import (
     MCP_SEP,
@@ -36,9 +34,18 @@ from tower.core.project import (
     CheckSettings,
     Project,
     ProjectError,
+    ProjectMeta,
     TaskSettings,
 )
 from tower.core.ratelimit import RateWindow, Use
+from tower.core.run import (
+    CommandError,
+    Decision,
+    TaskCopy,
+    ThreadRun,
+    fill,
+    new_session_id,
+)
 from tower.core.simprofiles import SIM_PROFILES, is_sim
 from tower.core.state import TowerState
 from tower.core.tools import ToolError, Workspace
@@ -50,110 +57,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tower.supervisor")
 
 ApproveMode = Literal["all", "none"] | None
-
-
-class CommandError(Exception):
-    """A command that cannot apply (unknown thread or item, thread already ended...)."""
-
-
-@dataclass(slots=True)
-class Decision:
-    resolution: Resolution
-    by: str = "human"
-    text: str | None = None
-    args: dict[str, Any] | None = None
-    attention_s: float | None = None  # the person's time on this decision (from the UI)
-    batch: str | None = None  # one key decided several items: the first item's id
-
-
-@dataclass(eq=False)
-class ThreadRun:
-    """A thread's live, non-serialisable side: its task, futures and message history."""
-
-    id: str
-    agent: AgentSettings
-    prompt: str
-    task_id: str
-    title: str
-    cascade: list[str]
-    priority: int
-    order: int
-    workspace_src: Path | None
-    script: list[dict[str, Any]] | None
-    default_answer: str | None
-    budget_usd: float | None
-    budget_tokens: int | None
-    model_index: int = 0
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    steps: int = 0
-    task: asyncio.Task[None] | None = None
-    state: ThreadState = ThreadState.QUEUED
-    resume: asyncio.Event = field(default_factory=asyncio.Event)
-    items: dict[str, tuple[InboxKind, asyncio.Future[Decision]]] = field(default_factory=dict)
-    escalation: asyncio.Future[Decision] | None = None
-    reservation: Reservation | None = None
-    call_id: str | None = None
-    slot_model: str | None = None
-    guidance: list[str] = field(default_factory=list)
-    workspace: Workspace | None = None
-    pending: list[llm.ToolCall] = field(default_factory=list)  # resumed: calls without result
-    interrupted: set[str] = field(default_factory=set)  # ...whose effect may have happened
-    recent_calls: list[str] = field(default_factory=list)  # to notice a loop
-    error_streak: int = 0  # tool errors in a row
-    empty_streak: int = 0  # empty replies (no text, no tool call) in a row
-    # The messages the model is sent: folded from this thread's events as they are emitted.
-    conversation: Conversation | None = None
-
-    def __post_init__(self) -> None:
-        if self.conversation is None:
-            self.conversation = Conversation(self.messages)
-        self.messages = self.conversation.messages
-
-    @property
-    def model(self) -> str:
-        return self.cascade[self.model_index]
-
-    @property
-    def ended(self) -> bool:
-        return self.state.ended
-
-
-@dataclass(frozen=True, slots=True)
-class TaskCopy:
-    """One thread a project task expands to: the id it gets and the task's settings, {n}
-    filled (repeated tasks). What `Supervisor.spawn_task` starts, and what the spawn dialog
-    shows before it does."""
-
-    task: TaskSettings
-    n: int | None  # the copy number of a repeated task
-    thread_id: str
-    prompt: str
-    title: str | None
-    script: list[dict[str, Any]] | None
-    answer: str | None
-    budget_usd: float | None  # the task's, else the project's per-thread budget
-
-    @property
-    def ref(self) -> str:
-        """The thread's task reference, which `Supervisor._task_of` maps back to the task."""
-        return self.task.id if self.n is None else f"{self.task.id}-{self.n}"
-
-
-def new_session_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-
-
-def _fill(value: Any, n: int | None) -> Any:
-    """Replaces {n} in every string of a scripted value (repeat tasks)."""
-    if n is None:
-        return value
-    if isinstance(value, str):
-        return value.replace("{n}", str(n))
-    if isinstance(value, list):
-        return [_fill(v, n) for v in value]
-    if isinstance(value, dict):
-        return {k: _fill(v, n) for k, v in value.items()}
-    return value
 
 
 class Supervisor:
@@ -379,7 +282,7 @@ class Supervisor:
                 if found and found[0].workspace
                 else None,
                 script=self._script_of(view.task),
-                default_answer=_fill(found[0].answer, found[1]) if found else None,
+                default_answer=fill(found[0].answer, found[1]) if found else None,
                 budget_usd=view.budget_usd,
                 budget_tokens=view.budget_tokens,
                 model_index=cascade.index(plan.model) if plan.model in cascade else 0,
@@ -465,7 +368,7 @@ class Supervisor:
         if found is None:
             return None
         task, n = found
-        return [_fill(step.model_dump(exclude_none=True), n) for step in task.script] or None
+        return [fill(step.model_dump(exclude_none=True), n) for step in task.script] or None
 
     async def barrier(self) -> None:
         """Waits until every event emitted so far is committed (before a side effect)."""
@@ -632,10 +535,10 @@ class Supervisor:
             task=task,
             n=n,
             thread_id=tid or (task.id if n is None else f"{task.id}-{n}"),
-            prompt=_fill(task.prompt, n),
-            title=_fill(task.title, n) or None,
-            script=[_fill(s.model_dump(exclude_none=True), n) for s in task.script] or None,
-            answer=_fill(task.answer, n),
+            prompt=fill(task.prompt, n),
+            title=fill(task.title, n) or None,
+            script=[fill(s.model_dump(exclude_none=True), n) for s in task.script] or None,
+            answer=fill(task.answer, n),
             budget_usd=task.budget_usd if task.budget_usd is not None else b.thread_usd,
         )
 
@@ -713,12 +616,10 @@ class Supervisor:
             th.slot_model = None
 
     async def _run(self, th: ThreadRun) -> None:
-        from tower.core.agent import run_thread
-
         try:
             th.workspace = await asyncio.to_thread(self._prepare_workspace, th)
             self.set_state(th, ThreadState.RUNNING)
-            await run_thread(self, th)
+            await AgentLoop(self, th).run()
             if not th.ended:
                 self.finish(th, ThreadState.FAILED, "loop ended without an outcome")
         except asyncio.CancelledError:
@@ -1394,7 +1295,36 @@ class Supervisor:
             return th.default_answer
         return "No answer is available; use your best judgement and say what you assumed."
 
-    # --- helpers for the agent loop -----------------------------------------------------
+    # --- the agent loop's host (agent.LoopHost) ------------------------------------------
+
+    @property
+    def settings(self) -> ProjectMeta:
+        return self.project.project
+
+    @property
+    def lag(self) -> LoopLag:
+        return self.calls.lag
+
+    def emit(self, payload: pl.Payload, thread: str | None = None, /) -> Event:
+        return self.bus.emit(payload, thread)
+
+    def release_slot(self, ended: bool) -> None:
+        self.calls.release(ended=ended)
+
+    def release(self, res: Reservation) -> float:
+        return self.ledger.release(res)
+
+    def settle(self, res: Reservation, usd: float, tokens: int) -> None:
+        self.ledger.settle(res, usd, tokens)
+
+    def endpoint(self, model: str) -> dict[str, Any]:
+        return dict(self.project.model_settings(model).endpoint())
+
+    def tokenizer(self, model: str) -> Any:
+        return self.tokenizers.get(model)
+
+    def mcp_tool_names(self, agent: AgentSettings) -> list[str]:
+        return list(self.mcp.names(agent.mcp)) if self.mcp is not None else []
 
     def reserve(self, th: ThreadRun, usd: float, tokens: int) -> Reservation | Refusal:
         return self.ledger.reserve(th.id, usd, tokens)
