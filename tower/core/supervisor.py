@@ -26,8 +26,10 @@ from tower.core.agent import AgentLoop
 from tower.core.budget import INF, Account, Ledger, Refusal, Reservation
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
+from tower.core.inbox import AutoDecider, Inbox
 from tower.core.messages import KINDS as CONVERSATION_KINDS
-from tower.core.policy import Action, Rule, Verdict, decide, workspace_relative
+from tower.core.policy import Action, Rule, Verdict
+from tower.core.policygate import PolicyGate
 from tower.core.project import (
     MCP_SEP,
     AgentSettings,
@@ -84,13 +86,11 @@ class Supervisor:
         self.runs: dict[str, ThreadRun] = {}
         self._queue: list[tuple[int, int, str]] = []  # (-priority, order, id), kept sorted
         self._order = itertools.count()
-        self._items = itertools.count(1)
         self._calls = itertools.count(1)
         self._running = 0
         self._per_model: Counter[str] = Counter()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._item_owner: dict[str, str] = {}
         self._exact_tokenizer: dict[str, bool] = {}
         self.tokenizers: dict[str, Any] = {}  # the project's own, for usage-less providers
         self._prices: dict[str, llm.Price | None] = {}
@@ -99,10 +99,8 @@ class Supervisor:
         self._ended = 0
         self._sim_overrides: dict[str, dict[str, Any]] = {}
         self._rates: dict[str, RateWindow] = {}
-        self._rules: list[Rule] = project.policy.rules()
-        self._grants: dict[str, Rule] = {}
-        self._grant_ids = itertools.count(1)
-        self._expiries: list[asyncio.TimerHandle] = []
+        self.policy = PolicyGate(bus, project.policy.rules())
+        self.inbox = Inbox(bus, self.runs)
         self.mcp: McpHub | None = None
         lim = project.limits
         # Calls in flight adapt to tower's own load; their timeouts count provider time.
@@ -111,7 +109,7 @@ class Supervisor:
         )
         bus.subscribe(self._fold_conversation)
         if approve is not None:
-            bus.subscribe(self._auto_decide_soon)
+            AutoDecider(self.inbox, bus, approve)
 
     def _fold_conversation(self, ev: Event) -> None:
         """Each event of a live thread goes to its conversation (what its model is sent)."""
@@ -165,7 +163,7 @@ class Supervisor:
                 max_concurrent=p.limits.max_concurrent,
                 seed=p.project.seed,
                 approve=self.approve_mode,
-                policy=[r.to_dict() for r in self._rules],
+                policy=[r.to_dict() for r in self.policy.rules],
                 spawn_tasks=spawn_tasks,
             )
         )
@@ -244,8 +242,8 @@ class Supervisor:
             store.start_writer(self.session_id)
         await self.start_mcp()
         # The rules in force are this tower.toml's: the log says so for the policy view.
-        self.bus.emit(pl.PolicySet(policy=[r.to_dict() for r in self._rules]))
-        self._restore_grants(events)
+        self.policy.announce()
+        self.policy.restore(events)
         prompts = {a.name: a.system_prompt for a in self.project.agents}
         plans = rebuild(events, prompts)
         self.bus.emit(
@@ -312,11 +310,7 @@ class Supervisor:
                 )
             acct.spent_usd = view.cost_usd + view.lost_usd
             acct.spent_tokens = view.tokens
-            for item in [i for i in state.inbox.values() if i.thread == th.id]:
-                self.bus.emit(
-                    pl.InboxClosed(item=item.id, resolution=str(Resolution.DROPPED), by="tower"),
-                    th.id,
-                )
+            self.inbox.drop_recorded(th.id)
             th.state = ThreadState(view.state)
             if plan.finished is not None:
                 # Its finish succeeded just before the crash: done, with that answer.
@@ -336,7 +330,7 @@ class Supervisor:
             return max((int(i[1:]) for i in ids if i[1:].isdigit()), default=0)
 
         # New items and calls continue the log's numbering, never reusing an id.
-        self._items = itertools.count(highest(EventKind.INBOX_OPENED, "item") + 1)
+        self.inbox.continue_numbering(events)
         self._calls = itertools.count(highest(EventKind.LLM_STARTED, "call") + 1)
         if self._ended < len(self.runs):
             self._idle.clear()
@@ -402,8 +396,7 @@ class Supervisor:
             gate.lag.stalled,
             gate.lag.worst_s * 1000,
         )
-        for handle in self._expiries:
-            handle.cancel()
+        self.policy.close()
         if self.mcp is not None:
             await self.mcp.close()
         self.bus.emit(pl.SessionEnded(reason=reason))
@@ -695,13 +688,7 @@ class Supervisor:
         if th.ended:
             return
         self._release(th)
-        for item, (_kind, fut) in list(th.items.items()):
-            self.bus.emit(
-                pl.InboxClosed(item=item, resolution=str(Resolution.DROPPED), by="tower"), th.id
-            )
-            if not fut.done():
-                fut.cancel()
-        th.items.clear()
+        self.inbox.drop(th)
         th.escalation = None
         extra = {"answer": answer} if answer is not None else {}
         self.set_state(th, state, reason, **extra)
@@ -717,18 +704,7 @@ class Supervisor:
     def open_item(
         self, th: ThreadRun, kind: InboxKind, **data: Any
     ) -> tuple[str, asyncio.Future[Decision]]:
-        item = f"i{next(self._items)}"
-        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        th.items[item] = (kind, fut)
-        self._item_owner[item] = th.id
-        view = self.bus.state.threads[th.id]
-        self.bus.emit(
-            pl.InboxOpened.of(
-                item=item, kind=str(kind), cost_so_far=round(view.cost_usd, 6), **data
-            ),
-            th.id,
-        )
-        return item, fut
+        return self.inbox.open(th, kind, **data)
 
     async def ask(
         self, th: ThreadRun, kind: InboxKind, wait_state: ThreadState, why: str, **data: Any
@@ -966,34 +942,7 @@ class Supervisor:
         return found[0].check if found else None
 
     def _owner(self, item: str) -> tuple[ThreadRun, InboxKind, asyncio.Future[Decision]]:
-        tid = self._item_owner.get(item)
-        if tid is None or item not in self.runs[tid].items:
-            raise CommandError(f"no open inbox item {item!r}")
-        th = self.runs[tid]
-        kind, fut = th.items[item]
-        return th, kind, fut
-
-    def _decide(self, item: str, decision: Decision) -> None:
-        th, _kind, fut = self._owner(item)
-        del th.items[item]
-        opened = self.bus.state.inbox.get(item)
-        payload: dict[str, Any] = {
-            "item": item,
-            "resolution": str(decision.resolution),
-            "by": decision.by,
-            "waited_s": round(self.bus.now() - opened.created, 3) if opened else None,
-        }
-        if decision.text is not None:
-            payload["text"] = decision.text
-        if decision.args is not None:
-            payload["args"] = decision.args
-        if decision.attention_s is not None:
-            payload["attention_s"] = round(max(decision.attention_s, 0.0), 3)
-        if decision.batch is not None:
-            payload["batch"] = decision.batch
-        self.bus.emit(pl.InboxClosed.of(**payload), th.id)
-        if not fut.done():
-            fut.set_result(decision)
+        return self.inbox.owner(item)
 
     def approve(
         self,
@@ -1004,12 +953,7 @@ class Supervisor:
         attention_s: float | None = None,
         batch: str | None = None,
     ) -> None:
-        _th, kind, _ = self._owner(item)
-        if kind is InboxKind.BUDGET:
-            raise CommandError(f"{item} asks for budget: raise it or decline")
-        if kind is InboxKind.QUESTION:
-            raise CommandError(f"{item} is a question: reply to it")
-        self._decide(item, Decision(Resolution.APPROVED, by, comment, args, attention_s, batch))
+        self.inbox.approve(item, args, comment, by, attention_s, batch)
 
     def deny(
         self,
@@ -1019,9 +963,7 @@ class Supervisor:
         attention_s: float | None = None,
         batch: str | None = None,
     ) -> None:
-        _th, kind, _ = self._owner(item)
-        resolution = Resolution.DECLINED if kind is InboxKind.BUDGET else Resolution.DENIED
-        self._decide(item, Decision(resolution, by, comment, None, attention_s, batch))
+        self.inbox.deny(item, comment, by, attention_s, batch)
 
     def reply(
         self,
@@ -1032,13 +974,8 @@ class Supervisor:
         batch: str | None = None,
     ) -> None:
         """Answers a question or escalation item; on a thread id, attaches a comment."""
-        if target in self._item_owner:
-            _th, kind, _ = self._owner(target)
-            if kind in (InboxKind.QUESTION, InboxKind.ESCALATION):
-                resolution = Resolution.ANSWERED
-            else:  # a comment on an approval: approve with it attached
-                resolution = Resolution.APPROVED
-            self._decide(target, Decision(resolution, by, text, None, attention_s, batch))
+        if self.inbox.knows(target):
+            self.inbox.answer(target, text, by, attention_s, batch)
             return
         th = self._live(target)
         th.guidance.append(text)
@@ -1063,7 +1000,7 @@ class Supervisor:
             raise CommandError("a budget can only be raised")
         item = None
         scope_thread: str | None = None
-        if target is not None and target in self._item_owner:
+        if target is not None and self.inbox.knows(target):
             th, kind, _ = self._owner(target)
             if kind is not InboxKind.BUDGET:
                 raise CommandError(f"{target} is not a budget request")
@@ -1090,34 +1027,30 @@ class Supervisor:
                 if i.kind is InboxKind.BUDGET
                 and i.data.get("scope") == "session"
                 and i.id != item
-                and i.id in self._item_owner
+                and self.inbox.knows(i.id)
             ]
         share = attention_s / len(woken) if attention_s is not None and woken else None
         if batch is None and len(woken) > 1:
             batch = woken[0]  # one decision, however many threads it wakes
         for one in woken:
-            self._decide(one, Decision(Resolution.RAISED, by, None, None, share, batch))
+            self.inbox.decide(one, Decision(Resolution.RAISED, by, None, None, share, batch))
 
     # --- policy -------------------------------------------------------------------------
 
     def reload(self, project: Project) -> None:
         """An edited tower.toml: its policy and model limits apply from now on (recorded)."""
         self.project = project
-        self._rules = project.policy.rules()
         self._rates.clear()
         self._sim_overrides.clear()
-        self.bus.emit(pl.PolicySet(policy=[r.to_dict() for r in self._rules]))
+        self.policy.set_rules(project.policy.rules())
 
     def policy_rules(self) -> tuple[list[Rule], list[Rule]]:
         """The project's rules, and the time-boxed grants still in force."""
-        now = self.bus.now()
-        return self._rules, [r for r in self._grants.values() if r.active(now)]
+        return self.policy.in_force()
 
     def judge(self, th: ThreadRun, tool: str, args: dict[str, Any]) -> Verdict:
-        rules, grants = self.policy_rules()
         root = str(th.workspace.root) if th.workspace is not None else None
-        seen = workspace_relative(args, root)
-        return decide(rules, tool, seen, th.agent.name, self.bus.now(), grants)
+        return self.policy.judge(th.agent.name, root, tool, args)
 
     def grant(
         self,
@@ -1134,80 +1067,28 @@ class Supervisor:
         With an item, the grant is "allow calls like this one": the item is approved even if
         the globs were narrowed past it, since the human decided on it in the same keystroke.
         """
-        if minutes <= 0:
-            raise CommandError("a grant needs a positive number of minutes")
         if item is not None:  # checked before anything is recorded
             _th, kind, _fut = self._owner(item)
             if kind is not InboxKind.APPROVAL:
                 raise CommandError(f"{item} is not a tool approval")
-        rid = f"g{next(self._grant_ids)}"
-        while rid in self._grants or rid in self.bus.state.grants:
-            rid = f"g{next(self._grant_ids)}"
-        rule = Rule(
-            Action.ALLOW,
-            tool=tool,
-            args=tuple((args or {}).items()),
-            agent=agent,
-            expires=self.bus.now() + minutes * 60,
-            source=f"granted by {by}" + (f" on {item}" if item else ""),
-            id=rid,
-        )
-        self._grants[rid] = rule
-        self.bus.emit(pl.RuleGranted(rule=rule.to_dict(), minutes=minutes, by=by, item=item))
-        self._schedule_expiry(rule)
+        rule = self.policy.grant(tool, args, agent=agent, minutes=minutes, item=item, by=by)
         if item is not None:
             self.approve(item, comment=None, by=by)
         self._approve_covered()
-        return rid
-
-    def _schedule_expiry(self, rule: Rule) -> None:
-        delay = max((rule.expires or 0) - self.bus.now(), 0.0)
-        handle = asyncio.get_running_loop().call_later(delay, self._end_grant, rule.id, "expired")
-        self._expiries.append(handle)
-
-    def _end_grant(self, rid: str, reason: str) -> None:
-        if self._grants.pop(rid, None) is not None and not self._closing:
-            self.bus.emit(pl.RuleEnded(rule=rid, reason=reason))
+        return rule.id
 
     def revoke(self, rid: str) -> None:
-        if rid not in self._grants:
-            raise CommandError(f"no time-boxed rule {rid!r} in force")
-        self._end_grant(rid, "revoked")
+        self.policy.revoke(rid)
 
     def _approve_covered(self) -> None:
         """Approves waiting approvals that the rules in force now allow (after a grant)."""
-        for tid in list(self.runs):
-            th = self.runs[tid]
-            for item, (kind, _fut) in list(th.items.items()):
-                if kind is not InboxKind.APPROVAL:
-                    continue
-                data = self.bus.state.inbox[item].data
-                if data.get("interrupted") or "tool" not in data:
-                    continue
-                verdict = self.judge(th, data["tool"], data.get("args") or {})
-                if verdict.action is Action.ALLOW and verdict.rule is not None:
-                    self._decide(item, Decision(Resolution.APPROVED, f"rule {verdict.rule.id}"))
-
-    def _restore_grants(self, events: list[Event]) -> None:
-        """A resumed session keeps the grants whose time has not run out."""
-        found: dict[str, Rule] = {}
-        highest = 0
-        for ev in events:
-            if ev.kind is EventKind.RULE_GRANTED:
-                rule = Rule.from_dict(ev.payload["rule"])
-                found[rule.id] = rule
-                if rule.id[1:].isdigit():
-                    highest = max(highest, int(rule.id[1:]))
-            elif ev.kind is EventKind.RULE_ENDED:
-                found.pop(ev.payload["rule"], None)
-        self._grant_ids = itertools.count(highest + 1)  # a new grant never reuses an id
-        now = self.bus.now()
-        for rule in found.values():
-            if rule.active(now):
-                self._grants[rule.id] = rule
-                self._schedule_expiry(rule)
-            else:
-                self.bus.emit(pl.RuleEnded(rule=rule.id, reason="expired"))
+        for th, item in self.inbox.waiting(InboxKind.APPROVAL):
+            data = self.bus.state.inbox[item].data
+            if data.get("interrupted") or "tool" not in data:
+                continue
+            verdict = self.judge(th, data["tool"], data.get("args") or {})
+            if verdict.action is Action.ALLOW and verdict.rule is not None:
+                self.inbox.decide(item, Decision(Resolution.APPROVED, f"rule {verdict.rule.id}"))
 
     # --- running tools ------------------------------------------------------------------
 
@@ -1252,48 +1133,6 @@ class Supervisor:
 
         self.mcp = McpHub(self.project, self.bus)
         await self.mcp.start()
-
-    # --- automatic decisions (headless) -------------------------------------------------
-
-    def _auto_decide_soon(self, ev: Any) -> None:
-        if ev.kind is EventKind.INBOX_OPENED:
-            asyncio.get_running_loop().call_soon(self._auto_decide, ev.payload["item"])
-
-    def _auto_decide(self, item: str) -> None:
-        if item not in self._item_owner or item not in self.runs[self._item_owner[item]].items:
-            return
-        th, kind, _ = self._owner(item)
-        rule = f"rule:--approve {self.approve_mode}"
-        yes = self.approve_mode == "all"
-        if kind is InboxKind.BUDGET:
-            self.deny(item, "headless runs never raise a budget", by=rule)
-        elif kind is InboxKind.QUESTION:
-            if yes:
-                question = self.bus.state.inbox[item].data.get("question", "")
-                self.reply(item, self._scripted_answer(th, question), by=rule)
-            else:
-                self.deny(item, "the human declined to answer", by=rule)
-        elif kind is InboxKind.ESCALATION:
-            # Nobody is there to take over: the thread stops, named, instead of looping.
-            reason = self.bus.state.inbox[item].data.get("reason", "")
-            self.deny(item, f"headless: no human to hand to ({reason})", by=rule)
-        elif yes:
-            self.approve(item, by=rule)
-        else:
-            self.deny(item, by=rule)
-
-    @staticmethod
-    def _scripted_answer(th: ThreadRun, question: str) -> str:
-        for step in th.script or ():
-            if (
-                step.get("tool") == "ask_human"
-                and step.get("args", {}).get("question") == question
-                and step.get("answer") is not None
-            ):
-                return str(step["answer"])
-        if th.default_answer is not None:
-            return th.default_answer
-        return "No answer is available; use your best judgement and say what you assumed."
 
     # --- the agent loop's host (agent.LoopHost) ------------------------------------------
 
