@@ -8,13 +8,11 @@ bus, so whatever happened can be replayed.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import itertools
 import logging
 import os
 import shutil
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,7 +37,7 @@ from tower.core.project import (
     ProjectMeta,
     TaskSettings,
 )
-from tower.core.ratelimit import RateWindow, Use
+from tower.core.ratelimit import Use
 from tower.core.run import (
     CommandError,
     Decision,
@@ -48,6 +46,7 @@ from tower.core.run import (
     fill,
     new_session_id,
 )
+from tower.core.scheduler import Scheduler
 from tower.core.simprofiles import SIM_PROFILES, is_sim
 from tower.core.state import TowerState
 from tower.core.tools import ToolError, Workspace
@@ -84,28 +83,24 @@ class Supervisor:
             )
         )
         self.runs: dict[str, ThreadRun] = {}
-        self._queue: list[tuple[int, int, str]] = []  # (-priority, order, id), kept sorted
-        self._order = itertools.count()
         self._calls = itertools.count(1)
-        self._running = 0
-        self._per_model: Counter[str] = Counter()
         self._idle = asyncio.Event()
         self._idle.set()
         self._exact_tokenizer: dict[str, bool] = {}
         self.tokenizers: dict[str, Any] = {}  # the project's own, for usage-less providers
         self._prices: dict[str, llm.Price | None] = {}
         self._closing = False
-        self._batch = False
         self._ended = 0
         self._sim_overrides: dict[str, dict[str, Any]] = {}
-        self._rates: dict[str, RateWindow] = {}
         self.policy = PolicyGate(bus, project.policy.rules())
         self.inbox = Inbox(bus, self.runs)
         self.mcp: McpHub | None = None
-        lim = project.limits
-        # Calls in flight adapt to tower's own load; their timeouts count provider time.
-        self.calls = CallGate(
-            lim.max_concurrent, adaptive=lim.adaptive, target_lag_s=lim.target_lag_ms / 1000
+        self.scheduler = Scheduler(
+            project.limits,
+            lambda model: self.project.model_settings(model),
+            paused=self.pause_requested,
+            start=self._start,
+            waiting=self._waiting,
         )
         bus.subscribe(self._fold_conversation)
         if approve is not None:
@@ -139,15 +134,13 @@ class Supervisor:
             self.bus.emit(pl.SessionEnded(reason="failed to start", error=str(exc)))
             if store is not None:
                 await store.end_session(self.session_id, "clean")
-            self._closing = True
+            self._closing = self.scheduler.closed = True
             await self.calls.stop()
             raise
         if spawn_tasks:
-            self._batch = True  # queue every task first, so priority decides who starts
-            for copy in self._planned_copies():
-                self._spawn_copy(copy)
-            self._batch = False
-            self._pump()
+            with self.scheduler.batch():  # queue every task first, so priority decides who starts
+                for copy in self._planned_copies():
+                    self._spawn_copy(copy)
 
     def _emit_started(self, spawn_tasks: bool) -> None:
         """SESSION_STARTED: the project, its caps and policy; `spawn_tasks` records the intent
@@ -249,95 +242,95 @@ class Supervisor:
         self.bus.emit(
             pl.SessionResumed.of(threads=[p.id for p in plans], pid=os.getpid(), **origin or {})
         )
-        self._batch = True
-        for plan in plans:
-            view = state.threads[plan.id]
-            try:
-                settings = self.project.agent(view.agent)
-            except KeyError:
-                raise CommandError(f"agent {view.agent!r} is no longer in the project") from None
-            found = self._task_of(view.task)
-            cascade = list(view.cascade)
-            if model is not None and model != plan.model:  # a fork onto another model
-                if model not in cascade:
-                    at = cascade.index(plan.model) if plan.model in cascade else 0
-                    cascade.insert(at, model)
-                self._prices.setdefault(model, llm.model_price(model))
-                self.bus.emit(
-                    pl.Escalated(from_model=plan.model, to_model=model, trigger="fork"), plan.id
+        with self.scheduler.batch():
+            for plan in plans:
+                view = state.threads[plan.id]
+                try:
+                    settings = self.project.agent(view.agent)
+                except KeyError:
+                    raise CommandError(
+                        f"agent {view.agent!r} is no longer in the project"
+                    ) from None
+                found = self._task_of(view.task)
+                cascade = list(view.cascade)
+                if model is not None and model != plan.model:  # a fork onto another model
+                    if model not in cascade:
+                        at = cascade.index(plan.model) if plan.model in cascade else 0
+                        cascade.insert(at, model)
+                    self._prices.setdefault(model, llm.model_price(model))
+                    self.bus.emit(
+                        pl.Escalated(from_model=plan.model, to_model=model, trigger="fork"), plan.id
+                    )
+                    plan.model = model
+                th = ThreadRun(
+                    id=plan.id,
+                    agent=settings,
+                    prompt=plan.spawned.get("prompt", view.title),
+                    task_id=view.task,
+                    title=view.title,
+                    cascade=cascade,
+                    priority=view.priority,
+                    order=self.scheduler.next_order(),
+                    workspace_src=(self.project.root / found[0].workspace)
+                    if found and found[0].workspace
+                    else None,
+                    script=self._script_of(view.task),
+                    default_answer=fill(found[0].answer, found[1]) if found else None,
+                    budget_usd=view.budget_usd,
+                    budget_tokens=view.budget_tokens,
+                    model_index=cascade.index(plan.model) if plan.model in cascade else 0,
+                    conversation=plan.conversation,
+                    steps=plan.steps,
+                    pending=plan.pending,
+                    interrupted=plan.interrupted,
+                    guidance=plan.guidance,
                 )
-                plan.model = model
-            th = ThreadRun(
-                id=plan.id,
-                agent=settings,
-                prompt=plan.spawned.get("prompt", view.title),
-                task_id=view.task,
-                title=view.title,
-                cascade=cascade,
-                priority=view.priority,
-                order=next(self._order),
-                workspace_src=(self.project.root / found[0].workspace)
-                if found and found[0].workspace
-                else None,
-                script=self._script_of(view.task),
-                default_answer=fill(found[0].answer, found[1]) if found else None,
-                budget_usd=view.budget_usd,
-                budget_tokens=view.budget_tokens,
-                model_index=cascade.index(plan.model) if plan.model in cascade else 0,
-                conversation=plan.conversation,
-                steps=plan.steps,
-                pending=plan.pending,
-                interrupted=plan.interrupted,
-                guidance=plan.guidance,
-            )
-            self.runs[th.id] = th
-            self.ledger.open_thread(
-                th.id,
-                th.budget_usd if th.budget_usd is not None else INF,
-                th.budget_tokens if th.budget_tokens is not None else INF,
-            )
-            acct = self.ledger.threads[th.id]
-            if view.reserved_usd:
-                # A call the crash cut off: the provider may have served and billed it, so
-                # it is booked at its reservation, apart, and counts against the caps.
-                self.bus.emit(
-                    pl.LlmLost(
-                        model=th.model,
-                        reserved_usd=view.reserved_usd,
-                        reason="tower stopped during this call: possibly billed",
-                    ),
+                self.runs[th.id] = th
+                self.ledger.open_thread(
                     th.id,
+                    th.budget_usd if th.budget_usd is not None else INF,
+                    th.budget_tokens if th.budget_tokens is not None else INF,
                 )
-            acct.spent_usd = view.cost_usd + view.lost_usd
-            acct.spent_tokens = view.tokens
-            self.inbox.drop_recorded(th.id)
-            th.state = ThreadState(view.state)
-            if plan.finished is not None:
-                # Its finish succeeded just before the crash: done, with that answer.
-                self.finish(th, ThreadState.DONE, "finished", answer=plan.finished)
-                continue
-            self.set_state(th, ThreadState.QUEUED, "resumed")
-            bisect.insort(self._queue, (-th.priority, th.order, th.id))
-        # Calls lost just now count against the session's cap too.
-        self.ledger.session.spent_usd = state.budget.spent_usd + state.budget.lost_usd
-        # Tasks the crash kept from being spawned run now: every task of the project runs
-        # exactly once, however early the crash came.
-        for copy in self.unspawned(state, events):
-            self._spawn_copy(copy)
+                acct = self.ledger.threads[th.id]
+                if view.reserved_usd:
+                    # A call the crash cut off: the provider may have served and billed it, so
+                    # it is booked at its reservation, apart, and counts against the caps.
+                    self.bus.emit(
+                        pl.LlmLost(
+                            model=th.model,
+                            reserved_usd=view.reserved_usd,
+                            reason="tower stopped during this call: possibly billed",
+                        ),
+                        th.id,
+                    )
+                acct.spent_usd = view.cost_usd + view.lost_usd
+                acct.spent_tokens = view.tokens
+                self.inbox.drop_recorded(th.id)
+                th.state = ThreadState(view.state)
+                if plan.finished is not None:
+                    # Its finish succeeded just before the crash: done, with that answer.
+                    self.finish(th, ThreadState.DONE, "finished", answer=plan.finished)
+                    continue
+                self.set_state(th, ThreadState.QUEUED, "resumed")
+                self.scheduler.enqueue(th)
+            # Calls lost just now count against the session's cap too.
+            self.ledger.session.spent_usd = state.budget.spent_usd + state.budget.lost_usd
+            # Tasks the crash kept from being spawned run now: every task of the project runs
+            # exactly once, however early the crash came.
+            for copy in self.unspawned(state, events):
+                self._spawn_copy(copy)
 
-        def highest(kind: EventKind, key: str) -> int:
-            ids = [str(e.payload.get(key) or "") for e in events if e.kind is kind]
-            return max((int(i[1:]) for i in ids if i[1:].isdigit()), default=0)
+            def highest(kind: EventKind, key: str) -> int:
+                ids = [str(e.payload.get(key) or "") for e in events if e.kind is kind]
+                return max((int(i[1:]) for i in ids if i[1:].isdigit()), default=0)
 
-        # New items and calls continue the log's numbering, never reusing an id.
-        self.inbox.continue_numbering(events)
-        self._calls = itertools.count(highest(EventKind.LLM_STARTED, "call") + 1)
-        if self._ended < len(self.runs):
-            self._idle.clear()
-        else:
-            self._idle.set()  # every resumed thread was already done (a finish just logged)
-        self._batch = False
-        self._pump()
+            # New items and calls continue the log's numbering, never reusing an id.
+            self.inbox.continue_numbering(events)
+            self._calls = itertools.count(highest(EventKind.LLM_STARTED, "call") + 1)
+            if self._ended < len(self.runs):
+                self._idle.clear()
+            else:
+                self._idle.set()  # every resumed thread was already done (a finish just logged)
         return len(plans)
 
     def _task_of(self, task_id: str) -> tuple[TaskSettings, int | None] | None:
@@ -377,7 +370,7 @@ class Supervisor:
         """Stops every thread (without marking it killed: it may be resumed) and ends the log."""
         if self._closing:
             return
-        self._closing = True
+        self._closing = self.scheduler.closed = True
         tasks = []
         for th in self.runs.values():
             if th.task is not None and not th.task.done():
@@ -456,7 +449,7 @@ class Supervisor:
             title=title or prompt.splitlines()[0][:80],
             cascade=cascade,
             priority=priority,
-            order=next(self._order),
+            order=self.scheduler.next_order(),
             workspace_src=(self.project.root / workspace) if workspace else None,
             script=script,
             default_answer=answer,
@@ -485,8 +478,7 @@ class Supervisor:
             ),
             tid,
         )
-        bisect.insort(self._queue, (-priority, th.order, tid))
-        self._pump()
+        self.scheduler.enqueue(th)
         return tid
 
     def spawn_task(
@@ -575,38 +567,12 @@ class Supervisor:
             raise CommandError(f"workspace {rel!r} holds tower's own workspaces folder")
         return path
 
-    def _model_cap(self, model: str) -> int | None:
-        return self.project.model_settings(model).max_concurrent
+    def _start(self, th: ThreadRun) -> asyncio.Task[None]:
+        return asyncio.create_task(self._run(th), name=f"thread:{th.id}")
 
-    def _pump(self) -> None:
-        """Starts queued threads in priority order while global and per-model slots are free."""
-        if self._closing or self._batch:
-            return
-        cap = self.project.limits.max_concurrent
-        i = 0
-        while i < len(self._queue) and self._running < cap:
-            tid = self._queue[i][2]
-            th = self.runs[tid]
-            mcap = self._model_cap(th.model)
-            pausing = self.pause_requested(th)
-            if pausing or (mcap is not None and self._per_model[th.model] >= mcap):
-                if not pausing:
-                    self.set_state(
-                        th, ThreadState.QUEUED, f"waiting for a {th.model} slot ({mcap})"
-                    )
-                i += 1
-                continue
-            del self._queue[i]
-            self._running += 1
-            th.slot_model = th.model
-            self._per_model[th.model] += 1
-            th.task = asyncio.create_task(self._run(th), name=f"thread:{tid}")
-
-    def _free_slot(self, th: ThreadRun) -> None:
-        if th.slot_model is not None:
-            self._running -= 1
-            self._per_model[th.slot_model] -= 1
-            th.slot_model = None
+    def _waiting(self, th: ThreadRun, why: str) -> None:
+        """A thread told why it waits: for a model's slot (queued), for its rate limit."""
+        self.set_state(th, ThreadState.QUEUED if th.task is None else ThreadState.RUNNING, why)
 
     async def _run(self, th: ThreadRun) -> None:
         try:
@@ -693,13 +659,12 @@ class Supervisor:
         extra = {"answer": answer} if answer is not None else {}
         self.set_state(th, state, reason, **extra)
         th.state = state
-        if (-th.priority, th.order, th.id) in self._queue:
-            self._queue.remove((-th.priority, th.order, th.id))
-        self._free_slot(th)
+        self.scheduler.dequeue(th)
+        self.scheduler.free_slot(th)
         self._ended += 1
         if self._ended == len(self.runs):
             self._idle.set()
-        self._pump()
+        self.scheduler.pump()
 
     def open_item(
         self, th: ThreadRun, kind: InboxKind, **data: Any
@@ -767,22 +732,11 @@ class Supervisor:
         return self._prices[model]
 
     async def rate_gate(self, th: ThreadRun, model: str, tokens: int) -> Use | None:
-        """Waits until a call of `tokens` fits the model's rpm/tpm caps; the thread says so
-        meanwhile. Returns the recorded use (corrected to real tokens after the call)."""
-        settings = self.project.model_settings(model)
-        if settings.rpm is None and settings.tpm is None:
-            return None
-        window = self._rates.get(model)
-        if window is None:
-            window = self._rates[model] = RateWindow(settings.rpm, settings.tpm)
-        while True:
-            delay, why = window.wait(time.monotonic(), tokens)
-            if delay <= 0:
-                break
-            self.set_state(th, ThreadState.RUNNING, f"waiting for {model}: {why}")
-            await asyncio.sleep(delay)
-        self.set_state(th, ThreadState.RUNNING)
-        return window.record(time.monotonic(), tokens)
+        """Waits until a call of `tokens` fits the model's rpm/tpm caps (the scheduler's)."""
+        use = await self.scheduler.rate_gate(th, model, tokens)
+        if use is not None:
+            self.set_state(th, ThreadState.RUNNING)
+        return use
 
     async def admit(self, th: ThreadRun) -> bool:
         """Holds a call slot for `th` (waiting at the gate while tower is loaded); False if
@@ -833,7 +787,7 @@ class Supervisor:
         th.resume.set()
         if th.task is None:
             self.set_state(th, ThreadState.QUEUED)
-            self._pump()
+            self.scheduler.pump()
 
     def pause_all(self) -> None:
         for th in self.runs.values():
@@ -866,10 +820,7 @@ class Supervisor:
         if to == "model" and th.model_index + 1 < len(th.cascade):
             old = th.model
             th.model_index += 1
-            if th.slot_model is not None:
-                self._per_model[th.slot_model] -= 1
-                th.slot_model = th.model
-                self._per_model[th.model] += 1
+            self.scheduler.move_slot(th)
             if th.model not in self._prices:
                 self._prices[th.model] = llm.model_price(th.model)
             self.bus.emit(
@@ -1040,7 +991,8 @@ class Supervisor:
     def reload(self, project: Project) -> None:
         """An edited tower.toml: its policy and model limits apply from now on (recorded)."""
         self.project = project
-        self._rates.clear()
+        self.scheduler.limits = project.limits
+        self.scheduler.reset_rates()
         self._sim_overrides.clear()
         self.policy.set_rules(project.policy.rules())
 
@@ -1135,6 +1087,11 @@ class Supervisor:
         await self.mcp.start()
 
     # --- the agent loop's host (agent.LoopHost) ------------------------------------------
+
+    @property
+    def calls(self) -> CallGate:
+        """The gate every model call passes (its figures show in the budget bar)."""
+        return self.scheduler.calls
 
     @property
     def settings(self) -> ProjectMeta:
