@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,17 +37,19 @@ from tower.core.project import (
     TaskSettings,
 )
 from tower.core.ratelimit import Use
+from tower.core.resume import rebuild
+from tower.core.resumer import highest_number, restart, restore_session, restore_thread
 from tower.core.run import (
     CommandError,
     Decision,
     TaskCopy,
     ThreadRun,
-    fill,
     new_session_id,
 )
 from tower.core.scheduler import Scheduler
 from tower.core.simprofiles import SIM_PROFILES, is_sim
 from tower.core.state import TowerState
+from tower.core.tasks import planned_copies, task_copy, task_of
 from tower.core.tools import ToolError, Workspace
 from tower.core.tools.shell import run_shell
 
@@ -139,7 +140,7 @@ class Supervisor:
             raise
         if spawn_tasks:
             with self.scheduler.batch():  # queue every task first, so priority decides who starts
-                for copy in self._planned_copies():
+                for copy in planned_copies(self.project):
                     self._spawn_copy(copy)
 
     def _emit_started(self, spawn_tasks: bool) -> None:
@@ -167,14 +168,7 @@ class Supervisor:
         started = next((e for e in events if e.kind is EventKind.SESSION_STARTED), None)
         if started is not None and not started.payload.get("spawn_tasks", True):
             return []
-        return [c for c in self._planned_copies() if c.thread_id not in state.threads]
-
-    def _planned_copies(self) -> Iterator[TaskCopy]:
-        """Every thread the project's tasks expand to, in order (`repeat` copies numbered)."""
-        for task in self.project.tasks:
-            copies = [None] if task.repeat == 1 else range(1, task.repeat + 1)
-            for n in copies:
-                yield self._task_copy(task, n)
+        return [c for c in planned_copies(self.project) if c.thread_id not in state.threads]
 
     def _register_prices(self) -> None:
         overrides = {
@@ -211,8 +205,6 @@ class Supervisor:
         Returns how many threads were resumed. The bus must already hold the folded state and
         the last sequence number; spending so far is restored into the ledger from it.
         """
-        from tower.core.resume import rebuild
-
         await asyncio.to_thread(llm.load_litellm)
         self._register_prices()
         self.calls.start()
@@ -225,11 +217,7 @@ class Supervisor:
                 await store.reopen_session(self.session_id)
                 store.start_writer(self.session_id)
             self._emit_started(True)
-        b = state.budget
-        self.ledger.session.limit_usd = b.limit_usd if b.limit_usd is not None else INF
-        self.ledger.session.limit_tokens = b.limit_tokens if b.limit_tokens is not None else INF
-        self.ledger.session.spent_usd = b.spent_usd + b.lost_usd
-        self.ledger.session.spent_tokens = b.tokens
+        restore_session(self.ledger, state.budget)
         if store is not None and not store.writing:
             await store.reopen_session(self.session_id)
             store.start_writer(self.session_id)
@@ -245,66 +233,29 @@ class Supervisor:
         with self.scheduler.batch():
             for plan in plans:
                 view = state.threads[plan.id]
-                try:
-                    settings = self.project.agent(view.agent)
-                except KeyError:
-                    raise CommandError(
-                        f"agent {view.agent!r} is no longer in the project"
-                    ) from None
-                found = self._task_of(view.task)
-                cascade = list(view.cascade)
-                if model is not None and model != plan.model:  # a fork onto another model
-                    if model not in cascade:
-                        at = cascade.index(plan.model) if plan.model in cascade else 0
-                        cascade.insert(at, model)
-                    self._prices.setdefault(model, llm.model_price(model))
+                again = restart(plan, view, self.project, self.scheduler.next_order(), model)
+                th = again.run
+                if again.forked_from is not None:
+                    self._prices.setdefault(th.model, llm.model_price(th.model))
                     self.bus.emit(
-                        pl.Escalated(from_model=plan.model, to_model=model, trigger="fork"), plan.id
+                        pl.Escalated(
+                            from_model=again.forked_from, to_model=th.model, trigger="fork"
+                        ),
+                        th.id,
                     )
-                    plan.model = model
-                th = ThreadRun(
-                    id=plan.id,
-                    agent=settings,
-                    prompt=plan.spawned.get("prompt", view.title),
-                    task_id=view.task,
-                    title=view.title,
-                    cascade=cascade,
-                    priority=view.priority,
-                    order=self.scheduler.next_order(),
-                    workspace_src=(self.project.root / found[0].workspace)
-                    if found and found[0].workspace
-                    else None,
-                    script=self._script_of(view.task),
-                    default_answer=fill(found[0].answer, found[1]) if found else None,
-                    budget_usd=view.budget_usd,
-                    budget_tokens=view.budget_tokens,
-                    model_index=cascade.index(plan.model) if plan.model in cascade else 0,
-                    conversation=plan.conversation,
-                    steps=plan.steps,
-                    pending=plan.pending,
-                    interrupted=plan.interrupted,
-                    guidance=plan.guidance,
-                )
                 self.runs[th.id] = th
-                self.ledger.open_thread(
-                    th.id,
-                    th.budget_usd if th.budget_usd is not None else INF,
-                    th.budget_tokens if th.budget_tokens is not None else INF,
-                )
-                acct = self.ledger.threads[th.id]
-                if view.reserved_usd:
+                if again.lost_usd:
                     # A call the crash cut off: the provider may have served and billed it, so
                     # it is booked at its reservation, apart, and counts against the caps.
                     self.bus.emit(
                         pl.LlmLost(
                             model=th.model,
-                            reserved_usd=view.reserved_usd,
+                            reserved_usd=again.lost_usd,
                             reason="tower stopped during this call: possibly billed",
                         ),
                         th.id,
                     )
-                acct.spent_usd = view.cost_usd + view.lost_usd
-                acct.spent_tokens = view.tokens
+                restore_thread(self.ledger, th, view)
                 self.inbox.drop_recorded(th.id)
                 th.state = ThreadState(view.state)
                 if plan.finished is not None:
@@ -320,13 +271,9 @@ class Supervisor:
             for copy in self.unspawned(state, events):
                 self._spawn_copy(copy)
 
-            def highest(kind: EventKind, key: str) -> int:
-                ids = [str(e.payload.get(key) or "") for e in events if e.kind is kind]
-                return max((int(i[1:]) for i in ids if i[1:].isdigit()), default=0)
-
             # New items and calls continue the log's numbering, never reusing an id.
             self.inbox.continue_numbering(events)
-            self._calls = itertools.count(highest(EventKind.LLM_STARTED, "call") + 1)
+            self._calls = itertools.count(highest_number(events, EventKind.LLM_STARTED, "call") + 1)
             if self._ended < len(self.runs):
                 self._idle.clear()
             else:
@@ -334,28 +281,7 @@ class Supervisor:
         return len(plans)
 
     def _task_of(self, task_id: str) -> tuple[TaskSettings, int | None] | None:
-        """The project task a thread came from, and its copy number if repeated.
-
-        `task_id` is the thread's task reference: a task's id ("review", also for its spawned
-        copies review-2, review-3...), or a repeated task's copy ("screen-4", any number).
-        A task whose id is exactly `task_id` wins over a suffix match.
-        """
-        for task in self.project.tasks:
-            if task.id == task_id:
-                return task, None
-        base, _, n = task_id.rpartition("-")
-        if base and n.isdigit():
-            for task in self.project.tasks:
-                if task.id == base:
-                    return task, (int(n) if task.repeat > 1 else None)
-        return None
-
-    def _script_of(self, task_id: str) -> list[dict[str, Any]] | None:
-        found = self._task_of(task_id)
-        if found is None:
-            return None
-        task, n = found
-        return [fill(step.model_dump(exclude_none=True), n) for step in task.script] or None
+        return task_of(self.project, task_id)
 
     async def barrier(self) -> None:
         """Waits until every event emitted so far is committed (before a side effect)."""
@@ -505,27 +431,13 @@ class Supervisor:
             raise CommandError(f"no task {task_id!r} in the project") from None
         if task.repeat > 1:
             n = next(k for k in itertools.count(1) if not self._taken(f"{task.id}-{k}"))
-            return self._task_copy(task, n)
+            return task_copy(self.project, task, n)
         tid = task.id
         for k in itertools.count(2):
             if not self._taken(tid):
                 break
             tid = f"{task.id}-{k}"
-        return self._task_copy(task, None, tid)
-
-    def _task_copy(self, task: TaskSettings, n: int | None, tid: str | None = None) -> TaskCopy:
-        """A task's settings for copy n (None: not repeated), {n} filled."""
-        b = self.project.budget
-        return TaskCopy(
-            task=task,
-            n=n,
-            thread_id=tid or (task.id if n is None else f"{task.id}-{n}"),
-            prompt=fill(task.prompt, n),
-            title=fill(task.title, n) or None,
-            script=[fill(s.model_dump(exclude_none=True), n) for s in task.script] or None,
-            answer=fill(task.answer, n),
-            budget_usd=task.budget_usd if task.budget_usd is not None else b.thread_usd,
-        )
+        return task_copy(self.project, task, None, tid)
 
     def _spawn_copy(
         self,

@@ -1,0 +1,98 @@
+"""The resumer: a recorded thread's plan (resume.rebuild) turned back into a live run.
+
+`rebuild` reads the log; this module decides, per thread, how it continues under today's
+project: its agent's settings, its cascade (a fork onto another model puts that model in
+front), the task's workspace, script and default answer, and what the ledger must hold
+before anything runs (its spending so far, plus any call a crash cut off). Pure functions:
+the supervisor records the events and queues the runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from tower.core.budget import INF, Ledger
+from tower.core.events import Event, EventKind
+from tower.core.project import Project
+from tower.core.resume import ThreadPlan
+from tower.core.run import CommandError, ThreadRun, fill
+from tower.core.state import BudgetView, ThreadView
+from tower.core.tasks import script_of, task_of
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    run: ThreadRun
+    forked_from: str | None  # the model the log had, when a fork moved it to another
+    lost_usd: float  # a call in flight at the crash, booked at its reservation
+
+
+def restart(
+    plan: ThreadPlan, view: ThreadView, project: Project, order: int, model: str | None = None
+) -> Restart:
+    """The live run that continues `plan`; `model`: a fork onto that model."""
+    try:
+        settings = project.agent(view.agent)
+    except KeyError:
+        raise CommandError(f"agent {view.agent!r} is no longer in the project") from None
+    found = task_of(project, view.task)
+    cascade = list(view.cascade)
+    forked_from = None
+    if model is not None and model != plan.model:
+        if model not in cascade:
+            at = cascade.index(plan.model) if plan.model in cascade else 0
+            cascade.insert(at, model)
+        forked_from, plan.model = plan.model, model
+    task = found[0] if found else None
+    run = ThreadRun(
+        id=plan.id,
+        agent=settings,
+        prompt=plan.spawned.get("prompt", view.title),
+        task_id=view.task,
+        title=view.title,
+        cascade=cascade,
+        priority=view.priority,
+        order=order,
+        workspace_src=(project.root / task.workspace) if task and task.workspace else None,
+        script=script_of(*found) if found else None,
+        default_answer=fill(task.answer, found[1]) if found and task else None,
+        budget_usd=view.budget_usd,
+        budget_tokens=view.budget_tokens,
+        model_index=cascade.index(plan.model) if plan.model in cascade else 0,
+        conversation=plan.conversation,
+        steps=plan.steps,
+        pending=plan.pending,
+        interrupted=plan.interrupted,
+        guidance=plan.guidance,
+    )
+    return Restart(run, forked_from, view.reserved_usd)
+
+
+def restore_session(ledger: Ledger, budget: BudgetView) -> None:
+    """The session's caps and spending as the log left them (lost calls count as spent)."""
+    acct = ledger.session
+    acct.limit_usd = budget.limit_usd if budget.limit_usd is not None else INF
+    acct.limit_tokens = budget.limit_tokens if budget.limit_tokens is not None else INF
+    acct.spent_usd = budget.spent_usd + budget.lost_usd
+    acct.spent_tokens = budget.tokens
+
+
+def restore_thread(ledger: Ledger, run: ThreadRun, view: ThreadView) -> None:
+    """A resumed thread's account: its caps and what it spent, lost calls included (book
+    the call a crash cut off, LLM_LOST, before this: the view then holds it)."""
+    ledger.open_thread(
+        run.id,
+        run.budget_usd if run.budget_usd is not None else INF,
+        run.budget_tokens if run.budget_tokens is not None else INF,
+    )
+    acct = ledger.threads[run.id]
+    acct.spent_usd = view.cost_usd + view.lost_usd
+    acct.spent_tokens = view.tokens
+
+
+def highest_number(events: Iterable[Event], kind: EventKind, key: str) -> int:
+    """The highest number among ids like "c12" the log used for `key` of `kind` events, so
+    new ids continue after it and never reuse one."""
+    ids = [str(e.payload.get(key) or "") for e in events if e.kind is kind]
+    return max((int(i[1:]) for i in ids if i[1:].isdigit()), default=0)

@@ -1,0 +1,63 @@
+"""A project's tasks as threads: the copies a task expands to, and the way back.
+
+Pure functions of the project: a thread's task reference ("review", "review-2",
+"screen-4") maps back to its task and copy number; a task (or copy n of a repeated one)
+maps to what its thread is spawned with, {n} filled. Starting, resuming and the spawn dialog
+all go through them, so a resumed thread gets the very settings it was spawned with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from tower.core.project import Project, TaskSettings
+from tower.core.run import TaskCopy, fill
+
+
+def task_of(project: Project, task_id: str) -> tuple[TaskSettings, int | None] | None:
+    """The project task a thread came from, and its copy number if repeated.
+
+    `task_id` is the thread's task reference: a task's id ("review", also for its spawned
+    copies review-2, review-3...), or a repeated task's copy ("screen-4", any number).
+    A task whose id is exactly `task_id` wins over a suffix match.
+    """
+    for task in project.tasks:
+        if task.id == task_id:
+            return task, None
+    base, _, n = task_id.rpartition("-")
+    if base and n.isdigit():
+        for task in project.tasks:
+            if task.id == base:
+                return task, (int(n) if task.repeat > 1 else None)
+    return None
+
+
+def script_of(task: TaskSettings, n: int | None) -> list[dict[str, Any]] | None:
+    """A task's sim script for copy n, {n} filled (None: the task has none)."""
+    return [fill(step.model_dump(exclude_none=True), n) for step in task.script] or None
+
+
+def task_copy(
+    project: Project, task: TaskSettings, n: int | None, tid: str | None = None
+) -> TaskCopy:
+    """A task's settings for copy n (None: not repeated), {n} filled."""
+    b = project.budget
+    return TaskCopy(
+        task=task,
+        n=n,
+        thread_id=tid or (task.id if n is None else f"{task.id}-{n}"),
+        prompt=fill(task.prompt, n),
+        title=fill(task.title, n) or None,
+        script=script_of(task, n),
+        answer=fill(task.answer, n),
+        budget_usd=task.budget_usd if task.budget_usd is not None else b.thread_usd,
+    )
+
+
+def planned_copies(project: Project) -> Iterator[TaskCopy]:
+    """Every thread the project's tasks expand to, in order (`repeat` copies numbered)."""
+    for task in project.tasks:
+        copies = [None] if task.repeat == 1 else range(1, task.repeat + 1)
+        for n in copies:
+            yield task_copy(project, task, n)
