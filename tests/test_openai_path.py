@@ -591,7 +591,7 @@ async def test_caps_hold_against_a_tokenizer_counting_four_times_the_estimate(
     """A server whose tokenizer counts 4x tower's chars/4 estimate (CJK text does this), with
     200 calls in flight: reservations use a bound no tokenizer exceeds, so the session ends
     at or under its cap (before: +34 %), and threads stop on the budget instead."""
-    from tower.core.llm import estimate_tokens
+    from tower.core.tokens import estimate_tokens
 
     model = "openai/cjk-local-model"
 

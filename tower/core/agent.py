@@ -24,6 +24,7 @@ from tower.core.project import AgentSettings, CheckSettings, ProjectMeta
 from tower.core.ratelimit import Use
 from tower.core.resume import has_side_effects
 from tower.core.run import Decision, ThreadRun
+from tower.core.tokens import schema_chars
 from tower.core.tools import ToolError
 
 # Streamed text is coalesced into one event per thread at most this often.
@@ -138,7 +139,7 @@ class AgentLoop:
     async def run(self) -> None:
         th = self.th
         tools = self.host.tools_for(th.agent)
-        tools_chars = llm.schema_chars(tools)
+        tools_chars = schema_chars(tools)
         if not th.messages:
             th.messages.extend(messages.opening(th.agent.system_prompt, th.prompt))
         pending, th.pending = th.pending, []

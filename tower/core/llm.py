@@ -21,6 +21,7 @@ from typing import Any
 
 from tower.core.admission import LoopLag, provider_timeout
 from tower.core.simprofiles import SIM_PROFILES, SimProfile, is_sim
+from tower.core.tokens import estimate_tokens, text_tokens
 
 _litellm: Any = None
 log = logging.getLogger("tower.llm")
@@ -111,33 +112,6 @@ def register_prices(prices: dict[str, tuple[float, float, float | None]]) -> Non
 # --- tokens and prices -------------------------------------------------------------------
 
 
-def schema_chars(tools: list[dict[str, Any]] | None) -> int:
-    return len(json.dumps(tools)) if tools else 0
-
-
-def estimate_tokens(
-    messages: list[dict[str, Any]],
-    tools: list[dict[str, Any]] | None = None,
-    tools_chars: int | None = None,
-) -> int:
-    """A fast, slightly generous token estimate (~4 chars a token) used for reservations.
-
-    The sim models report prompt tokens with this same function, so a sim reservation is exact.
-    """
-    chars = 0
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif content:
-            chars += len(json.dumps(content))
-        for call in m.get("tool_calls") or ():
-            fn = call.get("function", {})
-            chars += len(fn.get("name", "")) + len(fn.get("arguments", ""))
-    chars += schema_chars(tools) if tools_chars is None else tools_chars
-    return chars // 4 + 4 * len(messages) + 3
-
-
 def exact_tokenizer(model: str) -> bool:
     """Whether litellm counts this model's tokens exactly: OpenAI's own models (tiktoken,
     bundled with litellm, no network). Any other tokenizer is unknown to tower."""
@@ -223,10 +197,6 @@ def provider_sent_usage(resp: Any) -> bool:
     if not isinstance(chunks, list):
         return True  # not litellm's stream wrapper: its usage is the provider's
     return any(getattr(c, "usage", None) is not None for c in chunks)
-
-
-def text_tokens(text: str) -> int:
-    return (len(text) + 3) // 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,8 @@ from litellm.types.llms.openai import ChatCompletionToolCallChunk, ChatCompletio
 from litellm.types.utils import GenericStreamingChunk
 
 from tower.core.check import CHECK_FAILED
-from tower.core.llm import estimate_tokens, text_tokens
 from tower.core.simprofiles import FAULT_NAMES, SIM_PROFILES, SimProfile
+from tower.core.tokens import estimate_tokens, text_tokens
 
 # A streamed piece is at least this many tokens, and a sim stream yields about twice a
 # second at most: a thousand streaming sim threads then cost litellm's chunk handling (about

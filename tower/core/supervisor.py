@@ -50,6 +50,7 @@ from tower.core.scheduler import Scheduler
 from tower.core.simprofiles import SIM_PROFILES, is_sim
 from tower.core.state import TowerState
 from tower.core.tasks import planned_copies, task_copy, task_of
+from tower.core.tokens import estimate_tokens
 from tower.core.tools import ToolError, Workspace
 from tower.core.tools.shell import run_shell
 
@@ -629,7 +630,7 @@ class Supervisor:
         the same estimate), the tokenizer's count where litellm knows it exactly (an OpenAI
         model at OpenAI), else a bound no tokenizer exceeds (see llm.prompt_bound)."""
         if is_sim(model):
-            return llm.estimate_tokens(messages, tools, tools_chars)
+            return estimate_tokens(messages, tools, tools_chars)
         exact = self._exact_tokenizer.get(model)
         if exact is None:
             # A local server may serve any model under an OpenAI name: only OpenAI's own
