@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from typing import Any
 
 from tower.core import payloads as pl
@@ -58,8 +59,8 @@ class PolicyGate:
         by: str,
     ) -> Rule:
         """Adds a time-boxed allow rule (recorded) that ends by itself after `minutes`."""
-        if minutes <= 0:
-            raise CommandError("a grant needs a positive number of minutes")
+        if not (0 < minutes < math.inf):  # NaN is neither <= 0 nor > 0
+            raise CommandError("a grant needs a positive number of minutes (finite)")
         rid = f"g{next(self._ids)}"
         while rid in self.grants or rid in self.bus.state.grants:
             rid = f"g{next(self._ids)}"

@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,6 +24,7 @@ from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
 from tower.core.inbox import AutoDecider, Inbox
 from tower.core.messages import KINDS as CONVERSATION_KINDS
+from tower.core.models import Models
 from tower.core.policy import Action, Rule, Verdict
 from tower.core.policygate import PolicyGate
 from tower.core.project import (
@@ -32,7 +32,6 @@ from tower.core.project import (
     AgentSettings,
     CheckSettings,
     Project,
-    ProjectError,
     ProjectMeta,
     TaskSettings,
 )
@@ -47,12 +46,11 @@ from tower.core.run import (
     new_session_id,
 )
 from tower.core.scheduler import Scheduler
-from tower.core.simprofiles import SIM_PROFILES, is_sim
 from tower.core.state import TowerState
 from tower.core.tasks import planned_copies, task_copy, task_of
-from tower.core.tokens import estimate_tokens
 from tower.core.tools import ToolError, Workspace
 from tower.core.tools.shell import run_shell
+from tower.core.workspaces import prepare, typed_folder
 
 if TYPE_CHECKING:
     from tower.core.mcp import McpHub
@@ -88,12 +86,9 @@ class Supervisor:
         self._calls = itertools.count(1)
         self._idle = asyncio.Event()
         self._idle.set()
-        self._exact_tokenizer: dict[str, bool] = {}
-        self.tokenizers: dict[str, Any] = {}  # the project's own, for usage-less providers
-        self._prices: dict[str, llm.Price | None] = {}
+        self.models = Models(project)
         self._closing = False
         self._ended = 0
-        self._sim_overrides: dict[str, dict[str, Any]] = {}
         self.policy = PolicyGate(bus, project.policy.rules())
         self.inbox = Inbox(bus, self.runs)
         self.mcp: McpHub | None = None
@@ -120,7 +115,7 @@ class Supervisor:
     async def start(self, spawn_tasks: bool = True) -> None:
         """Registers prices, records the session start, and spawns the project's tasks."""
         await asyncio.to_thread(llm.load_litellm)
-        self._register_prices()
+        self.models.register()
         self.calls.start()
         p = self.project
         store = self.bus.store
@@ -171,33 +166,6 @@ class Supervisor:
             return []
         return [c for c in planned_copies(self.project) if c.thread_id not in state.threads]
 
-    def _register_prices(self) -> None:
-        overrides = {
-            name: prof.with_overrides(self.project.model_settings(name).sim_overrides())
-            for name, prof in SIM_PROFILES.items()
-        }
-        llm.register_sim_prices(overrides)
-        given = {}
-        for model in self.project.all_models():
-            ms = self.project.model_settings(model)
-            if not is_sim(model) and ms.input_usd_per_mtok is not None:
-                out = ms.output_usd_per_mtok
-                given[model] = (
-                    ms.input_usd_per_mtok,
-                    out if out is not None else ms.input_usd_per_mtok,
-                    ms.cached_input_usd_per_mtok,
-                )
-        llm.register_prices(given)  # a real model the project prices: litellm agrees
-        for model in self.project.all_models():
-            path = self.project.tokenizer_path(model)
-            if path is not None and model not in self.tokenizers:
-                try:
-                    self.tokenizers[model] = llm.load_tokenizer(str(path))
-                except ValueError as exc:  # changed since the project was checked
-                    raise ProjectError([f"models.{model}.tokenizer: {exc}"]) from None
-        for model in self.project.all_models():
-            self._prices[model] = llm.model_price(model)
-
     async def resume_session(
         self, events: list[Event], model: str | None = None, origin: dict[str, Any] | None = None
     ) -> int:
@@ -207,7 +175,7 @@ class Supervisor:
         the last sequence number; spending so far is restored into the ledger from it.
         """
         await asyncio.to_thread(llm.load_litellm)
-        self._register_prices()
+        self.models.register()
         self.calls.start()
         state = self.bus.state
         store = self.bus.store
@@ -237,7 +205,7 @@ class Supervisor:
                 again = restart(plan, view, self.project, self.scheduler.next_order(), model)
                 th = again.run
                 if again.forked_from is not None:
-                    self._prices.setdefault(th.model, llm.model_price(th.model))
+                    self.models.price(th.model)
                     self.bus.emit(
                         pl.Escalated(
                             from_model=again.forked_from, to_model=th.model, trigger="fork"
@@ -360,7 +328,7 @@ class Supervisor:
             if problem:
                 raise CommandError(problem)
             cascade = [model, *[m for m in cascade if m != model]]
-            self._prices.setdefault(model, llm.model_price(model))
+            self.models.price(model)
         base = task_id or agent
         tid = base
         for k in itertools.count(2):
@@ -469,16 +437,7 @@ class Supervisor:
 
     def workspace_folder(self, rel: str) -> Path:
         """A typed workspace folder, relative to the project root: it must exist inside it."""
-        root = self.project.root.resolve()
-        path = (root / rel).resolve()
-        if not rel.strip() or not path.is_relative_to(root):
-            raise CommandError(f"workspace {rel!r} is not a folder inside the project ({root})")
-        if not path.is_dir():
-            raise CommandError(f"workspace {rel!r}: no such folder in the project ({root})")
-        copies = self.workspaces_dir
-        if copies is not None and copies.resolve().is_relative_to(path):
-            raise CommandError(f"workspace {rel!r} holds tower's own workspaces folder")
-        return path
+        return typed_folder(self.project, rel, self.workspaces_dir)
 
     def _start(self, th: ThreadRun) -> asyncio.Task[None]:
         return asyncio.create_task(self._run(th), name=f"thread:{th.id}")
@@ -501,35 +460,9 @@ class Supervisor:
             self.finish(th, ThreadState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
 
     def _prepare_workspace(self, th: ThreadRun) -> Workspace:
-        """Gives the thread its folder: a private copy of the task's workspace, by default."""
-        base = self.workspaces_dir
-        src = th.workspace_src
-        if src is not None and not self.project.project.copy_workspaces:
-            return self._workspace(src)
-        if base is None:
-            if src is not None:
-                return self._workspace(src)
-            raise RuntimeError("no workspaces folder configured")
-        dest = base / self.session_id / th.id
-        if not dest.exists():
-            if src is not None:
-                # Copied aside, then renamed: a crash mid-copy never leaves half a workspace.
-                partial = dest.with_name(dest.name + ".partial")
-                shutil.rmtree(partial, ignore_errors=True)
-                shutil.copytree(src, partial, symlinks=True)
-                os.replace(partial, dest)
-            else:
-                dest.mkdir(parents=True, exist_ok=True)
-        return self._workspace(dest)
-
-    def _workspace(self, root: Path) -> Workspace:
-        """A workspace that also refuses writes to this session's own database files."""
         store = self.bus.store
         db = Path(store.path) if store is not None else None
-        protected = (
-            (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")) if db else ()
-        )
-        return Workspace(root, protected=protected)
+        return prepare(th, self.project, self.workspaces_dir, self.session_id, db)
 
     # --- state, endings, inbox ----------------------------------------------------------
 
@@ -626,23 +559,10 @@ class Supervisor:
         tools: list[dict[str, Any]],
         tools_chars: int,
     ) -> int:
-        """The prompt tokens a call is reserved for: exact for sim models (they count with
-        the same estimate), the tokenizer's count where litellm knows it exactly (an OpenAI
-        model at OpenAI), else a bound no tokenizer exceeds (see llm.prompt_bound)."""
-        if is_sim(model):
-            return estimate_tokens(messages, tools, tools_chars)
-        exact = self._exact_tokenizer.get(model)
-        if exact is None:
-            # A local server may serve any model under an OpenAI name: only OpenAI's own
-            # endpoint is known to tokenize like tiktoken.
-            local = self.project.model_settings(model).api_base is not None
-            exact = self._exact_tokenizer[model] = not local and llm.exact_tokenizer(model)
-        return llm.prompt_bound(model, messages, tools, exact)
+        return self.models.prompt_bound(model, messages, tools, tools_chars)
 
     def price(self, model: str) -> llm.Price | None:
-        if model not in self._prices:
-            self._prices[model] = llm.model_price(model)
-        return self._prices[model]
+        return self.models.price(model)
 
     async def rate_gate(self, th: ThreadRun, model: str, tokens: int) -> Use | None:
         """Waits until a call of `tokens` fits the model's rpm/tpm caps (the scheduler's)."""
@@ -734,8 +654,7 @@ class Supervisor:
             old = th.model
             th.model_index += 1
             self.scheduler.move_slot(th)
-            if th.model not in self._prices:
-                self._prices[th.model] = llm.model_price(th.model)
+            self.models.price(th.model)
             self.bus.emit(
                 pl.Escalated(from_model=old, to_model=th.model, trigger=note or "human"), th.id
             )
@@ -906,7 +825,7 @@ class Supervisor:
         self.project = project
         self.scheduler.limits = project.limits
         self.scheduler.reset_rates()
-        self._sim_overrides.clear()
+        self.models.reload(project)
         self.policy.set_rules(project.policy.rules())
 
     def policy_rules(self) -> tuple[list[Rule], list[Rule]]:
@@ -1027,10 +946,10 @@ class Supervisor:
         self.ledger.settle(res, usd, tokens)
 
     def endpoint(self, model: str) -> dict[str, Any]:
-        return dict(self.project.model_settings(model).endpoint())
+        return self.models.endpoint(model)
 
     def tokenizer(self, model: str) -> Any:
-        return self.tokenizers.get(model)
+        return self.models.tokenizer(model)
 
     def mcp_tool_names(self, agent: AgentSettings) -> list[str]:
         return list(self.mcp.names(agent.mcp)) if self.mcp is not None else []
@@ -1039,18 +958,4 @@ class Supervisor:
         return self.ledger.reserve(th.id, usd, tokens)
 
     def sim_metadata(self, th: ThreadRun, attempt: int) -> dict[str, Any] | None:
-        if not is_sim(th.model):
-            return None
-        overrides = self._sim_overrides.get(th.model)
-        if overrides is None:
-            overrides = self.project.model_settings(th.model).sim_overrides()
-            self._sim_overrides[th.model] = overrides
-        return {
-            "tower_sim": {
-                "script": th.script,
-                "seed": self.project.project.seed,
-                "thread": th.id,
-                "attempt": attempt,
-                "profile": overrides,
-            }
-        }
+        return self.models.sim_metadata(th, attempt)

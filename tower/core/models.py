@@ -1,0 +1,110 @@
+"""The project's models as tower calls them: prices, token bounds, tokenizers, endpoints.
+
+Registered with litellm once per session (a project's own prices, the sim profiles), then
+asked per call: what a prompt may cost (its token bound at the model's price), which
+tokenizer counts for a provider that sends no usage, where the endpoint is, and what a
+sim model is told. A reload of tower.toml swaps the project and forgets what depended on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tower.core import llm
+from tower.core.project import Project, ProjectError
+from tower.core.run import ThreadRun
+from tower.core.simprofiles import SIM_PROFILES, is_sim
+from tower.core.tokens import estimate_tokens
+
+
+class Models:
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.tokenizers: dict[str, Any] = {}  # the project's own, for usage-less providers
+        self._prices: dict[str, llm.Price | None] = {}
+        self._exact: dict[str, bool] = {}
+        self._sim: dict[str, dict[str, Any]] = {}
+
+    def register(self) -> None:
+        """Tells litellm the project's prices and sim profiles, loads its tokenizers and
+        looks every model's price up (litellm must be loaded: `llm.load_litellm`)."""
+        p = self.project
+        llm.register_sim_prices(
+            {
+                name: prof.with_overrides(p.model_settings(name).sim_overrides())
+                for name, prof in SIM_PROFILES.items()
+            }
+        )
+        given = {}
+        for model in p.all_models():
+            ms = p.model_settings(model)
+            if not is_sim(model) and ms.input_usd_per_mtok is not None:
+                out = ms.output_usd_per_mtok
+                given[model] = (
+                    ms.input_usd_per_mtok,
+                    out if out is not None else ms.input_usd_per_mtok,
+                    ms.cached_input_usd_per_mtok,
+                )
+        llm.register_prices(given)  # a real model the project prices: litellm agrees
+        for model in p.all_models():
+            path = p.tokenizer_path(model)
+            if path is not None and model not in self.tokenizers:
+                try:
+                    self.tokenizers[model] = llm.load_tokenizer(str(path))
+                except ValueError as exc:  # changed since the project was checked
+                    raise ProjectError([f"models.{model}.tokenizer: {exc}"]) from None
+        for model in p.all_models():
+            self._prices[model] = llm.model_price(model)
+
+    def reload(self, project: Project) -> None:
+        self.project = project
+        self._sim.clear()
+
+    def price(self, model: str) -> llm.Price | None:
+        """Its per-token prices (None: litellm knows none and the project gives none)."""
+        if model not in self._prices:
+            self._prices[model] = llm.model_price(model)
+        return self._prices[model]
+
+    def prompt_bound(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        tools_chars: int,
+    ) -> int:
+        """The prompt tokens a call is reserved for: exact for sim models (they count with
+        the same estimate), the tokenizer's count where litellm knows it exactly (an OpenAI
+        model at OpenAI), else a bound no tokenizer exceeds (see llm.prompt_bound)."""
+        if is_sim(model):
+            return estimate_tokens(messages, tools, tools_chars)
+        exact = self._exact.get(model)
+        if exact is None:
+            # A local server may serve any model under an OpenAI name: only OpenAI's own
+            # endpoint is known to tokenize like tiktoken.
+            local = self.project.model_settings(model).api_base is not None
+            exact = self._exact[model] = not local and llm.exact_tokenizer(model)
+        return llm.prompt_bound(model, messages, tools, exact)
+
+    def endpoint(self, model: str) -> dict[str, Any]:
+        return dict(self.project.model_settings(model).endpoint())
+
+    def tokenizer(self, model: str) -> Any:
+        return self.tokenizers.get(model)
+
+    def sim_metadata(self, th: ThreadRun, attempt: int) -> dict[str, Any] | None:
+        """What a sim model is told with the call: the thread's script, seed and profile."""
+        if not is_sim(th.model):
+            return None
+        overrides = self._sim.get(th.model)
+        if overrides is None:
+            overrides = self._sim[th.model] = self.project.model_settings(th.model).sim_overrides()
+        return {
+            "tower_sim": {
+                "script": th.script,
+                "seed": self.project.project.seed,
+                "thread": th.id,
+                "attempt": attempt,
+                "profile": overrides,
+            }
+        }
