@@ -36,8 +36,8 @@ from tower.core.project import (
 )
 from tower.core.ratelimit import Use
 from tower.core.resume import ThreadPlan
-from tower.core.resumer import highest_number, restart, restore_session, restore_thread
-from tower.core.run import CommandError, Decision, ThreadRun
+from tower.core.resumer import restart, restore_session, restore_thread
+from tower.core.run import CommandError, Decision, ThreadRun, highest_number
 from tower.core.scheduler import Scheduler
 from tower.core.state import BudgetView, ThreadView
 from tower.core.tasks import planned_copies, script_of, task_copy, task_of

@@ -17,7 +17,7 @@ from typing import Any
 from tower.core import payloads as pl
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, Resolution
-from tower.core.run import CommandError, Decision, ThreadRun
+from tower.core.run import CommandError, Decision, ThreadRun, highest_number
 
 
 class Inbox:
@@ -150,13 +150,7 @@ class Inbox:
 
     def continue_numbering(self, events: list[Event]) -> None:
         """New items after a resume never reuse an id of the log."""
-        highest = 0
-        for ev in events:
-            if ev.kind is EventKind.INBOX_OPENED:
-                item = str(ev.payload.get("item") or "")
-                if item[1:].isdigit():
-                    highest = max(highest, int(item[1:]))
-        self._ids = itertools.count(highest + 1)
+        self._ids = itertools.count(highest_number(events, EventKind.INBOX_OPENED, "item") + 1)
 
 
 class AutoDecider:
@@ -172,7 +166,8 @@ class AutoDecider:
     def _soon(self, ev: Event) -> None:
         if ev.kind is EventKind.INBOX_OPENED:
             # After the event is handled: the thread is still setting its item up.
-            asyncio.get_running_loop().call_soon(self.decide, ev.payload["item"])
+            item = pl.payload_as(ev, pl.InboxOpened).item
+            asyncio.get_running_loop().call_soon(self.decide, item)
 
     def decide(self, item: str) -> None:
         if not self.inbox.is_open(item):

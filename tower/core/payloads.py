@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from tower.core.events import Event, EventKind
 
@@ -371,6 +371,18 @@ def upcast(kind: EventKind, data: dict[str, Any]) -> dict[str, Any]:
         data = UPCASTERS[(kind, version)](dict(data))
         version += 1
     return data
+
+
+P = TypeVar("P", bound=Payload)
+
+
+def payload_as(ev: Event, cls: type[P]) -> P:
+    """The typed payload of an event its reader knows the kind of (checked: TypeError if
+    it is another kind), so the reader's type checker knows its fields."""
+    p = payload_of(ev)
+    if not isinstance(p, cls):
+        raise TypeError(f"a {ev.kind} event has no {cls.__name__} payload")
+    return p
 
 
 def payload_of(ev: Event) -> Payload:

@@ -9,11 +9,9 @@ the supervisor records the events and queues the runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tower.core.budget import INF, Ledger
-from tower.core.events import Event, EventKind
 from tower.core.project import Project
 from tower.core.resume import ThreadPlan
 from tower.core.run import CommandError, ThreadRun, fill
@@ -89,10 +87,3 @@ def restore_thread(ledger: Ledger, run: ThreadRun, view: ThreadView) -> None:
     acct = ledger.threads[run.id]
     acct.spent_usd = view.cost_usd + view.lost_usd
     acct.spent_tokens = view.tokens
-
-
-def highest_number(events: Iterable[Event], kind: EventKind, key: str) -> int:
-    """The highest number among ids like "c12" the log used for `key` of `kind` events, so
-    new ids continue after it and never reuse one."""
-    ids = [str(e.payload.get(key) or "") for e in events if e.kind is kind]
-    return max((int(i[1:]) for i in ids if i[1:].isdigit()), default=0)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tower.core import llm
 from tower.core.budget import Reservation
-from tower.core.events import InboxKind, Resolution, ThreadState
+from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
 from tower.core.messages import Conversation
 from tower.core.project import AgentSettings, TaskSettings
 from tower.core.tools import Workspace
@@ -123,3 +124,10 @@ def fill(value: Any, n: int | None) -> Any:
     if isinstance(value, dict):
         return {k: fill(v, n) for k, v in value.items()}
     return value
+
+
+def highest_number(events: Iterable[Event], kind: EventKind, key: str) -> int:
+    """The highest number among ids like "c12" the log used for `key` of `kind` events, so
+    new ids continue after it and never reuse one."""
+    ids = [str(e.payload.get(key) or "") for e in events if e.kind is kind]
+    return max((int(i[1:]) for i in ids if i[1:].isdigit()), default=0)

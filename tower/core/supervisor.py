@@ -37,12 +37,13 @@ from tower.core.project import (
 )
 from tower.core.ratelimit import Use
 from tower.core.resume import rebuild
-from tower.core.resumer import highest_number, restart, restore_session, restore_thread
+from tower.core.resumer import restart, restore_session, restore_thread
 from tower.core.run import (
     CommandError,
     Decision,
     TaskCopy,
     ThreadRun,
+    highest_number,
     new_session_id,
 )
 from tower.core.scheduler import Scheduler
@@ -162,7 +163,7 @@ class Supervisor:
         """The project's task copies a crash kept from being spawned (none when the session
         did not mean to run the project's tasks)."""
         started = next((e for e in events if e.kind is EventKind.SESSION_STARTED), None)
-        if started is not None and not started.payload.get("spawn_tasks", True):
+        if started is not None and not pl.payload_as(started, pl.SessionStarted).spawn_tasks:
             return []
         return [c for c in planned_copies(self.project) if c.thread_id not in state.threads]
 

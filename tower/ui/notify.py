@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from tower.core.payloads import InboxClosed, InboxOpened, payload_as
 from tower.ui.keymap import NotifyConfig
 from tower.ui.widgets.inbox import summary_of
 
@@ -332,7 +333,8 @@ class Notifications:
     def saw_closed(self, ev: Event) -> None:
         """An INBOX_CLOSED event (called on the core's thread: only queues it)."""
         if self.enabled:
-            self._closed.append((str(ev.payload.get("item")), str(ev.payload.get("by", ""))))
+            p = payload_as(ev, InboxClosed)
+            self._closed.append((p.item, p.by))
 
     def focus(self, focused: bool) -> None:
         self.notifier.focus(focused)
@@ -343,7 +345,7 @@ class Notifications:
         notifier = self.notifier
         notifier.focus(focused)
         for ev in opened:
-            item_id = str(ev.payload.get("item"))
+            item_id = payload_as(ev, InboxOpened).item
             item = state.inbox.get(item_id)
             if item is None:  # already closed (a rule, the person, the thread ended)
                 notifier.closed(item_id)

@@ -23,7 +23,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
-from tower.core.events import EventKind
+from tower.core.events import EventKind, Resolution
+from tower.core.payloads import InboxClosed, payload_of
 from tower.core.replay import MARK_KINDS, Replayer, resolve_session
 from tower.core.state import TowerState
 from tower.core.store import Store
@@ -252,16 +253,16 @@ class ReplayScreen(ModalScreen[None]):
     def _announce(self, events: list) -> None:
         """Each decision as it was made: by whom, and how long it waited."""
         decided = [
-            e
-            for e in events
-            if e.kind is EventKind.INBOX_CLOSED and e.payload.get("resolution") != "dropped"
+            (ev, p)
+            for ev in events
+            if ev.kind is EventKind.INBOX_CLOSED
+            and isinstance(p := payload_of(ev), InboxClosed)
+            and p.resolution != Resolution.DROPPED
         ]
-        for ev in decided[:3]:
-            waited = ev.payload.get("waited_s")
-            p = ev.payload
-            extra = f" after {waited:.0f}s" if waited else ""
+        for ev, p in decided[:3]:
+            extra = f" after {p.waited_s:.0f}s" if p.waited_s else ""
             self.app.notify(
-                f"{ev.thread}: {p['item']} {p['resolution']} by {p['by']}{extra}",
+                f"{ev.thread}: {p.item} {p.resolution} by {p.by}{extra}",
                 title="decision",
                 timeout=3,
             )

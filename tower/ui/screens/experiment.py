@@ -14,6 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label
 
 from tower.core.events import Event, EventKind, ThreadState
+from tower.core.payloads import ThreadStateChanged, payload_as
 
 if TYPE_CHECKING:
     from tower.core.experiment import VariantScore
@@ -72,7 +73,10 @@ class ExperimentScreen(ModalScreen[None]):
     def _progress(self, name: str, ev: Event) -> None:
         """Runs on the core's thread: counts ended threads, hands the line to the UI without
         waiting for it (the core never blocks on the screen)."""
-        if ev.kind is EventKind.THREAD_STATE and ThreadState(ev.payload["state"]).ended:
+        if (
+            ev.kind is EventKind.THREAD_STATE
+            and ThreadState(payload_as(ev, ThreadStateChanged).state).ended
+        ):
             self._ended[name] = self._ended.get(name, 0) + 1
             line = f"running {name}: {self._ended[name]} task(s) ended"
             self._ui_loop.call_soon_threadsafe(self._status, line)
