@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tower.core.project import load_project
 from tower.core.session import run_headless
 from tower.core.state import fold, state_to_dict
 from tower.core.store import Store
 from tower.ui.replay_app import ReplayApp, parse_target
 from tower.ui.widgets.threads import ThreadList
-
-from .conftest import REPO
 
 os.environ["TEXTUAL_ANIMATIONS"] = "none"
 

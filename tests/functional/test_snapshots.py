@@ -49,7 +49,7 @@ from tower.ui.widgets.rowlist import RowList
 
 os.environ["TEXTUAL_ANIMATIONS"] = "none"
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 MAIN = FIXTURES / "snapshot_main"
 GROUP = FIXTURES / "snapshot_group"
 CLOCK = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC

@@ -14,15 +14,13 @@ from typing import Any
 import litellm
 import pytest
 
-from tests.conftest import ended
+from tests.conftest import Live, ended
 from tower.core import llm
 from tower.core.check import CHECK_FAILED, check_answer, run_check
 from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
 from tower.core.project import CheckSettings, ProjectError, parse_project
 from tower.core.simprofiles import SIM_PROFILES
 from tower.core.state import fold
-
-from .conftest import Live
 
 LiveFactory = Callable[..., Awaitable[Live]]
 

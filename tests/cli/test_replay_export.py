@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tower.core.events import Event, EventKind
 from tower.core.project import load_project
 from tower.core.replay import events_from_jsonl, export_csv, state_at
 from tower.core.session import RunResult, run_headless
 from tower.core.state import fold, state_to_dict, summary
 from tower.core.store import Store
-
-from .conftest import REPO
 
 SAMPLES = ["tax_return", "code_review", "market_analysis"]
 

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO, write_project
 from tower.core.events import Event, EventKind
 from tower.core.state import fold, summary
-
-from .conftest import REPO, write_project
 
 SAMPLES = ["tax_return", "code_review", "market_analysis"]
 

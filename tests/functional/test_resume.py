@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO, write_project
 from tower.core.events import Event, EventKind
 from tower.core.project import load_project
 from tower.core.session import resume_headless, run_headless
 from tower.core.store import Store
-
-from .conftest import REPO, write_project
 
 TAX = str(REPO / "sample_projects" / "tax_return")
 
@@ -443,7 +442,7 @@ async def test_resume_sends_the_model_the_conversation_the_live_loop_sent(live_f
     The conversation a resume rebuilds from the log, cut anywhere, is the live one up to
     that point, that note included (both are the same fold of the thread's events)."""
     from tests.conftest import ended
-    from tests.test_escalation import project
+    from tests.functional.test_escalation import project
     from tower.core.check import CHECK_FAILED
     from tower.core.resume import rebuild
 

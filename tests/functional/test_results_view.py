@@ -18,7 +18,7 @@ import pytest
 from textual.app import App
 from textual.widgets import DataTable, Input, Label, RichLog, Static, TextArea
 
-from tests.test_tui import Tower, drawn, project, tower, waiting_on
+from tests.functional.test_tui import Tower, drawn, project, tower, waiting_on
 from tower.core import llm
 from tower.core.events import EventKind, InboxKind, ThreadState
 from tower.ui.screens.detail import ThreadScreen

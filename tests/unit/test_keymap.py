@@ -154,7 +154,7 @@ def test_resolve_keys_overrides_defaults() -> None:
 async def test_a_keys_toml_rebinds_towers_own_app(tmp_path: Path) -> None:
     """A keys.toml override, loaded as the CLI loads it, rebinds tower's own app: the old key
     does nothing and each of the new keys does the verb."""
-    from tests.test_tui import ASK, project, task, tower, waiting_on
+    from tests.functional.test_tui import ASK, project, task, tower, waiting_on
     from tower.core.events import ThreadState
     from tower.ui.app import VERBS
     from tower.ui.screens.dialogs import ConfirmDialog

@@ -10,7 +10,7 @@ streams an empty completion through litellm like any provider would.
 from __future__ import annotations
 
 from tests.conftest import ended
-from tests.test_escalation import LiveFactory, project
+from tests.functional.test_escalation import LiveFactory, project
 from tower.core.agent import EMPTY_NUDGE
 from tower.core.events import EventKind, ThreadState
 

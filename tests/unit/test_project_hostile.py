@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tower.core.experiment import load_variant
 from tower.core.project import MAX_FILE_BYTES, PROJECT_FILE, ProjectError, load_project
-
-from .conftest import REPO
 
 HEAD = """[project]
 name = "demo"

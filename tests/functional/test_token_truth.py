@@ -8,7 +8,7 @@ estimated, in the log, the transcript, the CSV export and the summaries.
 
 The tokenizer here is a Hugging Face word-level one built in the test (every word one token),
 so a count that went through it is told apart from tiktoken's or chars/4. The GGUF reader
-is checked on a small GGUF file written byte by byte; tests/test_real_model.py checks it
+is checked on a small GGUF file written byte by byte; tests/cli/test_real_model.py checks it
 against llama.cpp's own tokenizer.
 """
 
@@ -27,7 +27,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from tests.conftest import Live, ended, write_project
 from tests.fake_openai import FakeOpenAI, Usage, text_reply, tool_reply
-from tests.test_openai_path import FILES, UNPRICED, call, project_toml, server
+from tests.functional.test_openai_path import FILES, UNPRICED, call, project_toml, server
 from tower.core import llm
 from tower.core.events import EventKind, ThreadState
 from tower.core.gguf import read_gguf_metadata, tokenizer_json_from_gguf

@@ -326,7 +326,7 @@ args = { answer = "ok" }
 async def test_the_budget_bar_says_when_tower_holds_calls_back(tmp_path) -> None:
     """60 threads may run, the gate starts at 32 calls: the other 28 threads are running but
     their calls wait for tower, and the bar says how many, apart from any provider wait."""
-    from tests.test_tui import drawn, tower
+    from tests.functional.test_tui import drawn, tower
 
     async with tower(tmp_path, SLOW, files={}) as t:
         gate = t.app.sup.calls

@@ -504,8 +504,8 @@ async def test_edit_arguments_then_approve(tmp_path: Path) -> None:
         await t.ready(waiting_on(t, 1, InboxKind.APPROVAL), "an approval")
         await t.press("E")
         dialog = await t.screen_is(ArgsDialog)
-        # Field by field: the path in an Input, the content as text (tests/test_results_view.py
-        # covers $EDITOR and JSON fields).
+        # Field by field: the path in an Input, the content as text
+        # (tests/functional/test_results_view.py covers $EDITOR and JSON fields).
         path, area = dialog.query_one("#arg-0", Input), dialog.query_one(TextArea)
         assert (path.value, area.text) == ("out.txt", "original")
         path.value = "edited.txt"

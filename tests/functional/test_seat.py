@@ -15,7 +15,7 @@ import pytest
 from textual.command import CommandList, CommandPalette
 from textual.widgets import Input, TextArea
 
-from tests.test_tui import BASE, FILES, Tower, drawn, tower, waiting_on
+from tests.functional.test_tui import BASE, FILES, Tower, drawn, tower, waiting_on
 from tower.core.events import EventKind, InboxKind, ThreadState
 from tower.ui.format import usd
 from tower.ui.screens.detail import ThreadScreen

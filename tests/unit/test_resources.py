@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tower import resources
 from tower.core.project import load_project
 from tower.resources import (
@@ -20,8 +21,6 @@ from tower.resources import (
     sample_projects_dir,
     themes_dir,
 )
-
-from .conftest import REPO
 
 JUNK_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", ".mypy_cache"}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO, write_project
 from tower.core.events import Event, EventKind, ThreadState
 from tower.core.experiment import (
     ExperimentError,
@@ -23,8 +24,6 @@ from tower.core.experiment import (
     table,
     winner,
 )
-
-from .conftest import REPO, write_project
 
 BASE = """
 [project]

@@ -8,7 +8,7 @@ ends at the first commit boundary at or after K (tower's writer commits what is 
 few events at a time); the files the threads wrote may run ahead of it, as after a real
 crash. K starts at 0 (the session row exists, no event yet) and moves one past each durable
 end in turn, so every commit boundary of a run is visited up to the session's end.
-(tests/test_resume.py cuts a recorded log after every single event, in process.)
+(tests/functional/test_resume.py cuts a recorded log after every single event, in process.)
 
 Each killed session is resumed by the CLI and must end as the uninterrupted run did: every
 task's thread done with the same answer, every task spawned once, the log contiguous with
@@ -201,6 +201,7 @@ def test_sigkill_at_every_event_boundary_resumes_to_the_uninterrupted_outcome(tm
         k = max(k, durable) + 1
     # Kills really landed all along the log, up to its last event.
     # Kills landed at the commits all along the runs, up to near their end. (Whether the
-    # first lands before any event depends on timing; tests/test_resume.py covers that cut.)
+    # first lands before any event depends on timing; tests/functional/test_resume.py covers
+    # that cut.)
     assert min(durable_points) <= last // 4 and max(durable_points) >= last * 3 // 4
     assert len(durable_points) >= 8, durable_points

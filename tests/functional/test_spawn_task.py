@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ended
+from tests.conftest import Live, ended
 from tower.core.events import EventKind, ThreadState
 from tower.core.supervisor import CommandError
-
-from .conftest import Live
 
 LiveFactory = Callable[..., Awaitable[Live]]
 

@@ -185,7 +185,7 @@ async def test_output_under_the_cap_is_whole(cwd: Path) -> None:
 @pytest.fixture
 def host_pids(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests watch the command's PIDs from outside; inside bubblewrap's PID namespace
-    `$$` and `$!` are the namespace's own numbers. (tests/test_secrets_hostile.py checks the
+    `$$` and `$!` are the namespace's own numbers. (tests/unit/test_secrets_hostile.py checks the
     same kills under the sandbox by scanning the host's /proc.)"""
     monkeypatch.setattr(shell, "USE_SANDBOX", False)
 
