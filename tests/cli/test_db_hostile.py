@@ -16,14 +16,12 @@ import asyncio
 import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, write_project
+from tests.helpers import REPO, one_line_error, tower, write_project
 from tower.core.project import load_project
 from tower.core.replay import Replayer
 from tower.core.session import run_headless
@@ -52,26 +50,6 @@ say = "Also looking."
 tool = "finish"
 args = { answer = "ok too" }
 """
-
-
-def tower(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tower", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def fingerprint(db: Path) -> tuple[bytes, int, list[str]]:

@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, write_project
+from tests.helpers import db_events, tower_cmd, tower_env, write_project
 
 PROJECT = """
 [project]
@@ -70,22 +68,11 @@ args = { answer = "wrote {n}" }
 """
 
 
-def _tower(*args: str, db: Path) -> list[str]:
-    run = ["--headless", "--approve", "all", "--json", "--db", str(db)]
-    return [sys.executable, "-m", "tower", *args, *run]
+def _headless(*args: str, db: Path) -> list[str]:
+    return tower_cmd(*args, "--headless", "--approve", "all", "--json", "--db", str(db))
 
 
 ENDED = ("done", "failed", "killed")
-
-
-def _env(home: Path) -> dict[str, str]:
-    """The real CLI, with its data and log folders (workspaces, tower.log) in the test's."""
-    return dict(
-        os.environ,
-        PYTHONPATH=str(REPO),
-        XDG_DATA_HOME=str(home / "data"),
-        XDG_STATE_HOME=str(home / "state"),
-    )
 
 
 def _committed(conn: sqlite3.Connection) -> int | None:
@@ -103,8 +90,8 @@ def _run_and_kill(root: Path, db: Path, k: int) -> int | None:
     lock so no commit lands in between. Returns the durable event count, or None when the
     run finished before reaching K."""
     proc = subprocess.Popen(
-        _tower("run", str(root), db=db),
-        env=_env(root.parent),
+        _headless("run", str(root), db=db),
+        env=tower_env(home=root.parent),
         cwd=root.parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -137,22 +124,12 @@ def _run_and_kill(root: Path, db: Path, k: int) -> int | None:
         proc.stderr.close()
 
 
-def _events(db: Path) -> list[tuple[int, str, str | None, dict]]:
-    with sqlite3.connect(db) as conn:
-        return [
-            (seq, kind, thread, json.loads(payload))
-            for seq, kind, thread, payload in conn.execute(
-                "SELECT seq, kind, thread, payload FROM events ORDER BY seq"
-            )
-        ]
-
-
 def _outcome(db: Path) -> dict[str, tuple[str, str]]:
     """Each thread's last state and answer, read from the log."""
     out: dict[str, tuple[str, str]] = {}
-    for _seq, kind, thread, p in _events(db):
-        if kind == "thread_state" and thread is not None and p["state"] in ENDED:
-            out[thread] = (p["state"], p.get("answer") or "")
+    for e in db_events(db):
+        if e.kind == "thread_state" and e.thread is not None and e.payload["state"] in ENDED:
+            out[e.thread] = (e.payload["state"], e.payload.get("answer") or "")
     return out
 
 
@@ -160,42 +137,48 @@ def test_sigkill_at_every_event_boundary_resumes_to_the_uninterrupted_outcome(tm
     root = write_project(tmp_path / "proj", PROJECT, {"ws/readme.txt": "hello\n"})
     ref_db = tmp_path / "ref.db"
     done = subprocess.run(
-        _tower("run", str(root), db=ref_db), env=_env(tmp_path), capture_output=True, cwd=tmp_path
+        _headless("run", str(root), db=ref_db),
+        env=tower_env(home=tmp_path),
+        capture_output=True,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr.decode()
-    ref = _events(ref_db)
+    ref = db_events(ref_db)
     expected = _outcome(ref_db)
     assert expected == {f"t-{n}": ("done", f"wrote {n}") for n in (1, 2, 3)}
-    last = next(seq for seq, kind, _t, _p in ref if kind == "session_ended") - 1
+    last = next(e.seq for e in ref if e.kind == "session_ended") - 1
     durable_points: set[int] = set()
     k = 0
     while k <= last:
         db = tmp_path / f"kill{k}.db"
         durable = _run_and_kill(root, db, k)
         assert durable is not None, f"the run ended before {k} events were committed"
-        before = _events(db)
-        assert [e[0] for e in before] == list(range(1, durable + 1))
-        if any(kind == "session_ended" for _s, kind, _t, _p in before):
+        before = db_events(db)
+        assert [e.seq for e in before] == list(range(1, durable + 1))
+        if any(e.kind == "session_ended" for e in before):
             break  # this run's log was complete before K (timing varies a little per run)
         durable_points.add(durable)
-        (session,) = {p["session"] for _s, kind, _t, p in before if kind == "session_started"} or {
+        (session,) = {e.payload["session"] for e in before if e.kind == "session_started"} or {
             sqlite3.connect(db).execute("SELECT id FROM sessions").fetchone()[0]
         }
         res = subprocess.run(
-            _tower("resume", session, db=db), env=_env(tmp_path), capture_output=True, cwd=tmp_path
+            _headless("resume", session, db=db),
+            env=tower_env(home=tmp_path),
+            capture_output=True,
+            cwd=tmp_path,
         )
         assert res.returncode == 0, (k, durable, res.stderr.decode()[-2000:])
         summary = json.loads(res.stdout)
         assert summary["threads"] == {"done": 3, "failed": 0, "killed": 0}, (k, summary)
-        after = _events(db)
-        assert [e[0] for e in after] == list(range(1, len(after) + 1)), k
+        after = db_events(db)
+        assert [e.seq for e in after] == list(range(1, len(after) + 1)), k
         assert after[:durable] == before, k  # the durable prefix is untouched
         assert _outcome(db) == expected, (k, durable)
         calls = collections.Counter(
-            (t, p["step"]) for _s, kind, t, p in after if kind == "llm_finished"
+            (e.thread, e.payload["step"]) for e in after if e.kind == "llm_finished"
         )
         assert max(calls.values()) == 1, (k, calls)  # no recorded call made again
-        spawned = [t for _s, kind, t, _p in after if kind == "thread_spawned"]
+        spawned = [e.thread for e in after if e.kind == "thread_spawned"]
         assert sorted(spawned) == ["t-1", "t-2", "t-3"], (k, spawned)
         # The next kill lands past this durable point: every boundary is visited once.
         k = max(k, durable) + 1

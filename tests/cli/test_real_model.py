@@ -22,16 +22,13 @@ import glob
 import json
 import os
 import shutil
-import sqlite3
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO, db_events, tower
 
 pytestmark = pytest.mark.real_model
 
@@ -91,16 +88,6 @@ def server() -> str:
     return URL
 
 
-def _events(db: Path) -> list[tuple[str, str | None, dict[str, Any]]]:
-    with sqlite3.connect(db) as conn:
-        return [
-            (kind, thread, json.loads(payload))
-            for kind, thread, payload in conn.execute(
-                "SELECT kind, thread, payload FROM events ORDER BY seq"
-            )
-        ]
-
-
 def test_the_local_model_sample_runs_with_true_token_counts_and_readable_endings(
     tmp_path: Path, server: str, gguf: Path
 ) -> None:
@@ -113,18 +100,15 @@ def test_the_local_model_sample_runs_with_true_token_counts_and_readable_endings
     )
     (proj / "tower.toml").write_text(toml, encoding="utf-8")
     db = tmp_path / "s.db"
-    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data"), XDG_STATE_HOME=str(tmp_path))
-    cmd = [sys.executable, "-m", "tower", "run", str(proj), "--headless", "--approve", "all"]
-    run = subprocess.run(
-        [*cmd, "--json", "--db", str(db)], env=env, capture_output=True, text=True, timeout=1800
-    )
+    args = ("run", proj, "--headless", "--approve", "all", "--json", "--db", db)
+    run = tower(*args, home=tmp_path, timeout=1800)
     assert run.returncode in (0, 1), run.stderr
     assert "Traceback" not in run.stderr + run.stdout
     summary = json.loads(run.stdout)
     assert sum(summary["threads"].values()) == 3
 
-    events = _events(db)
-    finished = [p for kind, _t, p in events if kind == "llm_finished"]
+    events = db_events(db)
+    finished = [e.payload for e in events if e.kind == "llm_finished"]
     assert finished, "no call reached the model"
     for p in finished:
         usage = p["usage"]
@@ -141,14 +125,16 @@ def test_the_local_model_sample_runs_with_true_token_counts_and_readable_endings
 
     # Every thread ended, each with a reason a person can read.
     ends = {
-        t: p for kind, t, p in events if kind == "thread_state" and p["state"] in ("done", "failed")
+        e.thread: e.payload
+        for e in events
+        if e.kind == "thread_state" and e.payload["state"] in ("done", "failed")
     }
     assert len(ends) == 3, ends
     for tid, p in ends.items():
         if p["state"] == "failed":
             assert any(word in p.get("reason", "") for word in READABLE), (tid, p)
-    for _kind, _t, p in events:
-        assert "Traceback" not in json.dumps(p)
+    for e in events:
+        assert "Traceback" not in json.dumps(e.payload)
 
 
 CONVERSATIONS = [

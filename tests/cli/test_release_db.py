@@ -10,19 +10,15 @@ many JSONL lines as it has events; and resume the session a SIGKILL cut off to t
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import FIXTURES, REPO, tower
 
-FIXTURES = REPO / "tests" / "fixtures"
 EXPECTED: dict[str, Any] = json.loads((FIXTURES / "release-1.json").read_text(encoding="utf-8"))
 SESSIONS = list(EXPECTED["by_session"])
 
@@ -40,20 +36,8 @@ def db(tmp_path: Path) -> Path:
     return copy
 
 
-def tower(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(REPO),
-        XDG_DATA_HOME=str(tmp_path / "data"),
-        XDG_STATE_HOME=str(tmp_path / "state"),
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "tower", *args], env=env, capture_output=True, text=True
-    )
-
-
 def test_the_sessions_list_is_what_that_release_printed(tmp_path: Path, db: Path) -> None:
-    listed = tower(tmp_path, "sessions", "--db", str(db), "--json")
+    listed = tower("sessions", "--db", str(db), "--json")
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     assert rows == EXPECTED["sessions"]
@@ -65,17 +49,15 @@ def test_replay_and_export_print_what_that_release_printed(
     tmp_path: Path, db: Path, session: str
 ) -> None:
     want = EXPECTED["by_session"][session]
-    state = tower(tmp_path, "replay", session, "--db", str(db), "--print-state", "--json")
+    state = tower("replay", session, "--db", str(db), "--print-state", "--json")
     assert state.returncode == 0, state.stderr
     assert json.loads(state.stdout) == want["state"]
     middle = str(want["middle"])
-    at = tower(
-        tmp_path, "replay", session, "--db", str(db), "--print-state", "--json", "--at", middle
-    )
+    at = tower("replay", session, "--db", str(db), "--print-state", "--json", "--at", middle)
     assert json.loads(at.stdout) == want["state_at_middle"]
-    csv = tower(tmp_path, "export", session, "--db", str(db), "--format", "csv")
+    csv = tower("export", session, "--db", str(db), "--format", "csv")
     assert csv.returncode == 0 and csv.stdout == want["csv"], csv.stderr
-    jsonl = tower(tmp_path, "export", session, "--db", str(db), "--format", "jsonl")
+    jsonl = tower("export", session, "--db", str(db), "--format", "jsonl")
     lines = jsonl.stdout.splitlines()
     assert len(lines) == want["jsonl_lines"] and all(json.loads(line) for line in lines)
 
@@ -85,7 +67,7 @@ def test_the_session_that_release_lost_in_a_crash_resumes_to_the_end(
 ) -> None:
     (crashed,) = [r["id"] for r in EXPECTED["sessions"] if r["status"] == "crashed"]
     before = EXPECTED["by_session"][crashed]["jsonl_lines"]
-    res = tower(tmp_path, "resume", crashed, "--db", str(db), "--headless", "--approve", "all")
+    res = tower("resume", crashed, "--db", str(db), "--headless", "--approve", "all", home=tmp_path)
     assert res.returncode == 0, res.stderr
     with sqlite3.connect(db) as conn:
         events = [

@@ -6,13 +6,11 @@ import csv
 import io
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO, one_line_error, tower
 from tower.core.events import Event, EventKind
 from tower.core.project import load_project
 from tower.core.replay import events_from_jsonl, export_csv, state_at
@@ -21,16 +19,6 @@ from tower.core.state import fold, state_to_dict, summary
 from tower.core.store import Store
 
 SAMPLES = ["tax_return", "code_review", "market_analysis"]
-
-
-def tower(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tower", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -169,13 +157,6 @@ async def test_csv_counts_human_minutes_per_thread(tmp_path) -> None:
     assert {r["thread"]: float(r["blocked_minutes"]) for r in rows_out} == {"t1": 1.5, "t2": 0.0}
 
 
-def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    for needle in needles:
-        assert needle in proc.stderr
-
-
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path) -> None:
     result, db = runs["code_review"]
     session = result.summary["session"]
@@ -199,9 +180,9 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path) -> None:
 
 
 async def test_seeking_from_snapshots_equals_a_fold_from_scratch(tmp_path, monkeypatch) -> None:
-    import tower.core.bus
+    from tower.core import bus
 
-    monkeypatch.setattr(tower.core.bus, "SNAPSHOT_EVERY", 50)
+    monkeypatch.setattr(bus, "SNAPSHOT_EVERY", 50)
     db = tmp_path / "t.db"
     result = await run_headless(
         load_project(REPO / "sample_projects" / "market_analysis"), db, "none"
@@ -235,10 +216,10 @@ async def test_a_snapshot_of_another_state_shape_is_rebuilt_not_misread(tmp_path
     import sqlite3
     import zlib
 
-    import tower.core.bus
+    from tower.core import bus
     from tower.core.state import STATE_VERSION
 
-    monkeypatch.setattr(tower.core.bus, "SNAPSHOT_EVERY", 20)
+    monkeypatch.setattr(bus, "SNAPSHOT_EVERY", 20)
     db = tmp_path / "t.db"
     result = await run_headless(load_project(REPO / "sample_projects" / "tax_return"), db, "all")
     session = result.summary["session"]

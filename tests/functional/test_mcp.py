@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Live, ended, write_project
+from tests.conftest import Live, ended
+from tests.helpers import write_project
 from tower.core import mcp as mcp_module
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, ThreadState

@@ -3,13 +3,13 @@ the cursor, and steps, seeks, plays and follows."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
+from tests.tui_harness import pilot_until
 from tower.core.project import load_project
 from tower.core.session import run_headless
 from tower.core.state import fold, state_to_dict
@@ -30,14 +30,6 @@ async def recorded(tmp_path: Path):
     return db, result.summary["session"], events
 
 
-async def until(pilot, pred, timeout: float = 15.0) -> None:
-    async def loop() -> None:
-        while not pred():
-            await pilot.pause()
-
-    await asyncio.wait_for(loop(), timeout)
-
-
 def same(app: ReplayApp, events) -> bool:
     assert app.rp is not None
     return state_to_dict(app.state()) == state_to_dict(fold(events[: app.rp.pos]))
@@ -47,14 +39,14 @@ async def test_keys_step_seek_play_and_follow(recorded) -> None:
     db, session, events = recorded
     app = ReplayApp(db, session[:10])
     async with app.run_test(size=(160, 48)) as pilot:
-        await until(pilot, lambda: app.rp is not None)
+        await pilot_until(pilot, lambda: app.rp is not None)
         rp = app.rp
         assert rp is not None and rp.pos == 1 and rp.last == len(events)
         await pilot.press("right", "right")
         assert rp.pos == 3 and same(app, events)
         await pilot.press("g")
         await pilot.press(*"#40", "enter")
-        await until(pilot, lambda: rp.pos == 40)
+        await pilot_until(pilot, lambda: rp.pos == 40)
         assert same(app, events)
         assert len(app.query_one(ThreadList).rows) == len(fold(events[:40]).threads)
         await pilot.press("left")
@@ -67,9 +59,9 @@ async def test_keys_step_seek_play_and_follow(recorded) -> None:
         assert app.speed_i == 6
         await pilot.press("g")
         await pilot.press(*"#1", "enter")
-        await until(pilot, lambda: rp.pos == 1)
+        await pilot_until(pilot, lambda: rp.pos == 1)
         await pilot.press("space")  # at 64x one tick plays this short session to its end
-        await until(pilot, lambda: rp.pos == rp.last and not app.playing)
+        await pilot_until(pilot, lambda: rp.pos == rp.last and not app.playing)
         assert same(app, events)
         timeline = str(app.query_one("#timeline").render())
         assert f"event {rp.last:,}/{rp.last:,}" in timeline and "approval" in timeline
@@ -81,7 +73,7 @@ async def test_unknown_session_exits_2(recorded) -> None:
     db, _session, _events = recorded
     app = ReplayApp(db, "nope")
     async with app.run_test() as pilot:
-        await until(pilot, lambda: not app.is_running)
+        await pilot_until(pilot, lambda: not app.is_running)
     assert app.return_code == 2
 
 

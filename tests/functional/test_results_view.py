@@ -3,7 +3,7 @@ wrote with diffs against the original workspace, `E` edits arguments field by fi
 content as text, or in $EDITOR), `D` denies with a reason the agent reads, and the transcript
 shows a long tool result whole, in place.
 
-Boots TowerApp through the harness of test_tui.py; waits on conditions, never on sleeps.
+Boots TowerApp through tests/tui_harness.py; waits on conditions, never on sleeps.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from textual.app import App
 from textual.widgets import DataTable, Input, Label, RichLog, Static, TextArea
 
-from tests.functional.test_tui import Tower, drawn, project, tower, waiting_on
+from tests.tui_harness import Tui, drawn, project, tui, waiting_on
 from tower.core import llm
 from tower.core.events import EventKind, InboxKind, ThreadState
 from tower.ui.screens.detail import ThreadScreen
@@ -47,7 +47,7 @@ args = { answer = "done" }
 FILES = {"ws/readme.txt": "hello\n", "ws/other.txt": "untouched\n"}
 
 
-async def approval(t: Tower) -> str:
+async def approval(t: Tui) -> str:
     await t.ready(waiting_on(t, 1, InboxKind.APPROVAL), "an approval")
     (item,) = t.items()
     return item.id
@@ -62,7 +62,7 @@ def transcript(screen: ThreadScreen) -> str:
 
 
 async def test_a_write_file_approval_shows_the_diff_not_escaped_json(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(EDIT), FILES) as t:
+    async with tui(tmp_path, project(EDIT), FILES) as t:
         await approval(t)
         await t.settle()
         shown = drawn(t.app.query_one(InboxDetail))
@@ -76,7 +76,7 @@ async def test_a_write_file_approval_shows_the_diff_not_escaped_json(tmp_path: P
 async def test_a_long_diff_is_cut_to_the_pane_and_names_the_files_view(tmp_path: Path) -> None:
     body = "".join(f"line {i}\\n" for i in range(60))
     long_edit = EDIT.replace('content = "hello\\nworld\\n"', f'content = "{body}"')
-    async with tower(tmp_path, project(long_edit), FILES) as t:
+    async with tui(tmp_path, project(long_edit), FILES) as t:
         await approval(t)
         await t.settle()
         shown = drawn(t.app.query_one(InboxDetail))
@@ -89,7 +89,7 @@ async def test_a_long_diff_is_cut_to_the_pane_and_names_the_files_view(tmp_path:
 # --- the files view -------------------------------------------------------------------------
 
 
-async def files_screen(t: Tower) -> FilesScreen:
+async def files_screen(t: Tui) -> FilesScreen:
     screen = await t.screen_is(FilesScreen)
     await t.until(lambda: screen.loaded.is_set(), "the files view reads the workspace")
     await t.settle()
@@ -99,7 +99,7 @@ async def files_screen(t: Tower) -> FilesScreen:
 async def test_w_lists_the_written_file_with_its_diff_and_the_workspace_path(
     tmp_path: Path,
 ) -> None:
-    async with tower(tmp_path, project(EDIT), FILES) as t:
+    async with tui(tmp_path, project(EDIT), FILES) as t:
         item = await approval(t)
         await t.press("w")  # before approval: nothing written yet, one write awaiting it
         screen = await files_screen(t)
@@ -149,7 +149,7 @@ async def test_w_lists_the_written_file_with_its_diff_and_the_workspace_path(
 
 
 async def test_e_edits_the_content_as_text_and_the_file_gets_it(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(EDIT), FILES) as t:
+    async with tui(tmp_path, project(EDIT), FILES) as t:
         await approval(t)
         await t.press("E")
         dialog = await t.screen_is(ArgsDialog)
@@ -179,7 +179,7 @@ async def test_e_then_ctrl_e_edits_the_content_in_the_editor(
     editor.chmod(editor.stat().st_mode | stat.S_IXUSR)
     monkeypatch.delenv("VISUAL", raising=False)
     monkeypatch.setenv("EDITOR", str(editor))
-    async with tower(tmp_path, project(EDIT), FILES) as t:
+    async with tui(tmp_path, project(EDIT), FILES) as t:
         # The test driver cannot hand the terminal over; the editor needs no terminal here.
         monkeypatch.setattr(t.app, "suspend", contextlib.nullcontext)
         await approval(t)
@@ -268,7 +268,7 @@ async def test_capital_d_denies_with_a_reason_that_reaches_the_model(
 
     monkeypatch.setattr(llm, "stream_call", spy)
     reason = "keep the readme short"
-    async with tower(tmp_path, project(EDIT), FILES) as t:
+    async with tui(tmp_path, project(EDIT), FILES) as t:
         item = await approval(t)
         assert len(calls) == 1
         await t.press("D")
@@ -289,7 +289,7 @@ async def test_capital_d_denies_with_a_reason_that_reaches_the_model(
 
 
 async def test_d_stays_one_key(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(EDIT), FILES) as t:
+    async with tui(tmp_path, project(EDIT), FILES) as t:
         await approval(t)
         await t.press("d")
         await t.until(lambda: t.view("w").state.ended, "w ended")
@@ -319,7 +319,7 @@ args = { question = "Anything else?" }
 
 async def test_enter_in_the_transcript_shows_a_long_tool_result_whole(tmp_path: Path) -> None:
     text = " ".join(f"w{i:04d}" for i in range(300)) + " ENDMARK"
-    async with tower(tmp_path, project(LONG), {"ws/long.txt": text}) as t:
+    async with tui(tmp_path, project(LONG), {"ws/long.txt": text}) as t:
         await t.ready(waiting_on(t, 1, InboxKind.QUESTION), "the question")
         await t.press("enter")
         screen = await t.screen_is(ThreadScreen)

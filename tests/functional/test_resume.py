@@ -8,12 +8,11 @@ import json
 import random
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, write_project
+from tests.helpers import REPO, one_line_error, tower, tower_cmd, tower_env, write_project
 from tower.core.events import Event, EventKind
 from tower.core.project import load_project
 from tower.core.session import resume_headless, run_headless
@@ -30,31 +29,14 @@ def rows(db: Path) -> list[tuple]:
 
 
 def session_status(db: Path) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "tower", "sessions", "--db", str(db), "--json"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
-    return json.loads(out.stdout)[0]["status"]
+    return json.loads(tower("sessions", "--db", str(db), "--json").stdout)[0]["status"]
 
 
 def kill_after(db: Path, lines: int) -> bool:
     """Starts a headless run and SIGKILLs it after `lines` lines of output. False if it ended."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tower",
-            "run",
-            TAX,
-            "--headless",
-            "--approve",
-            "all",
-            "--db",
-            str(db),
-        ],
+        tower_cmd("run", TAX, "--headless", "--approve", "all", "--db", str(db)),
+        env=tower_env(),
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,
@@ -85,24 +67,8 @@ def test_sigkill_at_random_moments_then_resume(tmp_path) -> None:
     killed = resumed = 0
     # An uninterrupted run: the sim is deterministic per step, so a faithful resume makes
     # exactly these calls, with exactly these prompts (same messages, same workspace).
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tower",
-            "run",
-            TAX,
-            "--headless",
-            "--approve",
-            "all",
-            "--db",
-            str(tmp_path / "ref.db"),
-        ],
-        capture_output=True,
-        cwd=REPO,
-        timeout=120,
-        check=True,
-    )
+    ref = tower("run", TAX, "--headless", "--approve", "all", "--db", str(tmp_path / "ref.db"))
+    assert ref.returncode == 0, ref.stderr
     reference = calls_of(tmp_path / "ref.db")
     for i in range(20):
         db = tmp_path / f"k{i}.db"
@@ -118,25 +84,8 @@ def test_sigkill_at_random_moments_then_resume(tmp_path) -> None:
         for r in before:
             json.loads(r[4])
         assert session_status(db) == "crashed"
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tower",
-                "resume",
-                before[0][0][:13],
-                "--headless",
-                "--approve",
-                "all",
-                "--json",
-                "--db",
-                str(db),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=120,
-        )
+        session = before[0][0][:13]
+        proc = tower("resume", session, "--headless", "--approve", "all", "--json", "--db", str(db))
         if "no unfinished thread" in proc.stderr:
             continue  # killed after every thread had ended
         assert proc.returncode == 0, proc.stderr
@@ -153,6 +102,23 @@ def test_sigkill_at_random_moments_then_resume(tmp_path) -> None:
         assert session_status(db) == "clean"
         resumed += 1
     assert killed >= 15 and resumed >= 12
+
+
+async def _crashed_copy(
+    db: Path, session: str, project: str, root: Path, events: list[Event]
+) -> Path:
+    """A database holding `events` of `session` as a crashed process left them."""
+    out = await Store.open(db)
+    started = events[0].ts if events else 0.0
+    await out.create_session(session, project, str(root), started, {})
+    out.start_writer(session)
+    for ev in events:
+        out.append(Event(ev.seq, ev.ts, ev.kind, ev.thread, ev.payload))
+    await out.flush()
+    await out.close()
+    with sqlite3.connect(db) as conn:  # the process that wrote it is gone
+        conn.execute("UPDATE sessions SET pid = 999999999")
+    return db
 
 
 async def _cut_after_approved_write(src: Path, dst: Path) -> str:
@@ -176,15 +142,7 @@ async def _cut_after_approved_write(src: Path, dst: Path) -> str:
         for i, ev in enumerate(events)
         if ev.kind is EventKind.TOOL_RESULT and ev.payload["call_id"] == call_id
     )
-    out = await Store.open(dst)
-    await out.create_session(session, "w", str(src.parent / "proj"), events[0].ts, {})
-    out.start_writer(session)
-    for ev in events[:cut]:
-        out.append(Event(ev.seq, ev.ts, ev.kind, ev.thread, ev.payload))
-    await out.flush()
-    await out.close()
-    with sqlite3.connect(dst) as conn:  # the process that wrote it is gone
-        conn.execute("UPDATE sessions SET pid = 999999999")
+    await _crashed_copy(dst, session, "w", src.parent / "proj", events[:cut])
     return call_id
 
 
@@ -250,24 +208,7 @@ async def test_resume_refuses_a_finished_session(tmp_path) -> None:
 
 
 def test_resume_cli_errors_are_one_line(tmp_path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tower",
-            "resume",
-            "nope",
-            "--headless",
-            "--db",
-            str(tmp_path / "missing.db"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    one_line_error(tower("resume", "nope", "--headless", "--db", str(tmp_path / "missing.db")))
 
 
 async def test_fork_reuses_recorded_calls_and_runs_live_on_another_model(tmp_path) -> None:
@@ -304,23 +245,6 @@ async def test_fork_reuses_recorded_calls_and_runs_live_on_another_model(tmp_pat
         ev.payload["cost_usd"] for ev in forked[:at] if ev.kind is EventKind.LLM_FINISHED
     )
     assert fork_cost_before == recorded_cost
-
-
-async def _crashed_copy(
-    db: Path, session: str, project: str, root: Path, events: list[Event]
-) -> Path:
-    """A database holding `events` of `session` as a crashed process left them."""
-    out = await Store.open(db)
-    started = events[0].ts if events else 0.0
-    await out.create_session(session, project, str(root), started, {})
-    out.start_writer(session)
-    for ev in events:
-        out.append(Event(ev.seq, ev.ts, ev.kind, ev.thread, ev.payload))
-    await out.flush()
-    await out.close()
-    with sqlite3.connect(db) as conn:  # the process that wrote it is gone
-        conn.execute("UPDATE sessions SET pid = 999999999")
-    return db
 
 
 async def test_a_call_cut_off_by_a_crash_is_booked_as_possibly_billed(tmp_path) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Waiter, ended, write_project
+from tests.conftest import Waiter, ended
+from tests.helpers import write_project
 from tower.core.bus import Bus
 from tower.core.events import EventKind, Resolution, ThreadState
 from tower.core.project import load_project

@@ -15,7 +15,7 @@ import pytest
 from textual.command import CommandList, CommandPalette
 from textual.widgets import Input, TextArea
 
-from tests.functional.test_tui import BASE, FILES, Tower, drawn, tower, waiting_on
+from tests.tui_harness import BASE, FILES, Tui, drawn, tui, waiting_on
 from tower.core.events import EventKind, InboxKind, ThreadState
 from tower.ui.format import usd
 from tower.ui.screens.detail import ThreadScreen
@@ -61,11 +61,11 @@ THREE = BASE.format(cap=16) + IDLE + writer("w1", "a.txt") + writer("w2", "b.txt
 THREE += writer("w3", "c.txt")
 
 
-def bar(t: Tower) -> str:
+def bar(t: Tui) -> str:
     return drawn(t.app.query_one(SelectionBar))
 
 
-def shown_items(t: Tower) -> set[str]:
+def shown_items(t: Tui) -> set[str]:
     """The item ids the screen names as the target (selection bar, or the group's list)."""
     text = bar(t)
     if "marked:" in text:
@@ -78,11 +78,11 @@ def shown_items(t: Tower) -> set[str]:
     return set(group.group(1).split()) if group else set()
 
 
-async def closed_items(t: Tower) -> list[str]:
+async def closed_items(t: Tui) -> list[str]:
     return [e.payload["item"] for e in await t.events(None) if e.kind is EventKind.INBOX_CLOSED]
 
 
-async def finish_dialog(t: Tower, verb: str) -> None:
+async def finish_dialog(t: Tui, verb: str) -> None:
     """Completes the dialog a verb opens, as a person would."""
     if verb in ("D", "r"):
         dialog = await t.screen_is(TextDialog)
@@ -103,7 +103,7 @@ async def finish_dialog(t: Tower, verb: str) -> None:
         await t.press("enter")
 
 
-async def act_and_check(t: Tower, verb: str) -> None:
+async def act_and_check(t: Tui, verb: str) -> None:
     """Press the verb; the items that then close are exactly the ones that were shown."""
     await t.settle()
     shown = shown_items(t)
@@ -127,7 +127,7 @@ VERBS = ["a", "d", "D", "r", "E", "A"]
 async def test_from_the_thread_list_verbs_act_on_the_selected_threads_shown_item(
     tmp_path: Path, verb: str
 ) -> None:
-    async with tower(tmp_path, THREE) as t:
+    async with tui(tmp_path, THREE) as t:
         await t.ready(waiting_on(t, 3, InboxKind.APPROVAL), "three approvals")
         assert t.threads.has_focus
         await t.press("down", "down")  # past idle, onto the second writer in the list
@@ -144,7 +144,7 @@ async def test_from_the_thread_list_verbs_act_on_the_selected_threads_shown_item
 async def test_from_the_inbox_verbs_act_on_the_row_under_the_cursor(
     tmp_path: Path, verb: str
 ) -> None:
-    async with tower(tmp_path, THREE) as t:
+    async with tui(tmp_path, THREE) as t:
         await t.ready(waiting_on(t, 3, InboxKind.APPROVAL), "three approvals")
         await t.press("i", "end")  # the newest item, not the oldest
         await t.settle()
@@ -160,7 +160,7 @@ async def test_from_the_inbox_verbs_act_on_the_row_under_the_cursor(
 async def test_on_a_threads_own_screen_verbs_act_on_its_oldest_item(
     tmp_path: Path, verb: str
 ) -> None:
-    async with tower(tmp_path, THREE) as t:
+    async with tui(tmp_path, THREE) as t:
         await t.ready(waiting_on(t, 3, InboxKind.APPROVAL), "three approvals")
         await t.press("down", "down", "down")
         tid = t.threads.current
@@ -181,7 +181,7 @@ async def test_on_a_threads_own_screen_verbs_act_on_its_oldest_item(
 async def test_a_thread_with_nothing_waiting_gets_no_other_threads_item(
     tmp_path: Path, verb: str
 ) -> None:
-    async with tower(tmp_path, THREE) as t:
+    async with tui(tmp_path, THREE) as t:
         await t.ready(waiting_on(t, 3, InboxKind.APPROVAL), "three approvals")
         await t.until(lambda: t.view("idle").state.ended, "idle ended")
         assert t.threads.current == "idle"
@@ -203,7 +203,7 @@ SAME = BASE.format(cap=16) + writer("s", "same.txt", repeat=4)
 
 @pytest.mark.parametrize("verb", ["a", "d", "A"])
 async def test_one_key_settles_the_same_call_from_many_threads(tmp_path: Path, verb: str) -> None:
-    async with tower(tmp_path, SAME) as t:
+    async with tui(tmp_path, SAME) as t:
         await t.ready(waiting_on(t, 4, InboxKind.APPROVAL), "four identical approvals")
         # The selected thread's item is shown inside its group, opened for it.
         assert len(t.inbox_rows()) == 5 and t.inbox.current == t.items(t.threads.current)[0].id
@@ -223,7 +223,7 @@ async def test_one_key_settles_the_same_call_from_many_threads(tmp_path: Path, v
 
 
 async def test_marked_items_are_decided_together_and_only_they(tmp_path: Path) -> None:
-    async with tower(tmp_path, THREE) as t:
+    async with tui(tmp_path, THREE) as t:
         await t.ready(waiting_on(t, 3, InboxKind.APPROVAL), "three approvals")
         await t.press("i", "home", "space", "down", "space")  # mark the 1st and 3rd rows
         await t.settle()
@@ -262,7 +262,7 @@ args = { answer = "ok" }
 
 
 async def test_raising_the_session_budget_wakes_every_thread_it_stopped(tmp_path: Path) -> None:
-    async with tower(tmp_path, SESSION_BUDGET) as t:
+    async with tui(tmp_path, SESSION_BUDGET) as t:
         stopped = lambda: [i for i in t.items() if i.kind is InboxKind.BUDGET]  # noqa: E731
         await t.ready(lambda: len(stopped()) == 3, "three threads stopped by the session budget")
         await t.press("i", "home", "left")
@@ -295,9 +295,7 @@ async def test_raising_the_session_budget_wakes_every_thread_it_stopped(tmp_path
 
 async def test_human_minutes_are_the_time_spent_deciding_not_waiting(tmp_path: Path) -> None:
     clock = [1_800_000_000.0]
-    async with tower(
-        tmp_path, SAME.replace("repeat = 4", "repeat = 6"), clock=lambda: clock[0]
-    ) as t:
+    async with tui(tmp_path, SAME.replace("repeat = 4", "repeat = 6"), clock=lambda: clock[0]) as t:
         await t.ready(waiting_on(t, 6, InboxKind.APPROVAL), "six approvals")
         await t.press("i", "home", "right")  # expand the group: decide one by one
         await t.settle()
@@ -321,7 +319,7 @@ async def test_past_the_attention_budget_routine_items_wait_in_a_digest(tmp_path
     clock = [1_800_000_000.0]
     toml = BASE.format(cap=1) + "[budget]\nhuman_minutes = 0.01\n" + writer("w1", "a.txt")
     toml += writer("w2", "b.txt")
-    async with tower(tmp_path, toml, clock=lambda: clock[0]) as t:
+    async with tui(tmp_path, toml, clock=lambda: clock[0]) as t:
         await t.ready(waiting_on(t, 1, InboxKind.APPROVAL), "the first approval")
         await t.press("i")
         clock[0] += 2.0  # two seconds deciding: past the 0.6 s budget
@@ -353,7 +351,7 @@ args = {{ answer = "THE-FINAL-ANSWER" }}
 
 async def test_a_panel_ends_with_the_newest_line_and_the_answer(tmp_path: Path) -> None:
     words = " ".join(f"word{n}" for n in range(400)) + " NEWEST-WORD"
-    async with tower(tmp_path, LONG.format(say=words)) as t:
+    async with tui(tmp_path, LONG.format(say=words)) as t:
         await t.ready(lambda: t.view("long").state.ended, "long ended")
         await t.settle()
         panel = next(p for p in t.app.panel_grid.query("ThreadPanel") if p.thread == "long")
@@ -368,7 +366,7 @@ async def test_a_panel_ends_with_the_newest_line_and_the_answer(tmp_path: Path) 
 async def test_the_palette_opens_on_towers_verbs_then_themes_then_sessions(
     tmp_path: Path,
 ) -> None:
-    async with tower(tmp_path, THREE) as t:
+    async with tui(tmp_path, THREE) as t:
         await t.press("colon")
         palette = await t.screen_is(CommandPalette)
         listing = palette.query_one(CommandList)
@@ -385,7 +383,7 @@ async def test_the_palette_opens_on_towers_verbs_then_themes_then_sessions(
 
 
 async def test_remapped_keys_keep_their_place_in_the_footer(tmp_path: Path) -> None:
-    async with tower(tmp_path, THREE, keymap={"approve": "y", "kill": "X"}) as t:
+    async with tui(tmp_path, THREE, keymap={"approve": "y", "kill": "X"}) as t:
         await t.settle()
         keys = [(k.key, k.description) for k in t.app.screen.query("FooterKey")]
         assert keys[0] == ("y", "Approve")
@@ -398,7 +396,7 @@ async def test_remapped_keys_keep_their_place_in_the_footer(tmp_path: Path) -> N
 
 
 async def test_kill_on_an_ended_thread_says_so_without_asking(tmp_path: Path) -> None:
-    async with tower(tmp_path, THREE) as t:
+    async with tui(tmp_path, THREE) as t:
         await t.until(lambda: t.view("idle").state.ended, "idle ended")
         assert t.threads.current == "idle"
         await t.press("x")
@@ -411,7 +409,7 @@ async def test_kill_on_an_ended_thread_says_so_without_asking(tmp_path: Path) ->
 
 
 async def test_focus_is_visible_in_every_theme(tmp_path: Path) -> None:
-    async with tower(tmp_path, THREE) as t:
+    async with tui(tmp_path, THREE) as t:
         themes = sorted(n for n in t.app.available_themes if n != "textual-ansi")
         assert len(themes) > 5
         for name in themes:
@@ -425,7 +423,7 @@ async def test_focus_is_visible_in_every_theme(tmp_path: Path) -> None:
 
 
 async def test_the_age_column_is_not_under_the_scrollbar(tmp_path: Path) -> None:
-    async with tower(tmp_path, BASE.format(cap=2) + writer("w", "a.txt", repeat=60)) as t:
+    async with tui(tmp_path, BASE.format(cap=2) + writer("w", "a.txt", repeat=60)) as t:
         await t.until(lambda: len(t.state().threads) == 60, "sixty threads")
         await t.settle()
         assert t.threads.show_vertical_scrollbar
@@ -435,7 +433,7 @@ async def test_the_age_column_is_not_under_the_scrollbar(tmp_path: Path) -> None
 
 
 async def test_toasts_never_cover_the_inbox_detail(tmp_path: Path) -> None:
-    async with tower(tmp_path, THREE) as t:
+    async with tui(tmp_path, THREE) as t:
         await t.ready(waiting_on(t, 3, InboxKind.APPROVAL), "three approvals")
         t.app.notify("a long toast " * 5, title="test")
         await t.settle()
@@ -452,7 +450,7 @@ __all__ = ["FILES"]
 async def test_next_item_always_moves_on_from_what_is_shown(tmp_path: Path) -> None:
     """] from a thread with nothing waiting lands on the oldest situation; from anything
     shown (thread list or inbox focused) it moves to the next one, never stays put."""
-    async with tower(tmp_path, THREE) as t:
+    async with tui(tmp_path, THREE) as t:
         await t.ready(waiting_on(t, 3, InboxKind.APPROVAL), "three approvals")
         await t.until(lambda: t.view("idle").state.ended, "idle ended")
         assert t.threads.current == "idle" and t.app.shown is None
@@ -475,7 +473,7 @@ async def test_next_item_always_moves_on_from_what_is_shown(tmp_path: Path) -> N
 
 
 async def test_one_key_on_a_group_is_one_decision(tmp_path: Path) -> None:
-    async with tower(tmp_path, SAME) as t:
+    async with tui(tmp_path, SAME) as t:
         await t.ready(waiting_on(t, 4, InboxKind.APPROVAL), "four identical approvals")
         await t.press("i", "home", "left")
         await act_and_check(t, "a")
@@ -485,7 +483,7 @@ async def test_one_key_on_a_group_is_one_decision(tmp_path: Path) -> None:
 
 
 async def test_a_threads_screen_header_follows_its_state(tmp_path: Path) -> None:
-    async with tower(tmp_path, THREE) as t:
+    async with tui(tmp_path, THREE) as t:
         await t.ready(waiting_on(t, 3, InboxKind.APPROVAL), "three approvals")
         await t.press("down", "down")
         tid = t.threads.current
@@ -503,7 +501,7 @@ async def test_a_threads_screen_header_follows_its_state(tmp_path: Path) -> None
 async def test_a_key_right_after_a_cursor_move_acts_on_the_new_row(tmp_path: Path) -> None:
     """The detail pane follows the cursor synchronously: a verb pressed in the same burst
     of keys as the move acts on the row the cursor moved to, which is what is drawn."""
-    async with tower(tmp_path, THREE) as t:
+    async with tui(tmp_path, THREE) as t:
         await t.ready(waiting_on(t, 3, InboxKind.APPROVAL), "three approvals")
         await t.press("i", "home")
         await t.settle()

@@ -12,19 +12,17 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.notifications import Notification, Notify
-from textual.pilot import Pilot
 from textual.widgets import Input, Label, Select
 
-from tests.conftest import REPO, write_project
+from tests.helpers import tower, write_project
+from tests.tui_harness import Tui, booted
 from tower.core.events import Event, EventKind
 from tower.core.project import load_project
 from tower.core.session import run_headless
@@ -117,58 +115,28 @@ async def recorded(tmp_path: Path) -> Recorded:
     return rec
 
 
-@dataclass
-class Tui:
-    app: TowerApp
-    pilot: Pilot[Any]
-    toasts: list[Notification]
+async def sessions(t: Tui) -> SessionsScreen:
+    await t.press("L")
+    return await t.screen_is(SessionsScreen)
 
-    async def until(self, pred: Callable[[], Any], what: str = "", timeout: float = 15) -> None:
-        async def loop() -> None:
-            while not pred():
-                await self.pilot.pause()
 
-        try:
-            await asyncio.wait_for(loop(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for: {what or pred}") from None
-
-    async def screen_is(self, kind: type) -> Any:
-        await self.until(lambda: isinstance(self.app.screen, kind), f"screen {kind.__name__}")
-        return self.app.screen
-
-    async def sessions(self) -> SessionsScreen:
-        await self.pilot.press("L")
-        return await self.screen_is(SessionsScreen)
-
-    async def pick(self, screen: SessionsScreen, session: str) -> None:
-        """Moves the list's cursor to a session, with the keys."""
-        table = screen.query_one(SessionTable)
-        await self.pilot.press(*["up"] * table.row_count)
-        for _ in range(table.row_count):
-            row = screen.selected()
-            if row is not None and row.id == session:
-                return
-            await self.pilot.press("down")
-        raise AssertionError(f"{session} not in the list")
-
-    def toast(self, text: str) -> bool:
-        return any(text in str(n.message) for n in self.toasts)
+async def pick(t: Tui, screen: SessionsScreen, session: str) -> None:
+    """Moves the list's cursor to a session, with the keys."""
+    table = screen.query_one(SessionTable)
+    await t.press(*["up"] * table.row_count)
+    for _ in range(table.row_count):
+        row = screen.selected()
+        if row is not None and row.id == session:
+            return
+        await t.press("down")
+    raise AssertionError(f"{session} not in the list")
 
 
 @contextlib.asynccontextmanager
 async def tui(rec: Recorded) -> AsyncIterator[Tui]:
     """The TUI on the recorded log, its own session live with `ask` waiting."""
     app = TowerApp(load_project(rec.root), rec.db, watch=False, offer_resume=False)
-    toasts: list[Notification] = []
-
-    def hook(message: object) -> None:
-        if isinstance(message, Notify):
-            toasts.append(message.notification)
-
-    async with app.run_test(size=(160, 48), message_hook=hook, notifications=True) as pilot:
-        await asyncio.wait_for(app.booted.wait(), 30)
-        t = Tui(app, pilot, toasts)
+    async with booted(app, rec.db, check_log=False) as t:
         await t.until(
             lambda: (
                 any(i.thread == "ask" for i in app.state().inbox.values())
@@ -177,10 +145,6 @@ async def tui(rec: Recorded) -> AsyncIterator[Tui]:
             "fin done and ask waiting",
         )
         yield t
-        if app.is_running:
-            await app.shutdown()
-            app.exit(0)
-            await t.until(lambda: not app.is_running, "the app exits")
 
 
 def cells(screen: SessionsScreen) -> list[list[str]]:
@@ -190,7 +154,7 @@ def cells(screen: SessionsScreen) -> list[list[str]]:
 
 async def test_list_shows_sessions_newest_first_with_honest_status(recorded: Recorded) -> None:
     async with tui(recorded) as t:
-        screen = await t.sessions()
+        screen = await sessions(t)
         assert t.app.sup is not None
         live = t.app.sup.session_id
         rows = cells(screen)
@@ -203,7 +167,7 @@ async def test_list_shows_sessions_newest_first_with_honest_status(recorded: Rec
         hint = str(screen.query_one("#hint", Label).render())
         for key in ("enter replay", "f fork", "e export", "escape close"):
             assert key in hint
-        await t.pick(screen, recorded.quit)
+        await pick(t, screen, recorded.quit)
         hint = str(screen.query_one("#hint", Label).render())
         assert recorded.quit in hint and "r resume 1 unfinished" in hint
         await t.pilot.press("escape")
@@ -214,8 +178,8 @@ async def test_enter_replays_in_process_and_escape_returns_to_the_live_tower(
     recorded: Recorded,
 ) -> None:
     async with tui(recorded) as t:
-        screen = await t.sessions()
-        await t.pick(screen, recorded.quit)
+        screen = await sessions(t)
+        await pick(t, screen, recorded.quit)
         await t.pilot.press("enter")
         replay = await t.screen_is(ReplayScreen)
         await t.until(lambda: replay.rp is not None, "the replay opens")
@@ -242,8 +206,8 @@ async def test_export_writes_the_sessions_events(
     out.mkdir()
     monkeypatch.chdir(out)
     async with tui(recorded) as t:
-        screen = await t.sessions()
-        await t.pick(screen, recorded.quit)
+        screen = await sessions(t)
+        await pick(t, screen, recorded.quit)
         await t.pilot.press("e")
         dialog = await t.screen_is(ExportDialog)
         path = dialog.query_one("#path", Input)
@@ -272,15 +236,15 @@ async def test_resume_refuses_the_live_and_ended_sessions_and_hands_off_an_unfin
     recorded: Recorded,
 ) -> None:
     async with tui(recorded) as t:
-        screen = await t.sessions()
+        screen = await sessions(t)
         assert t.app.sup is not None
-        await t.pick(screen, t.app.sup.session_id)
+        await pick(t, screen, t.app.sup.session_id)
         await t.pilot.press("r")
         await t.until(lambda: t.toast("is the live session"), "live session toast")
-        await t.pick(screen, recorded.finished)
+        await pick(t, screen, recorded.finished)
         await t.pilot.press("r")
         await t.until(lambda: t.toast("nothing to resume"), "nothing to resume toast")
-        await t.pick(screen, recorded.quit)
+        await pick(t, screen, recorded.quit)
         await t.pilot.press("r")
         dialog = await t.screen_is(ConfirmDialog)
         assert "1 running thread(s)" in dialog.question and recorded.quit in dialog.question
@@ -305,8 +269,8 @@ async def test_fork_dialog_shows_the_event_and_hands_off_a_fork(recorded: Record
     events = recorded.events[recorded.quit]
     asked = next(ev for ev in events if ev.kind is EventKind.INBOX_OPENED)
     async with tui(recorded) as t:
-        screen = await t.sessions()
-        await t.pick(screen, recorded.quit)
+        screen = await sessions(t)
+        await pick(t, screen, recorded.quit)
         await t.pilot.press("f")
         dialog = await t.screen_is(ForkDialog)
         seq = dialog.query_one("#seq", Input)
@@ -337,8 +301,8 @@ async def test_fork_refuses_an_event_after_which_every_thread_had_ended(
     recorded: Recorded,
 ) -> None:
     async with tui(recorded) as t:
-        screen = await t.sessions()
-        await t.pick(screen, recorded.finished)
+        screen = await sessions(t)
+        await pick(t, screen, recorded.finished)
         await t.pilot.press("f")
         dialog = await t.screen_is(ForkDialog)
         # A finished session is offered the moment before its last thread ended, not its end.
@@ -360,21 +324,15 @@ async def test_fork_refuses_an_event_after_which_every_thread_had_ended(
 
 
 def test_sessions_cli_reports_unfinished(recorded: Recorded) -> None:
-    def tower(*args: str) -> str:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tower", "sessions", "--db", str(recorded.db), *args],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=60,
-        )
+    def sessions(*args: str) -> str:
+        proc = tower("sessions", "--db", str(recorded.db), *args)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
-    rows = {r["id"]: r for r in json.loads(tower("--json"))}
+    rows = {r["id"]: r for r in json.loads(sessions("--json"))}
     assert rows[recorded.quit]["status"] == "unfinished"
     assert rows[recorded.finished]["status"] == "clean"
-    lines = tower().splitlines()
+    lines = sessions().splitlines()
     quit_line = next(line for line in lines if line.startswith(recorded.quit))
     assert " unfinished " in quit_line and " 1/0/1 " in quit_line
     with sqlite3.connect(recorded.db) as conn:  # derived when listed, never rewritten

@@ -33,7 +33,8 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Label, Select, TextArea
 
 import tower.core.llm
-from tests.conftest import write_project
+from tests.helpers import FIXTURES, WAIT_S, write_project
+from tests.tui_harness import pilot_until
 from tower.core.bus import Bus
 from tower.core.events import InboxKind, ThreadState
 from tower.core.project import load_project
@@ -49,7 +50,6 @@ from tower.ui.widgets.rowlist import RowList
 
 os.environ["TEXTUAL_ANIMATIONS"] = "none"
 
-FIXTURES = Path(__file__).parent.parent / "fixtures"
 MAIN = FIXTURES / "snapshot_main"
 GROUP = FIXTURES / "snapshot_group"
 CLOCK = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
@@ -57,7 +57,6 @@ SESSION = "snapshot-session"
 PAST = "past-session"
 FIXED_DIR = Path("/tmp/tower-snapshots")  # the files view prints paths under it
 SIZES = {"100x30": (100, 30), "160x48": (160, 48)}
-WAIT_S = 30.0
 
 # A finished session of the same project, recorded before the live one (sessions list,
 # replay, fork): one thread at a time, so its events come in one order; `--approve all`.
@@ -149,7 +148,7 @@ async def on_bus(pilot: Pilot, ready: Callable[[TowerApp], bool]) -> None:
     app = pilot.app
     assert isinstance(app, TowerApp)
     # An app that crashed while booting fails the test now, not after WAIT_S.
-    await on_screen(pilot, lambda: app.booted.is_set() or app.return_code is not None)
+    await pilot_until(pilot, lambda: app.booted.is_set() or app.return_code is not None)
     assert app.bus is not None, f"the app stopped before it booted ({app.return_code})"
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -164,14 +163,6 @@ async def on_bus(pilot: Pilot, ready: Callable[[TowerApp], bool]) -> None:
         await asyncio.wait_for(done.wait(), WAIT_S)
     finally:
         unsubscribe()
-
-
-async def on_screen(pilot: Pilot, ready: Callable[[], bool]) -> None:
-    """Lets the app process its messages until ready() holds (a screen pushed, a worker
-    done); every round trip is the app's own, never a sleep."""
-    async with asyncio.timeout(WAIT_S):
-        while not ready():
-            await pilot.pause()
 
 
 async def ticks(pilot: Pilot, n: int) -> None:
@@ -299,7 +290,7 @@ def press_until(key: str, ready: Callable[[TowerApp], bool]) -> Act:
         await pilot.press(key)
         app = pilot.app
         assert isinstance(app, TowerApp)
-        await on_screen(pilot, lambda: ready(app))
+        await pilot_until(pilot, lambda: ready(app))
 
     return act
 
@@ -311,7 +302,7 @@ def screen_is(kind: type) -> Callable[[TowerApp], bool]:
 async def open_thread(pilot: Pilot) -> None:
     await pilot.press("enter")
     app = pilot.app
-    await on_screen(
+    await pilot_until(
         pilot,
         lambda: (
             isinstance(app.screen, ThreadScreen) and bool(label_text(app.screen.query_one("#head")))
@@ -330,7 +321,7 @@ async def approve_and_open_files(pilot: Pilot) -> None:
     await threads_to(pilot, "revenue")
     app.clear_notifications()  # "approved i2", on the main screen
     await pilot.press("w")
-    await on_screen(
+    await pilot_until(
         pilot, lambda: isinstance(app.screen, FilesScreen) and app.screen.loaded.is_set()
     )
 
@@ -341,7 +332,7 @@ async def choose_task(pilot: Pilot) -> None:
     await press_until("n", screen_is(SpawnDialog))(pilot)
     dialog = app.screen
     dialog.query_one("#template", Select).value = "revenue"
-    await on_screen(pilot, lambda: bool(label_text(dialog.query_one("#task-info", Label))))
+    await pilot_until(pilot, lambda: bool(label_text(dialog.query_one("#task-info", Label))))
 
 
 async def palette(pilot: Pilot) -> None:
@@ -356,7 +347,7 @@ async def palette(pilot: Pilot) -> None:
             and not screen._show_busy
         )
 
-    await on_screen(pilot, listed)
+    await pilot_until(pilot, listed)
 
 
 async def sessions(pilot: Pilot) -> None:
@@ -388,14 +379,14 @@ async def replay(pilot: Pilot) -> None:
     def opened() -> bool:
         return isinstance(app.screen, ReplayScreen) and app.screen.rp is not None
 
-    await on_screen(pilot, opened)
+    await pilot_until(pilot, opened)
     screen = app.screen
     assert isinstance(screen, ReplayScreen) and screen.rp is not None
     rp = screen.rp
     at = next(seq for seq, mark in rp.marks if mark == "approval")
     await press_until("g", screen_is(TextDialog))(pilot)
     await pilot.press(*str(at), "enter")
-    await on_screen(pilot, lambda: app.screen is screen and rp.pos == at)
+    await pilot_until(pilot, lambda: app.screen is screen and rp.pos == at)
 
 
 async def fork(pilot: Pilot) -> None:
@@ -409,7 +400,7 @@ async def fork(pilot: Pilot) -> None:
             label_text(screen.query_one("#event", Label))
         )
 
-    await on_screen(pilot, described)
+    await pilot_until(pilot, described)
 
 
 async def export(pilot: Pilot) -> None:

@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from tests.conftest import Live, ended, write_project
+from tests.conftest import Live, ended
 from tests.fake_openai import FakeOpenAI, Usage, text_reply, tool_reply
 from tests.functional.test_openai_path import FILES, UNPRICED, call, project_toml, server
+from tests.helpers import write_project
 from tower.core import llm
 from tower.core.events import EventKind, ThreadState
 from tower.core.gguf import read_gguf_metadata, tokenizer_json_from_gguf
@@ -134,11 +135,7 @@ id = "t"
 agent = "a"
 prompt = "p"
 """
-    root = write_project(tmp_path / "p", toml)
-    for name, data in files.items():
-        path = root / name
-        path.write_bytes(data if isinstance(data, bytes) else data.encode())
-    return root
+    return write_project(tmp_path / "p", toml, files)
 
 
 @pytest.mark.parametrize(

@@ -1,35 +1,38 @@
 """The TUI, driven through Textual's pilot: every verb, what the screen shows, and a clean exit.
 
-Each test boots TowerApp on a small project of scripted `sim/instant` threads written to
-tmp_path; threads stop in the inbox (ask_human, write_file approvals, budget stops), so what
-the human does next is deterministic. Tests wait on conditions (a `pilot.pause()` loop with an
-overall timeout), never on fixed sleeps, and always shut the app down cleanly, after which the
-SQLite log must hold every emitted event and a cleanly ended session.
+Each test boots TowerApp (tests/tui_harness.py) on a small project of scripted `sim/instant`
+threads written to tmp_path; threads stop in the inbox (ask_human, write_file approvals, budget
+stops), so what the human does next is deterministic. Tests wait on conditions (a
+`pilot.pause()` loop with an overall cap), never on fixed sleeps, and always shut the app down
+cleanly, after which the SQLite log must hold every emitted event and a cleanly ended session.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from textual.command import CommandInput, CommandList, CommandPalette
-from textual.geometry import Region
-from textual.notifications import Notification, Notify
-from textual.pilot import Pilot
-from textual.widget import Widget
 from textual.widgets import DataTable, Input, Label, RichLog, Select, Static, TextArea
 from textual.widgets._toast import Toast
 
-from tests.conftest import write_project
-from tower.core.events import Event, EventKind, InboxKind, ThreadState
-from tower.core.project import load_project
-from tower.core.state import InboxItem, ThreadView, TowerState
+from tests.helpers import write_project
+from tests.tui_harness import (
+    ASK,
+    FILES,
+    WRITE,
+    drawn,
+    pick_task,
+    pilot_until,
+    project,
+    task,
+    tui,
+    waiting_on,
+)
+from tower.core.events import EventKind, InboxKind, ThreadState
 from tower.ui.app import VERBS, TowerApp
 from tower.ui.screens.detail import ThreadScreen
 from tower.ui.screens.dialogs import (
@@ -43,250 +46,13 @@ from tower.ui.screens.dialogs import (
 from tower.ui.screens.help import HelpScreen
 from tower.ui.screens.policy import PolicyScreen
 from tower.ui.widgets.budget import BudgetBar
-from tower.ui.widgets.inbox import InboxDetail, InboxList
-from tower.ui.widgets.threads import ThreadList
-
-# --- projects -------------------------------------------------------------------------------
-
-BASE = """
-[project]
-name = "tui"
-retry_backoff_s = 0
-
-[limits]
-max_concurrent = {cap}
-
-[[agents]]
-name = "a"
-cascade = ["sim/instant", "sim/small", "sim/large"]
-
-[[agents]]
-name = "b"
-cascade = ["sim/instant"]
-"""
-
-# ask_human, then write_file (needs approval), then finish.
-ASK = """
-[[tasks]]
-id = "{id}"
-agent = "{agent}"
-prompt = "{prompt}"
-repeat = {repeat}
-workspace = "ws"
-
-[[tasks.script]]
-say = "Need a decision."
-tool = "ask_human"
-args = {{ question = "Which year?" }}
-
-[[tasks.script]]
-say = "Writing the result."
-tool = "write_file"
-args = {{ path = "out.txt", content = "2025" }}
-
-[[tasks.script]]
-tool = "finish"
-args = {{ answer = "written" }}
-"""
-
-# write_file (needs approval), then finish.
-WRITE = """
-[[tasks]]
-id = "{id}"
-agent = "{agent}"
-prompt = "{prompt}"
-repeat = {repeat}
-
-[[tasks.script]]
-say = "Writing."
-tool = "write_file"
-args = {{ path = "out.txt", content = "original" }}
-
-[[tasks.script]]
-tool = "finish"
-args = {{ answer = "ok" }}
-"""
-
-FILES = {"ws/readme.txt": "hello\n"}
-
-
-def task(template: str, id: str, repeat: int = 1, agent: str = "a", prompt: str = "do it") -> str:
-    return template.format(id=id, repeat=repeat, agent=agent, prompt=prompt)
-
-
-def project(*tasks: str, cap: int = 16, extra: str = "") -> str:
-    return BASE.format(cap=cap) + extra + "".join(tasks)
-
-
-# --- the harness ----------------------------------------------------------------------------
-
-
-@dataclass
-class Tower:
-    app: TowerApp
-    pilot: Pilot[int]
-    db: Path
-    toasts: list[Notification] = field(default_factory=list)
-
-    # state
-    def state(self) -> TowerState:
-        return self.app.state()
-
-    def view(self, tid: str) -> ThreadView:
-        return self.state().threads[tid]
-
-    def items(self, tid: str | None = None) -> list[InboxItem]:
-        return [i for i in self.state().inbox.values() if tid is None or i.thread == tid]
-
-    def workspace(self, tid: str) -> Path:
-        assert self.app.sup is not None
-        ws = self.app.sup.runs[tid].workspace
-        assert ws is not None
-        return ws.root
-
-    async def events(self, tid: str | None) -> list[Event]:
-        """The thread's events as the log has them (what the detail screen reads); with
-        None, every event of the session."""
-        if tid is not None:
-            return await self.app.thread_events(tid)
-        store, sup, core = self.app.store, self.app.sup, self.app.core
-        assert store is not None and sup is not None and core is not None
-
-        async def read() -> list[Event]:
-            await store.flush()
-            return [ev async for ev in store.events(sup.session_id)]
-
-        return await core.run(read())
-
-    # waiting
-    async def until(self, pred: Callable[[], Any], what: str = "", timeout: float = 10.0) -> None:
-        """Yields to the app until pred() holds; fails (never hangs) after timeout seconds."""
-
-        async def loop() -> None:
-            while not pred():
-                await self.pilot.pause()
-
-        try:
-            await asyncio.wait_for(loop(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for: {what or pred}") from None
-
-    async def ready(self, pred: Callable[[], Any], what: str = "") -> None:
-        """until(pred), then let the screen catch up, as a human would look before a key."""
-        await self.until(pred, what)
-        await self.settle()
-
-    async def settle(self) -> None:
-        """Waits until the next UI tick after now has drawn (ticks run at 10 Hz)."""
-        target = self.app.ticks + 2
-        await self.until(lambda: self.app.ticks >= target, "two UI ticks")
-
-    async def press(self, *keys: str) -> None:
-        await self.pilot.press(*keys)
-
-    async def screen_is(self, kind: type) -> Any:
-        await self.until(lambda: isinstance(self.app.screen, kind), f"screen {kind.__name__}")
-        return self.app.screen
-
-    # what is drawn
-    @property
-    def threads(self) -> ThreadList:
-        return self.app.query_one(ThreadList)
-
-    @property
-    def inbox(self) -> InboxList:
-        return self.app.query_one(InboxList)
-
-    def rows(self) -> list[str]:
-        """The thread list's rows as drawn (render_line; line 0 is the header)."""
-        tl = self.threads
-        return [tl.render_line(y).text for y in range(1, len(tl.rows) + 1)]
-
-    def row(self, tid: str) -> str:
-        found = [r for r in self.rows() if f" {tid} " in r]
-        assert len(found) == 1, (tid, self.rows())
-        return found[0]
-
-    def inbox_rows(self) -> list[str]:
-        ib = self.inbox
-        # Each row starts with a two-character lead (mark ✓, group ▸/▾, member ·).
-        return [ib.render_line(y).text[2:] for y in range(1, len(ib.rows) + 1)]
-
-    def toast_texts(self) -> list[str]:
-        return [f"{n.title} | {n.message}" for n in self.toasts]
-
-
-def drawn(widget: Widget) -> str:
-    """Everything a widget draws (border, title and content), as plain text."""
-    width, height = widget.outer_size
-    return "\n".join(strip.text for strip in widget.render_lines(Region(0, 0, width, height)))
-
-
-def assert_log_complete(t: Tower) -> None:
-    """Every event the bus numbered is in the database; the session ended clean."""
-    app = t.app
-    assert app.closed
-    assert app.bus is not None and app.sup is not None
-    with contextlib.closing(sqlite3.connect(t.db)) as conn:
-        (count,) = conn.execute(
-            "SELECT count(*) FROM events WHERE session = ?", (app.sup.session_id,)
-        ).fetchone()
-        (max_seq,) = conn.execute(
-            "SELECT max(seq) FROM events WHERE session = ?", (app.sup.session_id,)
-        ).fetchone()
-        status, ended = conn.execute(
-            "SELECT status, ended FROM sessions WHERE id = ?", (app.sup.session_id,)
-        ).fetchone()
-        (last,) = conn.execute(
-            "SELECT kind FROM events WHERE session = ? ORDER BY seq DESC LIMIT 1",
-            (app.sup.session_id,),
-        ).fetchone()
-    assert count == max_seq == app.bus.seq > 0
-    assert status == "clean" and ended is not None
-    assert last == EventKind.SESSION_ENDED
-
-
-@contextlib.asynccontextmanager
-async def tower(
-    tmp_path: Path, toml: str, files: dict[str, str] | None = None, **kwargs: Any
-) -> AsyncIterator[Tower]:
-    """Boots the app on a project; on the way out shuts it down and checks the log."""
-    root = write_project(tmp_path / "proj", toml, FILES if files is None else files)
-    db = tmp_path / "t.db"
-    app = TowerApp(load_project(root), db, watch=False, **kwargs)
-    toasts: list[Notification] = []
-
-    def hook(message: object) -> None:
-        if isinstance(message, Notify):
-            toasts.append(message.notification)
-
-    async with app.run_test(size=(160, 48), message_hook=hook, notifications=True) as pilot:
-        await asyncio.wait_for(app.booted.wait(), 30)
-        t = Tower(app, pilot, db, toasts)
-        yield t
-        if app.is_running:  # leave through the app's own exit, as q does
-            await app.shutdown()
-            app.exit(0)
-            await t.until(lambda: not app.is_running, "the app exits")
-    assert_log_complete(t)
-
-
-def waiting_on(t: Tower, n: int, kind: InboxKind | None = None) -> Callable[[], bool]:
-    return lambda: (
-        len([i for i in t.items() if kind is None or i.kind is kind]) == n
-        and all(
-            v.state in (ThreadState.WAITING, ThreadState.PAUSED, ThreadState.QUEUED)
-            or v.state.ended
-            for v in t.state().threads.values()
-        )
-    )
-
+from tower.ui.widgets.inbox import InboxDetail
 
 # --- spawn ----------------------------------------------------------------------------------
 
 
 async def test_spawn_dialog_creates_a_thread_with_model_and_budget(tmp_path: Path) -> None:
-    async with tower(tmp_path, project()) as t:
+    async with tui(tmp_path, project()) as t:
         await t.press("n")
         dialog = await t.screen_is(SpawnDialog)
         dialog.query_one("#prompt", Input).focus()
@@ -312,7 +78,7 @@ async def test_spawn_dialog_creates_a_thread_with_model_and_budget(tmp_path: Pat
 
 
 async def test_spawn_with_a_bad_budget_shows_an_error_and_spawns_nothing(tmp_path: Path) -> None:
-    async with tower(tmp_path, project()) as t:
+    async with tui(tmp_path, project()) as t:
         await t.press("n")
         dialog = await t.screen_is(SpawnDialog)
         dialog.query_one("#prompt", Input).value = "never spawned"
@@ -341,7 +107,7 @@ async def test_spawn_with_a_bad_budget_shows_an_error_and_spawns_nothing(tmp_pat
 
 
 async def test_pause_one_thread_then_resume(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(task(ASK, "t", repeat=2))) as t:
+    async with tui(tmp_path, project(task(ASK, "t", repeat=2))) as t:
         await t.ready(waiting_on(t, 2), "two questions")
         assert t.threads.current == "t-1"
         await t.press("p")
@@ -371,7 +137,7 @@ async def test_pause_one_thread_then_resume(tmp_path: Path) -> None:
 
 
 async def test_pause_all_and_resume_all(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(task(ASK, "t", repeat=3), cap=1)) as t:
+    async with tui(tmp_path, project(task(ASK, "t", repeat=3), cap=1)) as t:
         await t.ready(waiting_on(t, 1), "one question, two queued")
         assert [t.view(x).state for x in ("t-1", "t-2", "t-3")] == [
             ThreadState.WAITING,
@@ -402,7 +168,7 @@ async def test_pause_all_and_resume_all(tmp_path: Path) -> None:
 
 
 async def test_kill_asks_first_and_n_cancels(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(task(ASK, "t", repeat=2))) as t:
+    async with tui(tmp_path, project(task(ASK, "t", repeat=2))) as t:
         await t.ready(waiting_on(t, 2), "two questions")
         await t.press("x")
         dialog = await t.screen_is(ConfirmDialog)
@@ -414,7 +180,7 @@ async def test_kill_asks_first_and_n_cancels(tmp_path: Path) -> None:
 
 
 async def test_kill_confirmed_takes_effect_within_one_frame(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(task(ASK, "t", repeat=2))) as t:
+    async with tui(tmp_path, project(task(ASK, "t", repeat=2))) as t:
         await t.ready(waiting_on(t, 2), "two questions")
         assert len(t.inbox_rows()) == 2
         await t.press("x")
@@ -436,7 +202,7 @@ async def test_kill_confirmed_takes_effect_within_one_frame(tmp_path: Path) -> N
 
 
 async def test_escalate_moves_to_the_next_model_and_hand_opens_an_item(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(task(ASK, "t"))) as t:
+    async with tui(tmp_path, project(task(ASK, "t"))) as t:
         await t.ready(waiting_on(t, 1), "a question")
         assert "instant" in t.row("t")
         await t.press("e")
@@ -465,7 +231,7 @@ async def test_escalate_moves_to_the_next_model_and_hand_opens_an_item(tmp_path:
 
 
 async def test_approve_unblocks_exactly_that_thread(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(task(WRITE, "w", repeat=3))) as t:
+    async with tui(tmp_path, project(task(WRITE, "w", repeat=3))) as t:
         await t.ready(waiting_on(t, 3, InboxKind.APPROVAL), "three approvals")
         assert t.threads.current == "w-1"
         detail = drawn(t.app.query_one(InboxDetail))
@@ -487,7 +253,7 @@ async def test_approve_unblocks_exactly_that_thread(tmp_path: Path) -> None:
 
 
 async def test_deny_refuses_the_tool_call(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(task(WRITE, "w"))) as t:
+    async with tui(tmp_path, project(task(WRITE, "w"))) as t:
         await t.ready(waiting_on(t, 1, InboxKind.APPROVAL), "an approval")
         await t.press("d")
         await t.until(lambda: t.view("w").state.ended, "w ended")
@@ -500,7 +266,7 @@ async def test_deny_refuses_the_tool_call(tmp_path: Path) -> None:
 
 
 async def test_edit_arguments_then_approve(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(task(WRITE, "w"))) as t:
+    async with tui(tmp_path, project(task(WRITE, "w"))) as t:
         await t.ready(waiting_on(t, 1, InboxKind.APPROVAL), "an approval")
         await t.press("E")
         dialog = await t.screen_is(ArgsDialog)
@@ -524,7 +290,7 @@ async def test_edit_arguments_then_approve(tmp_path: Path) -> None:
 
 
 async def test_reply_answers_a_question(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(task(ASK, "t"))) as t:
+    async with tui(tmp_path, project(task(ASK, "t"))) as t:
         await t.ready(waiting_on(t, 1, InboxKind.QUESTION), "a question")
         assert "Which year?" in drawn(t.app.query_one(InboxDetail))
         await t.press("r")
@@ -545,7 +311,7 @@ async def test_reply_answers_a_question(tmp_path: Path) -> None:
 
 
 async def test_reply_on_a_thread_without_an_item_is_a_comment(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(task(ASK, "t"))) as t:
+    async with tui(tmp_path, project(task(ASK, "t"))) as t:
         await t.ready(waiting_on(t, 1, InboxKind.QUESTION), "a question")
         await t.press("p", "r", *"2025", "enter")  # pause, then answer: it stops, no item
         await t.ready(lambda: t.view("t").state is ThreadState.PAUSED, "t paused")
@@ -569,7 +335,7 @@ async def test_reply_on_a_thread_without_an_item_is_a_comment(tmp_path: Path) ->
 async def test_verbs_on_a_thread_without_items_leave_other_threads_items_alone(
     tmp_path: Path,
 ) -> None:
-    async with tower(tmp_path, project(task(ASK, "t", repeat=2), cap=1)) as t:
+    async with tui(tmp_path, project(task(ASK, "t", repeat=2), cap=1)) as t:
         await t.ready(waiting_on(t, 1), "t-1 asks, t-2 queued")
         await t.press("down")
         assert t.threads.current == "t-2" and t.items("t-2") == []
@@ -598,7 +364,7 @@ async def test_allow_like_grants_a_timeboxed_rule_for_same_tool_and_agent(tmp_pa
         task(WRITE.replace("write_file", "list_dir"), "l"),
         extra='\n[policy]\nask = ["write_file", "list_dir"]\n',
     )
-    async with tower(tmp_path, toml) as t:
+    async with tui(tmp_path, toml) as t:
         await t.ready(waiting_on(t, 4, InboxKind.APPROVAL), "four approvals")
         assert t.threads.current == "w-1"
         await t.press("A")
@@ -645,7 +411,7 @@ async def test_policy_screen_lists_rules_grants_and_revokes(tmp_path: Path) -> N
         task(WRITE, "w", repeat=2),
         extra='\n[policy]\ndeny = [{ tool = "run_shell", args = { command = "rm *" } }]\n',
     )
-    async with tower(tmp_path, toml) as t:
+    async with tui(tmp_path, toml) as t:
         await t.ready(waiting_on(t, 2, InboxKind.APPROVAL), "two approvals")
         rid = await t.app.core.call(  # type: ignore[union-attr]
             lambda: t.app.sup.grant("read_file", {"path": "docs/**"}, agent="a", minutes=10)
@@ -692,7 +458,7 @@ args = { answer = "ok" }
 
 
 async def test_budget_items_raise_by_typed_amount_and_by_suggestion(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(BUDGET)) as t:
+    async with tui(tmp_path, project(BUDGET)) as t:
         await t.ready(waiting_on(t, 2, InboxKind.BUDGET), "two budget stops")
         assert all(t.view(x).state is ThreadState.PAUSED for x in ("b-1", "b-2"))
         await t.settle()
@@ -732,7 +498,7 @@ async def test_budget_items_raise_by_typed_amount_and_by_suggestion(tmp_path: Pa
 
 
 async def test_next_and_previous_item(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(task(ASK, "t", repeat=3))) as t:
+    async with tui(tmp_path, project(task(ASK, "t", repeat=3))) as t:
         await t.ready(waiting_on(t, 3), "three questions")
         order = [i.id for i in t.items()]
         owner = {i.id: i.thread for i in t.items()}
@@ -757,7 +523,7 @@ async def test_next_and_previous_item(tmp_path: Path) -> None:
 
 
 async def test_tab_cycles_focus_between_threads_and_inbox(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(task(ASK, "t"))) as t:
+    async with tui(tmp_path, project(task(ASK, "t"))) as t:
         assert t.app.focused is t.threads
         await t.press("tab")
         assert t.app.focused is t.inbox
@@ -777,7 +543,7 @@ async def test_filter_narrows_the_list_and_escape_clears(tmp_path: Path) -> None
         task(ASK, "beta", prompt="beta summary", repeat=2),
         task(ASK, "gamma", prompt="gamma notes"),
     )
-    async with tower(tmp_path, toml) as t:
+    async with tui(tmp_path, toml) as t:
         await t.ready(waiting_on(t, 4), "four questions")
         assert len(t.rows()) == 4
         await t.press("slash")
@@ -803,7 +569,7 @@ async def test_sort_cycles_and_reverse(tmp_path: Path) -> None:
         task(ASK, "alpha", prompt="a"),
         task(ASK, "mid", prompt="m"),
     )
-    async with tower(tmp_path, toml) as t:
+    async with tui(tmp_path, toml) as t:
         await t.ready(waiting_on(t, 3), "three questions")
         ids = lambda: [r.split()[1] for r in t.rows()]  # noqa: E731
         assert ids() == ["zeta", "alpha", "mid"]  # spawned order
@@ -826,7 +592,7 @@ async def test_sort_cycles_and_reverse(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("key", ["colon", "ctrl+p"])
 async def test_command_palette_runs_a_verb(tmp_path: Path, key: str) -> None:
-    async with tower(tmp_path, project(task(ASK, "t", repeat=2))) as t:
+    async with tui(tmp_path, project(task(ASK, "t", repeat=2))) as t:
         await t.ready(waiting_on(t, 2), "two questions")
         await t.press(key)
         palette = t.app.screen
@@ -850,7 +616,7 @@ async def test_command_palette_runs_a_verb(tmp_path: Path, key: str) -> None:
 
 
 async def test_help_lists_every_key(tmp_path: Path) -> None:
-    async with tower(tmp_path, project()) as t:
+    async with tui(tmp_path, project()) as t:
         await t.press("question_mark")
         screen = await t.screen_is(HelpScreen)
         text = drawn(screen.query(Static).first())
@@ -870,7 +636,7 @@ async def test_help_lists_every_key(tmp_path: Path) -> None:
 async def test_detail_screen_shows_transcript_and_costs_and_verbs_work_there(
     tmp_path: Path,
 ) -> None:
-    async with tower(tmp_path, project(task(ASK, "t", repeat=2))) as t:
+    async with tui(tmp_path, project(task(ASK, "t", repeat=2))) as t:
         await t.ready(waiting_on(t, 2), "two questions")
         await t.press("down")
         assert t.threads.current == "t-2"
@@ -917,7 +683,7 @@ async def test_detail_screen_shows_transcript_and_costs_and_verbs_work_there(
 async def test_leaving_the_detail_screen_stops_feeding_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with tower(tmp_path, project(task(ASK, "t"))) as t:
+    async with tui(tmp_path, project(task(ASK, "t"))) as t:
         await t.ready(waiting_on(t, 1, InboxKind.QUESTION), "a question")
         await t.press("enter")
         await t.screen_is(ThreadScreen)
@@ -936,7 +702,7 @@ async def test_leaving_the_detail_screen_stops_feeding_it(
 
 
 async def test_quit_asks_while_threads_run_and_flushes_the_log(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(task(ASK, "t", repeat=2))) as t:
+    async with tui(tmp_path, project(task(ASK, "t", repeat=2))) as t:
         await t.ready(waiting_on(t, 2), "two questions")
         await t.press("q")
         dialog = await t.screen_is(ConfirmDialog)
@@ -954,7 +720,7 @@ async def test_quit_asks_while_threads_run_and_flushes_the_log(tmp_path: Path) -
 
 async def test_quit_without_live_threads_exits_at_once(tmp_path: Path) -> None:
     done = task(WRITE.replace("write_file", "list_dir"), "d")
-    async with tower(tmp_path, project(done)) as t:
+    async with tui(tmp_path, project(done)) as t:
         await t.until(lambda: t.state().all_ended and t.state().threads, "all done")
         await t.press("q")
         await t.until(lambda: not t.app.is_running, "the app exits")
@@ -964,7 +730,7 @@ async def test_quit_without_live_threads_exits_at_once(tmp_path: Path) -> None:
 async def test_verbs_arriving_during_shutdown_are_ignored(tmp_path: Path) -> None:
     """Keys typed right after q (the rest of a word) reach the app after the core stopped."""
     done = task(WRITE.replace("write_file", "list_dir"), "d")
-    async with tower(tmp_path, project(done)) as t:
+    async with tui(tmp_path, project(done)) as t:
         await t.until(lambda: t.state().all_ended and t.state().threads, "all done")
         await t.app.shutdown()
         for action in ("escalate", "pause", "pause_all", "hand", "approve", "deny"):
@@ -985,7 +751,7 @@ async def test_toasts_for_new_items_and_failures_not_for_progress(tmp_path: Path
         task(WRITE.replace("write_file", "list_dir"), "bad", agent="short"),
         extra='\n[[agents]]\nname = "short"\ncascade = ["sim/instant"]\nmax_steps = 1\n',
     )
-    async with tower(tmp_path, toml) as t:
+    async with tui(tmp_path, toml) as t:
         await t.until(
             lambda: (
                 t.view("fine").state is ThreadState.DONE
@@ -1036,7 +802,7 @@ args = { answer = "ok" }
 
 
 async def test_budget_bar_levels(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(DOLLAR)) as t:
+    async with tui(tmp_path, project(DOLLAR)) as t:
         bar = t.app.query_one(BudgetBar)
         await t.ready(waiting_on(t, 1, InboxKind.BUDGET), "a session budget stop")
         (item,) = t.items("c")
@@ -1080,7 +846,7 @@ async def test_budget_bar_levels(tmp_path: Path) -> None:
 
 
 async def test_keymap_remaps_kill(tmp_path: Path) -> None:
-    async with tower(tmp_path, project(task(ASK, "t")), keymap={"kill": "X"}) as t:
+    async with tui(tmp_path, project(task(ASK, "t")), keymap={"kill": "X"}) as t:
         await t.ready(waiting_on(t, 1), "a question")
         await t.press("x")
         await t.pilot.pause()
@@ -1100,7 +866,7 @@ async def test_keymap_remaps_kill(tmp_path: Path) -> None:
 async def test_sessions_screen_lists_this_session(tmp_path: Path) -> None:
     from tower.ui.screens.sessions import SessionsScreen
 
-    async with tower(tmp_path, project(task(ASK, "t"))) as t:
+    async with tui(tmp_path, project(task(ASK, "t"))) as t:
         await t.ready(waiting_on(t, 1), "a question")
         await t.press("L")
         screen = await t.screen_is(SessionsScreen)
@@ -1132,20 +898,14 @@ async def test_a_crashed_session_is_offered_for_resume_on_start(tmp_path: Path) 
         conn.execute("UPDATE sessions SET status = 'running', ended = NULL, pid = 999999999")
     app = TowerApp(load(root), db, watch=False)
     async with app.run_test(size=(160, 48)) as pilot:
-
-        async def wait(pred) -> None:
-            async def loop() -> None:
-                while not pred():
-                    await pilot.pause()
-
-            await asyncio.wait_for(loop(), 20)
-
-        await wait(lambda: isinstance(app.screen, ConfirmDialog))
+        await pilot_until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the offer")
         assert session in str(app.screen.question)
         await pilot.press("y")
-        await app.booted.wait()
+        await pilot_until(pilot, app.booted.is_set, "the app boots")
         assert app.sup is not None and app.sup.session_id == session
-        await wait(lambda: any(i.thread == "t" for i in app.state().inbox.values()))
+        await pilot_until(
+            pilot, lambda: any(i.thread == "t" for i in app.state().inbox.values()), "t asks"
+        )
         await app.shutdown()
         app.exit(0)
     with sqlite3.connect(db) as conn:
@@ -1204,7 +964,7 @@ async def test_palette_experiment_runs_the_variants_side_by_side(tmp_path: Path)
         '[models."sim/small"]\nwrong_rate = 1.0\n',
         "experiments/strong.toml": '[[agents]]\nname = "a"\ncascade = ["sim/large"]\n',
     }
-    async with tower(tmp_path, project(CHECKED), files) as t:
+    async with tui(tmp_path, project(CHECKED), files) as t:
         await t.ready(lambda: t.state().all_ended and bool(t.state().threads), "live run done")
         await t.press("ctrl+p")
         await t.press(*"Experiment")
@@ -1236,21 +996,10 @@ SPAWN_TASKS = task(ASK, "review", prompt="review the notes") + task(
 )
 
 
-async def pick_task(t: Tower, dialog: SpawnDialog, row: int) -> None:
-    """The task list (focused when the dialog opens on a project with tasks): open it, go
-    down `row` options (the first is "none"), enter."""
-    template = dialog.query_one("#template", Select)
-    assert dialog.focused is template
-    await t.press("enter")
-    await t.until(lambda: template.expanded, "the task list opens")
-    await t.press(*["down"] * row, "enter")
-    await t.until(lambda: dialog.chosen is not None, "a task chosen")
-
-
 async def test_spawn_from_a_task_keeps_its_id_pattern_workspace_and_script(
     tmp_path: Path,
 ) -> None:
-    async with tower(tmp_path, project(SPAWN_TASKS)) as t:
+    async with tui(tmp_path, project(SPAWN_TASKS)) as t:
         await t.ready(waiting_on(t, 3), "the project's threads wait")
         await t.press("n")
         dialog = await t.screen_is(SpawnDialog)
@@ -1286,7 +1035,7 @@ async def test_spawn_from_a_task_keeps_its_id_pattern_workspace_and_script(
 async def test_spawn_from_a_repeated_task_fills_n_and_takes_the_next_copy(
     tmp_path: Path,
 ) -> None:
-    async with tower(tmp_path, project(SPAWN_TASKS)) as t:
+    async with tui(tmp_path, project(SPAWN_TASKS)) as t:
         await t.ready(waiting_on(t, 3), "the project's threads wait")
         await t.press("n")
         dialog = await t.screen_is(SpawnDialog)
@@ -1307,7 +1056,7 @@ async def test_spawn_from_a_repeated_task_fills_n_and_takes_the_next_copy(
 
 
 async def test_spawn_a_typed_task_in_a_workspace_folder(tmp_path: Path) -> None:
-    async with tower(tmp_path, project()) as t:
+    async with tui(tmp_path, project()) as t:
         await t.press("n")
         dialog = await t.screen_is(SpawnDialog)
         await t.press(*"look", "tab", *"../elsewhere")

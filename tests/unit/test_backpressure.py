@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from tests.conftest import Live, ended, write_project
+from tests.conftest import Live, ended
+from tests.helpers import write_project
 from tower.core.admission import (
     BACKOFF,
     COOLDOWN_S,
@@ -326,9 +327,9 @@ args = { answer = "ok" }
 async def test_the_budget_bar_says_when_tower_holds_calls_back(tmp_path) -> None:
     """60 threads may run, the gate starts at 32 calls: the other 28 threads are running but
     their calls wait for tower, and the bar says how many, apart from any provider wait."""
-    from tests.functional.test_tui import drawn, tower
+    from tests.tui_harness import drawn, tui
 
-    async with tower(tmp_path, SLOW, files={}) as t:
+    async with tui(tmp_path, SLOW, files={}) as t:
         gate = t.app.sup.calls
         await t.until(lambda: gate.in_flight == START_LIMIT and gate.waiting == 28, "held")
         bar = t.app.budget_bar

@@ -5,16 +5,13 @@ figures computed here from the events stored in the database."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, write_project
+from tests.helpers import db_events, one_line_error, tower, write_project
 from tower.core.events import Event, EventKind, ThreadState
 from tower.core.experiment import (
     ExperimentError,
@@ -206,15 +203,6 @@ def test_a_missing_variant_file_is_named(proj: Path, tmp_path: Path) -> None:
 # --- scores from the stored events ---------------------------------------------------------
 
 
-def db_events(db: Path, session: str) -> list[Event]:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT seq, ts, kind, thread, payload FROM events WHERE session = ? ORDER BY seq",
-            (session,),
-        ).fetchall()
-    return [Event.from_row(*r) for r in rows]
-
-
 def db_sessions(db: Path) -> dict[str, str]:
     with sqlite3.connect(db) as conn:
         return dict(conn.execute("SELECT id, status FROM sessions").fetchall())
@@ -377,17 +365,6 @@ CASCADE_FILE = f"{TAX}/experiments/cascade.toml"
 STRONG_FILE = f"{TAX}/experiments/strong.toml"
 
 
-def tower(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tower", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ),
-        cwd=REPO,
-    )
-
-
 def test_cli_experiment_on_tax_return_prefers_the_cascade(tmp_path: Path) -> None:
     db = tmp_path / "xp.db"
     proc = tower(
@@ -422,11 +399,8 @@ def test_cli_experiment_on_tax_return_prefers_the_cascade(tmp_path: Path) -> Non
 def test_cli_usage_errors_exit_2_with_one_line(tmp_path: Path, extra: list[str], says: str) -> None:
     db = tmp_path / "xp.db"
     proc = tower("experiment", TAX, *extra, "--db", str(db))
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert says in lines[0]
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    one_line_error(proc, says)
+    assert proc.stdout == ""
     assert not db.exists()  # nothing ran
 
 
@@ -434,8 +408,5 @@ def test_cli_bad_variant_exits_2_naming_file_and_key(tmp_path: Path) -> None:
     bad = variant(tmp_path, "bad", "[budget]\nusdd = 1.0\n")
     db = tmp_path / "xp.db"
     proc = tower("experiment", TAX, "--variants", CASCADE_FILE, str(bad), "--db", str(db))
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert str(bad) in lines[0] and "usdd" in lines[0]
+    one_line_error(proc, str(bad), "usdd")
     assert not db.exists()

@@ -154,14 +154,14 @@ def test_resolve_keys_overrides_defaults() -> None:
 async def test_a_keys_toml_rebinds_towers_own_app(tmp_path: Path) -> None:
     """A keys.toml override, loaded as the CLI loads it, rebinds tower's own app: the old key
     does nothing and each of the new keys does the verb."""
-    from tests.functional.test_tui import ASK, project, task, tower, waiting_on
+    from tests.tui_harness import ASK, project, task, tui, waiting_on
     from tower.core.events import ThreadState
     from tower.ui.app import VERBS
     from tower.ui.screens.dialogs import ConfirmDialog
 
     config = load_config(write(tmp_path, '[keys]\nkill = "K, ctrl+k"\n'))
     assert validate_keys(config, {bid for bid, *_ in VERBS}) == []
-    async with tower(tmp_path, project(task(ASK, "t")), keymap=config.keymap()) as t:
+    async with tui(tmp_path, project(task(ASK, "t")), keymap=config.keymap()) as t:
         await t.ready(waiting_on(t, 1), "a question")
         assert t.app.key_of("kill") == "K, ^k"
         await t.press("x")

@@ -8,11 +8,10 @@ fixed sleeps.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,9 +19,9 @@ from typing import Any
 
 import pytest
 from textual import events
-from textual.pilot import Pilot
 
-from tests.conftest import write_project
+from tests.helpers import write_project
+from tests.tui_harness import pilot_until
 from tower.core.project import load_project
 from tower.ui.app import TowerApp
 from tower.ui.keymap import ConfigError, NotifyConfig, UiConfig, load_config
@@ -313,17 +312,6 @@ WRITE = [
 ]
 
 
-async def until(pilot: Pilot[int], pred: Callable[[], Any], what: str, timeout: float = 10) -> None:
-    async def loop() -> None:
-        while not pred():
-            await pilot.pause()
-
-    try:
-        await asyncio.wait_for(loop(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for: {what}") from None
-
-
 async def test_blurred_app_posts_one_webhook_naming_the_item_and_none_once_focused(
     tmp_path: Path, hook: Hook
 ) -> None:
@@ -337,13 +325,13 @@ async def test_blurred_app_posts_one_webhook_naming_the_item_and_none_once_focus
     app = TowerApp(load_project(root), tmp_path / "t.db", watch=False, clock=clock, notify=config)
     note = app.notifications
     async with app.run_test(size=(120, 40)) as pilot:
-        await asyncio.wait_for(app.booted.wait(), 30)
+        await pilot_until(pilot, app.booted.is_set, "the app boots")
         sup, core = app.sup, app.core
         assert sup is not None and core is not None
 
         async def spawn(task_id: str) -> str:
             tid = await core.call(lambda: sup.spawn("a", "write", task_id=task_id, script=WRITE))
-            await until(
+            await pilot_until(
                 pilot,
                 lambda: any(i.thread == tid for i in app.state().inbox.values()),
                 f"{tid}'s approval",
@@ -351,11 +339,11 @@ async def test_blurred_app_posts_one_webhook_naming_the_item_and_none_once_focus
             return next(i.id for i in app.state().inbox.values() if i.thread == tid)
 
         app.post_message(events.AppBlur())
-        await until(pilot, lambda: not app.app_focus and not note.notifier.focused, "blurred")
+        await pilot_until(pilot, lambda: not app.app_focus and not note.notifier.focused, "blurred")
         first = await spawn("writer")
         shift[0] = 2.0  # past the settle time (a rule had its chance to decide it)
-        await until(pilot, lambda: hook.requests, "the webhook POST")
-        await until(pilot, lambda: note.in_flight == 0, "the webhook worker ends")
+        await pilot_until(pilot, lambda: hook.requests, "the webhook POST")
+        await pilot_until(pilot, lambda: note.in_flight == 0, "the webhook worker ends")
         [(path, _ctype, body)] = hook.requests
         assert path == "/" and body["topic"] == "tower-test"
         assert body["title"] == "tower · notify"
@@ -365,22 +353,22 @@ async def test_blurred_app_posts_one_webhook_naming_the_item_and_none_once_focus
         assert [n.items for n in note.sent] == [(first,)]
 
         app.post_message(events.AppFocus())
-        await until(pilot, lambda: app.app_focus and note.notifier.focused, "focused again")
+        await pilot_until(pilot, lambda: app.app_focus and note.notifier.focused, "focused again")
         second = await spawn("again")
         shift[0] = 120.0  # past the interval and the settle time
         seen = app.ticks
-        await until(pilot, lambda: app.ticks >= seen + 3, "three ticks with the item open")
+        await pilot_until(pilot, lambda: app.ticks >= seen + 3, "three ticks with the item open")
         assert second in app.state().inbox
         assert len(hook.requests) == 1 and len(note.sent) == 1 and note.in_flight == 0
 
         # The same path still works once the terminal loses focus again.
         app.post_message(events.AppBlur())
-        await until(pilot, lambda: not note.notifier.focused, "blurred again")
+        await pilot_until(pilot, lambda: not note.notifier.focused, "blurred again")
         third = await spawn("third")
         shift[0] = 240.0
-        await until(pilot, lambda: len(hook.requests) == 2, "the second POST")
+        await pilot_until(pilot, lambda: len(hook.requests) == 2, "the second POST")
         message = hook.requests[1][2]["message"]
         assert message.startswith("1 item needs you") and f"first: {third} third" in message
-        await until(pilot, lambda: note.in_flight == 0, "the webhook worker ends")
+        await pilot_until(pilot, lambda: note.in_flight == 0, "the webhook worker ends")
         await app.shutdown()
         app.exit(0)

@@ -3,11 +3,11 @@ readable line per problem naming the file, the key path and what was expected.""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import write_project
 from tower.core.project import (
     BUILTIN_TOOLS,
     DEFAULT_TOOLS,
@@ -28,14 +28,8 @@ name = "worker"
 """
 
 
-def _write(root: Path, toml: str) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / PROJECT_FILE).write_text(textwrap.dedent(toml), encoding="utf-8")
-    return root
-
-
 def _problems(root: Path, toml: str) -> tuple[Path, list[str]]:
-    _write(root, toml)
+    write_project(root, toml)
     with pytest.raises(ProjectError) as info:
         load_project(root)
     problems = info.value.problems
@@ -58,7 +52,7 @@ def _one_problem(root: Path, toml: str) -> str:
 
 
 def test_minimal_project_loads_with_documented_defaults(tmp_path: Path) -> None:
-    p = load_project(_write(tmp_path / "proj", MINIMAL))
+    p = load_project(write_project(tmp_path / "proj", MINIMAL))
     assert isinstance(p, Project)
     assert p.name == "demo"
     assert p.root == (tmp_path / "proj").resolve()
@@ -98,7 +92,7 @@ def test_full_project_reads_every_section(tmp_path: Path) -> None:
     root = tmp_path / "proj"
     (root / "data").mkdir(parents=True)
     p = load_project(
-        _write(
+        write_project(
             root,
             """
             [project]
@@ -163,12 +157,12 @@ def test_full_project_reads_every_section(tmp_path: Path) -> None:
 
 
 def test_load_accepts_the_toml_file_itself(tmp_path: Path) -> None:
-    root = _write(tmp_path / "proj", MINIMAL)
+    root = write_project(tmp_path / "proj", MINIMAL)
     assert load_project(root / PROJECT_FILE).name == "demo"
 
 
 def test_load_accepts_a_string_path(tmp_path: Path) -> None:
-    root = _write(tmp_path / "proj", MINIMAL)
+    root = write_project(tmp_path / "proj", MINIMAL)
     assert load_project(str(root)).name == "demo"
 
 
@@ -279,7 +273,7 @@ def test_unknown_sim_model_section(tmp_path: Path) -> None:
 
 def test_non_sim_models_are_not_checked_offline(tmp_path: Path) -> None:
     toml = MINIMAL.replace('name = "worker"', 'name = "worker"\ncascade = ["openai/gpt-4o-mini"]')
-    p = load_project(_write(tmp_path, toml))
+    p = load_project(write_project(tmp_path, toml))
     assert p.all_models() == ["openai/gpt-4o-mini"]
 
 

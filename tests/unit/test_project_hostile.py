@@ -8,15 +8,13 @@ wrong types, out-of-range numbers and files that are not UTF-8 text."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO, one_line_error, tower, write_project
 from tower.core.experiment import load_variant
 from tower.core.project import MAX_FILE_BYTES, PROJECT_FILE, ProjectError, load_project
 
@@ -439,9 +437,8 @@ def _make(root: Path, v: Variant) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if v.setup is not None:
         v.setup(root)
-    if v.toml is not None:
-        data = v.toml if isinstance(v.toml, bytes) else v.toml.encode("utf-8")
-        (root / PROJECT_FILE).write_bytes(data)
+    if v.toml is not None:  # as bytes: written exactly as the variant has it, never dedented
+        write_project(root, v.toml if isinstance(v.toml, bytes) else v.toml.encode("utf-8"))
     return root
 
 
@@ -557,19 +554,9 @@ CLI_SAMPLE = [
 def test_tower_check_exits_2_with_one_line(tmp_path: Path, name: str) -> None:
     (v,) = [v for v in VARIANTS if v.id == name]
     root = _make(tmp_path / "proj", v)
-    proc = subprocess.run(
-        [sys.executable, "-m", "tower", "check", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith(f"{root / PROJECT_FILE}: {v.key}")
-    assert v.expect in lines[0]
+    proc = tower("check", str(root))
+    line = one_line_error(proc, v.expect)
+    assert line.startswith(f"{root / PROJECT_FILE}: {v.key}")
     assert proc.stdout == ""
 
 
@@ -618,19 +605,10 @@ def test_the_depth_limit_is_exact(tmp_path: Path, arrays: int, ok: bool) -> None
 def test_run_json_never_prints_infinity(tmp_path: Path) -> None:
     (v,) = [v for v in VARIANTS if v.id == "usd-inf"]
     root = _make(tmp_path / "proj", v)
-    db = str(tmp_path / "t.db")
-    proc = subprocess.run(
-        [sys.executable, "-m", "tower", "run", str(root), "--headless", "--json", "--db", db],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert (
-        proc.stderr.strip()
-        == f"{root / PROJECT_FILE}: budget.usd: expected a finite number, got inf"
-    )
+    proc = tower("run", str(root), "--headless", "--json", "--db", str(tmp_path / "t.db"))
+    line = one_line_error(proc)
+    assert line == f"{root / PROJECT_FILE}: budget.usd: expected a finite number, got inf"
+    assert proc.stdout == ""
 
 
 def test_an_experiment_variant_is_held_to_the_same_rules(tmp_path: Path) -> None:

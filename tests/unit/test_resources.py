@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO, tower
 from tower import resources
 from tower.core.project import load_project
 from tower.resources import (
@@ -127,12 +127,6 @@ def test_unpacked_wheel_finds_its_own_data(wheel: Path, tmp_path: Path) -> None:
     assert Path(demo) == site / "tower" / "sample_projects" / "tax_return"
     assert Path(themes) == site / "tower" / "themes"
     assert loaded == "['tower-dark', 'tower-high-contrast', 'tower-light'] []"
-    check = subprocess.run(
-        [sys.executable, "-m", "tower", "check", demo],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    )
+    check = tower("check", demo, cwd=tmp_path, env=env)  # env's PYTHONPATH: the wheel's
     assert check.returncode == 0, check.stderr
     assert "ok" in check.stdout

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.fake_openai import FakeOpenAI, Reply, tool_reply
+from tests.helpers import pids_running, write_project
 from tower.core import agent
 from tower.core import bus as bus_mod
 from tower.core.bus import Bus
@@ -114,38 +115,36 @@ def test_the_overlap_is_short_and_a_cut_off_key_is_redacted() -> None:
 
 
 def _project(tmp_path: Path, server: FakeOpenAI) -> Path:
-    root = tmp_path / "proj"
-    (root / "ws").mkdir(parents=True)
-    (root / "tower.toml").write_text(
-        textwrap.dedent(
-            f"""
-            [project]
-            name = "hostile"
-            retry_backoff_s = 0
-            max_retries = 0
-            call_timeout_s = 30
+    root = write_project(
+        tmp_path / "proj",
+        f"""
+        [project]
+        name = "hostile"
+        retry_backoff_s = 0
+        max_retries = 0
+        call_timeout_s = 30
 
-            [policy]
-            allow = ["run_shell"]
+        [policy]
+        allow = ["run_shell"]
 
-            [[agents]]
-            name = "a"
-            cascade = ["{MODEL}"]
-            tools = ["run_shell", "finish"]
-            max_tokens = 256
+        [[agents]]
+        name = "a"
+        cascade = ["{MODEL}"]
+        tools = ["run_shell", "finish"]
+        max_tokens = 256
 
-            [[tasks]]
-            id = "t"
-            agent = "a"
-            prompt = "Say the key."
-            workspace = "ws"
+        [[tasks]]
+        id = "t"
+        agent = "a"
+        prompt = "Say the key."
+        workspace = "ws"
 
-            [models."{MODEL}"]
-            api_base = "{server.base_url}"
-            api_key_env = "{VAR}"
-            """
-        )
+        [models."{MODEL}"]
+        api_base = "{server.base_url}"
+        api_key_env = "{VAR}"
+        """,
     )
+    (root / "ws").mkdir()  # an empty workspace
     return root
 
 
@@ -308,19 +307,6 @@ async def test_in_the_sandbox_pid_1_is_not_tower_and_the_rest_is_read_only(cwd: 
     assert str(os.getpid()) not in lines[3:4]
 
 
-def _host_pids_running(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in cmd and b"sh\0-c" not in cmd and b"bwrap" not in cmd:
-                found.append(int(entry))
-    return found
-
-
 @needs_bwrap
 async def test_in_the_sandbox_a_timeout_still_kills_everything_it_started(cwd: Path) -> None:
     marker = "600.4242"
@@ -358,10 +344,10 @@ async def test_in_the_sandbox_there_is_no_network(cwd: Path) -> None:
 
 async def _none_left(marker: str) -> list[int]:
     for _ in range(100):
-        if not _host_pids_running(marker):
+        if not pids_running(marker):
             break
         await asyncio.sleep(0.05)
-    return _host_pids_running(marker)
+    return pids_running(marker)
 
 
 @needs_bwrap
@@ -381,10 +367,10 @@ async def test_in_the_sandbox_cancelling_the_call_kills_everything(cwd: Path) ->
         run_shell(f"sleep {marker} & wait", cwd, timeout_s=60, max_output_bytes=1000)
     )
     for _ in range(200):  # until the sleep is running
-        if _host_pids_running(marker):
+        if pids_running(marker):
             break
         await asyncio.sleep(0.05)
-    assert _host_pids_running(marker), "the command never started"
+    assert pids_running(marker), "the command never started"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

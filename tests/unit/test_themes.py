@@ -4,7 +4,6 @@ folder overriding the bundled one, and live reloading through watchfiles."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from textual.app import App
 from textual.color import Color
 from textual.theme import Theme
 
+from tests.helpers import save
 from tower.resources import themes_dir
 from tower.ui.themes import (
     ThemeError,
@@ -54,15 +54,6 @@ def theme_toml(name: str | None = None, primary: str = "#336699", **extra: str) 
     ]
     lines += [f"{key} = {value}" for key, value in extra.items()]
     return "\n".join(lines) + "\n"
-
-
-def write(path: Path, text: str) -> Path:
-    """Write like an editor does: a temporary file renamed over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.swp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def contrast(a: str, b: str) -> float:
@@ -134,13 +125,13 @@ def test_regular_themes_are_readable(filename: str) -> None:
 
 
 def test_name_defaults_to_file_stem(tmp_path: Path) -> None:
-    theme = load_theme_file(write(tmp_path / "ocean.toml", theme_toml()))
+    theme = load_theme_file(save(tmp_path / "ocean.toml", theme_toml()))
     assert theme.name == "ocean"
 
 
 def test_optional_boost_and_variables(tmp_path: Path) -> None:
     text = theme_toml("x", boost='"#ffffff10"') + '[variables]\nfooter-key-foreground = "red"\n'
-    theme = load_theme_file(write(tmp_path / "x.toml", text))
+    theme = load_theme_file(save(tmp_path / "x.toml", text))
     assert theme.boost == "#ffffff10"
     assert theme.variables == {"footer-key-foreground": "red"}
 
@@ -160,7 +151,7 @@ def test_optional_boost_and_variables(tmp_path: Path) -> None:
 def test_broken_file_names_file_and_key(
     tmp_path: Path, text: str, key: str | None, words: str
 ) -> None:
-    path = write(tmp_path / "broken.toml", text)
+    path = save(tmp_path / "broken.toml", text)
     with pytest.raises(ThemeError) as info:
         load_theme_file(path)
     message = str(info.value)
@@ -181,10 +172,10 @@ def test_unreadable_file_is_a_theme_error(tmp_path: Path) -> None:
 
 
 def test_dir_keeps_good_themes_and_reports_bad_ones(tmp_path: Path) -> None:
-    write(tmp_path / "good.toml", theme_toml())
-    write(tmp_path / "bad.toml", theme_toml(primary="nope"))
-    write(tmp_path / "notes.txt", "not a theme")
-    write(tmp_path / "twin.toml", theme_toml("good"))
+    save(tmp_path / "good.toml", theme_toml())
+    save(tmp_path / "bad.toml", theme_toml(primary="nope"))
+    save(tmp_path / "notes.txt", "not a theme")
+    save(tmp_path / "twin.toml", theme_toml("good"))
     themes, errors = load_theme_dir(tmp_path)
     assert list(themes) == ["good"]
     assert len(errors) == 2
@@ -202,7 +193,7 @@ def test_user_folder_overrides_packaged_theme(
 ) -> None:
     monkeypatch.setenv("TOWER_CONFIG_DIR", str(tmp_path))
     assert theme_dirs() == [themes_dir(), tmp_path / "themes"]
-    write(tmp_path / "themes" / "mine.toml", theme_toml("tower-dark", primary="#ff0000"))
+    save(tmp_path / "themes" / "mine.toml", theme_toml("tower-dark", primary="#ff0000"))
     themes, errors = load_themes()
     assert errors == []
     assert themes["tower-dark"].primary == "#ff0000"
@@ -247,8 +238,8 @@ async def start(coro_fn: Callable[..., object], *args: object, **kwargs: object)
 
 async def test_watch_themes_picks_up_edits_new_files_and_broken_edits(tmp_path: Path) -> None:
     packaged, user = tmp_path / "packaged", tmp_path / "user"
-    write(packaged / "one.toml", theme_toml())
-    write(packaged / "three.toml", theme_toml())
+    save(packaged / "one.toml", theme_toml())
+    save(packaged / "three.toml", theme_toml())
     user.mkdir()
     rec = Recorder()
     stop, task = await start(watch_themes, [packaged, user, tmp_path / "absent"], rec)
@@ -259,15 +250,15 @@ async def test_watch_themes_picks_up_edits_new_files_and_broken_edits(tmp_path: 
     def errors() -> list[str]:
         return rec.last[1]
 
-    write(packaged / "one.toml", theme_toml(primary="#aa0000"))
+    save(packaged / "one.toml", theme_toml(primary="#aa0000"))
     await rec.until(lambda: themes()["one"].primary == "#aa0000")
     assert errors() == []
 
-    write(user / "two.toml", theme_toml())
+    save(user / "two.toml", theme_toml())
     await rec.until(lambda: "two" in themes())
     assert set(themes()) == {"one", "two", "three"}
 
-    write(packaged / "one.toml", theme_toml(primary="not-a-colour"))
+    save(packaged / "one.toml", theme_toml(primary="not-a-colour"))
     await rec.until(lambda: bool(errors()))
     assert set(themes()) == {"two", "three"}
     assert len(errors()) == 1
@@ -278,7 +269,7 @@ async def test_watch_themes_picks_up_edits_new_files_and_broken_edits(tmp_path: 
 
 
 async def test_watch_themes_awaits_async_callback_and_stops_on_cancel(tmp_path: Path) -> None:
-    write(tmp_path / "one.toml", theme_toml())
+    save(tmp_path / "one.toml", theme_toml())
     seen: asyncio.Future[dict[str, Theme]] = asyncio.get_running_loop().create_future()
 
     async def on_change(themes: dict[str, Theme], errors: list[str]) -> None:
@@ -287,7 +278,7 @@ async def test_watch_themes_awaits_async_callback_and_stops_on_cancel(tmp_path: 
             seen.set_result(themes)
 
     _stop, task = await start(watch_themes, [tmp_path], on_change)
-    write(tmp_path / "new.toml", theme_toml())
+    save(tmp_path / "new.toml", theme_toml())
     assert "new" in await asyncio.wait_for(seen, TIMEOUT)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -306,18 +297,18 @@ async def test_watch_themes_with_no_existing_dir_returns(tmp_path: Path) -> None
 
 
 async def test_watch_file_fires_for_the_file_not_a_sibling(tmp_path: Path) -> None:
-    target = write(tmp_path / "tower.toml", "a = 1\n")
+    target = save(tmp_path / "tower.toml", "a = 1\n")
     rec = Recorder()
     stop, task = await start(watch_file, target, rec)
 
-    write(tmp_path / "other.toml", "b = 2\n")
+    save(tmp_path / "other.toml", "b = 2\n")
     (tmp_path / "notes.txt").write_text("sibling", encoding="utf-8")
     # A negative can only be bounded: many poll cycles pass with no call.
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(rec.until(lambda: True), 0.3)
     assert rec.calls == []
 
-    write(target, "a = 2\n")
+    save(target, "a = 2\n")
     await rec.until(lambda: True)
     assert rec.calls == [(target,)]
 
