@@ -46,7 +46,7 @@ class Waiter:
                 fut.set_result(None)
                 self._waits.remove((pred, fut))
 
-    async def until(self, pred: Callable[[], bool], timeout: float = 15.0) -> None:
+    async def until(self, pred: Callable[[], bool], timeout: float = 30.0) -> None:
         if pred():
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -186,7 +186,7 @@ async def test_kill_during_a_call_cancels_at_once_and_releases_budget(live_facto
     assert live.view("t").state is ThreadState.KILLED  # at once, not after the call
     assert live.bus.state.budget.reserved_usd == pytest.approx(0, abs=1e-12)
     assert live.sup.ledger.open_reservations == 0
-    await asyncio.wait([task], timeout=5)
+    await asyncio.wait([task], timeout=30)  # a cap that only a hung task reaches
     assert task.cancelled()
     failed = live.kinds("t", EventKind.LLM_FAILED)
     assert failed[-1].payload["error"] == "cancelled"
@@ -318,7 +318,10 @@ args = {{ answer = "ok" }}
 
 @pytest.mark.parametrize("fault", ["rate_limit", "server_error", "timeout"])
 async def test_retryable_faults_are_retried_then_succeed(live_factory, fault) -> None:
-    live = await live_factory(project(FAULTS.format(fault=fault, times=2), timeout=0.3), FILES)
+    # The `timeout` fault's calls hang until the call timeout ends them: short, yet far more
+    # than a call that answers takes on a slow machine. The other faults answer at once.
+    timeout = 2 if fault == "timeout" else 30
+    live = await live_factory(project(FAULTS.format(fault=fault, times=2), timeout=timeout), FILES)
     await live.waiter.until(ended(live, "f"))
     assert live.view("f").state is ThreadState.DONE
     failed = live.kinds("f", EventKind.LLM_FAILED)

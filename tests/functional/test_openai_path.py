@@ -450,9 +450,10 @@ async def test_authentication_failure_is_not_retried(
 async def test_a_slow_answer_times_out_and_the_retry_succeeds(
     server: FakeOpenAI, live_factory: Callable[..., Any]
 ) -> None:
-    # The first answer would take a minute; the client gives up after call_timeout_s.
-    server.script(text_reply("too late", delay_headers_s=60), finish_reply("in time"))
-    live: Live = await live_factory(project_toml(server, [MODEL], call_timeout_s=1.0), FILES)
+    # The first answer would take an hour; the client gives up after call_timeout_s, which is
+    # short, yet far more than the retry's answer takes to arrive on a slow machine.
+    server.script(text_reply("too late", delay_headers_s=3600), finish_reply("in time"))
+    live: Live = await live_factory(project_toml(server, [MODEL], call_timeout_s=2.0), FILES)
     await live.waiter.until(ended(live, "t"))
     view = live.view("t")
     assert view.state is ThreadState.DONE and view.answer == "in time"
@@ -466,16 +467,21 @@ async def test_a_slow_answer_times_out_and_the_retry_succeeds(
 
 
 async def test_a_stream_that_stalls_midway_times_out(server: FakeOpenAI) -> None:
+    # The headers and the first chunk come at once, then the stream stalls for an hour: the
+    # call timeout ends it. Short, yet far more than the request needs to reach the server
+    # on a slow machine, so what it cuts is the stall.
     server.script(
-        text_reply("a long story", usage=Usage(10, 5), delay_chunks_s=60),
+        text_reply("a long story", usage=Usage(10, 5), delay_chunks_s=3600),
         text_reply("next", usage=Usage(10, 1)),
     )
     pieces: list[str] = []
     with pytest.raises(llm.CallError) as err:
-        await call(server, timeout_s=0.5, on_text=pieces.append)
+        await call(server, timeout_s=2.0, on_text=pieces.append)
     assert str(err.value) == f"{MODEL}: no answer within the call timeout"
     assert err.value.retryable is True and err.value.context_window is False
     assert "".join(pieces) == ""  # the stall came before the first text chunk
+    # The client walked away during the pause between chunks (the only pause this reply
+    # has), that is after the headers: midway, not on the way there.
     await server.wait_for(lambda: server.disconnects == 1)
     assert (await call(server)).text == "next"  # the client is still usable
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import WAIT_S
 from tower.core.events import Event, EventKind
 from tower.core.store import Store, StoreError
 
@@ -253,7 +254,7 @@ async def test_flush_without_writer_returns(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "tower.db")
     try:
         # Never started: nothing to wait for.
-        await asyncio.wait_for(store.flush(), 2.0)
+        await asyncio.wait_for(store.flush(), WAIT_S)
         assert (store.written, store.error) == (0, None)
 
         await store.create_session("s", "demo", "/d", 1.0, {})
@@ -266,7 +267,7 @@ async def test_flush_without_writer_returns(tmp_path: Path) -> None:
         # An event queued once the writer is gone can never be written; flush must return
         # rather than wait forever for progress that will not come.
         store.append(Event(len(events) + 1, 9.0, EventKind.COMMENT, None, {"text": "late"}))
-        await asyncio.wait_for(store.flush(), 2.0)
+        await asyncio.wait_for(store.flush(), WAIT_S)
         assert (store.written, store.error) == (len(events), None)
     finally:
         await store.close()
