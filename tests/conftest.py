@@ -8,7 +8,6 @@ import atexit
 import os
 import shutil
 import tempfile
-import textwrap
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,23 +25,12 @@ for _var in ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME"):
 atexit.register(shutil.rmtree, TEST_HOME, True)
 # (tower is imported after this, so that nothing it sets up sees the real folders)
 
+from tests.helpers import write_project  # noqa: E402
 from tower.core.bus import Bus  # noqa: E402
 from tower.core.events import Event, EventKind  # noqa: E402
 from tower.core.project import Project, load_project  # noqa: E402
 from tower.core.store import Store  # noqa: E402
 from tower.core.supervisor import ApproveMode, Supervisor  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def write_project(root: Path, toml: str, files: dict[str, str] | None = None) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "tower.toml").write_text(textwrap.dedent(toml), encoding="utf-8")
-    for rel, text in (files or {}).items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    return root
 
 
 class Waiter:
@@ -58,7 +46,7 @@ class Waiter:
                 fut.set_result(None)
                 self._waits.remove((pred, fut))
 
-    async def until(self, pred: Callable[[], bool], timeout: float = 15.0) -> None:
+    async def until(self, pred: Callable[[], bool], timeout: float = 30.0) -> None:
         if pred():
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -189,8 +189,9 @@ class FakeOpenAI:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def wait_for(self, pred: Callable[[], bool], timeout: float = 10.0) -> None:
-        """Waits until pred() holds, re-checking whenever a request arrives or a client leaves."""
+    async def wait_for(self, pred: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Waits until pred() holds, re-checking whenever a request arrives or a client leaves
+        (the timeout only fails a test that would otherwise hang)."""
         async with asyncio.timeout(timeout):
             while not pred():
                 self.changed.clear()
