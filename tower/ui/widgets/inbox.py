@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import ClassVar
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, ClassVar
 
 from rich.console import Group
 from rich.table import Table
@@ -86,9 +87,14 @@ class InboxList(StateList):
     """
 
     def __init__(
-        self, state: Callable[[], TowerState], now: Callable[[], float], *, id: str | None = None
+        self,
+        state: Callable[[], TowerState],
+        now: Callable[[], float],
+        *,
+        id: str | None = None,
+        lock: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> None:
-        super().__init__(state, now, id=id)
+        super().__init__(state, now, id=id, lock=lock)
         self.by_key: dict[str, Situation] = {}  # situation key → situation
         self.member_of: dict[str, Situation] = {}  # item id → its situation
         self.expanded: set[str] = set()

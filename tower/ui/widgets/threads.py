@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, ClassVar
 
 from tower.core.events import ThreadState
 from tower.core.state import ThreadView, TowerState
@@ -66,9 +67,14 @@ class ThreadList(StateList):
     """
 
     def __init__(
-        self, state: Callable[[], TowerState], now: Callable[[], float], *, id: str | None = None
+        self,
+        state: Callable[[], TowerState],
+        now: Callable[[], float],
+        *,
+        id: str | None = None,
+        lock: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> None:
-        super().__init__(state, now, id=id)
+        super().__init__(state, now, id=id, lock=lock)
         self.filter_text = ""
         self.sort_key = "spawned"
         self.reverse = False
