@@ -127,14 +127,14 @@ async def run(threads: int, keys: int, rate: float, size: tuple[int, int]) -> in
         async with app.run_test(size=size) as pilot:
             await asyncio.wait_for(app.booted.wait(), 60)
             # Baseline: the same app before its threads exist (they are spawned after boot).
-            await app.core.call(app.sup.pause_all)  # type: ignore[union-attr]
+            await app.core.call(app.control.pause_all)  # type: ignore[union-attr]
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < 60:  # every thread parked at a checkpoint
                 if all(t.state.value == "paused" for t in app.state().threads.values()):
                     break
                 await pilot.pause(0.1)
             idle = await measure(app, pilot, keys, 0.05)
-            await app.core.call(app.sup.resume_all)  # type: ignore[union-attr]
+            await app.core.call(app.control.resume_all)  # type: ignore[union-attr]
             t0 = time.perf_counter()
             while True:
                 state = app.state()

@@ -8,15 +8,20 @@ and the app steers through its Control, never the supervisor.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import write_project
 from tests.test_tui import ASK, project, task, tower
 from tower.core.control import Control
 from tower.core.events import Event, EventKind
+from tower.core.project import PROJECT_FILE, load_project
 from tower.core.session import SessionRuntime
 from tower.ui.app import TowerApp
 from tower.ui.widgets.panels import ThreadPanel
@@ -98,3 +103,24 @@ def test_the_ui_reaches_no_supervisor_internals() -> None:
         if "sup." in line
     ]
     assert offenders == []
+
+
+async def test_the_tui_runs_the_same_preflight_and_records_nothing(tmp_path: Path) -> None:
+    """An unknown model stops the TUI before anything runs, with the preflight's own lines."""
+    toml = project().replace('cascade = ["sim/instant"]', 'cascade = ["no-such-model-xyz"]')
+    root = write_project(tmp_path / "proj", toml)
+    app = TowerApp(load_project(root), tmp_path / "t.db", watch=False, offer_resume=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+
+        async def stopped() -> None:
+            while app.return_code is None:
+                await pilot.pause()
+
+        await asyncio.wait_for(stopped(), 30)
+        (message,) = app._exit_renderables  # printed (and cleared) once the app has left
+    assert app.return_code == 2 and app.session is None and app.control is None
+    with contextlib.closing(sqlite3.connect(tmp_path / "t.db")) as conn:
+        assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (0,)
+    lines = str(message).splitlines()
+    assert lines and all(line.startswith(f"{root / PROJECT_FILE}: agents[") for line in lines)
+    assert any("agents[1].cascade[0]: " in line and "no-such-model-xyz" in line for line in lines)
