@@ -24,6 +24,7 @@ from tower.core.events import Event, EventKind
 from tower.core.project import PROJECT_FILE, load_project
 from tower.core.session import SessionRuntime
 from tower.ui.app import TowerApp
+from tower.ui.widgets import inbox as inbox_mod
 from tower.ui.widgets.panels import ThreadPanel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +69,7 @@ async def test_the_subscriber_only_queues_and_the_tick_puts_the_event_on_screen(
 
 
 async def test_rows_are_drawn_holding_the_state_lock_and_panels_keep_a_copy(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with tower(tmp_path, project(task(ASK, "t", repeat=3))) as t:
         await t.ready(lambda: len(t.items()) == 3, "three questions")
@@ -87,6 +88,18 @@ async def test_rows_are_drawn_holding_the_state_lock_and_panels_keep_a_copy(
             widget.refresh()
         await t.until(lambda: len(held) >= 6, "the rows painted")
         assert all(held), held
+        # A key that rebuilds a list (expand, mark, follow) walks the state under it too.
+        walked: list[bool] = []
+        real_situations = inbox_mod.situations
+
+        def situations(*args: Any, **kwargs: Any) -> Any:
+            walked.append(lock._is_owned())
+            return real_situations(*args, **kwargs)
+
+        monkeypatch.setattr(inbox_mod, "situations", situations)
+        assert not lock._is_owned()
+        t.inbox.rebuild()
+        assert walked == [True]
         panels = [p for p in t.app.query(ThreadPanel) if p.thread is not None]
         assert panels
         for panel in panels:

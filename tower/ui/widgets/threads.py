@@ -81,25 +81,27 @@ class ThreadList(StateList):
 
     def rebuild(self) -> None:
         """Recomputes which threads show, in which order, from the current state."""
-        views = list(self._state().threads.values())
-        if self.filter_text:
-            views = [v for v in views if matches(v, self.filter_text)]
-        key = self.sort_key
-        if key == "id":
-            views.sort(key=lambda v: v.id)
-        elif key == "state":
-            views.sort(key=lambda v: (_STATE_RANK[v.state], -v.pending))
-        elif key == "cost":
-            views.sort(key=lambda v: -v.cost_usd)
-        elif key == "tokens":
-            views.sort(key=lambda v: -v.tokens)
-        elif key == "age":
-            views.sort(key=lambda v: v.created)
-        elif key == "model":
-            views.sort(key=lambda v: v.model)
-        if self.reverse:
-            views.reverse()
-        self.set_rows([v.id for v in views])
+        with self._lock():  # re-entrant: the tick holds it already; no caller can forget it
+            views = list(self._state().threads.values())
+            if self.filter_text:
+                views = [v for v in views if matches(v, self.filter_text)]
+            key = self.sort_key
+            if key == "id":
+                views.sort(key=lambda v: v.id)
+            elif key == "state":
+                views.sort(key=lambda v: (_STATE_RANK[v.state], -v.pending))
+            elif key == "cost":
+                views.sort(key=lambda v: -v.cost_usd)
+            elif key == "tokens":
+                views.sort(key=lambda v: -v.tokens)
+            elif key == "age":
+                views.sort(key=lambda v: v.created)
+            elif key == "model":
+                views.sort(key=lambda v: v.model)
+            if self.reverse:
+                views.reverse()
+            keys = [v.id for v in views]
+        self.set_rows(keys)
 
     def _widths(self, width: int) -> list[int]:
         """Column widths for this width; AGENT, MODEL, STEP and TOKENS give way (in that order)
