@@ -127,14 +127,14 @@ async def run(threads: int, keys: int, rate: float, size: tuple[int, int]) -> in
         async with app.run_test(size=size) as pilot:
             await asyncio.wait_for(app.booted.wait(), 60)
             # Baseline: the same app before its threads exist (they are spawned after boot).
-            await app.core.call(app.sup.pause_all)  # type: ignore[union-attr]
+            await app.core.call(app.control.pause_all)  # type: ignore[union-attr]
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < 60:  # every thread parked at a checkpoint
                 if all(t.state.value == "paused" for t in app.state().threads.values()):
                     break
                 await pilot.pause(0.1)
             idle = await measure(app, pilot, keys, 0.05)
-            await app.core.call(app.sup.resume_all)  # type: ignore[union-attr]
+            await app.core.call(app.control.resume_all)  # type: ignore[union-attr]
             t0 = time.perf_counter()
             while True:
                 state = app.state()
@@ -142,10 +142,10 @@ async def run(threads: int, keys: int, rate: float, size: tuple[int, int]) -> in
                 if streaming >= threads * 0.9 or time.perf_counter() - t0 > 120:
                     break
                 await pilot.pause(0.2)
-            events_before = app.bus.seq  # type: ignore[union-attr]
+            events_before = app.session.bus.seq  # type: ignore[union-attr]
             load_t0 = time.perf_counter()
             loaded = await measure(app, pilot, keys, 0.05)
-            ev_rate = (app.bus.seq - events_before) / (time.perf_counter() - load_t0)  # type: ignore[union-attr]
+            ev_rate = (app.session.bus.seq - events_before) / (time.perf_counter() - load_t0)  # type: ignore[union-attr]
             running = sum(1 for t in app.state().threads.values() if not t.state.ended)
             await app.shutdown()
     print(

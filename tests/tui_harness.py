@@ -227,7 +227,7 @@ def assert_log_complete(t: Tui) -> None:
     """Every event the bus numbered is in the database; the session ended clean."""
     app = t.app
     assert app.closed
-    assert app.bus is not None and app.sup is not None
+    assert app.session is not None and app.sup is not None
     with contextlib.closing(sqlite3.connect(t.db)) as conn:
         (count,) = conn.execute(
             "SELECT count(*) FROM events WHERE session = ?", (app.sup.session_id,)
@@ -242,7 +242,7 @@ def assert_log_complete(t: Tui) -> None:
             "SELECT kind FROM events WHERE session = ? ORDER BY seq DESC LIMIT 1",
             (app.sup.session_id,),
         ).fetchone()
-    assert count == max_seq == app.bus.seq > 0
+    assert count == max_seq == app.session.bus.seq > 0
     assert status == "clean" and ended is not None
     assert last == EventKind.SESSION_ENDED
 

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +22,8 @@ from tower.core import payloads as pl
 from tower.core.events import Event, EventKind, InboxKind, ThreadState
 from tower.core.payloads import payload_of
 from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
-from tower.core.store import Store, StoreError
+from tower.core.store import Store
+from tower.core.supervisor import ApproveMode
 
 # Exit codes of run --headless, resume --headless and fork (README: "Exit codes").
 EXIT_FAILED = 1  # a thread failed, was killed or did not finish
@@ -119,28 +120,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(path: str) -> Project:
+def _load(path: str | Path) -> Project:
     try:
         return load_project(path)
     except ProjectError as exc:
         raise UsageError(*exc.problems) from None
 
 
-def _model_problems(project: Project) -> list[str]:
-    """Unknown models, missing API keys and MCP commands that are not there."""
-    from tower.core.llm import check_model
-    from tower.core.mcp import command_problems
+def _preflight(project: Project) -> None:
+    """The session's preflight (models, keys, MCP commands): each problem one line, exit 2."""
+    from tower.core.session import preflight
 
-    file = project.root / PROJECT_FILE
-    problems = []
-    for i, agent in enumerate(project.agents):
-        for j, model in enumerate(agent.cascade):
-            ms = project.model_settings(model)
-            problem = check_model(model, ms.api_base, ms.api_key_env)
-            if problem:
-                problems.append(f"{file}: agents[{i}].cascade[{j}]: {problem}")
-    problems += [f"{file}: {line}" for line in command_problems(project)]
-    return problems
+    problems = preflight(project)
+    if problems:
+        raise UsageError(*problems)
 
 
 def _fmt_usd(x: float | None) -> str:
@@ -227,11 +220,28 @@ _PRINTED: dict[type[pl.Payload], Callable[[_Printer, Event, Any], None]] = {
 T = TypeVar("T")
 
 
+def _run_session(work: Coroutine[Any, Any, T], db: str | None) -> T:
+    """Runs a command's work; the failures a session expects become one-line usage errors.
+
+    Every command that opens the log goes through here, so the list of expected failures
+    (session.SESSION_ERRORS, and an experiment's) is written once.
+    """
+    import sqlite3
+
+    from tower.core.experiment import ExperimentError
+    from tower.core.session import SESSION_ERRORS
+
+    expected: tuple[type[Exception], ...] = (*SESSION_ERRORS, ExperimentError)
+    try:
+        return asyncio.run(work)
+    except expected as exc:
+        raise UsageError(f"tower: {exc}") from None
+    except sqlite3.Error as exc:  # a damage no check foresaw: still one line, no traceback
+        raise UsageError(f"tower: cannot read database {db or 'default'}: {exc}") from None
+
+
 def _with_store(db: str | None, work: Callable[[Store], Awaitable[T]]) -> T:
     """Opens the log, runs `work` on it, closes it; expected failures become usage errors."""
-    from tower.core.mcp import McpStartError
-    from tower.core.replay import ReplayError
-    from tower.core.session import ResumeError
 
     async def run() -> T:
         store = await Store.open(db)
@@ -240,14 +250,7 @@ def _with_store(db: str | None, work: Callable[[Store], Awaitable[T]]) -> T:
         finally:
             await store.close()
 
-    import sqlite3
-
-    try:
-        return asyncio.run(run())
-    except (StoreError, ReplayError, ResumeError, McpStartError) as exc:
-        raise UsageError(f"tower: {exc}") from None
-    except sqlite3.Error as exc:  # a damage no check foresaw: still one line, no traceback
-        raise UsageError(f"tower: cannot read database {db or 'default'}: {exc}") from None
+    return _run_session(run(), db)
 
 
 def _open_tui(project: Project, db: str | None, resume: str | None = None) -> int:
@@ -313,24 +316,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError("tower run: --json and --approve only apply with --headless")
         return run_tui(args.project, args.db)
     project = _load(args.project)
-    problems = _model_problems(project)
-    if problems:
-        raise UsageError(*problems)
+    _preflight(project)
     from tower.core.session import run_headless
 
-    approve = args.approve or "none"
+    approve: ApproveMode = "all" if args.approve == "all" else "none"  # argparse: all|none|None
     printer = None if args.json else _Printer(sys.stdout)
     if printer is not None:
         print(
             f"tower: running {project.name} ({len(project.tasks)} task(s)), approvals: {approve}",
             flush=True,
         )
-    from tower.core.mcp import McpStartError
-
-    try:
-        result = asyncio.run(run_headless(project, args.db, approve, printer))
-    except (StoreError, McpStartError, ProjectError) as exc:
-        raise UsageError(f"tower: {exc}") from None
+    result = _run_session(run_headless(project, args.db, approve, printer), args.db)
     return _report(result, f" project {project.name}", args.json, f"\nlog: {result.db}")
 
 
@@ -448,9 +444,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_fork(args: argparse.Namespace) -> int:
-    from tower.core.mcp import McpStartError
-    from tower.core.replay import ReplayError
-    from tower.core.session import ResumeError, fork_headless
+    from tower.core.session import fork_headless
 
     _existing_db(args.db)
     if args.model is not None:
@@ -460,14 +454,12 @@ def cmd_fork(args: argparse.Namespace) -> int:
         if problem:
             raise UsageError(f"tower fork: --model: {problem}")
     printer = None if args.json else _Printer(sys.stdout)
-    try:
-        result = asyncio.run(
-            fork_headless(
-                args.db, args.session, args.at, args.approve or "none", args.model, printer, _load
-            )
-        )
-    except (StoreError, ReplayError, ResumeError, McpStartError) as exc:
-        raise UsageError(f"tower: {exc}") from None
+    result = _run_session(
+        fork_headless(
+            args.db, args.session, args.at, args.approve or "none", args.model, printer, _load
+        ),
+        args.db,
+    )
     return _report(result, "forked", args.json)
 
 
@@ -517,29 +509,22 @@ def _resume_tui(ref: str, db: str | None) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from tower.core.mcp import McpStartError
-    from tower.core.replay import ReplayError
-    from tower.core.session import ResumeError, resume_headless
+    from tower.core.session import resume_headless
 
     _existing_db(args.db, args.session)
     if not args.headless:
         if args.json or args.approve:
             raise UsageError("tower resume: --json and --approve only apply with --headless")
         return _resume_tui(args.session, args.db)
-    approve = args.approve or "none"
+    approve: ApproveMode = "all" if args.approve == "all" else "none"  # argparse: all|none|None
     printer = None if args.json else _Printer(sys.stdout)
-    try:
-        result = asyncio.run(resume_headless(args.db, args.session, approve, printer, _load))
-    except (StoreError, ReplayError, ResumeError, McpStartError) as exc:
-        raise UsageError(f"tower: {exc}") from None
+    result = _run_session(resume_headless(args.db, args.session, approve, printer, _load), args.db)
     return _report(result, "resumed", args.json)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     project = _load(args.project)
-    problems = _model_problems(project)
-    if problems:
-        raise UsageError(*problems)
+    _preflight(project)
     threads = sum(t.repeat for t in project.tasks)
     models = ", ".join(project.all_models())
     print(
@@ -552,7 +537,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from tower.core.experiment import ExperimentError, load_variant, run_experiment, table, winner
-    from tower.core.mcp import McpStartError
+    from tower.core.session import preflight
 
     project = _load(args.project)
     if args.tasks is not None and args.tasks < 1:
@@ -566,7 +551,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             problems.append(f"{v}: no such variant file")
             continue
         try:
-            problems += _model_problems(load_variant(project.root, v, args.tasks))
+            problems += preflight(load_variant(project.root, v, args.tasks))
         except ExperimentError as exc:
             problems.append(str(exc))
     if problems:
@@ -576,14 +561,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         if ev.kind is EventKind.SESSION_STARTED:
             print(f"tower: variant {name}: session {ev.payload['session']}", flush=True)
 
-    try:
-        scores = asyncio.run(
-            run_experiment(
-                project.root, variants, args.db, args.tasks, None if args.json else progress
-            )
-        )
-    except (StoreError, McpStartError, ExperimentError) as exc:
-        raise UsageError(f"tower: {exc}") from None
+    scores = _run_session(
+        run_experiment(
+            project.root, variants, args.db, args.tasks, None if args.json else progress
+        ),
+        args.db,
+    )
     best = winner(scores)
     if args.json:
         print(json.dumps({"variants": [s.to_dict() for s in scores], "winner": best}))

@@ -149,7 +149,7 @@ async def on_bus(pilot: Pilot, ready: Callable[[TowerApp], bool]) -> None:
     assert isinstance(app, TowerApp)
     # An app that crashed while booting fails the test now, not after WAIT_S.
     await pilot_until(pilot, lambda: app.booted.is_set() or app.return_code is not None)
-    assert app.bus is not None, f"the app stopped before it booted ({app.return_code})"
+    assert app.session is not None, f"the app stopped before it booted ({app.return_code})"
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -157,7 +157,7 @@ async def on_bus(pilot: Pilot, ready: Callable[[TowerApp], bool]) -> None:
         if ready(app):
             loop.call_soon_threadsafe(done.set)
 
-    unsubscribe = app.bus.subscribe(check)
+    unsubscribe = app.session.bus.subscribe(check)
     try:
         check()
         await asyncio.wait_for(done.wait(), WAIT_S)

@@ -1,7 +1,14 @@
-"""Runs one session headless: open the log, start the supervisor, wait, close cleanly.
+"""The one composition root of a session: open the log, check, wire, start or resume, close.
 
-Ctrl-C (SIGINT) and SIGTERM stop the threads, flush every emitted event and close the
-database before returning, so the log is complete after any exit but a hard kill.
+A session is always the same parts in the same order: the store (the SQLite log), a
+preflight of the project's models and MCP commands, a Bus that redacts the project's secrets,
+and a Supervisor; then a fresh start, or a resume that folds the recorded log first; and, at
+the end, the supervisor stopped before the store is closed. `SessionRuntime` does that once
+for every caller: `tower run --headless`, `tower resume`, `tower fork`, `tower experiment`
+and the TUI, so none of them wires a session by hand.
+
+Headless, Ctrl-C (SIGINT) and SIGTERM stop the threads, flush every emitted event and close
+the database before returning, so the log is complete after any exit but a hard kill.
 """
 
 from __future__ import annotations
@@ -11,18 +18,68 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from tower.core import payloads as pl
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind
-from tower.core.project import Project
+from tower.core.mcp import McpStartError
+from tower.core.project import PROJECT_FILE, Project, ProjectError
+from tower.core.replay import ReplayError
 from tower.core.state import TowerState, summary
-from tower.core.store import Store
+from tower.core.store import Store, StoreError
 from tower.core.supervisor import ApproveMode, Supervisor
+
+
+class ResumeError(Exception):
+    """A session that cannot be resumed; the message says why."""
+
+
+class PreflightError(Exception):
+    """The project cannot run as written: one line per problem (see `preflight`)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# The failures a session command expects and reports as one line ("tower: …"), never as a
+# traceback: the CLI catches exactly these around every command that opens a session (and
+# an experiment's own ExperimentError: the experiment module sits above this one).
+SESSION_ERRORS: tuple[type[Exception], ...] = (
+    StoreError,
+    ReplayError,
+    ResumeError,
+    McpStartError,
+    ProjectError,
+)
+
+
+def preflight(project: Project) -> list[str]:
+    """Unknown models, missing API keys and MCP commands that are not there, one line each.
+
+    The one check before a session starts (`tower check`, `run --headless`, `experiment` and
+    the TUI all call it), so a project that cannot run fails before anything is recorded.
+    It may import litellm (seconds): async callers run it in a worker thread.
+    """
+    from tower.core.llm import check_model
+    from tower.core.mcp import command_problems
+
+    file = project.root / PROJECT_FILE
+    problems = []
+    for i, agent in enumerate(project.agents):
+        for j, model in enumerate(agent.cascade):
+            ms = project.model_settings(model)
+            problem = check_model(model, ms.api_base, ms.api_key_env)
+            if problem:
+                problems.append(f"{file}: agents[{i}].cascade[{j}]: {problem}")
+    problems += [f"{file}: {line}" for line in command_problems(project)]
+    return problems
 
 
 @dataclass(slots=True)
@@ -65,8 +122,214 @@ async def _run_until_idle(sup: Supervisor, stop: asyncio.Event, store: Store) ->
     return stop.is_set()
 
 
-class ResumeError(Exception):
-    """A session that cannot be resumed; the message says why."""
+def fold_checked(events: list[Event], session: str, store: Store) -> TowerState:
+    """fold, with a reducer failure on a damaged event reported as that event's DamagedLog."""
+    from tower.core.replay import apply_checked
+
+    state = TowerState()
+    for ev in events:
+        apply_checked(state, ev, session, store)
+    return state
+
+
+class SessionRuntime:
+    """One session's store, bus and supervisor, opened and closed in the one right order.
+
+    Made by `SessionRuntime.open` (or `open_session`, its context manager); `start` begins
+    the session (or continues the recorded one), `run` does that and waits until every
+    thread ended (headless), and `close` stops the supervisor, then closes the store.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        sup: Supervisor,
+        *,
+        events: list[Event] | None = None,
+        status: str | None = None,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.sup = sup
+        # The recorded log a resume continues, and the session's status before it ("crashed",
+        # "unfinished", ...); both None/empty for a new session.
+        self.events = events or []
+        self.status = status
+        self.resumed = status is not None
+        self.started = False  # start() was attempted: close() stops the supervisor too
+        self.closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        db: str | Path | None,
+        project: Project | None = None,
+        *,
+        resume: str | None = None,
+        approve: ApproveMode = None,
+        on_event: Callable[[Event], None] | None = None,
+        session_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+        load: Callable[[Path], Project] | None = None,
+        check: bool = False,
+    ) -> SessionRuntime:
+        """Opens the log and wires a session on it; nothing runs until `start`.
+
+        `resume`: a recorded session (id or unique prefix) to continue; its log is checked
+        and folded first, and `project` defaults to its folder's tower.toml (read by `load`).
+        `check`: run the preflight (PreflightError lists the problems). `on_event` sees every
+        event, after the state reflects it. On any failure the store is closed again.
+        """
+        store = await Store.open(db)
+        try:
+            events: list[Event] = []
+            state: TowerState | None = None
+            status: str | None = None
+            if resume is not None:
+                from tower.core.project import load_project
+                from tower.core.replay import resolve_session
+
+                session = await resolve_session(store, resume)
+                row = {r.id: r for r in await store.list_sessions()}[session]
+                if row.status == "running":
+                    raise ResumeError(f"session {session} is still running in another process")
+                await store.check_log(session)  # a damaged log is one line naming the event
+                events = [ev async for ev in store.events(session)]
+                state = fold_checked(events, session, store)
+                if project is None:
+                    project = (load or load_project)(Path(row.project_dir))
+                status, session_id = row.status, session
+            if project is None:
+                raise ValueError("a new session needs a project")
+            if check:
+                problems = await asyncio.to_thread(preflight, project)
+                if problems:
+                    raise PreflightError(problems)
+            bus = Bus(store, clock=clock, project=project)
+            if state is not None:
+                bus.state, bus.seq = state, state.last_seq
+            if on_event is not None:
+                bus.subscribe(on_event)
+            sup = Supervisor(
+                project,
+                bus,
+                session_id=session_id,
+                approve=approve,
+                workspaces_dir=store.path.parent / "workspaces",
+            )
+        except BaseException:
+            await store.close()
+            raise
+        return cls(store, bus, sup, events=events, status=status)
+
+    @property
+    def session_id(self) -> str:
+        return self.sup.session_id
+
+    @property
+    def state(self) -> TowerState:
+        return self.bus.state
+
+    def nothing_to_resume(self) -> bool:
+        """A resumed session whose threads all ended and whose tasks were all spawned."""
+        state = self.bus.state
+        return self.resumed and state.all_ended and not self.sup.unspawned(state, self.events)
+
+    async def end_finished(self) -> None:
+        """Closes the log of a session killed after its last thread ended, before its end was
+        logged: the work is done, so the log ends as the uninterrupted run's would have."""
+        session = self.session_id
+        await self.store.reopen_session(session)
+        self.store.start_writer(session)
+        self.bus.emit(pl.SessionEnded(reason="finished"))
+        await self.store.end_session(session, "clean")
+
+    async def start(self, model: str | None = None, origin: dict[str, Any] | None = None) -> None:
+        """Starts the session, or continues the recorded one (`model`: every unfinished
+        thread continues on it; `origin`: a fork's source, for the log)."""
+        self.started = True
+        if self.resumed:
+            await self.sup.resume_session(self.events, model=model, origin=origin)
+        else:
+            await self.sup.start()
+
+    async def run(
+        self,
+        stop: asyncio.Event | None = None,
+        *,
+        model: str | None = None,
+        origin: dict[str, Any] | None = None,
+    ) -> RunResult:
+        """Headless: starts, waits for every thread to end or a stop (SIGINT, SIGTERM or
+        `stop`), and ends the log."""
+        with _stop_signals() as signalled:
+            if stop is not None:
+                signalled = stop
+            await self.start(model=model, origin=origin)
+            stopped = await _run_until_idle(self.sup, signalled, self.store)
+        return self.result(stopped)
+
+    def result(self, interrupted: bool) -> RunResult:
+        return RunResult(summary(self.bus.state), self.bus.state, interrupted, self.store.path)
+
+    async def close(self, reason: str = "quit") -> None:
+        """Stops the supervisor (it ends the log) if it was started, then closes the store,
+        even when stopping failed; safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self.started:
+                await self.sup.close(reason)
+        finally:
+            await self.store.close()
+
+    async def __aenter__(self) -> SessionRuntime:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            await self.close("finished")
+            return
+        # A failure on the way: the caller reports it. Only the store is closed, as every
+        # headless command always did; a failed start already ended its own log.
+        self.closed = True
+        await self.store.close()
+
+
+@contextlib.asynccontextmanager
+async def open_session(
+    db: str | Path | None,
+    project: Project | None = None,
+    *,
+    resume: str | None = None,
+    approve: ApproveMode = None,
+    on_event: Callable[[Event], None] | None = None,
+    session_id: str | None = None,
+    clock: Callable[[], float] = time.time,
+    load: Callable[[Path], Project] | None = None,
+    check: bool = False,
+) -> AsyncIterator[SessionRuntime]:
+    """`SessionRuntime.open` as a context manager: the session is closed on the way out."""
+    runtime = await SessionRuntime.open(
+        db,
+        project,
+        resume=resume,
+        approve=approve,
+        on_event=on_event,
+        session_id=session_id,
+        clock=clock,
+        load=load,
+        check=check,
+    )
+    async with runtime:
+        yield runtime
 
 
 async def fork_copy(store: Store, session_ref: str, at: int) -> tuple[str, str]:
@@ -75,7 +338,7 @@ async def fork_copy(store: Store, session_ref: str, at: int) -> tuple[str, str]:
     Returns (the source session's id, the fork's id). The TUI's fork (from the sessions
     list) and `tower fork` both start from this copy.
     """
-    from tower.core.replay import ReplayError, resolve_session
+    from tower.core.replay import resolve_session
     from tower.core.supervisor import new_session_id
 
     source = await resolve_session(store, session_ref)
@@ -126,16 +389,6 @@ async def fork_headless(
     )
 
 
-def fold_checked(events: list[Event], session: str, store: Store) -> TowerState:
-    """fold, with a reducer failure on a damaged event reported as that event's DamagedLog."""
-    from tower.core.replay import apply_checked
-
-    state = TowerState()
-    for ev in events:
-        apply_checked(state, ev, session, store)
-    return state
-
-
 async def resume_headless(
     db: str | Path | None,
     session_ref: str,
@@ -146,46 +399,17 @@ async def resume_headless(
     origin: dict[str, Any] | None = None,
 ) -> RunResult:
     """Continues a recorded session's unfinished threads in the same log, then closes it."""
-    from tower.core.project import load_project
-    from tower.core.replay import resolve_session
-
-    store = await Store.open(db)
-    try:
-        session = await resolve_session(store, session_ref)
-        rows = {r.id: r for r in await store.list_sessions()}
-        if rows[session].status == "running":
-            raise ResumeError(f"session {session} is still running in another process")
-        await store.check_log(session)  # a damaged log is one line naming the event
-        events = [ev async for ev in store.events(session)]
-        state = fold_checked(events, session, store)
-        project = (load or load_project)(Path(rows[session].project_dir))
-        bus = Bus(store, project=project)
-        bus.state, bus.seq = state, state.last_seq
-        if on_event is not None:
-            bus.subscribe(on_event)
-        sup = Supervisor(
-            project,
-            bus,
-            session_id=session,
-            approve=approve,
-            workspaces_dir=store.path.parent / "workspaces",
-        )
-        if state.all_ended and not sup.unspawned(state, events):
-            if rows[session].status != "crashed":
-                raise ResumeError(f"session {session} has no unfinished thread to resume")
-            # Killed after its last thread ended, before its end was logged: the work is
-            # done, so resuming closes the log as the uninterrupted run would have.
-            await store.reopen_session(session)
-            store.start_writer(session)
-            bus.emit(pl.SessionEnded(reason="finished"))
-            await store.end_session(session, "clean")
-            return RunResult(summary(bus.state), bus.state, False, store.path)
-        with _stop_signals() as stop:
-            await sup.resume_session(events, model=model, origin=origin)
-            stopped = await _run_until_idle(sup, stop, store)
-        return RunResult(summary(bus.state), bus.state, stopped, store.path)
-    finally:
-        await store.close()
+    async with open_session(
+        db, resume=session_ref, approve=approve, on_event=on_event, load=load
+    ) as runtime:
+        if runtime.nothing_to_resume():
+            if runtime.status != "crashed":
+                raise ResumeError(
+                    f"session {runtime.session_id} has no unfinished thread to resume"
+                )
+            await runtime.end_finished()
+            return runtime.result(False)
+        return await runtime.run(model=model, origin=origin)
 
 
 async def run_headless(
@@ -200,23 +424,7 @@ async def run_headless(
 
     `stop`, when set, ends the run like SIGINT does (the TUI's experiment screen uses it).
     """
-    store = await Store.open(db)
-    try:
-        bus = Bus(store, project=project)
-        if on_event is not None:
-            bus.subscribe(on_event)
-        sup = Supervisor(
-            project,
-            bus,
-            session_id=session_id,
-            approve=approve,
-            workspaces_dir=store.path.parent / "workspaces",
-        )
-        with _stop_signals() as signalled:
-            if stop is not None:
-                signalled = stop
-            await sup.start()
-            stopped = await _run_until_idle(sup, signalled, store)
-        return RunResult(summary(bus.state), bus.state, stopped, store.path)
-    finally:
-        await store.close()
+    async with open_session(
+        db, project, approve=approve, on_event=on_event, session_id=session_id
+    ) as runtime:
+        return await runtime.run(stop)

@@ -83,7 +83,7 @@ class SimProvider(CustomLLM):
     # litellm types CustomLLM.astreaming as a coroutine that returns the stream, but its router
     # hands what the call returns straight to CustomStreamWrapper, which iterates it: only an
     # async generator works, so this override cannot match the declared (wrong) type.
-    async def astreaming(  # type: ignore[override]
+    async def astreaming(
         self, model: str, messages: list, *args: Any, **kwargs: Any
     ) -> AsyncIterator[GenericStreamingChunk]:
         optional = kwargs.get("optional_params") or {}

@@ -1,7 +1,10 @@
 """The control tower: budget bar, thread list, inbox and live panels over the core.
 
 The UI is a projection: it renders the reducer's TowerState on a 10 Hz timer (only what
-changed, inside one batch_update) and steers tower only through the supervisor's commands.
+changed, inside one batch_update) and steers tower only through a Control (core/control.py),
+never the supervisor itself. The session is opened and closed by the composition root
+(core/session.py) on the core's thread; the bus's subscriber there only queues each event,
+and the UI thread reads the queue on its tick, so no UI code runs on the core's thread.
 litellm is imported in a worker thread after the first frame, never on the UI's path.
 """
 
@@ -12,6 +15,7 @@ import contextlib
 import gc
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,15 +31,15 @@ from textual.widgets import Footer, Input
 
 from tower.core import payloads as pl
 from tower.core.attention import AttentionClock
-from tower.core.bus import Bus
+from tower.core.control import CallFigures, CommandError, Control
 from tower.core.events import ENDED_STATES, Event, EventKind, InboxKind, ThreadState
 from tower.core.payloads import payload_of
 from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
-from tower.core.session import fold_checked
+from tower.core.session import SESSION_ERRORS, PreflightError, SessionRuntime
 from tower.core.situations import Situation, is_routine
 from tower.core.state import TowerState
 from tower.core.store import Store, StoreError
-from tower.core.supervisor import CommandError, Supervisor
+from tower.core.supervisor import Supervisor
 from tower.ui.core_thread import CoreThread
 from tower.ui.format import BurnMeter, usd
 from tower.ui.notify import Notifications, NotifyConfig
@@ -54,7 +58,7 @@ from tower.ui.screens.help import HelpScreen
 from tower.ui.screens.policy import PolicyScreen
 from tower.ui.screens.sessions import SessionsScreen
 from tower.ui.themes import load_themes, theme_dirs, watch_file, watch_themes
-from tower.ui.widgets.budget import BudgetBar, CallsGate
+from tower.ui.widgets.budget import BudgetBar
 from tower.ui.widgets.inbox import InboxDetail, InboxList, counts_title, summary_of
 from tower.ui.widgets.panels import PanelGrid
 from tower.ui.widgets.rowlist import RowList
@@ -220,10 +224,12 @@ def _verb_bindings(keymap: dict[str, str]) -> list[BindingType]:
     Built here rather than with `App.set_keymap`, which re-adds remapped bindings at the end
     of the map: on a narrow footer the remapped verbs were the ones cut off.
     """
-    return [
+    bindings: list[BindingType] = [
         Binding(keymap.get(bid, keys), action, label, id=bid, show=bid not in FOOTER_HIDDEN)
         for bid, keys, action, label, _ in VERBS
-    ] + [Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="quit_ctrl_c")]
+    ]
+    bindings.append(Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="quit_ctrl_c"))
+    return bindings
 
 
 class TowerApp(App[int]):
@@ -273,14 +279,17 @@ class TowerApp(App[int]):
         self.session_id = session_id
         self.bell_on = bell
         self.notifications = Notifications(self, notify, title=f"tower · {project.name}")
-        self.watch = watch
+        self.watching = watch  # the project file and themes (Textual's App.watch is a method)
         self.theme_name = theme
         self._user_keymap = keymap or {}
         if self._user_keymap:
             self._bindings = BindingsMap(_verb_bindings(self._user_keymap))
-        self.bus: Bus | None = None
-        self.sup: Supervisor | None = None
-        self.store: Store | None = None
+        # The session (store, bus, supervisor), opened by the composition root on the core's
+        # thread; the app's own code steers it only through `control`.
+        self.session: SessionRuntime | None = None
+        self.control: Control | None = None
+        # Events the bus handed over on the core's thread, read by the UI's tick.
+        self._inbound: deque[Event] = deque()
         self.note = "starting…"
         self.burn = BurnMeter()
         self.pinned: list[str] = []
@@ -312,25 +321,31 @@ class TowerApp(App[int]):
                 yield Input(
                     placeholder="filter threads (id, agent, task, state, model)…", id="filter"
                 )
-                yield ThreadList(self.state, self.now, id="threads")
+                yield ThreadList(self.state, self.now, id="threads", lock=self.state_lock)
             with Vertical(id="right"):
-                yield InboxList(self.state, self.now, id="inbox")
+                yield InboxList(self.state, self.now, id="inbox", lock=self.state_lock)
                 yield InboxDetail(id="detail")
         yield PanelGrid(id="panels")
         yield SelectionBar(id="selection")
         yield Footer()
 
     def state(self) -> TowerState:
-        return self.bus.state if self.bus is not None else _EMPTY
+        return self.control.state if self.control is not None else _EMPTY
 
-    def _gate(self) -> CallsGate | None:
+    # The session's parts, for tests and benchmarks that look inside; the app's own code
+    # reads the state and steers through `control`.
+    @property
+    def store(self) -> Store | None:
+        return self.session.store if self.session is not None else None
+
+    @property
+    def sup(self) -> Supervisor | None:
+        return self.session.sup if self.session is not None else None
+
+    def _gate(self) -> CallFigures | None:
         """The call gate's counters (plain numbers the core thread updates; a frame may see
         them one call apart, which a once-a-second figure can bear)."""
-        sup = self.sup
-        if sup is None:
-            return None
-        gate = sup.calls
-        return CallsGate(gate.in_flight, gate.waiting, gate.lag.lag_s)
+        return self.control.calls() if self.control is not None else None
 
     def on_mount(self) -> None:
         # The main screen's widgets, kept: other screens (detail, dialogs) come on top of it.
@@ -352,7 +367,7 @@ class TowerApp(App[int]):
         self._timer = self.set_interval(TICK_S, self._tick)
         self._tick()
         self._boot()
-        if self.watch:
+        if self.watching:
             self._watch_themes()
             self._watch_project()
 
@@ -400,14 +415,9 @@ class TowerApp(App[int]):
             )
             return
         self.project = project
-        if self.sup is not None and self.core is not None:
-            sup = self.sup
-
-            def reload() -> None:
-                sup.bus.add_secrets_of(project)  # a new api_key_env is a secret from now on
-                sup.reload(project)
-
-            await self._command(reload)
+        control = self.control
+        if control is not None and self.core is not None:
+            await self._command(lambda: control.reload(project))
         self.notify(
             f"{len(project.agents)} agent(s), {len(project.tasks)} task(s) ready to spawn (n); "
             "the policy and model limits apply now; MCP servers change on the next start",
@@ -444,12 +454,13 @@ class TowerApp(App[int]):
         self.note = "loading models…"
         try:
             problems = await self.core.run(self._core_boot())
-        except StoreError as exc:
+        except SESSION_ERRORS as exc:
             self.exit(return_code=2, message=Text(f"tower: {exc}"))
             return
         if problems:
             self.exit(return_code=2, message=Text("\n".join(problems)))
             return
+        self._rows_dirty = self._inbox_dirty = True  # a resumed session: draw what it holds
         # litellm, pydantic and the threads' settings are alive for good: a full collection
         # walking them stalls the screen for ~150 ms, so move them out of the collector's way.
         gc.freeze()
@@ -457,45 +468,24 @@ class TowerApp(App[int]):
         self.booted.set()
 
     async def _core_boot(self) -> list[str]:
-        """On the core's loop: open the log, check the models, start the supervisor."""
-        from tower.core.llm import check_model
-        from tower.core.mcp import McpStartError, command_problems
-
-        self.store = await Store.open(self.db)
-        bus = Bus(self.store, clock=self.now, project=self.project)
-        events: list[Event] = []
-        if self.resume_id is not None:
-            await self.store.check_log(self.resume_id)
-            events = [ev async for ev in self.store.events(self.resume_id)]
-            bus.state = fold_checked(events, self.resume_id, self.store)
-            bus.seq = bus.state.last_seq
-            self._rows_dirty = self._inbox_dirty = True
-        bus.subscribe(self._on_event)
-        sup = Supervisor(
-            self.project,
-            bus,
-            session_id=self.resume_id or self.session_id,
-            workspaces_dir=self.store.path.parent / "workspaces",
-        )
-        problems = []
-        for model in self.project.all_models():
-            ms = self.project.model_settings(model)
-            problem = await asyncio.to_thread(check_model, model, ms.api_base, ms.api_key_env)
-            if problem:
-                problems.append(f"{self.project.root / PROJECT_FILE}: {problem}")
-        for line in await asyncio.to_thread(command_problems, self.project):
-            problems.append(f"{self.project.root / PROJECT_FILE}: {line}")
-        if problems:
-            await self.store.close()
-            self.store = None
-            return problems
-        self.bus, self.sup = bus, sup
+        """On the core's loop: the composition root opens the log, checks the models and MCP
+        commands (one line per problem), wires the session and starts (or resumes) it."""
         try:
-            if self.resume_id is not None:
-                await sup.resume_session(events)
-            else:
-                await sup.start()
-        except McpStartError as exc:
+            session = await SessionRuntime.open(
+                self.db,
+                self.project,
+                resume=self.resume_id,
+                session_id=self.session_id,
+                clock=self.now,
+                on_event=self._on_event,
+                check=True,
+            )
+        except PreflightError as exc:
+            return exc.problems
+        self.session, self.control = session, Control(session.sup)
+        try:
+            await session.start()
+        except SESSION_ERRORS as exc:  # an MCP server that does not start, among others
             return [f"tower: {exc}"]
         return []
 
@@ -518,28 +508,38 @@ class TowerApp(App[int]):
             await store.close()
 
     def _on_event(self, ev: Event) -> None:
-        """Runs inside bus.emit: only marks what changed; drawing waits for the next tick."""
-        if ev.thread is not None:
-            self._dirty.add(ev.thread)
-        kind = ev.kind
-        if kind is EventKind.THREAD_STATE or kind is EventKind.THREAD_SPAWNED:
-            self._rows_dirty = True
-            p = payload_of(ev)
-            if isinstance(p, pl.ThreadStateChanged) and p.state == ThreadState.FAILED:
-                self._failures.append(ev)
-        elif kind is EventKind.INBOX_OPENED:
-            self._inbox_dirty = True
-            self._new_items.append(ev)
-        elif kind is EventKind.INBOX_CLOSED:
-            self._inbox_dirty = True
-            self.notifications.saw_closed(ev)
-        elif kind is EventKind.MCP_SERVER:
-            p = payload_of(ev)
-            if isinstance(p, pl.McpServer) and p.status in ("crashed", "failed"):
-                self._failures.append(ev)
-        detail = self._detail
-        if detail is not None and ev.thread == detail.thread:
-            self._detail_events.append(ev)
+        """The bus's subscriber: runs on the core's thread, inside bus.emit, so it does no UI
+        work at all. It only queues the event (deque.append is atomic); the UI thread reads
+        the queue on its next tick (`_drain_events`) and marks what changed there."""
+        self._inbound.append(ev)
+
+    def _drain_events(self) -> None:
+        """On the UI thread: what the queued events changed (rows, inbox, panels, toasts,
+        the open thread's screen); drawing waits for the tick that called this."""
+        inbound = self._inbound
+        while inbound:
+            ev = inbound.popleft()
+            if ev.thread is not None:
+                self._dirty.add(ev.thread)
+            kind = ev.kind
+            if kind is EventKind.THREAD_STATE or kind is EventKind.THREAD_SPAWNED:
+                self._rows_dirty = True
+                p = payload_of(ev)
+                if isinstance(p, pl.ThreadStateChanged) and p.state == ThreadState.FAILED:
+                    self._failures.append(ev)
+            elif kind is EventKind.INBOX_OPENED:
+                self._inbox_dirty = True
+                self._new_items.append(ev)
+            elif kind is EventKind.INBOX_CLOSED:
+                self._inbox_dirty = True
+                self.notifications.saw_closed(ev)
+            elif kind is EventKind.MCP_SERVER:
+                p = payload_of(ev)
+                if isinstance(p, pl.McpServer) and p.status in ("crashed", "failed"):
+                    self._failures.append(ev)
+            detail = self._detail
+            if detail is not None and ev.thread == detail.thread:
+                self._detail_events.append(ev)
 
     # --- drawing ------------------------------------------------------------------------
 
@@ -548,6 +548,7 @@ class TowerApp(App[int]):
             return
         self.ticks += 1
         self._tend_garbage()
+        self._drain_events()
         now = self.now()
         state = self.state()
         self.burn.add(now, state.budget.spent_usd)
@@ -589,11 +590,11 @@ class TowerApp(App[int]):
         self._dirty.clear()
         self._rows_dirty = False
         self._inbox_dirty = False
-        self._notify_pending(state)
+        self._notify_pending(state)  # its reads are single lookups and list() copies
 
     def state_lock(self) -> contextlib.AbstractContextManager[Any]:
         """Held while the UI walks the state, so the core never changes it mid-walk."""
-        return self.bus.lock if self.bus is not None else contextlib.nullcontext()
+        return self.control.lock if self.control is not None else contextlib.nullcontext()
 
     def _feed_detail(self) -> None:
         detail = self._detail
@@ -666,9 +667,9 @@ class TowerApp(App[int]):
                 continue
             view = state.threads[tid]
             marks = (tid == selected, tid in self.pinned)
-            if tid in self._dirty or panel.thread != tid or getattr(panel, "_marks", None) != marks:
+            if tid in self._dirty or panel.thread != tid or panel.marks != marks:
                 panel.show(view, *marks)
-                panel._marks = marks  # type: ignore[attr-defined]
+                panel.marks = marks
 
     def _show_item(self) -> None:
         """Draws the target in the detail pane and the selection bar, and keeps it: verbs act
@@ -885,7 +886,7 @@ class TowerApp(App[int]):
         """Runs a supervisor command on the core's loop; a refusal is a toast, never a crash."""
         if self.closed:
             return None  # keys typed while quitting: the core has stopped
-        if self.sup is None or self.core is None:
+        if self.control is None or self.core is None:
             self.notify("still starting…", severity="warning")
             return None
         try:
@@ -950,30 +951,30 @@ class TowerApp(App[int]):
     # --- verbs --------------------------------------------------------------------------
 
     async def action_spawn(self) -> None:
-        sup = self.sup
-        if sup is None:
+        control = self.control
+        if control is None:
             self.notify("still starting…", severity="warning")
             return
-        project = sup.project
+        project = control.project
         models = project.all_models()
         # What spawning each task would start now (its next id, {n} filled), from the core.
-        tasks = await self._command(lambda: [sup.task_copy(t.id) for t in project.tasks])
+        tasks = await self._command(control.task_copies)
         if tasks is None or isinstance(self.screen, SpawnDialog):  # n pressed twice
             return
 
         async def spawn(req: SpawnRequest | None) -> None:
-            if req is None or self.sup is None:
+            if req is None:
                 return
             task = req.task
             if task is not None:
                 tid = await self._command(
-                    lambda: sup.spawn_task(
+                    lambda: control.spawn_task(
                         task, model=req.model, budget_usd=req.budget_usd, prompt=req.prompt
                     )
                 )
             else:
                 tid = await self._command(
-                    lambda: sup.spawn(
+                    lambda: control.spawn(
                         req.agent,
                         req.prompt or "",
                         model=req.model,
@@ -990,24 +991,26 @@ class TowerApp(App[int]):
 
     async def action_pause(self) -> None:
         tid = self._need_thread()
-        if tid is None or self.sup is None:
+        control = self.control
+        if tid is None or control is None:
             return
         view = self.state().threads.get(tid)
         if view is not None and view.pause_requested:
-            await self._command(lambda: self.sup.resume(tid), f"resumed {tid}")  # type: ignore[union-attr]
+            await self._command(lambda: control.resume(tid), f"resumed {tid}")
         else:
-            await self._command(lambda: self.sup.pause(tid), f"pausing {tid}")  # type: ignore[union-attr]
+            await self._command(lambda: control.pause(tid), f"pausing {tid}")
 
     async def action_pause_all(self) -> None:
-        if self.sup is None:
+        control = self.control
+        if control is None:
             return
         with self.state_lock():
             live = [v for v in self.state().threads.values() if v.state not in ENDED_STATES]
             asked = live and all(v.pause_requested for v in live)
         if asked:
-            await self._command(self.sup.resume_all, f"resumed {len(live)} thread(s)")
+            await self._command(control.resume_all, f"resumed {len(live)} thread(s)")
         else:
-            await self._command(self.sup.pause_all, f"pausing {len(live)} thread(s)")
+            await self._command(control.pause_all, f"pausing {len(live)} thread(s)")
 
     def action_kill(self) -> None:
         tid = self._need_thread()
@@ -1019,16 +1022,18 @@ class TowerApp(App[int]):
             return
 
         async def confirmed(yes: bool | None) -> None:
-            if yes:
-                await self._command(lambda: self.sup.kill(tid), f"killed {tid}")  # type: ignore[union-attr]
+            control = self.control
+            if yes and control is not None:
+                await self._command(lambda: control.kill(tid), f"killed {tid}")
 
         self.push_screen(ConfirmDialog(f"Kill thread {tid}?", yes="Kill"), confirmed)
 
     async def action_escalate(self) -> None:
         tid = self._need_thread()
-        if tid is None or self.sup is None:
+        control = self.control
+        if tid is None or control is None:
             return
-        result = await self._command(lambda: self.sup.escalate(tid, "model"))  # type: ignore[union-attr]
+        result = await self._command(lambda: control.escalate(tid, "model"))
         if result and str(result).startswith("i"):
             self.notify(f"{tid}: no stronger model left — handed to you ({result})")
         elif result:
@@ -1036,9 +1041,10 @@ class TowerApp(App[int]):
 
     async def action_hand(self) -> None:
         tid = self._need_thread()
-        if tid is not None:
+        control = self.control
+        if tid is not None and control is not None:
             await self._command(
-                lambda: self.sup.escalate(tid, "human"),  # type: ignore[union-attr]
+                lambda: control.escalate(tid, "human"),
                 f"{tid} handed to you: it stops at its next checkpoint",
             )
 
@@ -1071,26 +1077,26 @@ class TowerApp(App[int]):
         """a: approve the target; on a budget target raise it by the shown amount; on a
         handoff let the thread continue; on a question, answer it."""
         found = self._need_target()
-        if found is None or self.sup is None:
+        control = self.control
+        if found is None or control is None:
             return
         target, items = found
-        sup = self.sup
-        state = self.state()
-        kinds = {state.inbox[i].kind for i in items}
+        with self.state_lock():
+            inbox = self.state().inbox
+            items = [i for i in items if i in inbox]  # decided since they were drawn: skip
+            kinds = {inbox[i].kind for i in items}
+            budget = [i for i in items if inbox[i].kind is InboxKind.BUDGET]
+            rest = [i for i in items if inbox[i].kind in (InboxKind.APPROVAL, InboxKind.ESCALATION)]
         if kinds == {InboxKind.QUESTION}:
             self.action_reply()
             return
-        budget = [i for i in items if state.inbox[i].kind is InboxKind.BUDGET]
-        rest = [
-            i for i in items if state.inbox[i].kind in (InboxKind.APPROVAL, InboxKind.ESCALATION)
-        ]
         skipped = len(items) - len(budget) - len(rest)
         if budget:
             await self._raise_for(target, budget)
         if rest:
             await self._decide_each(
                 rest,
-                lambda i, a, b: sup.approve(i, attention_s=a, batch=b),
+                lambda i, a, b: control.approve(i, attention_s=a, batch=b),
                 "approved",
             )
         if skipped:
@@ -1098,34 +1104,39 @@ class TowerApp(App[int]):
 
     async def _raise_for(self, target: Target, items: list[str]) -> None:
         """Raises what stopped these budget items, by the amount the screen showed."""
-        sup = self.sup
-        assert sup is not None
-        state = self.state()
-        session = [i for i in items if state.inbox[i].data.get("scope") == "session"]
-        own = [i for i in items if i not in session]
+        control = self.control
+        assert control is not None
+        with self.state_lock():
+            inbox = self.state().inbox
+            items = [i for i in items if i in inbox]  # a rule may have decided one since
+            if not items:
+                return
+            session = [i for i in items if inbox[i].data.get("scope") == "session"]
+            own = [i for i in items if i not in session]
+            amount = budget_amount(target, inbox[items[0]])
+            woken_before = sum(1 for i in inbox.values() if i.kind is InboxKind.BUDGET)
         share = self._spend_attention(len(items))
-        amount = budget_amount(target, state.inbox[items[0]])
-        woken_before = len([i for i in state.inbox.values() if i.kind is InboxKind.BUDGET])
         batch = items[0] if len(items) > 1 else None  # one key: one decision in the log
 
         def run() -> None:
             if session:
                 # One raise of the session cap wakes every thread it stopped.
-                sup.raise_budget(
+                control.raise_budget(
                     session[0],
                     usd=amount if amount > 0 else 0.0,
                     attention_s=share * len(session),
                     batch=batch,
                 )
             for i in own:
-                if i in sup.bus.state.inbox:
-                    sup.raise_budget(i, attention_s=share, batch=batch)
+                if control.is_open(i):
+                    control.raise_budget(i, attention_s=share, batch=batch)
 
         await self._command(run)
         self._after_decision()
-        woken = woken_before - len(
-            [i for i in self.state().inbox.values() if i.kind is InboxKind.BUDGET]
-        )
+        with self.state_lock():
+            woken = woken_before - sum(
+                1 for i in self.state().inbox.values() if i.kind is InboxKind.BUDGET
+            )
         scope = "session budget" if session else "budget"
         self.notify(
             f"raised the {scope} by {usd(amount, 2)}; {max(woken, len(own))} thread(s) woken",
@@ -1134,22 +1145,22 @@ class TowerApp(App[int]):
 
     async def action_deny(self) -> None:
         found = self._need_target()
-        if found is None or self.sup is None:
+        control = self.control
+        if found is None or control is None:
             return
         _target, items = found
-        sup = self.sup
         await self._decide_each(
-            items, lambda i, a, b: sup.deny(i, attention_s=a, batch=b), "denied"
+            items, lambda i, a, b: control.deny(i, attention_s=a, batch=b), "denied"
         )
 
     def action_deny_reason(self) -> None:
         """D: deny the target (an item, a group, the marked set) with a reason the agents read
         in the tool's result."""
         found = self._need_target()
-        if found is None or self.sup is None:
+        control = self.control
+        if found is None or control is None:
             return
         target, items = found
-        sup = self.sup
         first = self.state().inbox.get(items[0])
         if len(items) == 1 and first is not None:
             what = f"{items[0]} ({first.data.get('tool') or first.kind} for {first.thread})"
@@ -1160,7 +1171,7 @@ class TowerApp(App[int]):
             if reason is not None:
                 await self._decide_each(
                     items,
-                    lambda i, a, b: sup.deny(i, comment=reason, attention_s=a, batch=b),
+                    lambda i, a, b: control.deny(i, comment=reason, attention_s=a, batch=b),
                     "denied",
                 )
 
@@ -1176,9 +1187,10 @@ class TowerApp(App[int]):
             return
 
         async def edited(args: dict[str, Any] | None) -> None:
-            if args is not None:
+            control = self.control
+            if args is not None and control is not None:
                 await self._command(
-                    lambda: self.sup.approve(item, args=args),  # type: ignore[union-attr]
+                    lambda: control.approve(item, args=args),
                     f"approved {item} with edited arguments",
                 )
 
@@ -1193,16 +1205,17 @@ class TowerApp(App[int]):
             return
         target = self.shown
         tid = self.selected_thread()
-        state = self.state()
-        items = self._open_items(target) if target is not None else []
+        with self.state_lock():
+            inbox = self.state().inbox
+            items = self._open_items(target) if target is not None else []
+            kinds = {inbox[i].kind for i in items}
+            first = inbox[items[0]] if items else None
         if target is not None and not items:
             self.notify(f"{' '.join(target.items)} already decided", severity="warning")
             return
         if not items and tid is None:
             self.notify("no thread selected", severity="warning")
             return
-        kinds = {state.inbox[i].kind for i in items}
-        first = state.inbox[items[0]] if items else None
         many = len(items) > 1
         if first is not None and kinds == {InboxKind.QUESTION} and not many:
             title = f"{first.thread} asks: {first.data.get('question', '')}"
@@ -1222,17 +1235,19 @@ class TowerApp(App[int]):
             return
         else:
             title = f"Comment to {tid} (read before its next model call)"
-        sup = self.sup
+        control = self.control
 
         async def send(text: str | None) -> None:
-            if not text or sup is None:
+            if not text or control is None:
                 return
             if items:
                 await self._decide_each(
-                    items, lambda i, a, b: sup.reply(i, text, attention_s=a, batch=b), "sent to"
+                    items,
+                    lambda i, a, b: control.reply(i, text, attention_s=a, batch=b),
+                    "sent to",
                 )
             elif tid is not None:
-                await self._command(lambda: sup.reply(tid, text), "sent")
+                await self._command(lambda: control.reply(tid, text), "sent")
 
         self.push_screen(TextDialog(title), send)
 
@@ -1243,7 +1258,7 @@ class TowerApp(App[int]):
             item = open_[0] if open_ else None
         else:
             item = self._need_item()
-        if item is None or self.sup is None:
+        if item is None or self.control is None:
             return
         with self.state_lock():
             found = self.state().inbox.get(item)
@@ -1262,11 +1277,12 @@ class TowerApp(App[int]):
         suggest = dict(data.get("suggest") or {})
 
         async def chosen(req: GrantRequest | None) -> None:
-            if req is None:
+            control = self.control
+            if req is None or control is None:
                 return
             self._spend_attention(1)  # the grant settles the covered items: no per-item time
             rid = await self._command(
-                lambda: self.sup.grant(  # type: ignore[union-attr]
+                lambda: control.grant(
                     tool, req.args, agent=req.agent, minutes=req.minutes, item=item
                 )
             )
@@ -1284,13 +1300,15 @@ class TowerApp(App[int]):
 
     def action_raise_budget(self) -> None:
         """b: raise by an amount you type; on a budget target, the cap that stopped it."""
-        if self.sup is None or not self._verbs_here():
+        control = self.control
+        if control is None or not self._verbs_here():
             return
         target = self.shown
         state = self.state()
-        items = self._open_items(target) if target is not None else []
-        budget = [i for i in items if state.inbox[i].kind is InboxKind.BUDGET]
-        first = state.inbox[budget[0]] if budget else None
+        with self.state_lock():
+            items = self._open_items(target) if target is not None else []
+            budget = [i for i in items if state.inbox[i].kind is InboxKind.BUDGET]
+            first = state.inbox[budget[0]] if budget else None
         if target is not None and first is not None:
             session = first.data.get("scope") == "session"
             who = (
@@ -1307,7 +1325,6 @@ class TowerApp(App[int]):
         else:
             title = "Raise the session budget by (USD)"
             suggestion = max((state.budget.limit_usd or 0.0) * 0.25, 0.01)
-        sup = self.sup
 
         async def raised(amount: float | None) -> None:
             if not amount:
@@ -1320,14 +1337,15 @@ class TowerApp(App[int]):
 
                 def run() -> None:
                     for i in lead:
-                        if i in sup.bus.state.inbox:
-                            sup.raise_budget(i, usd=amount, attention_s=share, batch=batch)
+                        if control.is_open(i):
+                            control.raise_budget(i, usd=amount, attention_s=share, batch=batch)
 
                 await self._command(run, f"budget raised by {usd(amount)}")
                 self._after_decision()
             else:
                 await self._command(
-                    lambda: sup.raise_budget(None, usd=amount), f"budget raised by {usd(amount)}"
+                    lambda: control.raise_budget(None, usd=amount),
+                    f"budget raised by {usd(amount)}",
                 )
 
         self.push_screen(AmountDialog(title, suggestion), raised)
@@ -1447,7 +1465,7 @@ class TowerApp(App[int]):
 
         host = SessionsHost(
             db=store.path,
-            current=self.sup.session_id if self.sup is not None else None,
+            current=self.control.session_id if self.control is not None else None,
             run=lambda work: core.run(work(store)),
             live_threads=live,
             shutdown=self.shutdown,
@@ -1455,7 +1473,8 @@ class TowerApp(App[int]):
         self.push_screen(SessionsScreen(await core.run(listed()), host.current, host, select))
 
     def action_policy(self) -> None:
-        if self.sup is None or self.core is None:
+        control = self.control
+        if control is None or self.core is None:
             self.notify("still starting…", severity="warning")
             return
 
@@ -1464,10 +1483,7 @@ class TowerApp(App[int]):
                 return fn(self.state())
 
         async def revoke(rid: str) -> None:
-            await self._command(
-                lambda: self.sup.revoke(rid),  # type: ignore[union-attr]
-                f"revoked {rid}",
-            )
+            await self._command(lambda: control.revoke(rid), f"revoked {rid}")
 
         self.push_screen(PolicyScreen(read, self.now, revoke))
 
@@ -1489,12 +1505,14 @@ class TowerApp(App[int]):
 
     async def action_files(self) -> None:
         """w: the files the selected thread wrote, each with its diff against the original."""
-        from tower.ui.screens.files import FilesScreen, thread_folders
+        from tower.ui.screens.files import FilesScreen
 
         tid = self._need_thread()
-        if tid is None or self.sup is None or isinstance(self.screen, FilesScreen):
+        control, core = self.control, self.core
+        if tid is None or control is None or core is None or isinstance(self.screen, FilesScreen):
             return
-        root, original = thread_folders(self.sup, tid)
+        # The supervisor's own records say where: read on the core's thread, not here.
+        root, original = await core.call(control.workspace_folders, tid)
         events = await self.thread_events(tid)
         self.push_screen(FilesScreen(tid, root, original, events, self.pending_writes(tid)))
 
@@ -1555,7 +1573,7 @@ class TowerApp(App[int]):
 
     async def open_thread(self, tid: str) -> None:
         """The detail view: past events from the log, then live ones as they come."""
-        if self.store is None or self.sup is None:
+        if self.store is None or self.control is None:
             return
         screen = ThreadScreen(tid)
         await self.push_screen(screen)
@@ -1564,6 +1582,9 @@ class TowerApp(App[int]):
         events = await self.thread_events(tid)
         seen = events[-1].seq if events else 0
         screen.add_events(events)
+        # Every event up to the log's read is queued by now (the bus queues an event before
+        # the store can commit it): take them in, then keep only those the log did not have.
+        self._drain_events()
         self._detail_events = [e for e in self._detail_events if e.seq > seen]
         self._show_head(screen)
         self._detail = screen
@@ -1588,13 +1609,14 @@ class TowerApp(App[int]):
 
     async def thread_events(self, tid: str) -> list[Event]:
         """A thread's events as the log has them, read on the core's loop."""
-        store, sup, core = self.store, self.sup, self.core
-        if store is None or sup is None or core is None or self.closed:
+        store, control, core = self.store, self.control, self.core
+        if store is None or control is None or core is None or self.closed:
             return []
+        session = control.session_id
 
         async def read() -> list[Event]:
             await store.flush()
-            return [ev async for ev in store.thread_events(sup.session_id, tid)]
+            return [ev async for ev in store.thread_events(session, tid)]
 
         return await core.run(read())
 
@@ -1636,15 +1658,11 @@ class TowerApp(App[int]):
         core = self.core
         if core is None:
             return
-        sup, store = self.sup, self.store
+        session = self.session
 
         async def close() -> None:
-            try:
-                if sup is not None:
-                    await sup.close("quit")
-            finally:
-                if store is not None:
-                    await store.close()
+            if session is not None:
+                await session.close("quit")  # the supervisor, then the store
 
         try:
             await core.run(close())

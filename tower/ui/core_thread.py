@@ -3,7 +3,8 @@
 With hundreds of streaming threads the core's loop runs thousands of callbacks a second; a
 key press sharing that loop waits behind them (p95 over 150 ms at 500 threads). On its own
 loop the UI only waits for the GIL, a few milliseconds at most. Commands cross over with
-`run`/`call`; events come back through the bus's subscribers, which only set flags.
+`run`/`call`; events come back through the bus's subscriber, which only queues them for
+the UI's next tick.
 """
 
 from __future__ import annotations

@@ -302,8 +302,8 @@ async def notify_send(program: str, title: str, body: str) -> int:
 class Notifications:
     """The Notifier wired to a running app and the channels `[notify]` switches on.
 
-    The app calls `saw_closed` from its event hook (any thread), `focus` from its
-    AppBlur/AppFocus handlers, and `tick` once per UI tick with the items that opened.
+    The app calls `saw_closed` as it reads the bus's events (on its tick), `focus` from
+    its AppBlur/AppFocus handlers, and `tick` once per UI tick with the items that opened.
     """
 
     def __init__(self, app: App[Any], config: NotifyConfig | None, title: str = "tower") -> None:
@@ -331,7 +331,7 @@ class Notifications:
     # facts
 
     def saw_closed(self, ev: Event) -> None:
-        """An INBOX_CLOSED event (called on the core's thread: only queues it)."""
+        """An INBOX_CLOSED event: queued until the next `tick`."""
         if self.enabled:
             p = payload_as(ev, InboxClosed)
             self._closed.append((p.item, p.by))

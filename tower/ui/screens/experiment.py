@@ -71,19 +71,20 @@ class ExperimentScreen(ModalScreen[None]):
         self.run_worker(self._run(), exclusive=True)
 
     def _progress(self, name: str, ev: Event) -> None:
-        """Runs on the core's thread: counts ended threads, hands the line to the UI without
-        waiting for it (the core never blocks on the screen)."""
+        """Runs on the core's thread, inside bus.emit: hands a thread's end over to the UI's
+        loop without waiting for it (the core never blocks on the screen), nothing else."""
         if (
             ev.kind is EventKind.THREAD_STATE
             and ThreadState(payload_as(ev, ThreadStateChanged).state).ended
         ):
-            self._ended[name] = self._ended.get(name, 0) + 1
-            line = f"running {name}: {self._ended[name]} task(s) ended"
-            self._ui_loop.call_soon_threadsafe(self._status, line)
+            self._ui_loop.call_soon_threadsafe(self._thread_ended, name)
 
-    def _status(self, text: str) -> None:
+    def _thread_ended(self, name: str) -> None:
+        """On the UI's loop: one more thread of the variant ended."""
+        self._ended[name] = self._ended.get(name, 0) + 1
         if not self.done and self.is_mounted:
-            self.query_one("#status", Label).update(text)
+            line = f"running {name}: {self._ended[name]} task(s) ended"
+            self.query_one("#status", Label).update(line)
 
     async def _run(self) -> None:
         from tower.core.experiment import run_experiment, table, winner

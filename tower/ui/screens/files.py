@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from rich.console import RenderableType
 from rich.text import Text
@@ -24,9 +24,6 @@ from tower.core.diffs import FileChange, compare, file_diff, written_paths
 from tower.core.events import Event
 from tower.ui.widgets.diffview import diff_view
 
-if TYPE_CHECKING:
-    from tower.core.supervisor import Supervisor
-
 STATUS_STYLE = {
     "added": "green",
     "modified": "yellow",
@@ -35,34 +32,6 @@ STATUS_STYLE = {
     "pending": "bold magenta",
 }
 PENDING = "pending:"  # row keys of writes still waiting for approval
-
-
-def thread_folders(sup: Supervisor, tid: str) -> tuple[Path | None, Path | None]:
-    """(the thread's workspace, the original folder it was copied from) — either may be None.
-
-    The same rule as Supervisor._prepare_workspace: `<db dir>/workspaces/<session>/<thread>`
-    unless the project works in place (copy_workspaces = false).
-    """
-    th = sup.runs.get(tid)
-    src: Path | None = None
-    if th is not None:
-        src = th.workspace_src
-    else:  # a thread of a resumed session that ended before: its task says where
-        view = sup.bus.state.threads.get(tid)
-        base = view.task if view is not None else ""
-        for task in sup.project.tasks:
-            if task.workspace and (base == task.id or base.rpartition("-")[0] == task.id):
-                src = sup.project.root / task.workspace
-                break
-    if th is not None and th.workspace is not None:
-        root: Path | None = th.workspace.root
-    elif src is not None and not sup.project.project.copy_workspaces:
-        root = src
-    elif sup.workspaces_dir is not None:
-        root = sup.workspaces_dir / sup.session_id / tid
-    else:
-        root = src
-    return root, src
 
 
 class FilesScreen(ModalScreen[None]):

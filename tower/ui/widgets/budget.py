@@ -3,11 +3,10 @@ tokens, human attention, and thread counts. Warning colour at 80 %, error at 100
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from rich.text import Text
 from textual.widgets import Static
 
+from tower.core.control import CallFigures
 from tower.core.events import ThreadState
 from tower.core.state import TowerState
 from tower.ui.format import budget_level, duration_minutes, minutes_left, tokens, usd
@@ -28,14 +27,6 @@ def bar(spent: float, reserved: float, limit: float | None, width: int = BAR_WID
     return text
 
 
-class CallsGate(NamedTuple):
-    """What the call gate (core/admission.py) is doing, read once per frame."""
-
-    in_flight: int
-    waiting: int
-    lag_s: float
-
-
 class BudgetBar(Static):
     DEFAULT_CSS = """
     BudgetBar {
@@ -53,7 +44,7 @@ class BudgetBar(Static):
         note: str = "",
         cap: float | None = None,
         now: float | None = None,
-        gate: CallsGate | None = None,
+        gate: CallFigures | None = None,
     ) -> None:
         """`cap`: the project's attention budget in minutes (`[budget] human_minutes`).
         `gate`: the call gate, when calls wait at it (tower is holding them back)."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import ClassVar
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, ClassVar
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -86,9 +87,14 @@ class InboxList(StateList):
     """
 
     def __init__(
-        self, state: Callable[[], TowerState], now: Callable[[], float], *, id: str | None = None
+        self,
+        state: Callable[[], TowerState],
+        now: Callable[[], float],
+        *,
+        id: str | None = None,
+        lock: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> None:
-        super().__init__(state, now, id=id)
+        super().__init__(state, now, id=id, lock=lock)
         self.by_key: dict[str, Situation] = {}  # situation key → situation
         self.member_of: dict[str, Situation] = {}  # item id → its situation
         self.expanded: set[str] = set()
@@ -99,9 +105,12 @@ class InboxList(StateList):
 
     def rebuild(self) -> None:
         """Situations oldest first (the digest last); an expanded group lists its items."""
-        sits = situations(
-            self._state(), human_minutes_cap=self.human_minutes_cap, routine_usd=self.routine_usd
-        )
+        with self._lock():  # a key (expand, mark) rebuilds outside the app's tick too
+            sits = situations(
+                self._state(),
+                human_minutes_cap=self.human_minutes_cap,
+                routine_usd=self.routine_usd,
+            )
         self.by_key = {s.key: s for s in sits}
         self.member_of = {i: s for s in sits for i in s.items}
         self.marked &= set(self.member_of)  # decided items are no longer marked
@@ -130,11 +139,16 @@ class InboxList(StateList):
     def row_for_thread(self, thread: str) -> str | None:
         """The row of the thread's oldest item; a collapsed group holding it is expanded, so
         the row under the cursor is that very item (the thread's, not the group's)."""
-        inbox = self._state().inbox
-        mine = [i for i in self.member_of if (it := inbox.get(i)) and it.thread == thread]
-        if not mine:
+        with self._lock():
+            inbox = self._state().inbox
+            created = {
+                i: it.created
+                for i in self.member_of
+                if (it := inbox.get(i)) is not None and it.thread == thread
+            }
+        if not created:
             return None
-        oldest = min(mine, key=lambda i: (inbox[i].created, i))
+        oldest = min(created, key=lambda i: (created[i], i))
         owner = self.member_of[oldest]
         if self._auto_opened not in (None, owner.key):
             # The group opened for the previous thread closes again when the selection leaves.

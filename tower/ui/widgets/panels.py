@@ -3,6 +3,8 @@ output tail. Panels for threads not in view do not exist, so they cost nothing."
 
 from __future__ import annotations
 
+import copy
+
 from rich.console import Console
 from rich.text import Text
 from textual.containers import Grid
@@ -32,10 +34,13 @@ class ThreadPanel(Static):
         super().__init__("")
         self.thread: str | None = None
         self._view: ThreadView | None = None
+        self.marks: tuple[bool, bool] | None = None  # (selected, pinned) when last drawn
 
     def show(self, view: ThreadView | None, selected: bool, pinned: bool) -> None:
+        """Called with the state's lock held; a copy of the view is kept for `on_resize`,
+        which Textual calls outside it (the core thread may be changing the live one)."""
         self.thread = view.id if view is not None else None
-        self._view = view
+        self._view = copy.copy(view)
         self.set_class(selected, "-selected")
         self.set_class(pinned, "-pinned")
         self.set_class(view is not None and view.pending > 0, "-needs")

@@ -8,7 +8,8 @@ per row.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, ClassVar
 
 from rich.segment import Segment
 from rich.style import Style
@@ -187,11 +188,26 @@ class RowList(ScrollView, can_focus=True):
 
 
 class StateList(RowList):
-    """A RowList drawn from the tower's state, with a clock for ages."""
+    """A RowList drawn from the tower's state, with a clock for ages.
+
+    Textual paints rows whenever it composes a frame, not only inside the app's tick, so the
+    rows are drawn holding `lock` (the bus's lock, in the live app): the core thread never
+    changes a thread or an item halfway through its row.
+    """
 
     def __init__(
-        self, state: Callable[[], TowerState], now: Callable[[], float], *, id: str | None = None
+        self,
+        state: Callable[[], TowerState],
+        now: Callable[[], float],
+        *,
+        id: str | None = None,
+        lock: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> None:
         super().__init__(id=id)
         self._state = state
         self._now = now
+        self._lock = lock
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        with self._lock():
+            return super().render_lines(crop)

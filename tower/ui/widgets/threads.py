@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, ClassVar
 
 from tower.core.events import ThreadState
 from tower.core.state import ThreadView, TowerState
@@ -66,34 +67,41 @@ class ThreadList(StateList):
     """
 
     def __init__(
-        self, state: Callable[[], TowerState], now: Callable[[], float], *, id: str | None = None
+        self,
+        state: Callable[[], TowerState],
+        now: Callable[[], float],
+        *,
+        id: str | None = None,
+        lock: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> None:
-        super().__init__(state, now, id=id)
+        super().__init__(state, now, id=id, lock=lock)
         self.filter_text = ""
         self.sort_key = "spawned"
         self.reverse = False
 
     def rebuild(self) -> None:
         """Recomputes which threads show, in which order, from the current state."""
-        views = list(self._state().threads.values())
-        if self.filter_text:
-            views = [v for v in views if matches(v, self.filter_text)]
-        key = self.sort_key
-        if key == "id":
-            views.sort(key=lambda v: v.id)
-        elif key == "state":
-            views.sort(key=lambda v: (_STATE_RANK[v.state], -v.pending))
-        elif key == "cost":
-            views.sort(key=lambda v: -v.cost_usd)
-        elif key == "tokens":
-            views.sort(key=lambda v: -v.tokens)
-        elif key == "age":
-            views.sort(key=lambda v: v.created)
-        elif key == "model":
-            views.sort(key=lambda v: v.model)
-        if self.reverse:
-            views.reverse()
-        self.set_rows([v.id for v in views])
+        with self._lock():  # re-entrant: the tick holds it already; no caller can forget it
+            views = list(self._state().threads.values())
+            if self.filter_text:
+                views = [v for v in views if matches(v, self.filter_text)]
+            key = self.sort_key
+            if key == "id":
+                views.sort(key=lambda v: v.id)
+            elif key == "state":
+                views.sort(key=lambda v: (_STATE_RANK[v.state], -v.pending))
+            elif key == "cost":
+                views.sort(key=lambda v: -v.cost_usd)
+            elif key == "tokens":
+                views.sort(key=lambda v: -v.tokens)
+            elif key == "age":
+                views.sort(key=lambda v: v.created)
+            elif key == "model":
+                views.sort(key=lambda v: v.model)
+            if self.reverse:
+                views.reverse()
+            keys = [v.id for v in views]
+        self.set_rows(keys)
 
     def _widths(self, width: int) -> list[int]:
         """Column widths for this width; AGENT, MODEL, STEP and TOKENS give way (in that order)
