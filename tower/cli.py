@@ -258,7 +258,7 @@ def _open_tui(project: Project, db: str | None, resume: str | None = None) -> in
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         raise UsageError("tower: the TUI needs a terminal; use --headless (see tower run --help)")
     from tower.ui.app import VERBS, TowerApp
-    from tower.ui.keymap import ConfigError, load_config, validate_keys
+    from tower.ui.keymap import ConfigError, config_path, load_config, validate_keys
 
     try:
         config = load_config()
@@ -275,6 +275,7 @@ def _open_tui(project: Project, db: str | None, resume: str | None = None) -> in
         theme=config.theme,
         notify=config.notify,
         resume=resume,
+        config_file=config_path(),
     )
     app.run()
     from tower.ui.screens.sessions import Handoff

@@ -1,10 +1,8 @@
-"""Live reload, through the running TUI: tower.toml is edited on disk while tower runs; the
-app's own file watcher (watchfiles) reloads it, the screen says so, and the keys act on the
-new version: `o` shows the new policy, new threads obey it, `n` offers the new tasks. A broken
-edit is reported and changes nothing.
-
-(keys.toml is read once, when tower starts: tower/ui/app.py watches the project's tower.toml
-and the theme folders, not keys.toml, so there is no live reload of it to test here.)
+"""Live reload, through the running TUI: tower.toml and keys.toml are edited on disk while
+tower runs; the app's own file watchers (watchfiles) reload them, the screen says so, and the
+keys act on the new version: `o` shows the new policy, new threads obey it, `n` offers the
+new tasks, a rebound key does its action on the selected thread. A broken edit is reported
+and changes nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import pytest
 from textual.widgets import DataTable
 
 from tests.helpers import save
-from tests.tui_harness import WRITE, Tui, pick_task, project, task, tui, waiting_on
+from tests.tui_harness import ASK, WRITE, Tui, pick_task, project, task, tui, waiting_on
 from tower.core.events import EventKind, InboxKind, ThreadState
 from tower.ui import app as app_module
 from tower.ui.screens.dialogs import SpawnDialog
@@ -168,3 +166,67 @@ async def test_a_broken_edit_is_reported_and_the_running_version_kept(
         save(path, (BEFORE + DENY_WRITES).replace('deny = ["write_file"]', 'deny = ["list_dir"]'))
         await reloaded(t, "tower.toml reloaded")
         assert (await policy_rows(t))[0][:2] == ["deny", "list_dir"]
+
+
+# --- keys.toml ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def watched(monkeypatch: pytest.MonkeyPatch) -> dict[str, asyncio.Event]:
+    """The app's watchers, by file name: each set once its file is watched."""
+    ready: dict[str, asyncio.Event] = {}
+    real = app_module.watch_file
+
+    async def watch_file(path: Path, on_change: Any, stop_event: Any = None, **options: Any):
+        event = ready.setdefault(Path(path).name, asyncio.Event())
+        return await real(path, on_change, stop_event, ready=event, **options)
+
+    monkeypatch.setattr(app_module, "watch_file", watch_file)
+    return ready
+
+
+async def keys_started(tmp_path: Path, t: Tui, watched: dict[str, asyncio.Event]) -> None:
+    await t.until(lambda: "keys.toml" in watched and watched["keys.toml"].is_set(), "watched")
+    await t.ready(waiting_on(t, 2), "two questions")
+    assert t.threads.current == "t-1"
+
+
+async def test_a_key_rebound_in_keys_toml_acts_at_once(tmp_path: Path, watched) -> None:
+    keys = tmp_path / "config" / "keys.toml"
+    keys.parent.mkdir()
+    save(keys, "[keys]\n")
+    async with tui(tmp_path, project(task(ASK, "t", repeat=2)), watch=True, config_file=keys) as t:
+        await keys_started(tmp_path, t, watched)
+        assert t.app.key_of("pause") == "p"
+
+        save(keys, '[keys]\npause = "z"\n')
+        said = await reloaded(t, "keys.toml reloaded")
+        assert "keys" in said
+        assert t.app.key_of("pause") == "z"
+        await t.press("p")  # no longer pause
+        await t.settle()
+        assert not t.view("t-1").pause_requested
+        await t.press("z")  # the selected thread, t-1, and only it
+        await t.until(lambda: t.view("t-1").pause_requested, "t-1 pausing")
+        assert not t.view("t-2").pause_requested
+        assert any("pausing t-1" in s for s in t.toast_texts())
+
+
+async def test_a_broken_keys_toml_is_reported_and_the_keys_kept(tmp_path: Path, watched) -> None:
+    keys = tmp_path / "config" / "keys.toml"
+    keys.parent.mkdir()
+    save(keys, '[keys]\npause = "z"\n')
+    async with tui(
+        tmp_path,
+        project(task(ASK, "t", repeat=2)),
+        watch=True,
+        config_file=keys,
+        keymap={"pause": "z"},
+    ) as t:
+        await keys_started(tmp_path, t, watched)
+        save(keys, '[keys]\npuase = "x"\n')  # a typo: an unknown action
+        said = await reloaded(t, "keys.toml not reloaded")
+        assert "keys.puase: unknown action (did you mean 'pause'?)" in said
+        assert "kept the previous version" in said
+        await t.press("z")
+        await t.until(lambda: t.view("t-1").pause_requested, "z still pauses")

@@ -42,6 +42,7 @@ from tower.core.store import Store, StoreError
 from tower.core.supervisor import Supervisor
 from tower.ui.core_thread import CoreThread
 from tower.ui.format import BurnMeter, usd
+from tower.ui.keymap import ConfigError, load_config, validate_keys
 from tower.ui.notify import Notifications, NotifyConfig
 from tower.ui.screens.detail import ThreadScreen
 from tower.ui.screens.dialogs import (
@@ -269,7 +270,10 @@ class TowerApp(App[int]):
         watch: bool = True,
         resume: str | None = None,
         offer_resume: bool = True,
+        config_file: Path | None = None,
     ) -> None:
+        """`config_file`: the keys.toml these keys, bell, theme and notifications came from;
+        watched (with `watch`), so an edit applies while tower runs."""
         super().__init__()
         self.project = project
         self.db = db
@@ -281,6 +285,7 @@ class TowerApp(App[int]):
         self.notifications = Notifications(self, notify, title=f"tower · {project.name}")
         self.watching = watch  # the project file and themes (Textual's App.watch is a method)
         self.theme_name = theme
+        self.config_file = config_file
         self._user_keymap = keymap or {}
         if self._user_keymap:
             self._bindings = BindingsMap(_verb_bindings(self._user_keymap))
@@ -370,6 +375,8 @@ class TowerApp(App[int]):
         if self.watching:
             self._watch_themes()
             self._watch_project()
+            if self.config_file is not None and self.config_file.parent.is_dir():
+                self._watch_keys()
 
     # --- themes and live reload ---------------------------------------------------------
 
@@ -399,6 +406,44 @@ class TowerApp(App[int]):
     async def _watch_project(self) -> None:
         path = self.project.root / PROJECT_FILE
         await watch_file(path, self._reload_project, self._stop_watchers)
+
+    @work(group="watch-keys")
+    async def _watch_keys(self) -> None:
+        assert self.config_file is not None
+        await watch_file(self.config_file, self._reload_keys, self._stop_watchers)
+
+    async def _reload_keys(self, path: Path) -> None:
+        """An edited keys.toml: its keys, bell, theme and notifications apply at once (the
+        footer and `?` show the new keys); a bad edit is reported and changes nothing."""
+        try:
+            config = await asyncio.to_thread(load_config, path)
+            problems = validate_keys(config, {bid for bid, *_ in VERBS})
+        except ConfigError as exc:
+            problems = [str(exc)]
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            self.notify(
+                f"{problems[0]}{more} — kept the previous version",
+                title="keys.toml not reloaded",
+                severity="error",
+                timeout=10,
+            )
+            return
+        self._user_keymap = config.keymap()
+        self._bindings = BindingsMap(_verb_bindings(self._user_keymap))
+        self.refresh_bindings()
+        self.bell_on = config.bell
+        if config.notify != self.notifications.config:
+            self.notifications = Notifications(
+                self, config.notify, title=f"tower · {self.project.name}"
+            )
+        if config.theme is not None and config.theme != self.theme:
+            if config.theme in self.available_themes:
+                self.theme = config.theme
+            else:
+                self.notify(f"no theme named {config.theme!r}", severity="warning")
+        self.theme_name = config.theme
+        self.notify("keys, bell, theme and notifications apply now", title="keys.toml reloaded")
 
     async def _reload_project(self, path: Path) -> None:
         """An edited tower.toml: new agents and tasks can be spawned; a bad edit changes nothing."""
