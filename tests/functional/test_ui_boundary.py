@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import write_project
-from tests.test_tui import ASK, project, task, tower
+from tests.helpers import write_project
+from tests.tui_harness import ASK, project, task, tui
 from tower.core.control import Control
 from tower.core.events import Event, EventKind
 from tower.core.project import PROJECT_FILE, load_project
@@ -46,7 +46,7 @@ async def test_the_subscriber_only_queues_and_the_tick_puts_the_event_on_screen(
 
     monkeypatch.setattr(TowerApp, "_on_event", subscriber)
     monkeypatch.setattr(TowerApp, "_drain_events", draining)
-    async with tower(tmp_path, project()) as t:
+    async with tui(tmp_path, project()) as t:
         app = t.app
         assert isinstance(app.session, SessionRuntime) and isinstance(app.control, Control)
         await t.settle()
@@ -71,7 +71,7 @@ async def test_the_subscriber_only_queues_and_the_tick_puts_the_event_on_screen(
 async def test_rows_are_drawn_holding_the_state_lock_and_panels_keep_a_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with tower(tmp_path, project(task(ASK, "t", repeat=3))) as t:
+    async with tui(tmp_path, project(task(ASK, "t", repeat=3))) as t:
         await t.ready(lambda: len(t.items()) == 3, "three questions")
         control = t.app.control
         assert control is not None

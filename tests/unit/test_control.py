@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Live, ended, write_project
+from tests.conftest import Live, ended
+from tests.helpers import write_project
 from tower.core.control import CallFigures, CommandError, Control
 from tower.core.events import EventKind, InboxKind, ThreadState
 from tower.core.project import load_project

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import write_project
+from tests.helpers import write_project
 from tower.core import session as session_mod
 from tower.core.events import EventKind
 from tower.core.project import PROJECT_FILE, ProjectError, load_project

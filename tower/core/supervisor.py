@@ -1,8 +1,10 @@
-"""The supervisor: owns the agent threads, schedules them, and applies the human's commands.
+"""The supervisor: owns the agent threads and applies the human's commands.
 
-The UI and scripts steer tower only through the command methods here (spawn, pause, resume,
-kill, escalate, approve, deny, reply, raise_budget, decline); each turns into events on the
-bus, so whatever happened can be replayed.
+It assembles the parts that each work alone (the scheduler, the inbox, the policy gate, the
+resumer, the models, the workspaces) and hosts the agent loops (agent.LoopHost). Front ends
+steer it through core/control.py's commands (spawn, pause, resume, kill, escalate, approve,
+deny, reply, raise_budget, grant, revoke); each turns into events on the bus, so whatever
+happened can be replayed.
 """
 
 from __future__ import annotations
