@@ -3,6 +3,7 @@ repeating or re-billing a recorded call; an interrupted side effect is never re-
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import random
@@ -13,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, one_line_error, tower, tower_cmd, tower_env, write_project
-from tower.core.events import Event, EventKind
-from tower.core.payloads import payload_of
+from tower.core.events import Event, EventKind, ThreadState
+from tower.core.payloads import PauseRequested, payload_as, payload_of
 from tower.core.project import load_project
 from tower.core.session import resume_headless, run_headless
 from tower.core.store import Store
@@ -395,3 +396,72 @@ async def test_resume_sends_the_model_the_conversation_the_live_loop_sent(live_f
         assert any(str(m.get("content") or "").startswith(CHECK_FAILED) for m in rebuilt)
         compared += 1
     assert compared >= 1  # the cut after the failed check, at least, was resumable
+
+
+PAUSED = """
+[project]
+name = "p"
+[[agents]]
+name = "a"
+cascade = ["sim/instant"]
+tools = ["list_dir", "finish"]
+[[tasks]]
+id = "t"
+agent = "a"
+prompt = "look"
+workspace = "ws"
+[[tasks.script]]
+tool = "finish"
+args = { answer = "ok" }
+"""
+
+
+async def _paused_then_quit(tmp_path: Path) -> tuple[Path, str]:
+    """A session whose one thread the person paused before quitting (pause is in the log)."""
+    from tower.core.session import SessionRuntime
+
+    root = write_project(tmp_path / "proj", PAUSED, {"ws/a.txt": "a"})
+    db = tmp_path / "t.db"
+    runtime = await SessionRuntime.open(db, load_project(root))
+    await runtime.start()
+    runtime.sup.pause("t")
+    assert runtime.state.threads["t"].pause_requested
+    session = runtime.session_id
+    await runtime.close("quit")
+    return db, session
+
+
+async def test_a_headless_resume_lifts_a_pause_nobody_could_lift(tmp_path) -> None:
+    """Headless, nobody can press p again: the resumed thread runs (it hung before)."""
+    db, session = await _paused_then_quit(tmp_path)
+    result = await asyncio.wait_for(resume_headless(db, session, "all"), 60)
+    view = result.state.threads["t"]
+    assert view.state is ThreadState.DONE and not view.pause_requested
+    store = await Store.open(db)
+    try:
+        asked = [
+            payload_as(e, PauseRequested).requested
+            for e in [ev async for ev in store.events(session)]
+            if e.kind is EventKind.PAUSE_REQUESTED
+        ]
+    finally:
+        await store.close()
+    assert asked == [True, False]  # the lift is recorded, not silent
+
+
+async def test_a_resume_with_a_person_keeps_the_pause_and_says_so(tmp_path) -> None:
+    """With a person (no --approve), the paused thread is shown paused, and waits for them."""
+    from tower.core.session import SessionRuntime
+
+    db, session = await _paused_then_quit(tmp_path)
+    runtime = await SessionRuntime.open(db, resume=session)
+    try:
+        await runtime.start()
+        view = runtime.state.threads["t"]
+        assert view.pause_requested
+        assert (view.state, view.reason) == (ThreadState.PAUSED, "paused by the human")
+        runtime.sup.resume("t")
+        await asyncio.wait_for(runtime.sup.wait_idle(), 60)
+        assert runtime.state.threads["t"].state is ThreadState.DONE
+    finally:
+        await runtime.close()

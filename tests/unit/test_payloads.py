@@ -16,7 +16,7 @@ from tower.core import payloads as pl
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind
 from tower.core.state import fold
-from tower.core.store import Store
+from tower.core.store import DamagedLog, Store
 
 SAMPLES: dict[Any, Any] = {str: "x", int: 3, float: 1.5, bool: True}
 # Fields whose values have a shape of their own: a member of the vocabulary's enums, a rule.
@@ -128,5 +128,24 @@ async def test_the_session_list_sums_both_versions_of_a_lost_call(tmp_path: Path
         await store.flush()
         (row,) = await store.list_sessions()
         assert row.lost_usd == pytest.approx(0.75)
+    finally:
+        await store.close()
+
+
+async def test_a_log_with_a_version_1_lost_call_is_whole(tmp_path: Path) -> None:
+    """The store's check reads raw payloads in SQL, before any upcaster: a required field
+    stored under its former name is there."""
+    store = await Store.open(tmp_path / "t.db")
+    try:
+        await store.create_session("s", "p", str(tmp_path), 1.0, {})
+        store.start_writer("s")
+        store.append(Event(1, 1.0, EventKind.LLM_LOST, "a", {"usd": 0.25, "model": "m"}))
+        store.append(Event(2, 2.0, EventKind.LLM_LOST, "b", pl.LlmLost(reserved_usd=0.5).to_dict()))
+        await store.flush()
+        await store.check_log("s")  # whole: raises nothing
+        store.append(Event(3, 3.0, EventKind.LLM_LOST, "c", {"model": "m"}))  # neither name
+        await store.flush()
+        with pytest.raises(DamagedLog, match=r"event 3 .*no field 'reserved_usd'"):
+            await store.check_log("s")
     finally:
         await store.close()

@@ -44,9 +44,10 @@ class Payload:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The stored shape: the fields at the top level (with `extra`'s) — a field left at
-        a default of None is left out, as the log always did —, and "v" from version 2 on,
-        so logs written before versions existed read as version 1."""
+        """The stored shape: the fields at the top level (with `extra`'s), a field left at
+        a default of None left out (a reader gets None back either way; logs before typed
+        payloads wrote some of them as null), and "v" from version 2 on, so logs written
+        before versions existed read as version 1."""
         optional = _OPTIONAL[type(self)]
         out: dict[str, Any] = {}
         for name in _NAMES[type(self)]:
@@ -346,6 +347,12 @@ def _lost_v1(data: dict[str, Any]) -> dict[str, Any]:
 
 UPCASTERS[(EventKind.LLM_LOST, 1)] = _lost_v1
 
+# A required field's names in older versions: the store checks raw payloads in SQL (before
+# any upcaster runs), so an old log is whole when a field is there under its former name.
+FORMER_NAMES: dict[tuple[EventKind, str], tuple[str, ...]] = {
+    (EventKind.LLM_LOST, "reserved_usd"): ("usd",),
+}
+
 
 def required_fields(kind: EventKind) -> tuple[str, ...]:
     """The fields an event of this kind cannot be read without (no default)."""
@@ -356,6 +363,11 @@ def required_fields(kind: EventKind) -> tuple[str, ...]:
         and f.default_factory is dataclasses.MISSING
         and f.name != "extra"
     )
+
+
+def stored_names(kind: EventKind) -> tuple[tuple[str, ...], ...]:
+    """Per required field, the names it may be stored under (now, then in older versions)."""
+    return tuple((f, *FORMER_NAMES.get((kind, f), ())) for f in required_fields(kind))
 
 
 _FIELDS: dict[type[Payload], frozenset[str]] = {

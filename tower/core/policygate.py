@@ -20,6 +20,12 @@ from tower.core.policy import Action, Rule, Verdict, decide, workspace_relative
 from tower.core.run import CommandError
 
 
+def check_minutes(minutes: float) -> None:
+    """A grant's time box: positive and finite (NaN is neither <= 0 nor > 0)."""
+    if not (0 < minutes < math.inf):
+        raise CommandError("a grant needs a positive number of minutes")
+
+
 class PolicyGate:
     def __init__(self, bus: Bus, rules: list[Rule]) -> None:
         self.bus = bus
@@ -59,8 +65,7 @@ class PolicyGate:
         by: str,
     ) -> Rule:
         """Adds a time-boxed allow rule (recorded) that ends by itself after `minutes`."""
-        if not (0 < minutes < math.inf):  # NaN is neither <= 0 nor > 0
-            raise CommandError("a grant needs a positive number of minutes (finite)")
+        check_minutes(minutes)
         rid = f"g{next(self._ids)}"
         while rid in self.grants or rid in self.bus.state.grants:
             rid = f"g{next(self._ids)}"

@@ -24,7 +24,7 @@ import aiosqlite
 import platformdirs
 
 from tower.core.events import ENDED_STATES, Event, EventKind
-from tower.core.payloads import TYPES, required_fields
+from tower.core.payloads import TYPES, stored_names
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -87,8 +87,9 @@ _NEEDED = ("sessions", "events")  # snapshots are a cache: re-created when missi
 
 # Payload fields that reading a session back relies on (the reducer, resume, the printer).
 # What an event cannot be read without, per kind: the typed payloads' fields with no default.
-REQUIRED_FIELDS: dict[EventKind, tuple[str, ...]] = {
-    k: fields for k in TYPES if (fields := required_fields(k))
+# Per kind, its required fields, each with the names older versions stored it under.
+REQUIRED_FIELDS: dict[EventKind, tuple[tuple[str, ...], ...]] = {
+    k: fields for k in TYPES if (fields := stored_names(k))
 }
 
 
@@ -557,7 +558,10 @@ class Store:
         kinds = [str(k) for k in EventKind]
         missing = " ".join(
             f"WHEN '{kind}' THEN "
-            + " OR ".join(f"json_type(payload, '$.{f}') IS NULL" for f in fields)
+            + " OR ".join(
+                "(" + " AND ".join(f"json_type(payload, '$.{n}') IS NULL" for n in names) + ")"
+                for names in fields
+            )
             for kind, fields in REQUIRED_FIELDS.items()
         )
         sql = f"""
@@ -594,7 +598,7 @@ class Store:
             if why == "field":
                 fields = REQUIRED_FIELDS.get(EventKind(kind), ())
                 data = json.loads(payload)
-                absent = [f for f in fields if f not in data]
+                absent = [names[0] for names in fields if not any(n in data for n in names)]
                 why = f"payload has no field {', '.join(map(repr, absent))}"
             else:
                 try:

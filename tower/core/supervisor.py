@@ -28,7 +28,7 @@ from tower.core.inbox import AutoDecider, Inbox
 from tower.core.messages import KINDS as CONVERSATION_KINDS
 from tower.core.models import Models
 from tower.core.policy import Action, Rule, Verdict
-from tower.core.policygate import PolicyGate
+from tower.core.policygate import PolicyGate, check_minutes
 from tower.core.project import (
     MCP_SEP,
     AgentSettings,
@@ -234,7 +234,13 @@ class Supervisor:
                     # Its finish succeeded just before the crash: done, with that answer.
                     self.finish(th, ThreadState.DONE, "finished", answer=plan.finished)
                     continue
-                self.set_state(th, ThreadState.QUEUED, "resumed")
+                if self.pause_requested(th) and self.approve_mode is not None:
+                    # Headless: nobody is there to resume it, so the pause is lifted.
+                    self._ask_pause(th, False)
+                if self.pause_requested(th):  # the person paused it: it waits for them
+                    self.set_state(th, ThreadState.PAUSED, "paused by the human")
+                else:
+                    self.set_state(th, ThreadState.QUEUED, "resumed")
                 self.scheduler.enqueue(th)
             # Calls lost just now count against the session's cap too.
             self.ledger.session.spent_usd = state.budget.spent_usd + state.budget.lost_usd
@@ -269,6 +275,7 @@ class Supervisor:
         if self._closing:
             return
         self._closing = self.scheduler.closed = True
+        self.policy.close()  # no grant ends (nor is recorded) once closing began
         tasks = []
         for th in self.runs.values():
             if th.task is not None and not th.task.done():
@@ -287,7 +294,6 @@ class Supervisor:
             gate.lag.stalled,
             gate.lag.worst_s * 1000,
         )
-        self.policy.close()
         if self.mcp is not None:
             await self.mcp.close()
         self.bus.emit(pl.SessionEnded(reason=reason))
@@ -854,6 +860,7 @@ class Supervisor:
         With an item, the grant is "allow calls like this one": the item is approved even if
         the globs were narrowed past it, since the human decided on it in the same keystroke.
         """
+        check_minutes(minutes)
         if item is not None:  # checked before anything is recorded
             _th, kind, _fut = self._owner(item)
             if kind is not InboxKind.APPROVAL:

@@ -643,8 +643,8 @@ class TowerApp(App[int]):
 
     def _feed_detail(self) -> None:
         detail = self._detail
-        if detail is None or not self._detail_events:
-            return
+        if detail is None or not detail.loaded or not self._detail_events:
+            return  # live events wait until the log's history is on the screen
         events, self._detail_events = self._detail_events, []
         if detail.is_attached:
             detail.add_events(events)
@@ -1631,6 +1631,7 @@ class TowerApp(App[int]):
         # the store can commit it): take them in, then keep only those the log did not have.
         self._drain_events()
         self._detail_events = [e for e in self._detail_events if e.seq > seen]
+        screen.loaded = True
         self._show_head(screen)
         self._detail = screen
         self._show_item()  # on this screen, verbs act on the thread's oldest item: show it

@@ -150,6 +150,9 @@ class ThreadScreen(Screen[None]):
     def __init__(self, thread: str) -> None:
         super().__init__()
         self.thread = thread
+        # The log's events are drawn first; live ones after them, never one twice.
+        self.loaded = False
+        self.last_seq = 0
         # What the transcript shows, and where: each shown event and its lines in the log
         # (None until the log has a size); long results shown whole, by event seq.
         self.shown: list[tuple[Event, tuple[int, int] | None]] = []
@@ -182,6 +185,9 @@ class ThreadScreen(Screen[None]):
         table = self.query_one(DataTable)
         follow = log.scroll_y >= log.max_scroll_y  # new lines scroll only a log at its end
         for ev in events:
+            if ev.seq <= self.last_seq:
+                continue  # already drawn (read from the log while it was also queued live)
+            self.last_seq = ev.seq
             self._write(log, ev, follow)
             p = payload_of(ev) if ev.kind is EventKind.LLM_FINISHED else None
             if isinstance(p, pl.LlmFinished):
