@@ -202,7 +202,6 @@ class AgentLoop:
     ) -> llm.CallResult | None:
         """Reserves, calls (retrying what may pass on retry), settles. None if the thread ended."""
         th = self.th
-        meta = self.host.settings
         attempt = 0
         unsent = list(guidance)  # goes with the first call started; then it is in the conversation
         while True:
@@ -215,34 +214,9 @@ class AgentLoop:
             use = await self.host.rate_gate(th, model, prompt_est + max_tokens)
             if not await self.host.checkpoint(th):
                 return None
-            # A call slot before the reservation: waiting at the gate holds no money.
-            if not await self.host.admit(th):
+            res = await self._reserve(usd, prompt_est, max_tokens)
+            if res is None:
                 return None
-            while True:
-                res = self.host.reserve(th, usd, prompt_est + max_tokens)
-                if not isinstance(res, Refusal):
-                    break
-                self.host.release_slot(ended=False)  # never hold a slot while a person decides
-                decision = await self.host.ask(
-                    th,
-                    InboxKind.BUDGET,
-                    ThreadState.PAUSED,
-                    "budget",
-                    scope=res.scope,
-                    resource=res.resource,
-                    reason=res.describe(),
-                    need_usd=round(usd, 6),
-                    need_tokens=prompt_est + max_tokens,
-                    suggest_usd=round(max(usd * 10, usd - res.available), 6)
-                    if res.resource == "usd"
-                    else 0.0,
-                    suggest_tokens=int(max(res.needed * 10, 0)) if res.resource == "tokens" else 0,
-                )
-                if decision.resolution is not Resolution.RAISED:
-                    self.host.finish(th, ThreadState.FAILED, "budget")
-                    return None
-                if not await self.host.admit(th):
-                    return None
             th.reservation = res
             th.call_id = call = self.host.next_call_id()
             self.host.emit(
@@ -261,99 +235,164 @@ class AgentLoop:
             )
             unsent = []  # the conversation holds it now (folded from this event)
             deltas = _Deltas(self.host.emit, th.id, call)
-            ended = False
-            failure: llm.CallError | None = None
             try:
-                result = await llm.stream_call(
-                    model,
-                    th.messages,
-                    tools,
-                    max_tokens,
-                    meta.call_timeout_s,
-                    deltas.add,
-                    self.host.sim_metadata(th, attempt),
-                    lag=self.host.lag,
-                    tokenizer=self.host.tokenizer(model),
-                    **self.host.endpoint(model),
-                )
-                ended = True
-            except llm.CallError as exc:
-                failure = exc
-            finally:
-                self.host.release_slot(ended=ended)  # a call that ended well opens the gate
-            if failure is not None:
-                err = failure  # a name of its own: `except ... as` names end with the block
-                released = self.host.release(res)
-                th.reservation = None
-                self.host.emit(
-                    pl.LlmFailed(
-                        call=call,
-                        step=th.steps + 1,
-                        model=model,
-                        error=str(err),
-                        retryable=err.retryable,
-                        attempt=attempt,
-                        released_usd=released,
-                    ),
-                    th.id,
-                )
-                if err.context_window and th.model_index + 1 < len(th.cascade):
-                    # The conversation outgrew this model: the next one may hold it.
-                    self.host.auto_escalate(th, f"context window exceeded on {model}")
-                    if not await self.host.checkpoint(th):
-                        return None
-                    attempt = 0  # the next model gets its own retries
-                    continue
-                if not err.retryable or attempt >= meta.max_retries:
-                    self.host.finish(th, ThreadState.FAILED, f"error: {err}")
+                result = await self._stream(model, tools, max_tokens, attempt, deltas)
+            except llm.CallError as err:
+                retry = await self._failed(err, res, call, model, attempt)
+                if retry is None:
                     return None
-                self.host.set_state(
-                    th, ThreadState.RUNNING, f"retrying ({attempt + 1}/{meta.max_retries})"
-                )
-                delay = min(meta.retry_backoff_s * 2**attempt, MAX_BACKOFF_S)
-                delay *= 0.5 + random.random()
-                if err.retry_after is not None:  # the provider said how long: never sooner
-                    delay = max(delay, min(err.retry_after, MAX_BACKOFF_S))
-                await asyncio.sleep(delay)
-                if not await self.host.checkpoint(th):
-                    return None
-                attempt += 1
+                attempt = retry
                 continue
             deltas.flush()
-            # litellm prices the usage from its cost map; the same map's per-token prices otherwise.
-            cost = result.cost_usd
-            if cost is None:
-                cost = price.cost(result.prompt_tokens, result.completion_tokens) if price else 0.0
-            tokens = result.prompt_tokens + result.completion_tokens
-            if use is not None:
-                use.tokens = tokens  # the minute's count holds what was really used
-            self.host.settle(res, cost, tokens)
-            th.reservation = None
-            th.steps += 1
-            self.host.emit(
-                pl.LlmFinished(
-                    call=call,
-                    step=th.steps,
-                    model=model,
-                    text=result.text,
-                    tool_calls=[tc.as_message() for tc in result.tool_calls],
-                    usage=pl.Usage(
-                        prompt_tokens=result.prompt_tokens,
-                        completion_tokens=result.completion_tokens,
-                        total_tokens=tokens,
-                        cached_tokens=result.cached_tokens,
-                        reasoning_tokens=result.reasoning_tokens,
-                        estimated=result.usage_estimated,
-                    ),
-                    cost_usd=cost,
-                    price_known=result.cost_usd is not None or price is not None,
-                    reserved_usd=res.usd,
-                    seconds=round(result.seconds, 4),
-                    finish_reason=result.finish_reason,
-                ),
-                th.id,
-            )
+            self._settle(result, res, call, model, price, use)
             return result
+
+    async def _reserve(self, usd: float, prompt_est: int, max_tokens: int) -> Reservation | None:
+        """A call slot, then the call's reservation; a cap that refuses asks the person (its
+        slot given back meanwhile). None when the thread ended or the person declined."""
+        th = self.th
+        # A call slot before the reservation: waiting at the gate holds no money.
+        if not await self.host.admit(th):
+            return None
+        while True:
+            res = self.host.reserve(th, usd, prompt_est + max_tokens)
+            if not isinstance(res, Refusal):
+                return res
+            self.host.release_slot(ended=False)  # never hold a slot while a person decides
+            decision = await self.host.ask(
+                th,
+                InboxKind.BUDGET,
+                ThreadState.PAUSED,
+                "budget",
+                scope=res.scope,
+                resource=res.resource,
+                reason=res.describe(),
+                need_usd=round(usd, 6),
+                need_tokens=prompt_est + max_tokens,
+                suggest_usd=round(max(usd * 10, usd - res.available), 6)
+                if res.resource == "usd"
+                else 0.0,
+                suggest_tokens=int(max(res.needed * 10, 0)) if res.resource == "tokens" else 0,
+            )
+            if decision.resolution is not Resolution.RAISED:
+                self.host.finish(th, ThreadState.FAILED, "budget")
+                return None
+            if not await self.host.admit(th):
+                return None
+
+    async def _stream(
+        self,
+        model: str,
+        tools: list[dict[str, Any]],
+        max_tokens: int,
+        attempt: int,
+        deltas: _Deltas,
+    ) -> llm.CallResult:
+        """The call itself, through litellm; its slot is given back however it ends."""
+        ended = False
+        try:
+            result = await llm.stream_call(
+                model,
+                self.th.messages,
+                tools,
+                max_tokens,
+                self.host.settings.call_timeout_s,
+                deltas.add,
+                self.host.sim_metadata(self.th, attempt),
+                lag=self.host.lag,
+                tokenizer=self.host.tokenizer(model),
+                **self.host.endpoint(model),
+            )
+            ended = True
+            return result
+        finally:
+            self.host.release_slot(ended=ended)  # a call that ended well opens the gate
+
+    async def _failed(
+        self, err: llm.CallError, res: Reservation, call: str, model: str, attempt: int
+    ) -> int | None:
+        """A failed call: its reservation released and recorded; then the next attempt's
+        number (a retry after backoff, or 0 on the cascade's next model), or None when the
+        thread ended."""
+        th = self.th
+        meta = self.host.settings
+        released = self.host.release(res)
+        th.reservation = None
+        self.host.emit(
+            pl.LlmFailed(
+                call=call,
+                step=th.steps + 1,
+                model=model,
+                error=str(err),
+                retryable=err.retryable,
+                attempt=attempt,
+                released_usd=released,
+            ),
+            th.id,
+        )
+        if err.context_window and th.model_index + 1 < len(th.cascade):
+            # The conversation outgrew this model: the next one may hold it.
+            self.host.auto_escalate(th, f"context window exceeded on {model}")
+            if not await self.host.checkpoint(th):
+                return None
+            return 0  # the next model gets its own retries
+        if not err.retryable or attempt >= meta.max_retries:
+            self.host.finish(th, ThreadState.FAILED, f"error: {err}")
+            return None
+        self.host.set_state(th, ThreadState.RUNNING, f"retrying ({attempt + 1}/{meta.max_retries})")
+        delay = min(meta.retry_backoff_s * 2**attempt, MAX_BACKOFF_S)
+        delay *= 0.5 + random.random()
+        if err.retry_after is not None:  # the provider said how long: never sooner
+            delay = max(delay, min(err.retry_after, MAX_BACKOFF_S))
+        await asyncio.sleep(delay)
+        if not await self.host.checkpoint(th):
+            return None
+        return attempt + 1
+
+    def _settle(
+        self,
+        result: llm.CallResult,
+        res: Reservation,
+        call: str,
+        model: str,
+        price: llm.Price | None,
+        use: Use | None,
+    ) -> None:
+        """A call that answered: booked at its real cost and tokens, and recorded."""
+        th = self.th
+        # litellm prices the usage from its cost map; the same map's per-token prices otherwise.
+        cost = result.cost_usd
+        if cost is None:
+            cost = price.cost(result.prompt_tokens, result.completion_tokens) if price else 0.0
+        tokens = result.prompt_tokens + result.completion_tokens
+        if use is not None:
+            use.tokens = tokens  # the minute's count holds what was really used
+        self.host.settle(res, cost, tokens)
+        th.reservation = None
+        th.steps += 1
+        self.host.emit(
+            pl.LlmFinished(
+                call=call,
+                step=th.steps,
+                model=model,
+                text=result.text,
+                tool_calls=[tc.as_message() for tc in result.tool_calls],
+                usage=pl.Usage(
+                    prompt_tokens=result.prompt_tokens,
+                    completion_tokens=result.completion_tokens,
+                    total_tokens=tokens,
+                    cached_tokens=result.cached_tokens,
+                    reasoning_tokens=result.reasoning_tokens,
+                    estimated=result.usage_estimated,
+                ),
+                cost_usd=cost,
+                price_known=result.cost_usd is not None or price is not None,
+                reserved_usd=res.usd,
+                seconds=round(result.seconds, 4),
+                finish_reason=result.finish_reason,
+            ),
+            th.id,
+        )
 
     async def _handle_tool(self, tc: llm.ToolCall, reason: str, interrupted: bool = False) -> bool:
         """Runs one tool call through policy and the approval gate; True when the thread ended."""
