@@ -33,7 +33,7 @@ from tower.core import payloads as pl
 from tower.core.attention import AttentionClock
 from tower.core.control import CallFigures, CommandError, Control
 from tower.core.events import ENDED_STATES, Event, EventKind, InboxKind, ThreadState
-from tower.core.payloads import payload_of
+from tower.core.payloads import InboxOpened, McpServer, ThreadStateChanged, payload_as, payload_of
 from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
 from tower.core.session import SESSION_ERRORS, PreflightError, SessionRuntime
 from tower.core.situations import Situation, is_routine
@@ -834,23 +834,24 @@ class TowerApp(App[int]):
                 e
                 for e in items
                 if not (
-                    (found := state.inbox.get(e.payload["item"])) is not None
+                    (found := state.inbox.get(payload_as(e, InboxOpened).item)) is not None
                     and is_routine(found, routine)
                 )
             ]
         self.notifications.tick(state, items, self.now(), self.app_focus)
         if not items and not failures:
             return
-        budget = [e for e in items if e.payload["kind"] == InboxKind.BUDGET]
-        others = [e for e in items if e.payload["kind"] != InboxKind.BUDGET]
+        opened = [(e, payload_as(e, InboxOpened)) for e in items]
+        budget = [(e, p) for e, p in opened if p.kind == InboxKind.BUDGET]
+        others = [(e, p) for e, p in opened if p.kind != InboxKind.BUDGET]
         if len(others) <= 3:
-            for ev in others:
-                item = state.inbox.get(ev.payload["item"])
-                what = summary_of(item) if item else ev.payload["kind"]
+            for ev, p in others:
+                item = state.inbox.get(p.item)
+                what = summary_of(item) if item else p.kind
                 what = what if len(what) <= 70 else what[:69] + "…"
                 self.notify(
                     f"{ev.thread}: {what}",
-                    title=f"needs you · {ev.payload['kind']}",
+                    title=f"needs you · {p.kind}",
                     severity="warning",
                     timeout=4,
                 )
@@ -860,9 +861,10 @@ class TowerApp(App[int]):
                 title="inbox",
                 severity="warning",
             )
-        session = [e for e in budget if e.payload.get("scope") == "session"]
-        own = [e for e in budget if e.payload.get("scope") != "session"]
-        new_ids = {e.payload["item"] for e in session}
+        # A budget item's scope is its kind's own field (in the payload's extra).
+        session = [p for _, p in budget if p.extra.get("scope") == "session"]
+        own = [e for e, p in budget if p.extra.get("scope") != "session"]
+        new_ids = {p.item for p in session}
         stop_began = session and not any(
             i.kind is InboxKind.BUDGET and i.data.get("scope") == "session" and i.id not in new_ids
             for i in list(state.inbox.values())
@@ -885,17 +887,17 @@ class TowerApp(App[int]):
                 severity="error",
             )
         for ev in [e for e in failures if e.kind is EventKind.MCP_SERVER]:
-            p = ev.payload
-            again = "restarting" if p["status"] == "crashed" else "stopped; o shows servers"
+            mcp = payload_as(ev, McpServer)
+            again = "restarting" if mcp.status == "crashed" else "stopped; o shows servers"
             self.notify(
-                f"{p['server']}: {str(p.get('detail', ''))[:100]} ({again})",
-                title=f"MCP server {p['status']}",
+                f"{mcp.server}: {mcp.detail[:100]} ({again})",
+                title=f"MCP server {mcp.status}",
                 severity="error",
             )
         failures = [e for e in failures if e.kind is not EventKind.MCP_SERVER]
         if failures:
             for ev in failures[:3]:
-                reason = str(ev.payload.get("reason", ""))[:100]
+                reason = payload_as(ev, ThreadStateChanged).reason[:100]
                 self.notify(f"{ev.thread}: {reason}", title="thread failed", severity="error")
             if len(failures) > 3:
                 self.notify(f"{len(failures) - 3} more threads failed", severity="error")
