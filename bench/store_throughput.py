@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tower.core import payloads as pl
 from tower.core import store as store_mod
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind
@@ -249,9 +250,10 @@ def bus_only(events: list[tuple[EventKind, str, dict[str, Any]]]) -> float:
     """Serialisation + reduction alone (no store), for the breakdown."""
     bus = Bus(None, secrets={})
     emit = bus.emit
+    types = pl.TYPES
     t0 = time.perf_counter()
     for kind, thread, payload in events:
-        emit(kind, thread, **payload)
+        emit(types[kind].of(**payload), thread)  # the typed payload an emitter builds
     return time.perf_counter() - t0
 
 
