@@ -48,7 +48,8 @@ class EventKind(StrEnum):
 
 
 class ThreadState(StrEnum):
-    """Lifecycle: queued → running ⇄ waiting ⇄ paused → done | failed | killed."""
+    """Lifecycle: queued → running ⇄ waiting ⇄ paused → done | failed | killed; a task
+    whose dependency did not succeed (task graphs) ends skipped without running."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -57,13 +58,16 @@ class ThreadState(StrEnum):
     DONE = "done"
     FAILED = "failed"
     KILLED = "killed"
+    SKIPPED = "skipped"
 
     @property
     def ended(self) -> bool:
         return self in ENDED_STATES
 
 
-ENDED_STATES = frozenset({ThreadState.DONE, ThreadState.FAILED, ThreadState.KILLED})
+ENDED_STATES = frozenset(
+    {ThreadState.DONE, ThreadState.FAILED, ThreadState.KILLED, ThreadState.SKIPPED}
+)
 
 
 class InboxKind(StrEnum):

@@ -108,6 +108,8 @@ class ThreadSpawned(Payload):
     max_steps: int | None = None
     budget_usd: float | None = None
     budget_tokens: int | None = None
+    # Task graphs: the threads it waited for (it was spawned once they had all ended).
+    after: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ user can fix a project without reading tower's code.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import math
 import os
 import re
@@ -321,6 +322,12 @@ class TaskSettings(_Strict):
     answer: str | None = None
     check: CheckSettings | None = None
     script: list[ScriptStep] = Field(default_factory=list)
+    # A task graph: this task is spawned once every task (or copy) named here has ended;
+    # an entry is a task id (all its copies) or a glob over task and copy ids ("screen-*").
+    after: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    # "all": a dependency that failed, was killed or skipped skips this task too;
+    # "any": it runs once they have all ended, whatever their outcome.
+    after_policy: Literal["all", "any"] = "all"
 
 
 class Project(_Strict):
@@ -677,7 +684,88 @@ def _cross_check(p: Project) -> list[str]:
             problem = _workspace_problem(p.root, task.workspace)
             if problem:
                 problems.append(f"tasks[{i}].workspace: {problem}")
+    problems += _graph_problems(p)
     return problems
+
+
+AFTER_REF = re.compile(r"\{after\.([A-Za-z0-9_-]+)\.answer\}")
+
+
+def copy_ids(task: TaskSettings) -> list[str]:
+    """The thread ids a task's copies get when the project starts."""
+    return [task.id] if task.repeat == 1 else [f"{task.id}-{n}" for n in range(1, task.repeat + 1)]
+
+
+def after_tasks(p: Project, task: TaskSettings) -> dict[str, list[str]]:
+    """Per `after` entry, the ids of the tasks it names (an id, or a glob over task and copy
+    ids: "screen-*" names the task whose copies screen-1, screen-2... match)."""
+    out: dict[str, list[str]] = {}
+    for entry in task.after:
+        named = [
+            t.id
+            for t in p.tasks
+            if t.id == entry
+            or fnmatch.fnmatchcase(t.id, entry)
+            or any(fnmatch.fnmatchcase(c, entry) for c in copy_ids(t))
+        ]
+        out[entry] = named
+    return out
+
+
+def _graph_problems(p: Project) -> list[str]:
+    """Task graph errors: an `after` entry naming no task or the task itself, a cycle, an
+    `{after.ID.answer}` whose ID the task does not wait for."""
+    problems: list[str] = []
+    edges: dict[str, list[str]] = {}
+    ids = [t.id for t in p.tasks]
+    for i, task in enumerate(p.tasks):
+        named = after_tasks(p, task)
+        for j, (entry, found) in enumerate(named.items()):
+            if not found:
+                problems.append(
+                    f"tasks[{i}].after[{j}]: {entry!r} names no task ({_guess(entry, ids)}"
+                    f"expected a task id or a glob over task and copy ids)"
+                )
+            elif task.id in found:
+                problems.append(f"tasks[{i}].after[{j}]: task {task.id!r} cannot wait for itself")
+        edges[task.id] = sorted({t for found in named.values() for t in found} - {task.id})
+        waited = {c for t in edges[task.id] for c in [t, *copy_ids(p.task(t))]}
+        for ref in AFTER_REF.findall(task.prompt):
+            if ref not in waited:
+                problems.append(
+                    f"tasks[{i}].prompt: {{after.{ref}.answer}} names {ref!r}, which this task "
+                    "does not wait for (add it to `after`)"
+                )
+        if not task.after and "{after." in task.prompt:
+            problems.append(f"tasks[{i}].prompt: uses {{after...}} but the task has no `after`")
+    cycle = _cycle(edges)
+    if cycle:
+        at = ids.index(cycle[0])
+        problems.append(f"tasks[{at}].after: a cycle, {' → '.join(cycle)}")
+    return problems
+
+
+def _cycle(edges: dict[str, list[str]]) -> list[str] | None:
+    """One cycle of the graph (its ids, the first repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in edges.get(node, []):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in edges:
+        if node not in state and (found := visit(node)):
+            return found
+    return None
 
 
 def parse_project(text: str, root: Path, filename: str = PROJECT_FILE) -> Project:

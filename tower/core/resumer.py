@@ -63,6 +63,7 @@ def restart(
         pending=plan.pending,
         interrupted=plan.interrupted,
         guidance=plan.guidance,
+        after=list(view.after),
     )
     return Restart(run, forked_from, view.reserved_usd)
 

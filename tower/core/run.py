@@ -71,6 +71,7 @@ class ThreadRun:
     recent_calls: list[str] = field(default_factory=list)  # to notice a loop
     error_streak: int = 0  # tool errors in a row
     empty_streak: int = 0  # empty replies (no text, no tool call) in a row
+    after: list[str] = field(default_factory=list)  # task graphs: the threads it waited for
     # The messages the model is sent: folded from this thread's events as they are emitted.
     conversation: Conversation | None = None
 

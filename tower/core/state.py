@@ -68,6 +68,7 @@ class ThreadView:
     # A pause asked for and not withdrawn: the thread pauses at its next checkpoint (a
     # running one shows "pausing" until then) and is not started from the queue.
     pause_requested: bool = False
+    after: list[str] = field(default_factory=list)  # the threads it waited for (task graphs)
 
 
 @dataclass(slots=True)
@@ -298,6 +299,7 @@ def _thread_spawned(
         created=ev.ts,
         budget_usd=p.budget_usd,
         budget_tokens=p.budget_tokens,
+        after=list(p.after),
     )
 
 
@@ -436,13 +438,16 @@ def state_from_dict(data: dict[str, Any]) -> TowerState:
 
 def summary(state: TowerState) -> dict[str, Any]:
     """The run summary shared by `tower run --json` and replay's `--print-state`."""
+    threads = {
+        "done": state.count(ThreadState.DONE),
+        "failed": state.count(ThreadState.FAILED),
+        "killed": state.count(ThreadState.KILLED),
+    }
+    if skipped := state.count(ThreadState.SKIPPED):  # only task graphs skip
+        threads["skipped"] = skipped
     return {
         "session": state.session,
-        "threads": {
-            "done": state.count(ThreadState.DONE),
-            "failed": state.count(ThreadState.FAILED),
-            "killed": state.count(ThreadState.KILLED),
-        },
+        "threads": threads,
         "cost_usd": round(state.budget.spent_usd, 6),
         "lost_usd": round(state.budget.lost_usd, 6),
         "budget_usd": state.budget.limit_usd,

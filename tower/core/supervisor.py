@@ -50,10 +50,10 @@ from tower.core.run import (
 )
 from tower.core.scheduler import Scheduler
 from tower.core.state import TowerState
-from tower.core.tasks import planned_copies, task_copy, task_of
+from tower.core.tasks import dependencies, fill_after, planned_copies, task_copy, task_of
 from tower.core.tools import ToolError, Workspace
 from tower.core.tools.shell import run_shell
-from tower.core.workspaces import prepare, typed_folder
+from tower.core.workspaces import prepare, share_after, typed_folder
 
 if TYPE_CHECKING:
     from tower.core.mcp import McpHub
@@ -86,6 +86,8 @@ class Supervisor:
             )
         )
         self.runs: dict[str, ThreadRun] = {}
+        # Task graphs: copies waiting for the tasks their `after` names to end.
+        self._held: dict[str, TaskCopy] = {}
         self._calls = itertools.count(1)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -140,7 +142,7 @@ class Supervisor:
         if spawn_tasks:
             with self.scheduler.batch():  # queue every task first, so priority decides who starts
                 for copy in planned_copies(self.project):
-                    self._spawn_copy(copy)
+                    self._spawn_or_hold(copy)
 
     def _emit_started(self, spawn_tasks: bool) -> None:
         """SESSION_STARTED: the project, its caps and policy; `spawn_tasks` records the intent
@@ -247,12 +249,13 @@ class Supervisor:
             # Tasks the crash kept from being spawned run now: every task of the project runs
             # exactly once, however early the crash came.
             for copy in self.unspawned(state, events):
-                self._spawn_copy(copy)
+                self._spawn_or_hold(copy)
+            self._release_held()  # dependencies that ended before the crash
 
             # New items and calls continue the log's numbering, never reusing an id.
             self.inbox.continue_numbering(events)
             self._calls = itertools.count(highest_number(events, EventKind.LLM_STARTED, "call") + 1)
-            if self._ended < len(self.runs):
+            if self._ended < len(self.runs) or self._held:
                 self._idle.clear()
             else:
                 self._idle.set()  # every resumed thread was already done (a finish just logged)
@@ -316,6 +319,7 @@ class Supervisor:
         workspace: str | None = None,
         script: list[dict[str, Any]] | None = None,
         answer: str | None = None,
+        after: list[str] | None = None,
     ) -> str:
         """Starts a new thread. `workspace` is a folder relative to the project root; unless
         it is the named task's own (checked when tower.toml was loaded), it must exist inside
@@ -359,6 +363,7 @@ class Supervisor:
             default_answer=answer,
             budget_usd=budget_usd if budget_usd is not None else b.thread_usd,
             budget_tokens=b.thread_tokens,
+            after=list(after or []),
         )
         self.runs[tid] = th
         self.ledger.open_thread(
@@ -379,6 +384,7 @@ class Supervisor:
                 budget_usd=th.budget_usd,
                 budget_tokens=th.budget_tokens,
                 max_steps=settings.max_steps,
+                after=list(after or []),
             ),
             tid,
         )
@@ -417,6 +423,40 @@ class Supervisor:
             tid = f"{task.id}-{k}"
         return task_copy(self.project, task, None, tid)
 
+    def _spawn_or_hold(self, copy: TaskCopy) -> None:
+        """A task with `after` waits, unspawned, until what it names has ended."""
+        if copy.task.after:
+            self._held[copy.thread_id] = copy
+        else:
+            self._spawn_copy(copy)
+
+    def _release_held(self) -> None:
+        """Spawns the waiting tasks whose dependencies have all ended, their answers filled
+        into the prompt; under after_policy "all", one whose dependency did not finish well
+        is recorded as skipped (spawned and ended at once, with the reason)."""
+        threads = self.bus.state.threads
+        for tid, copy in list(self._held.items()):
+            if tid not in self._held:
+                continue  # released by a nested call (a skip ends a thread too)
+            deps = dependencies(self.project, copy.task)
+            views = [threads.get(d) for d in deps]
+            if any(v is None or not v.state.ended for v in views):
+                continue
+            del self._held[tid]
+            ended = [v for v in views if v is not None]
+            bad = [v for v in ended if v.state is not ThreadState.DONE]
+            if bad and copy.task.after_policy == "all":
+                more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+                why = ", ".join(f"{v.id} {v.state}" for v in bad[:3]) + more
+                with self.scheduler.batch():
+                    new = self._spawn_copy(copy, after=deps)
+                    self.finish(self.runs[new], ThreadState.SKIPPED, f"skipped: {why}")
+                continue
+            answers = {v.id: v.answer for v in ended}
+            self._spawn_copy(
+                copy, prompt=fill_after(copy.prompt, self.project, answers), after=deps
+            )
+
     def _spawn_copy(
         self,
         copy: TaskCopy,
@@ -424,6 +464,7 @@ class Supervisor:
         model: str | None = None,
         budget_usd: float | None = None,
         prompt: str | None = None,
+        after: list[str] | None = None,
     ) -> str:
         """The one way a project task becomes a thread (at start and when spawned later)."""
         task = copy.task
@@ -438,6 +479,7 @@ class Supervisor:
             workspace=task.workspace,
             script=copy.script,
             answer=copy.answer,
+            after=after,
         )
 
     def _taken(self, tid: str) -> bool:
@@ -471,7 +513,10 @@ class Supervisor:
     def _prepare_workspace(self, th: ThreadRun) -> Workspace:
         store = self.bus.store
         db = Path(store.path) if store is not None else None
-        return prepare(th, self.project, self.workspaces_dir, self.session_id, db)
+        ws = prepare(th, self.project, self.workspaces_dir, self.session_id, db)
+        if th.after and self.workspaces_dir is not None:
+            share_after(ws.root, self.workspaces_dir / self.session_id, th.after)
+        return ws
 
     # --- state, endings, inbox ----------------------------------------------------------
 
@@ -517,7 +562,8 @@ class Supervisor:
         self.scheduler.dequeue(th)
         self.scheduler.free_slot(th)
         self._ended += 1
-        if self._ended == len(self.runs):
+        self._release_held()
+        if self._ended == len(self.runs) and not self._held:
             self._idle.set()
         self.scheduler.pump()
 

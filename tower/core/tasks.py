@@ -8,10 +8,11 @@ all go through them, so a resumed thread gets the very settings it was spawned w
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
-from tower.core.project import Project, TaskSettings
+from tower.core.project import AFTER_REF, Project, TaskSettings, after_tasks, copy_ids
 from tower.core.run import TaskCopy, fill
 
 
@@ -61,3 +62,28 @@ def planned_copies(project: Project) -> Iterator[TaskCopy]:
         copies = [None] if task.repeat == 1 else range(1, task.repeat + 1)
         for n in copies:
             yield task_copy(project, task, n)
+
+
+def dependencies(project: Project, task: TaskSettings) -> list[str]:
+    """The threads a task of a graph waits for: every copy of every task its `after` names."""
+    named = {t for found in after_tasks(project, task).values() for t in found} - {task.id}
+    return [c for t in project.tasks if t.id in named for c in copy_ids(t)]
+
+
+def fill_after(prompt: str, project: Project, answers: dict[str, str | None]) -> str:
+    """A dependent task's prompt with its dependencies' answers: `{after.ID.answer}` (ID a
+    copy, or a task: all its copies' answers, one a line) and `{after.answers}` (every
+    dependency's, one a line, "- id: answer")."""
+
+    def one(tid: str) -> str:
+        return (answers.get(tid) or "(no answer)").strip()
+
+    def named(match: re.Match[str]) -> str:
+        ref = match.group(1)
+        if ref in answers:
+            return one(ref)
+        task = project.task(ref)
+        return "\n".join(f"- {c}: {one(c)}" for c in copy_ids(task) if c in answers)
+
+    prompt = AFTER_REF.sub(named, prompt)
+    return prompt.replace("{after.answers}", "\n".join(f"- {t}: {one(t)}" for t in answers))

@@ -60,3 +60,18 @@ def typed_folder(project: Project, rel: str, copies: Path | None) -> Path:
     if copies is not None and copies.resolve().is_relative_to(path):
         raise CommandError(f"workspace {rel!r} holds tower's own workspaces folder")
     return path
+
+
+def share_after(root: Path, session_copies: Path, after: list[str]) -> None:
+    """A task of a graph reads what its dependencies wrote: a copy of each one's workspace
+    under `after/<thread>/` in its own (made once; writing there changes nothing of theirs,
+    and a resumed thread keeps the copy it had)."""
+    for tid in after:
+        src = session_copies / tid
+        dest = root / "after" / tid
+        if not src.is_dir() or dest.exists():
+            continue
+        partial = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(src, partial, symlinks=True, ignore=shutil.ignore_patterns("after"))
+        os.replace(partial, dest)

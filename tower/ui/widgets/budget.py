@@ -94,6 +94,7 @@ class BudgetBar(Static):
             (ThreadState.DONE, "done"),
             (ThreadState.FAILED, "failed"),
             (ThreadState.KILLED, "killed"),
+            (ThreadState.SKIPPED, "skipped"),
         ]
         tally = {s: 0 for s, _ in counts}
         for view in state.threads.values():

@@ -38,6 +38,7 @@ _STATE_RANK = {
     ThreadState.QUEUED: 4,
     ThreadState.DONE: 5,
     ThreadState.KILLED: 6,
+    ThreadState.SKIPPED: 7,
 }
 
 
