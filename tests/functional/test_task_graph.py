@@ -230,3 +230,66 @@ async def test_a_crash_anywhere_in_a_graph_resumes_to_the_same_outcome(tmp_path:
         spawned = [e for e in after if e.kind is EventKind.THREAD_SPAWNED]
         digests = [payload_as(e, ThreadSpawned).prompt for e in spawned if e.thread == "digest"]
         assert digests == [prompt], k
+
+
+DIGEST_OF_T = """
+[[tasks]]
+id = "digest"
+agent = "b"
+after = ["t"]
+prompt = "digest of:\\n{after.answers}"
+
+[[tasks.script]]
+tool = "finish"
+args = { answer = "digest done" }
+"""
+
+
+ASK_ONLY = """
+[[tasks]]
+id = "{id}"
+agent = "{agent}"
+prompt = "{prompt}"
+repeat = {repeat}
+workspace = "ws"
+
+[[tasks.script]]
+tool = "ask_human"
+args = {{ question = "Which year?" }}
+
+[[tasks.script]]
+tool = "finish"
+args = {{ answer = "the year is known" }}
+"""
+
+
+async def test_the_screen_counts_a_waiting_task_and_lists_it_once_spawned(
+    tmp_path: Path,
+) -> None:
+    """While its two dependencies wait for the person, the digest is not a thread yet: the
+    budget bar says a task waits on others. Answering both (r, text, enter) ends them;
+    the digest then appears in the list, runs, and the bar stops counting it."""
+    from tests.tui_harness import drawn, project, task, tui, waiting_on
+    from tower.core.events import InboxKind
+    from tower.ui.screens.dialogs import TextDialog
+    from tower.ui.widgets.budget import BudgetBar
+
+    async with tui(tmp_path, project(task(ASK_ONLY, "t", repeat=2), DIGEST_OF_T)) as t:
+        await t.ready(waiting_on(t, 2, InboxKind.QUESTION), "two questions")
+        await t.settle()
+        bar = t.app.query_one(BudgetBar)
+        assert "1 task waiting on others" in drawn(bar)
+        assert "digest" not in t.state().threads and not any("digest" in r for r in t.rows())
+        for left in (1, 0):
+            await t.press("]", "r")  # the next item that needs me, then reply
+            dialog = await t.screen_is(TextDialog)
+            dialog.query_one("Input").value = "2025"
+            await t.press("enter")
+            await t.until(lambda n=left: len(t.items()) == n, f"{left} question(s) left")
+        await t.until(
+            lambda: "digest" in t.state().threads and t.view("digest").state.ended, "digest"
+        )
+        await t.settle()
+        assert t.view("digest").state is ThreadState.DONE
+        assert any("digest" in r and "done" in r for r in t.rows())
+        assert "waiting on others" not in drawn(bar)

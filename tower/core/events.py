@@ -24,6 +24,8 @@ class EventKind(StrEnum):
     SESSION_RESUMED = "session_resumed"  # threads (ids continued), pid
     THREAD_SPAWNED = "thread_spawned"  # agent, task, title, cascade, model, priority, budgets
     THREAD_STATE = "thread_state"  # state, reason?, answer?
+    # Tasks of a graph waiting, unspawned, for the threads they name to end.
+    TASKS_WAITING = "tasks_waiting"  # waiting: {thread id it will get: [thread ids]}
     # The person asked a thread to pause (it does at its next checkpoint) or withdrew that.
     PAUSE_REQUESTED = "pause_requested"  # requested: bool
     LLM_STARTED = "llm_started"  # step, model, reserved_usd, reserved_tokens, call

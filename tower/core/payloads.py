@@ -121,6 +121,12 @@ class ThreadStateChanged(Payload):
 
 
 @dataclass(frozen=True, slots=True)
+class TasksWaiting(Payload):
+    KIND = EventKind.TASKS_WAITING
+    waiting: dict[str, list[str]]
+
+
+@dataclass(frozen=True, slots=True)
 class PauseRequested(Payload):
     KIND = EventKind.PAUSE_REQUESTED
     requested: bool
@@ -317,6 +323,7 @@ TYPES: dict[EventKind, type[Payload]] = {
         ThreadSpawned,
         ThreadStateChanged,
         PauseRequested,
+        TasksWaiting,
         LlmStarted,
         LlmDelta,
         LlmFinished,

@@ -111,6 +111,8 @@ class TowerState:
     policy: list[dict[str, Any]] = field(default_factory=list)  # the project's rules
     grants: dict[str, dict[str, Any]] = field(default_factory=dict)  # time-boxed, by id
     mcp: dict[str, dict[str, Any]] = field(default_factory=dict)  # server → status, tools
+    # Task graphs: tasks not spawned yet, by the thread id they will get → what they wait for.
+    waiting_tasks: dict[str, list[str]] = field(default_factory=dict)
 
     def count(self, state: ThreadState) -> int:
         return sum(1 for t in self.threads.values() if t.state is state)
@@ -301,6 +303,13 @@ def _thread_spawned(
         budget_tokens=p.budget_tokens,
         after=list(p.after),
     )
+    state.waiting_tasks.pop(ev.thread or "", None)
+
+
+def _tasks_waiting(
+    state: TowerState, ev: Event, p: pl.TasksWaiting, view: ThreadView | None
+) -> None:
+    state.waiting_tasks.update({tid: list(deps) for tid, deps in p.waiting.items()})
 
 
 def _session_started(
@@ -370,6 +379,7 @@ _APPLY: dict[type[pl.Payload], Callable[[TowerState, Event, Any, ThreadView | No
     pl.ToolResult: _tool_result,
     pl.ThreadStateChanged: _thread_state,
     pl.PauseRequested: _pause_requested,
+    pl.TasksWaiting: _tasks_waiting,
     pl.InboxOpened: _inbox_opened,
     pl.InboxClosed: _inbox_closed,
     pl.Escalated: _escalated,
@@ -405,7 +415,7 @@ def state_to_dict(state: TowerState) -> dict[str, Any]:
 # The shape of TowerState in snapshots. Bump it when a field changes meaning or a new one
 # would be wrong at its default for events already folded: snapshots of another version are
 # not read (replay folds from the start instead), never misread.
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: waiting_tasks (task graphs)
 
 
 def snapshot_of(state: TowerState) -> dict[str, Any]:

@@ -446,6 +446,7 @@ class Store:
                     status = "crashed"
                 end = ends.get(r[0], {})
                 done, failed, killed = (end.get(s, 0) for s in ("done", "failed", "killed"))
+                failed += end.get("skipped", 0)  # a task graph's skip: ended, not done
                 unfinished = max(r[8] - done - failed - killed, 0)
                 if status == "clean" and unfinished:
                     status = "unfinished"
@@ -507,11 +508,12 @@ class Store:
     async def last_thread_end(self, session: str) -> int:
         """The seq of the session's last thread-ending event (0 if none): forking just before
         it leaves at least one thread to continue."""
-        sql = """
-        SELECT coalesce(max(seq), 0) FROM events
-        WHERE session = ? AND kind = ? AND json_extract(payload, '$.state') IN (?, ?, ?)
-        """
         ended = [str(s) for s in ENDED_STATES]
+        marks = ", ".join("?" for _ in ended)  # as many as there are ended states
+        sql = f"""
+        SELECT coalesce(max(seq), 0) FROM events
+        WHERE session = ? AND kind = ? AND json_extract(payload, '$.state') IN ({marks})
+        """
         async with self._conn.execute(
             sql, (session, str(EventKind.THREAD_STATE), *sorted(ended))
         ) as cur:

@@ -143,6 +143,7 @@ class Supervisor:
             with self.scheduler.batch():  # queue every task first, so priority decides who starts
                 for copy in planned_copies(self.project):
                     self._spawn_or_hold(copy)
+                self._announce_held()
 
     def _emit_started(self, spawn_tasks: bool) -> None:
         """SESSION_STARTED: the project, its caps and policy; `spawn_tasks` records the intent
@@ -251,6 +252,7 @@ class Supervisor:
             for copy in self.unspawned(state, events):
                 self._spawn_or_hold(copy)
             self._release_held()  # dependencies that ended before the crash
+            self._announce_held()
 
             # New items and calls continue the log's numbering, never reusing an id.
             self.inbox.continue_numbering(events)
@@ -429,6 +431,16 @@ class Supervisor:
             self._held[copy.thread_id] = copy
         else:
             self._spawn_copy(copy)
+
+    def _announce_held(self) -> None:
+        """The tasks that wait go in the state (the screen counts them; replay shows them)."""
+        waiting = {
+            tid: dependencies(self.project, copy.task)
+            for tid, copy in self._held.items()
+            if tid not in self.bus.state.waiting_tasks
+        }
+        if waiting:
+            self.bus.emit(pl.TasksWaiting(waiting=waiting))
 
     def _release_held(self) -> None:
         """Spawns the waiting tasks whose dependencies have all ended, their answers filled

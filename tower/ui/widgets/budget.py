@@ -105,6 +105,9 @@ class BudgetBar(Static):
         )
         if state.inbox:
             line2.append(f" · inbox {len(state.inbox)}", style="bold")
+        if state.waiting_tasks:  # task graphs: not spawned until what they name has ended
+            n = len(state.waiting_tasks)
+            line2.append(f" · {n} task{'s' if n != 1 else ''} waiting on others")
         if gate is not None and gate.waiting:
             # Running threads whose next call waits for tower itself, not for a provider.
             line2.append(

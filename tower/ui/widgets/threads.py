@@ -64,6 +64,7 @@ class ThreadList(StateList):
     ThreadList > .threads--done { color: $text-muted; }
     ThreadList > .threads--failed { color: $error; text-style: bold; }
     ThreadList > .threads--killed { color: $error 60%; }
+    ThreadList > .threads--skipped { color: $text-muted; text-style: italic; }
     ThreadList > .threads--needs { color: $warning; text-style: bold; }
     """
 
