@@ -293,3 +293,18 @@ async def test_the_screen_counts_a_waiting_task_and_lists_it_once_spawned(
         assert t.view("digest").state is ThreadState.DONE
         assert any("digest" in r and "done" in r for r in t.rows())
         assert "waiting on others" not in drawn(bar)
+
+
+async def test_a_graph_task_spawned_by_hand_gets_the_answers_there_are(live_factory) -> None:
+    """`n` on the digest task: the person chose to start it now; its prompt has the
+    answers of the screens that ended (the graph edge is recorded too)."""
+    from tests.conftest import ended
+
+    live = await live_factory(HEAD + SCREEN + DIGEST, {"ws/readme.txt": "data"}, approve="all")
+    await live.waiter.until(ended(live, "screen-1", "screen-2", "screen-3", "digest"))
+    tid = live.sup.spawn_task("digest")
+    assert tid == "digest-2"
+    (spawned,) = live.kinds(tid, EventKind.THREAD_SPAWNED)
+    p = payload_as(spawned, ThreadSpawned)
+    assert p.after == ["screen-1", "screen-2", "screen-3"]
+    assert "- screen-2: slice 2 is up" in p.prompt and "{after" not in p.prompt

@@ -403,9 +403,20 @@ class Supervisor:
     ) -> str:
         """Starts one more thread of a project task: its id pattern (review-2, or screen-N+1
         for a repeated task, {n} filled), workspace, script, answer, check, priority and
-        budget. `prompt` and `budget_usd` replace the task's own. Returns the thread's id."""
+        budget. `prompt` and `budget_usd` replace the task's own. Returns the thread's id.
+
+        A task of a graph spawned by hand starts now (the person chose to), its prompt
+        filled with the answers of the threads it names that have them."""
+        copy = self.task_copy(task_id)
+        after = None
+        if copy.task.after:
+            after = dependencies(self.project, copy.task)
+            threads = self.bus.state.threads
+            answers = {d: threads[d].answer for d in after if d in threads}
+            if prompt is None:
+                prompt = fill_after(copy.prompt, self.project, answers)
         return self._spawn_copy(
-            self.task_copy(task_id), model=model, budget_usd=budget_usd, prompt=prompt
+            copy, model=model, budget_usd=budget_usd, prompt=prompt, after=after
         )
 
     def task_copy(self, task_id: str) -> TaskCopy:
