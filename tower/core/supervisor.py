@@ -86,8 +86,8 @@ class Supervisor:
             )
         )
         self.runs: dict[str, ThreadRun] = {}
-        # Task graphs: copies waiting for the tasks their `after` names to end.
-        self._held: dict[str, TaskCopy] = {}
+        # Task graphs: copies waiting for the threads their `after` names (resolved once) to end.
+        self._held: dict[str, tuple[TaskCopy, list[str]]] = {}
         self._calls = itertools.count(1)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -439,15 +439,15 @@ class Supervisor:
     def _spawn_or_hold(self, copy: TaskCopy) -> None:
         """A task with `after` waits, unspawned, until what it names has ended."""
         if copy.task.after:
-            self._held[copy.thread_id] = copy
+            self._held[copy.thread_id] = (copy, dependencies(self.project, copy.task))
         else:
             self._spawn_copy(copy)
 
     def _announce_held(self) -> None:
         """The tasks that wait go in the state (the screen counts them; replay shows them)."""
         waiting = {
-            tid: dependencies(self.project, copy.task)
-            for tid, copy in self._held.items()
+            tid: deps
+            for tid, (_copy, deps) in self._held.items()
             if tid not in self.bus.state.waiting_tasks
         }
         if waiting:
@@ -458,10 +458,9 @@ class Supervisor:
         into the prompt; under after_policy "all", one whose dependency did not finish well
         is recorded as skipped (spawned and ended at once, with the reason)."""
         threads = self.bus.state.threads
-        for tid, copy in list(self._held.items()):
+        for tid, (copy, deps) in list(self._held.items()):
             if tid not in self._held:
                 continue  # released by a nested call (a skip ends a thread too)
-            deps = dependencies(self.project, copy.task)
             views = [threads.get(d) for d in deps]
             if any(v is None or not v.state.ended for v in views):
                 continue
