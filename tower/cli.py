@@ -479,6 +479,11 @@ def _report(result: Any, what: str, as_json: bool, tail: str = "") -> int:
             f"   cost {_fmt_usd(s['cost_usd'])} of {_fmt_usd(s['budget_usd'])}"
             f"   tokens {s['tokens']:,}   events {s['events']:,}" + tail
         )
+        from tower.core.subagents import tree_lines
+
+        trees = tree_lines(result.state)
+        if trees:
+            print("sub-agents:\n  " + "\n  ".join(trees))
     return exit_code(result)
 
 

@@ -987,7 +987,11 @@ def test_restore_session_and_thread_set_caps_and_spending() -> None:
 
     run = make_run("t")
     run.budget_tokens = 500
-    _plan, view = plan_and_view(id="t", cost_usd=0.1, lost_usd=0.05, tokens=300)
+    # The reducer keeps a subtree's totals (own cost, lost calls, descendants'): the account
+    # of a thread holds its subtree's spending.
+    _plan, view = plan_and_view(
+        id="t", cost_usd=0.1, lost_usd=0.05, tokens=300, subtree_usd=0.15, subtree_tokens=300
+    )
     restore_thread(ledger, run, view)
     acct = ledger.threads["t"]
     assert (acct.limit_usd, acct.limit_tokens) == (INF, 500)
@@ -995,6 +999,18 @@ def test_restore_session_and_thread_set_caps_and_spending() -> None:
     assert acct.spent_tokens == 300
     refused = ledger.reserve("t", 0.0, 250)  # 300 spent + 250 > 500
     assert isinstance(refused, Refusal) and refused.resource == "tokens"
+
+    # A sub-agent goes back under its parent: its calls count against the parent's cap.
+    child = make_run("t.1")
+    child.parent = "t"
+    _plan, cview = plan_and_view(id="t.1", parent="t", subtree_usd=0.02, subtree_tokens=40)
+    restore_thread(ledger, child, cview)
+    assert ledger.parents["t.1"] == "t"
+    refused = ledger.reserve("t.1", 0.0, 201)  # the parent's 300 + 201 > 500
+    assert isinstance(refused, Refusal) and (refused.scope, refused.account) == ("subtree", "t")
+    ledger.book("t.1", 0.01)  # a call this crash cut off: booked up the chain
+    assert ledger.threads["t"].spent_usd == pytest.approx(0.16)
+    assert ledger.threads["t.1"].spent_usd == pytest.approx(0.03)
 
 
 def test_highest_number_reads_only_the_kind_and_key_asked() -> None:
@@ -1136,7 +1152,9 @@ class FakeHost:
         self.calls.append(f"judge:{tool}")
         return self._verdict
 
-    async def run_tool(self, th: ThreadRun, name: str, args: dict[str, Any]) -> str:
+    async def run_tool(
+        self, th: ThreadRun, name: str, args: dict[str, Any], call_id: str = ""
+    ) -> str:
         self.calls.append(f"run_tool:{name}")
         return "ran"
 

@@ -80,7 +80,9 @@ class LoopHost(Protocol):
     def has_tool(self, agent: AgentSettings, name: str) -> bool: ...
     def mcp_tool_names(self, agent: AgentSettings) -> list[str]: ...
     def judge(self, th: ThreadRun, tool: str, args: dict[str, Any]) -> Verdict: ...
-    async def run_tool(self, th: ThreadRun, name: str, args: dict[str, Any]) -> str: ...
+    async def run_tool(
+        self, th: ThreadRun, name: str, args: dict[str, Any], call_id: str = ""
+    ) -> str: ...
     def check_of(self, th: ThreadRun) -> CheckSettings | None: ...
 
 
@@ -265,6 +267,7 @@ class AgentLoop:
                 ThreadState.PAUSED,
                 "budget",
                 scope=res.scope,
+                **({"account": res.account} if res.account is not None else {}),
                 resource=res.resource,
                 reason=res.describe(),
                 need_usd=round(usd, 6),
@@ -498,7 +501,7 @@ class AgentLoop:
             # Commit barrier: the decision and the intent are on disk before the effect happens.
             await self.host.barrier()
         try:
-            output = await self.host.run_tool(th, tc.name, args)
+            output = await self.host.run_tool(th, tc.name, args, tc.id)
         except ToolError as exc:
             return self._result(tc, False, f"error: {exc}")
         except OSError as exc:

@@ -128,8 +128,11 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def score(name: str, file: str, state: TowerState) -> VariantScore:
-    """A variant's figures, from the state its session folded to."""
-    threads = list(state.threads.values())
+    """A variant's figures, from the state its session folded to. A task is a thread the
+    project started: its sub-agents are part of it (their cost, escalations and items count
+    as the task's, through its subtree), never tasks of their own."""
+    every = list(state.threads.values())
+    threads = [t for t in every if t.parent is None]
     ok = [t for t in threads if t.state is ThreadState.DONE and t.checked is not False]
     times = [t.ended - t.started for t in threads if t.started is not None and t.ended]
     failures: dict[str, int] = {}
@@ -150,8 +153,8 @@ def score(name: str, file: str, state: TowerState) -> VariantScore:
         tokens=state.budget.tokens,
         p50_s=_round(_percentile(times, 50)),
         p95_s=_round(_percentile(times, 95)),
-        escalations_per_task=round(sum(t.escalations for t in threads) / n, 3),
-        human_per_task=round(sum(t.items for t in threads) / n, 3),
+        escalations_per_task=round(sum(t.escalations for t in every) / n, 3),
+        human_per_task=round(sum(t.items for t in every) / n, 3),
         failures=failures,
         unpriced_tokens=state.budget.unpriced_tokens,
     )

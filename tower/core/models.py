@@ -106,5 +106,7 @@ class Models:
                 "thread": th.id,
                 "attempt": attempt,
                 "profile": overrides,
+                # A sub-agent without a script reads the file its prompt names and reports.
+                **({"sub_agent": True} if th.parent is not None else {}),
             }
         }

@@ -110,6 +110,10 @@ class ThreadSpawned(Payload):
     budget_tokens: int | None = None
     # Task graphs: the threads it waited for (it was spawned once they had all ended).
     after: list[str] = field(default_factory=list)
+    # Sub-agents: the thread whose spawn_agent call started it, and that call's id (a
+    # resumed parent finds the child its interrupted call already made).
+    parent: str | None = None
+    spawned_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

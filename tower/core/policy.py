@@ -27,8 +27,8 @@ class Action(StrEnum):
 
 # Read-only tools confined to the workspace: the only ones that run without asking by default.
 READ_TOOLS = frozenset({"read_file", "list_dir", "search"})
-# Talking to the human and ending the task are never gated.
-UNGATED = frozenset({"ask_human", "finish"})
+# Talking to the human, waiting for one's own sub-agents and ending the task are never gated.
+UNGATED = frozenset({"ask_human", "finish", "wait_agents"})
 # Arguments holding a workspace path: matched after normalising, so `src/../x` is not `src/**`.
 PATH_ARGS = frozenset({"path", "file", "folder", "directory", "repo_path"})
 # Shell argument: deny/ask match any piece of a compound command; allow needs every piece.

@@ -38,6 +38,8 @@ BUILTIN_TOOLS = (
     "run_shell",
     "ask_human",
     "finish",
+    "spawn_agent",
+    "wait_agents",
 )
 # What an agent gets when it names no tools: no shell unless asked for.
 DEFAULT_TOOLS = ("read_file", "write_file", "list_dir", "ask_human", "finish")
@@ -145,6 +147,10 @@ class LimitSettings(_Strict):
     # (tower/core/admission.py); `adaptive = false` admits up to max_concurrent at once.
     adaptive: bool = True
     target_lag_ms: float = Field(default=50.0, ge=1, le=10_000)
+    # Sub-agents (the spawn_agent tool): how deep a tree may grow below a project task
+    # (its children are depth 1) and how many children one thread may start in all.
+    max_depth: int = Field(default=2, ge=1, le=8)
+    max_children: int = Field(default=8, ge=1, le=1000)
 
 
 class ModelSettings(_Strict):
@@ -308,6 +314,9 @@ class ScriptStep(_Strict):
     fault_times: int = Field(default=1, ge=1)
     # A gullible model: obeys "run `cmd`" found in the last tool result (prompt injection).
     obey: bool = False
+    # "file": one call of the tool per file of the last listing, in one turn (a fan-out),
+    # `{file}` filled in each call's args. `{last_result}` in args is the last tool result.
+    each: Literal["file"] | None = None
 
 
 class TaskSettings(_Strict):
@@ -674,6 +683,12 @@ def _cross_check(p: Project) -> list[str]:
         agent = p.agent(task.agent)
         tools = agent.tools
         for j, step in enumerate(task.script):
+            child = step.args.get("agent") if step.tool == "spawn_agent" else None
+            if isinstance(child, str) and child not in agent_names:
+                problems.append(
+                    f"tasks[{i}].script[{j}].args.agent: unknown agent {child!r}, "
+                    f"expected one of {', '.join(agent_names)}"
+                )
             on_server = step.tool is not None and step.tool.split(MCP_SEP, 1)[0] in agent.mcp
             if step.tool is not None and step.tool not in tools and not on_server:
                 problems.append(

@@ -189,6 +189,12 @@ CSV_FIELDS = [
     "blocked_minutes",
     "started",
     "ended",
+    # Sub-agents: the thread that started it, and what its whole subtree (it and every
+    # descendant) spent; for a thread without children, its own cost.
+    "parent",
+    "depth",
+    "subtree_cost_usd",
+    "subtree_tokens",
 ]
 
 
@@ -220,6 +226,10 @@ async def export_csv(store: Store, session: str, out: TextIO) -> int:
                 "blocked_minutes": f"{view.blocked_seconds / 60:.3f}",
                 "started": view.started if view.started is not None else "",
                 "ended": view.ended if view.ended is not None else "",
+                "parent": view.parent or "",
+                "depth": view.depth,
+                "subtree_cost_usd": f"{view.subtree_usd:.8f}",
+                "subtree_tokens": view.subtree_tokens,
             }
         )
     return len(state.threads)

@@ -23,8 +23,10 @@ def has_side_effects(tool: str) -> bool:
     """Whether a call may change the world: everything but reads and talking to the human.
 
     MCP tools count as side-effecting, since tower cannot know what a server does.
+    `spawn_agent`'s whole effect is a thread in tower's own log: a resumed call finds the
+    child it started (by the call's id) or starts it then, never twice.
     """
-    return tool not in READ_TOOLS and tool not in UNGATED
+    return tool not in READ_TOOLS and tool not in UNGATED and tool != "spawn_agent"
 
 
 @dataclass

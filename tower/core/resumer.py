@@ -64,6 +64,7 @@ def restart(
         interrupted=plan.interrupted,
         guidance=plan.guidance,
         after=list(view.after),
+        parent=view.parent,
     )
     return Restart(run, forked_from, view.reserved_usd)
 
@@ -78,13 +79,17 @@ def restore_session(ledger: Ledger, budget: BudgetView) -> None:
 
 
 def restore_thread(ledger: Ledger, run: ThreadRun, view: ThreadView) -> None:
-    """A resumed thread's account: its caps and what it spent, lost calls included (book
-    the call a crash cut off, LLM_LOST, before this: the view then holds it)."""
+    """A resumed thread's account: its caps and what its subtree spent, lost calls included
+    (a parent's account holds its descendants' spending, ended ones' too). Restore parents
+    first; a call this crash cut off is booked after, with `Ledger.book`, so it reaches
+    every ancestor's account as well."""
+    parent = run.parent if run.parent in ledger.threads else None
     ledger.open_thread(
         run.id,
         run.budget_usd if run.budget_usd is not None else INF,
         run.budget_tokens if run.budget_tokens is not None else INF,
+        parent=parent,
     )
     acct = ledger.threads[run.id]
-    acct.spent_usd = view.cost_usd + view.lost_usd
-    acct.spent_tokens = view.tokens
+    acct.spent_usd = view.subtree_usd
+    acct.spent_tokens = view.subtree_tokens

@@ -72,6 +72,9 @@ class ThreadRun:
     error_streak: int = 0  # tool errors in a row
     empty_streak: int = 0  # empty replies (no text, no tool call) in a row
     after: list[str] = field(default_factory=list)  # task graphs: the threads it waited for
+    parent: str | None = None  # sub-agents: the thread whose spawn_agent started it
+    collected: set[str] = field(default_factory=set)  # children whose answers it was given
+    ended_event: asyncio.Event = field(default_factory=asyncio.Event)  # set when it ends
     # The messages the model is sent: folded from this thread's events as they are emitted.
     conversation: Conversation | None = None
 

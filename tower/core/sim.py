@@ -55,8 +55,75 @@ def _chunk(
     )
 
 
-def _default_step(k: int, messages: list[dict[str, Any]], tools: set[str]) -> dict[str, Any]:
-    """Behaviour for a task without a script: look around, read one file, report."""
+def _listing(messages: list[dict[str, Any]]) -> list[str]:
+    """The files of the last folder listing the model was given (list_dir's result)."""
+    lists = {
+        tc.get("id")
+        for m in messages
+        if m.get("role") == "assistant"
+        for tc in m.get("tool_calls") or []
+        if (tc.get("function") or {}).get("name") == "list_dir"
+    }
+    for m in reversed(messages):
+        if m.get("role") == "tool" and m.get("tool_call_id") in lists:
+            lines = str(m.get("content") or "").splitlines()
+            return [ln for ln in lines if ln.strip() and not ln.endswith("/")]
+    return []
+
+
+def _last_result(messages: list[dict[str, Any]]) -> str:
+    return next(
+        (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "tool"), ""
+    )
+
+
+def _fill(value: Any, fields: dict[str, str]) -> Any:
+    """`{file}` and `{last_result}` in a scripted step's args (strings, at any depth)."""
+    if isinstance(value, str):
+        for name, text in fields.items():
+            value = value.replace("{" + name + "}", text)
+        return value
+    if isinstance(value, dict):
+        return {k: _fill(v, fields) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, fields) for v in value]
+    return value
+
+
+# A file a task names: a relative path with an extension (`inventory/stock.py`, `NOTES.md`).
+_PATH = re.compile(r"(?<![\w/.-])(?:[\w-]+/)*[\w-]+\.[A-Za-z]{2,5}\b")
+_DEFINES = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+(\w+)", re.MULTILINE)
+
+
+def _one_file_step(
+    k: int, path: str, messages: list[dict[str, Any]], tools: set[str]
+) -> dict[str, Any]:
+    """A sub-agent's usual job: read the one file its task names, then report on it."""
+    if k == 0:
+        return {"say": f"Reading {path}.", "tool": "read_file", "args": {"path": path}}
+    text = _last_result(messages)
+    if text.startswith("error:"):
+        report = f"{path}: could not be read ({text[6:].strip()})."
+    else:
+        names = _DEFINES.findall(text)
+        shown = ", ".join(names[:8]) + (" …" if len(names) > 8 else "")
+        report = f"{path}: {len(text.splitlines())} line(s)" + (
+            f"; defines {shown}." if names else "."
+        )
+    if "finish" in tools:
+        return {"say": "Done reading.", "tool": "finish", "args": {"answer": report}}
+    return {"say": report}
+
+
+def _default_step(
+    k: int, messages: list[dict[str, Any]], tools: set[str], sub_agent: bool = False
+) -> dict[str, Any]:
+    """Behaviour for a task without a script: look around, read one file, report. A
+    sub-agent whose task names a file reads that one and reports on it."""
+    task = next((str(m.get("content") or "") for m in messages if m.get("role") == "user"), "")
+    path = _PATH.search(task) if sub_agent else None
+    if path is not None and "read_file" in tools:
+        return _one_file_step(k, path.group(0), messages, tools)
     if k == 0 and "list_dir" in tools:
         return {
             "say": "Let me look at the workspace first.",
@@ -68,7 +135,7 @@ def _default_step(k: int, messages: list[dict[str, Any]], tools: set[str]) -> di
     reads = sum(1 for m in messages if m.get("role") == "assistant") - 1
     if files and reads < 1 and "read_file" in tools:
         return {"say": f"Reading {files[0]}.", "tool": "read_file", "args": {"path": files[0]}}
-    last = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "tool"), "")
+    last = _last_result(messages)
     summary = f"Looked at {len(files)} file(s)" + (
         f"; {files[0]} has {len(last.splitlines())} line(s)." if files else "."
     )
@@ -118,7 +185,7 @@ class SimProvider(CustomLLM):
                 }
             )
         else:
-            step = _default_step(k, messages, tool_names)
+            step = _default_step(k, messages, tool_names, bool(sim.get("sub_agent")))
 
         fault = step.get("fault") if attempt < int(step.get("fault_times", 1)) else None
         if fault is None:
@@ -158,25 +225,36 @@ class SimProvider(CustomLLM):
         if fault == "malformed_tool_json" and tool is not None:
             arguments = arguments[: max(len(arguments) // 2, 1)] + '"'
 
+        calls: list[str] = []
+        if tool is not None:
+            fields = {"last_result": _last_result(messages)}
+            if step.get("each") == "file":  # a fan-out: one call per file, in one turn
+                calls = [
+                    json.dumps(_fill(tool_args, {**fields, "file": f}), ensure_ascii=False)
+                    for f in _listing(messages)
+                ]
+            else:
+                filled = _fill(tool_args, fields)
+                calls = [arguments if filled == tool_args else json.dumps(filled)]
         async for piece in self._pieces(text, prof):
             yield _chunk(piece)
-        if tool is not None:
+        for i, call_args in enumerate(calls):
             yield _chunk(
                 tool={
-                    "id": f"call_{thread}_{turns}_{attempt}",
+                    "id": f"call_{thread}_{turns}_{attempt}" + (f"_{i}" if i else ""),
                     "type": "function",
-                    "index": 0,
-                    "function": {"name": tool, "arguments": arguments},
+                    "index": i,
+                    "function": {"name": tool or "", "arguments": call_args},
                 }
             )
         prompt = estimate_tokens(messages, optional.get("tools"))
-        completion = text_tokens(text) + (text_tokens(arguments) if tool else 0)
+        completion = text_tokens(text) + sum(text_tokens(a) for a in calls)
         max_tokens = optional.get("max_tokens")
         if max_tokens:
             completion = min(completion, int(max_tokens))
         yield _chunk(
             finished=True,
-            reason="tool_calls" if tool else "stop",
+            reason="tool_calls" if calls else "stop",
             usage={
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,

@@ -69,6 +69,14 @@ class ThreadView:
     # running one shows "pausing" until then) and is not started from the queue.
     pause_requested: bool = False
     after: list[str] = field(default_factory=list)  # the threads it waited for (task graphs)
+    # Sub-agents: its parent, how deep it sits, its children, and what its whole subtree
+    # (itself and every descendant) has spent, lost calls included: a parent's row and the
+    # budget bar show that, since a parent's cap bounds its whole subtree.
+    parent: str | None = None
+    depth: int = 0
+    children: list[str] = field(default_factory=list)
+    subtree_usd: float = 0.0
+    subtree_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -120,6 +128,28 @@ class TowerState:
     @property
     def all_ended(self) -> bool:
         return all(t.state in ENDED_STATES for t in self.threads.values())
+
+
+def subtree(state: TowerState, tid: str) -> list[str]:
+    """A thread and its descendants, depth first in spawn order (the tree's row order)."""
+    out: list[str] = []
+    stack = [tid]
+    while stack:
+        cur = stack.pop()
+        view = state.threads.get(cur)
+        if view is None:
+            continue
+        out.append(cur)
+        stack.extend(reversed(view.children))
+    return out
+
+
+def root_of(state: TowerState, tid: str) -> str:
+    """The top of a thread's tree (itself when it has no parent)."""
+    view = state.threads.get(tid)
+    while view is not None and view.parent is not None and view.parent in state.threads:
+        view = state.threads[view.parent]
+    return view.id if view is not None else tid
 
 
 def _append_tail(view: ThreadView, text: str) -> None:
@@ -180,6 +210,7 @@ def _llm_finished(state: TowerState, ev: Event, p: pl.LlmFinished, view: ThreadV
         if not p.price_known:
             view.unpriced = True
         view.reserved_usd = _less(view.reserved_usd, p.reserved_usd)
+        _add_to_subtree(state, view, p.cost_usd, tokens)
 
 
 def _llm_failed(state: TowerState, ev: Event, p: pl.LlmFailed, view: ThreadView | None) -> None:
@@ -197,6 +228,7 @@ def _llm_lost(state: TowerState, ev: Event, p: pl.LlmLost, view: ThreadView | No
     if view is not None:
         view.reserved_usd = _less(view.reserved_usd, p.reserved_usd)
         view.lost_usd += p.reserved_usd
+        _add_to_subtree(state, view, p.reserved_usd, 0)
         _append_tail(view, f"\n[lost in a crash: possibly billed ${p.reserved_usd:.6f}]")
 
 
@@ -304,6 +336,21 @@ def _thread_spawned(
         after=list(p.after),
     )
     state.waiting_tasks.pop(ev.thread or "", None)
+    parent = state.threads.get(p.parent) if p.parent is not None else None
+    if parent is not None:
+        child = state.threads[ev.thread or ""]
+        child.parent = parent.id
+        child.depth = parent.depth + 1
+        parent.children.append(child.id)
+
+
+def _add_to_subtree(state: TowerState, view: ThreadView, usd: float, tokens: int) -> None:
+    """Spending of a thread counts in its own subtree and in every ancestor's."""
+    node: ThreadView | None = view
+    while node is not None:
+        node.subtree_usd += usd
+        node.subtree_tokens += tokens
+        node = state.threads.get(node.parent) if node.parent is not None else None
 
 
 def _tasks_waiting(
@@ -415,7 +462,7 @@ def state_to_dict(state: TowerState) -> dict[str, Any]:
 # The shape of TowerState in snapshots. Bump it when a field changes meaning or a new one
 # would be wrong at its default for events already folded: snapshots of another version are
 # not read (replay folds from the start instead), never misread.
-STATE_VERSION = 3  # 3: waiting_tasks (task graphs)
+STATE_VERSION = 4  # 3: waiting_tasks (task graphs); 4: sub-agent trees
 
 
 def snapshot_of(state: TowerState) -> dict[str, Any]:
@@ -446,6 +493,19 @@ def state_from_dict(data: dict[str, Any]) -> TowerState:
     return state
 
 
+def subtree_totals(state: TowerState) -> dict[str, dict[str, float | int]]:
+    """Per thread with sub-agents: its subtree's size and spending (summaries, export)."""
+    return {
+        v.id: {
+            "threads": len(subtree(state, v.id)),
+            "cost_usd": round(v.subtree_usd, 6),
+            "tokens": v.subtree_tokens,
+        }
+        for v in state.threads.values()
+        if v.children
+    }
+
+
 def summary(state: TowerState) -> dict[str, Any]:
     """The run summary shared by `tower run --json` and replay's `--print-state`."""
     threads = {
@@ -455,7 +515,7 @@ def summary(state: TowerState) -> dict[str, Any]:
     }
     if skipped := state.count(ThreadState.SKIPPED):  # only task graphs skip
         threads["skipped"] = skipped
-    return {
+    out = {
         "session": state.session,
         "threads": threads,
         "cost_usd": round(state.budget.spent_usd, 6),
@@ -467,3 +527,6 @@ def summary(state: TowerState) -> dict[str, Any]:
         "blocked_minutes": round(state.blocked_seconds / 60, 3),
         "events": state.events,
     }
+    if trees := subtree_totals(state):  # only sub-agents make trees
+        out["subtrees"] = trees
+    return out

@@ -49,7 +49,14 @@ from tower.core.run import (
     new_session_id,
 )
 from tower.core.scheduler import Scheduler
-from tower.core.state import TowerState
+from tower.core.state import TowerState, subtree
+from tower.core.subagents import (
+    collected_from,
+    results_text,
+    spawn_request,
+    spawned_text,
+    wait_ids,
+)
 from tower.core.tasks import dependencies, fill_after, planned_copies, task_copy, task_of
 from tower.core.tools import ToolError, Workspace
 from tower.core.tools.shell import run_shell
@@ -88,6 +95,10 @@ class Supervisor:
         self.runs: dict[str, ThreadRun] = {}
         # Task graphs: copies waiting for the threads their `after` names (resolved once) to end.
         self._held: dict[str, tuple[TaskCopy, list[str]]] = {}
+        # Sub-agents: the child each spawn_agent call started (a resumed call finds it), and
+        # each tree's shared workspace being prepared (a child works in its root's folder).
+        self._spawned_by: dict[str, str] = {}
+        self._preparing: dict[str, asyncio.Task[Workspace]] = {}
         self._calls = itertools.count(1)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -202,6 +213,12 @@ class Supervisor:
         self.policy.restore(events)
         prompts = {a.name: a.system_prompt for a in self.project.agents}
         plans = rebuild(events, prompts)
+        collected = collected_from(events)
+        self._spawned_by = {
+            str(e.payload["spawned_by"]): str(e.thread)
+            for e in events
+            if e.kind is EventKind.THREAD_SPAWNED and e.payload.get("spawned_by")
+        }
         self.bus.emit(
             pl.SessionResumed.of(threads=[p.id for p in plans], pid=os.getpid(), **origin or {})
         )
@@ -219,6 +236,7 @@ class Supervisor:
                         th.id,
                     )
                 self.runs[th.id] = th
+                restore_thread(self.ledger, th, view)
                 if again.lost_usd:
                     # A call the crash cut off: the provider may have served and billed it, so
                     # it is booked at its reservation, apart, and counts against the caps.
@@ -230,9 +248,15 @@ class Supervisor:
                         ),
                         th.id,
                     )
-                restore_thread(self.ledger, th, view)
+                    self.ledger.book(th.id, again.lost_usd)
+                th.collected = collected.get(th.id, set())
                 self.inbox.drop_recorded(th.id)
                 th.state = ThreadState(view.state)
+                up = state.threads.get(view.parent) if view.parent is not None else None
+                if up is not None and up.state.ended:
+                    # Its parent ended just before the crash: so does it, as it would have.
+                    self.finish(th, ThreadState.KILLED, f"its parent {up.id} ended ({up.state})")
+                    continue
                 if plan.finished is not None:
                     # Its finish succeeded just before the crash: done, with that answer.
                     self.finish(th, ThreadState.DONE, "finished", answer=plan.finished)
@@ -322,10 +346,13 @@ class Supervisor:
         script: list[dict[str, Any]] | None = None,
         answer: str | None = None,
         after: list[str] | None = None,
+        parent: str | None = None,
+        spawned_by: str | None = None,
     ) -> str:
         """Starts a new thread. `workspace` is a folder relative to the project root; unless
         it is the named task's own (checked when tower.toml was loaded), it must exist inside
-        the root. Returns the thread's id: `task_id` (or the agent's name), made unique."""
+        the root. Returns the thread's id: `task_id` (or the agent's name), made unique; a
+        sub-agent's is its parent's followed by .1, .2..."""
         try:
             settings = self.project.agent(agent)
         except KeyError:
@@ -344,12 +371,17 @@ class Supervisor:
                 raise CommandError(problem)
             cascade = [model, *[m for m in cascade if m != model]]
             self.models.price(model)
-        base = task_id or agent
-        tid = base
-        for k in itertools.count(2):
-            if not self._taken(tid):
-                break
-            tid = f"{base}-{k}"
+        if parent is not None:
+            n = len(self.bus.state.threads[parent].children) + 1
+            ids = (f"{parent}.{k}" for k in itertools.count(n))
+            tid = next(t for t in ids if not self._taken(t))
+        else:
+            base = task_id or agent
+            tid = base
+            for k in itertools.count(2):
+                if not self._taken(tid):
+                    break
+                tid = f"{base}-{k}"
         b = self.project.budget
         th = ThreadRun(
             id=tid,
@@ -366,12 +398,14 @@ class Supervisor:
             budget_usd=budget_usd if budget_usd is not None else b.thread_usd,
             budget_tokens=b.thread_tokens,
             after=list(after or []),
+            parent=parent,
         )
         self.runs[tid] = th
         self.ledger.open_thread(
             tid,
             th.budget_usd if th.budget_usd is not None else INF,
             th.budget_tokens if th.budget_tokens is not None else INF,
+            parent=parent,
         )
         self._idle.clear()
         self.bus.emit(
@@ -387,9 +421,13 @@ class Supervisor:
                 budget_tokens=th.budget_tokens,
                 max_steps=settings.max_steps,
                 after=list(after or []),
+                parent=parent,
+                spawned_by=spawned_by,
             ),
             tid,
         )
+        if spawned_by is not None:
+            self._spawned_by[spawned_by] = tid
         self.scheduler.enqueue(th)
         return tid
 
@@ -521,7 +559,7 @@ class Supervisor:
 
     async def _run(self, th: ThreadRun) -> None:
         try:
-            th.workspace = await asyncio.to_thread(self._prepare_workspace, th)
+            th.workspace = await self._workspace_of(th)
             self.set_state(th, ThreadState.RUNNING)
             await AgentLoop(self, th).run()
             if not th.ended:
@@ -531,6 +569,18 @@ class Supervisor:
         except Exception as exc:
             log.exception("thread %s crashed", th.id)
             self.finish(th, ThreadState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+
+    async def _workspace_of(self, th: ThreadRun) -> Workspace:
+        """The thread's folder: its own, or, for a sub-agent, its tree's root's (made once,
+        whichever of them starts first)."""
+        root = th
+        while root.parent is not None and root.parent in self.runs:
+            root = self.runs[root.parent]
+        job = self._preparing.get(root.id)
+        if job is None:
+            job = asyncio.ensure_future(asyncio.to_thread(self._prepare_workspace, root))
+            self._preparing[root.id] = job
+        return await asyncio.shield(job)
 
     def _prepare_workspace(self, th: ThreadRun) -> Workspace:
         store = self.bus.store
@@ -584,10 +634,22 @@ class Supervisor:
         self.scheduler.dequeue(th)
         self.scheduler.free_slot(th)
         self._ended += 1
+        th.ended_event.set()
+        self._end_children(th)
         self._release_held()
         if self._ended == len(self.runs) and not self._held:
             self._idle.set()
         self.scheduler.pump()
+
+    def _end_children(self, th: ThreadRun) -> None:
+        """A thread's sub-agents end with it: none runs (and spends) out of sight."""
+        for cid in self.bus.state.threads[th.id].children:
+            child = self.runs.get(cid)
+            if child is not None and not child.ended:
+                task = child.task
+                self.finish(child, ThreadState.KILLED, f"its parent {th.id} ended ({th.state})")
+                if task is not None and not task.done():
+                    task.cancel()
 
     def open_item(
         self, th: ThreadRun, kind: InboxKind, **data: Any
@@ -867,6 +929,8 @@ class Supervisor:
             item = target
             data = self.bus.state.inbox[target].data
             scope_thread = th.id if data.get("scope") == "thread" else None
+            if data.get("scope") == "subtree":  # an ancestor's cap refused: raise that one
+                scope_thread = str(data.get("account"))
             if not usd and not tokens:
                 usd = float(data.get("suggest_usd", 0.0))
                 tokens = int(data.get("suggest_tokens", 0))
@@ -880,15 +944,20 @@ class Supervisor:
             scope_thread,
         )
         woken = [item] if item is not None else []
-        if scope_thread is None:
-            woken += [
-                i.id
-                for i in list(self.bus.state.inbox.values())
-                if i.kind is InboxKind.BUDGET
-                and i.data.get("scope") == "session"
-                and i.id != item
-                and self.inbox.knows(i.id)
-            ]
+        # Every thread the raised cap had stopped wakes: the session's, or (a subtree's cap)
+        # each descendant stopped by that same ancestor.
+        woken += [
+            i.id
+            for i in list(self.bus.state.inbox.values())
+            if i.kind is InboxKind.BUDGET
+            and i.id != item
+            and self.inbox.knows(i.id)
+            and (
+                i.data.get("scope") == "session"
+                if scope_thread is None
+                else i.data.get("scope") == "subtree" and i.data.get("account") == scope_thread
+            )
+        ]
         share = attention_s / len(woken) if attention_s is not None and woken else None
         if batch is None and len(woken) > 1:
             batch = woken[0]  # one decision, however many threads it wakes
@@ -969,8 +1038,14 @@ class Supervisor:
         server, sep, _ = name.partition(MCP_SEP)
         return bool(sep) and server in agent.mcp and self.mcp is not None and self.mcp.has(name)
 
-    async def run_tool(self, th: ThreadRun, name: str, args: dict[str, Any]) -> str:
+    async def run_tool(
+        self, th: ThreadRun, name: str, args: dict[str, Any], call_id: str = ""
+    ) -> str:
         """Carries out an allowed call; a ToolError's message goes back to the model."""
+        if name == "spawn_agent":
+            return self.spawn_agent(th, args, call_id)
+        if name == "wait_agents":
+            return await self.wait_agents(th, args)
         if MCP_SEP in name and name not in th.agent.tools:
             if self.mcp is None:
                 raise ToolError(f"no MCP server offers {name!r}")
@@ -986,6 +1061,102 @@ class Supervisor:
                 max_output_bytes=shell.max_output_bytes,
             )
         return await th.workspace.run(name, args)
+
+    # --- sub-agents ---------------------------------------------------------------------
+
+    def spawn_agent(self, th: ThreadRun, args: dict[str, Any], call_id: str = "") -> str:
+        """A thread starts a child: its reservations count against this thread's cap, every
+        ancestor's and the session's. A resumed call finds the child it already started."""
+        view = self.bus.state.threads[th.id]
+        room = self.ledger.room_usd(th.id)
+        existing = self._spawned_by.get(call_id) if call_id else None
+        if existing is not None:
+            return spawned_text(existing, self.bus.state.threads[existing].budget_usd, room)
+        req = spawn_request(args, view, th.agent.name, self.project, room)
+        try:
+            child = self.spawn(
+                req.agent,
+                req.prompt,
+                title=req.title,
+                model=req.model,
+                priority=th.priority,
+                budget_usd=req.budget_usd,
+                parent=th.id,
+                spawned_by=call_id or None,
+            )
+        except CommandError as exc:
+            raise ToolError(str(exc)) from None
+        return spawned_text(child, req.budget_usd, room)
+
+    async def wait_agents(self, th: ThreadRun, args: dict[str, Any]) -> str:
+        """Waits until the named children (default: those not waited for yet) have ended;
+        the thread says what it waits on meanwhile, and holds no call slot."""
+        threads = self.bus.state.threads
+        ids = wait_ids(args, threads[th.id], th.collected)
+        while True:
+            live = [self.runs[c] for c in ids if c in self.runs and not self.runs[c].ended]
+            if not live:
+                break
+            self.set_state(
+                th,
+                ThreadState.RUNNING,
+                f"waiting on {len(live)} of {len(ids)} sub-agent(s): "
+                + ", ".join(r.id for r in live[:3])
+                + (" …" if len(live) > 3 else ""),
+            )
+            waits = [asyncio.ensure_future(r.ended_event.wait()) for r in live]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+        self.set_state(th, ThreadState.RUNNING)
+        th.collected.update(ids)
+        return results_text(threads[c] for c in ids)
+
+    def tree(self, tid: str) -> list[str]:
+        """A thread's subtree's live threads (what a screen verb on the subtree acts on)."""
+        if tid not in self.bus.state.threads:
+            raise CommandError(f"no thread {tid!r}")
+        return [
+            t for t in subtree(self.bus.state, tid) if t in self.runs and not self.runs[t].ended
+        ]
+
+    def pause_tree(self, tid: str) -> int:
+        """Pauses every live thread of the subtree; how many were paused."""
+        todo = [t for t in self.tree(tid) if not self.pause_requested(self.runs[t])]
+        for t in todo:
+            self.pause(t)
+        return len(todo)
+
+    def resume_tree(self, tid: str) -> int:
+        todo = [t for t in self.tree(tid) if self.pause_requested(self.runs[t])]
+        for t in todo:
+            self.resume(t)
+        return len(todo)
+
+    def kill_tree(self, tid: str) -> int:
+        """Kills the subtree's root (its descendants end with it); how many ended."""
+        live = self.tree(tid)
+        if tid in live:
+            self.kill(tid)
+        else:
+            for t in live:
+                if not self.runs[t].ended:
+                    self.kill(t)
+        return len(live)
+
+    def escalate_tree(self, tid: str) -> int:
+        """Moves every live thread of the subtree that has a stronger model onto it."""
+        moved = 0
+        for t in self.tree(tid):
+            th = self.runs[t]
+            if th.model_index + 1 < len(th.cascade):
+                self.escalate(t, "model", note="subtree escalated by the human")
+                moved += 1
+        if not moved:
+            raise CommandError(f"no thread of {tid}'s subtree has a stronger model left")
+        return moved
 
     async def start_mcp(self) -> None:
         """Starts the project's MCP servers and lists their tools (before any thread runs)."""

@@ -70,6 +70,34 @@ TOOL_SCHEMAS: dict[str, dict[str, Any]] = {
         {"question": _STR},
         ["question"],
     ),
+    "spawn_agent": _fn(
+        "spawn_agent",
+        "Start a sub-agent on part of your task; it runs alongside you and spends from your "
+        "budget. Returns its id at once; call wait_agents to get its answer.",
+        {
+            "prompt": {**_STR, "description": "The sub-agent's whole task, self-contained."},
+            "agent": {**_STR, "description": "Which agent template; default: your own."},
+            "model": {**_STR, "description": "Its model; default: the template's first."},
+            "budget_usd": {
+                "type": "number",
+                "description": "Its cap in USD, carved out of what you have left.",
+            },
+            "title": {**_STR, "description": "A short title for the orchestrator's screen."},
+        },
+        ["prompt"],
+    ),
+    "wait_agents": _fn(
+        "wait_agents",
+        "Wait until your sub-agents have ended and get their answers.",
+        {
+            "ids": {
+                "type": "array",
+                "items": _STR,
+                "description": "Which sub-agents; default: every one not yet waited for.",
+            }
+        },
+        [],
+    ),
     "finish": _fn(
         "finish",
         "End the task with your final answer.",
