@@ -161,6 +161,16 @@ def test_text_output_has_a_line_per_state_change_and_a_summary(tmp_path) -> None
     assert proc.returncode == 0
     assert "done" in proc.stdout and "threads: " in proc.stdout and "cost $" in proc.stdout
     assert proc.stderr == ""
+    # The lead reviewer's sub-agents are drawn as its tree, with the subtree's spending.
+    tree = proc.stdout.split("sub-agents:\n", 1)[1].splitlines()
+    assert tree[0].split()[:2] == ["lead-review", "done"] and "subtree $" in tree[0]
+    assert "(5 threads)" in tree[0]
+    assert [ln.split()[:2] for ln in tree[1:]] == [
+        ["├─", "lead-review.1"],
+        ["├─", "lead-review.2"],
+        ["├─", "lead-review.3"],
+        ["└─", "lead-review.4"],
+    ]
 
 
 def test_sessions_lists_runs_as_rows_and_json(tmp_path) -> None:

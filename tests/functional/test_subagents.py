@@ -19,6 +19,7 @@ from tower.core.payloads import ThreadSpawned, payload_as
 from tower.core.project import load_project
 from tower.core.replay import export_csv
 from tower.core.session import run_headless
+from tower.core.state import subtree
 from tower.core.store import Store
 from tower.core.subagents import tree_lines
 from tower.core.tools import ToolError
@@ -312,3 +313,101 @@ async def test_a_crash_anywhere_in_a_tree_resumes_without_spawning_or_billing_tw
             sum(v.cost_usd + v.lost_usd for v in result.state.threads.values())
         )
     assert spawn_cuts >= 3  # cuts between a spawn_agent call and its child were tried
+
+
+async def test_a_fork_mid_tree_goes_on_from_the_recorded_children(tmp_path: Path) -> None:
+    """A fork taken after the children were spawned and one of them answered: the fork's
+    history is the original's, the children are not spawned again, no recorded call is
+    made again, and the lead still merges every child's answer."""
+    from tower.core.session import fork_headless
+
+    root = write_project(tmp_path / "proj", _toml(), FILES)
+    db = tmp_path / "t.db"
+    original = await run_headless(load_project(root), db, "all")
+    source = await _events(db)
+    first_child_done = next(
+        e.seq
+        for e in source
+        if e.kind is EventKind.THREAD_STATE
+        and e.thread == "lead.1"
+        and e.payload["state"] == "done"
+    )
+    fork = await fork_headless(db, original.summary["session"], first_child_done, "all")
+    store = await Store.open(db)
+    forked = [ev async for ev in store.events(fork.summary["session"])]
+    await store.close()
+    later = forked[first_child_done:]
+    assert not [e for e in later if e.kind is EventKind.THREAD_SPAWNED]
+    before = {
+        (e.thread, e.payload["step"])
+        for e in source[:first_child_done]
+        if e.kind is EventKind.LLM_FINISHED
+    }
+    again = {(e.thread, e.payload["step"]) for e in later if e.kind is EventKind.LLM_FINISHED}
+    assert again and not before & again
+    threads = fork.state.threads
+    assert {t: v.state for t, v in threads.items()} == {
+        t: v.state for t, v in original.state.threads.items()
+    }
+    for child in ("lead.1", "lead.2", "lead.3"):
+        assert (threads[child].answer or "") in (threads["lead"].answer or "")
+
+
+async def test_an_experiment_counts_a_task_with_its_sub_agents_as_one_task(
+    tmp_path: Path,
+) -> None:
+    """tower experiment scores tasks: the lead and its three readers are one task, whose
+    cost is its subtree's (the readers' calls included)."""
+    from tower.core.experiment import run_experiment
+
+    root = write_project(tmp_path / "proj", _toml(), FILES)
+    (root / "experiments").mkdir()
+    strong = root / "experiments" / "strong.toml"
+    strong.write_text('[[agents]]\nname = "reader"\ncascade = ["sim/large"]\n')
+    plain = root / "experiments" / "same.toml"
+    plain.write_text("[project]\nseed = 1\n")
+    scores = await run_experiment(root, [plain, strong], tmp_path / "e.db")
+    by = {s.name: s for s in scores}
+    for s in scores:
+        assert (s.tasks, s.successes) == (1, 1)
+    # The readers' model changed only in `strong`: the task costs more there, through them.
+    assert by["strong"].cost_usd > by["same"].cost_usd * 3
+    store = await Store.open(tmp_path / "e.db")
+    rows = {r.id: r for r in await store.list_sessions()}
+    await store.close()
+    assert set(rows) == {s.session for s in scores}
+
+
+async def test_a_wide_tree_under_load_never_passes_the_parents_cap(live_factory) -> None:
+    """120 children at once under a lead whose cap covers a fraction of them, 16 calls in
+    flight: after every event, the lead's subtree (the ledger's books and, independently,
+    the screen's views) stays within the lead's cap; the children it could not pay for
+    end failed with the reason (headless: nobody raises the cap)."""
+    files = {f"ws/f{i:03}.txt": f"line {i}\n" for i in range(120)}
+    cap = 0.004
+    live = await live_factory(_toml(children=150, budget=f"budget_usd = {cap}"), files, "none")
+    worst: list[float] = []
+
+    def check(_ev: object) -> None:
+        acct = live.sup.ledger.threads.get("lead")
+        if acct is None:
+            return
+        assert acct.spent_usd + acct.reserved_usd <= cap + 1e-12
+        views = [live.bus.state.threads[t] for t in subtree(live.bus.state, "lead")]
+        held = sum(v.cost_usd + v.reserved_usd for v in views)
+        assert held <= cap + 1e-9
+        worst.append(held)
+
+    live.bus.subscribe(check)
+    await live.waiter.until(ended(live, "lead"), timeout=120)
+    await live.waiter.until(
+        lambda: all(v.state.ended for v in live.bus.state.threads.values()), timeout=120
+    )
+    threads = live.bus.state.threads
+    kids = [v for t, v in threads.items() if t.startswith("lead.")]
+    assert len(kids) == 120
+    failed = [v for v in kids if v.state is ThreadState.FAILED]
+    assert failed and all(v.reason == "budget" for v in failed)
+    assert any(v.state is ThreadState.DONE for v in kids)
+    assert threads["lead"].subtree_usd <= cap + 1e-9
+    assert max(worst) > cap * 0.7  # the cap really bound: the subtree came close to it

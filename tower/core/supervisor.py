@@ -96,7 +96,7 @@ class Supervisor:
         # Task graphs: copies waiting for the threads their `after` names (resolved once) to end.
         self._held: dict[str, tuple[TaskCopy, list[str]]] = {}
         # Sub-agents: the child each spawn_agent call started (a resumed call finds it), and
-        # each tree's shared workspace being prepared (a child works in its root's folder).
+        # each tree's shared workspace while it is being made (a child works in its root's).
         self._spawned_by: dict[str, str] = {}
         self._preparing: dict[str, asyncio.Task[Workspace]] = {}
         self._calls = itertools.count(1)
@@ -576,11 +576,19 @@ class Supervisor:
         root = th
         while root.parent is not None and root.parent in self.runs:
             root = self.runs[root.parent]
+        if root.workspace is not None:
+            return root.workspace
         job = self._preparing.get(root.id)
         if job is None:
             job = asyncio.ensure_future(asyncio.to_thread(self._prepare_workspace, root))
             self._preparing[root.id] = job
-        return await asyncio.shield(job)
+        try:
+            ws = await asyncio.shield(job)
+        finally:
+            if job.done():  # kept only while it is being made: 10,000 threads hold none
+                self._preparing.pop(root.id, None)
+        root.workspace = ws
+        return ws
 
     def _prepare_workspace(self, th: ThreadRun) -> Workspace:
         store = self.bus.store
