@@ -170,3 +170,99 @@ def test_prompt_counts_are_the_models_own_within_its_chat_template(
     served = _post("/v1/chat/completions", body)["usage"]["prompt_tokens"]
     counted, _ = llm.counted_tokens("openai/smollm2", messages, None, "", tok)
     assert abs(served - counted) <= 5 * len(messages) + 5, (served, counted)
+
+
+LEAD_PROJECT = """
+[project]
+name = "real_tree"
+seed = 1
+call_timeout_s = 180
+max_retries = 1
+
+[budget]
+usd = 0.05
+
+[limits]
+max_concurrent = 2
+max_depth = 1
+max_children = 3
+
+[policy]
+allow = ["spawn_agent"]
+
+[models."openai/smollm2"]
+api_base = "{url}"
+input_usd_per_mtok = 0.05
+output_usd_per_mtok = 0.10
+
+[[agents]]
+name = "lead"
+system_prompt = '''You split work. Call spawn_agent with a prompt for a helper,
+then call wait_agents, then call finish with what the helper said.'''
+cascade = ["openai/smollm2"]
+tools = ["spawn_agent", "wait_agents", "finish"]
+max_steps = 4
+max_tokens = 96
+
+[[agents]]
+name = "helper"
+system_prompt = "Answer briefly, then call finish with the answer."
+cascade = ["openai/smollm2"]
+tools = ["finish"]
+max_steps = 2
+max_tokens = 64
+
+[[tasks]]
+id = "lead"
+agent = "lead"
+budget_usd = 0.0004
+prompt = '''Call spawn_agent with {{"prompt": "What is 2 + 2?", "agent": "helper"}},
+then wait_agents, then finish.'''
+"""
+
+
+def test_sub_agent_tools_against_a_real_server_stay_within_the_lead_cap(
+    tmp_path: Path, server: str
+) -> None:
+    """The spawn_agent and wait_agents schemas go to a real OpenAI-compatible server (its
+    chat format turns them into a grammar: a bad schema is a 4xx); whatever the weak model
+    does with them, every thread ends with a readable reason, any child it started is
+    recorded under the lead, and the lead's subtree spends within the lead's cap."""
+    proj = tmp_path / "real_tree"
+    proj.mkdir()
+    (proj / "tower.toml").write_text(LEAD_PROJECT.format(url=server), encoding="utf-8")
+    db = tmp_path / "s.db"
+    run = tower(
+        "run",
+        proj,
+        "--headless",
+        "--approve",
+        "all",
+        "--json",
+        "--db",
+        db,
+        home=tmp_path,
+        timeout=1800,
+    )
+    assert run.returncode in (0, 1), run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+    events = db_events(db)
+    failures = [e.payload["error"] for e in events if e.kind == "llm_failed"]
+    assert not [f for f in failures if " 400" in f or "400 " in f or "422" in f], failures
+    spawned = {e.thread: e.payload for e in events if e.kind == "thread_spawned"}
+    for tid, p in spawned.items():
+        if tid != "lead":
+            assert p["parent"] == "lead" and tid.startswith("lead.")
+    spent = sum(e.payload["cost_usd"] for e in events if e.kind == "llm_finished") + sum(
+        e.payload.get("reserved_usd", 0) for e in events if e.kind == "llm_lost"
+    )
+    assert spent <= 0.0004 + 1e-12  # the lead's cap bounds its subtree, children included
+    ends = [
+        e.payload
+        for e in events
+        if e.kind == "thread_state" and e.payload["state"] in ("done", "failed", "killed")
+    ]
+    assert len(ends) == len(spawned)
+    for p in ends:
+        if p["state"] != "done":
+            assert p.get("reason"), p

@@ -120,6 +120,26 @@ def test_without_a_finished_thread_the_raise_is_the_largest_suggestion() -> None
     assert "each stopped thread" in group.resolve
 
 
+def test_sub_agents_stopped_by_one_ancestors_cap_are_one_situation_per_ancestor() -> None:
+    s = TowerState()
+    for n in range(3):
+        item(
+            s, f"i{n}", f"lead.{n}", InboxKind.BUDGET, float(n), scope="subtree",
+            account="lead", resource="usd", suggest_usd=0.001 * (n + 1), reason="r",
+        )  # fmt: skip
+    item(
+        s, "i9", "other.1", InboxKind.BUDGET, 0.5, scope="subtree", account="other",
+        resource="usd", suggest_usd=0.002, reason="r",
+    )  # fmt: skip
+    sits = situations(s)
+    lead = next(x for x in sits if x.items == ("i0", "i1", "i2"))
+    assert lead.cause == "3 sub-agent(s) stopped by lead's subtree budget"
+    assert lead.suggest_usd == pytest.approx(0.003)  # one raise of the lead's cap
+    assert "one raise wakes them all" in lead.resolve
+    # Another ancestor's cap is another cause; alone, its item is just the item.
+    assert [x.key for x in sits if x.items == ("i9",)] == ["i9"]
+
+
 def test_mcp_server_down_groups_its_calls() -> None:
     s = TowerState()
     s.mcp["board"] = {"status": "crashed", "tools": []}
@@ -165,7 +185,7 @@ def test_routine_items_wait_in_a_digest_once_the_attention_budget_is_spent() -> 
         st.tuples(
             st.sampled_from(list(InboxKind)),
             st.sampled_from(["a.py", "b.py"]),
-            st.sampled_from(["session", "thread"]),
+            st.sampled_from(["session", "thread", "subtree"]),
         ),
         max_size=30,
     ),
@@ -177,7 +197,7 @@ def test_every_open_item_is_in_exactly_one_situation(specs, digest: bool) -> Non
     for n, (kind, path, scope) in enumerate(specs):
         item(
             s, f"i{n}", f"t{n % 7}", kind, float(n), scope=scope, resource="usd",
-            suggest_usd=0.001, reason="r", question="q", **write(path),
+            suggest_usd=0.001, reason="r", question="q", account=f"t{n % 2}", **write(path),
         )  # fmt: skip
     sits = situations(s, human_minutes_cap=1)
     members = [i for x in sits for i in x.items]

@@ -146,6 +146,9 @@ def situations(
     for item in items:
         if digest_on and is_routine(item, routine_usd):
             key = DIGEST_KEY
+        elif item.kind is InboxKind.BUDGET and item.data.get("scope") == "subtree":
+            # Stopped by an ancestor's cap: one cause per ancestor (one raise wakes them all).
+            key = f"g:budget:subtree:{item.data.get('resource', 'usd')}:{item.data.get('account')}"
         elif item.kind is InboxKind.BUDGET:
             key = f"g:budget:{item.data.get('scope', 'thread')}:{item.data.get('resource', 'usd')}"
         elif item.kind is InboxKind.APPROVAL and (server := _mcp_server(item, state)):
@@ -242,6 +245,23 @@ def _group(state: TowerState, key: str, members: list[InboxItem], routine: bool)
             suggest_usd=raise_usd,
             routine=routine,
             short=f"session budget · +${raise_usd:.{_places(raise_usd)}f}",
+        )
+    if key.startswith("g:budget:subtree:"):
+        account = str(first.data.get("account"))
+        suggested = max(float(i.data.get("suggest_usd") or 0.0) for i in members)
+        what = "token budget" if first.data.get("resource") == "tokens" else "budget"
+        return Situation(
+            key,
+            InboxKind.BUDGET,
+            f"{n} sub-agent(s) stopped by {account}'s subtree {what}",
+            ids,
+            threads,
+            first.created,
+            f"a raises {account}'s cap as suggested (one raise wakes them all) · b by an amount"
+            " · d declines all",
+            suggest_usd=suggested,
+            routine=routine,
+            short=f"{account}'s subtree {what}",
         )
     if key.startswith("g:budget:thread"):
         total = sum(float(i.data.get("suggest_usd") or 0.0) for i in members)
