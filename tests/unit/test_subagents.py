@@ -167,3 +167,28 @@ def test_tree_helpers_and_lines() -> None:
     names = [ln.split()[0:2] for ln in tree_lines(state)]
     assert names == [["a", "queued"], ["├─", "a.1"], ["│", "└─"], ["└─", "a.2"]]
     assert "subtree $0.3000 (4 threads)" in tree_lines(state)[0]
+
+
+def test_the_transcript_of_a_sub_agent_says_whose_it_is() -> None:
+    from tower.core import payloads as pl
+    from tower.ui.screens.detail import transcript_lines
+
+    spawned = pl.ThreadSpawned(
+        agent="reader",
+        task="",
+        title="read a.py",
+        cascade=["sim/small"],
+        model="sim/small",
+        priority=0,
+        prompt="Read a.py and report.",
+        parent="lead",
+        spawned_by="c3",
+    )
+    ev = Event(5, 0.0, EventKind.THREAD_SPAWNED, "lead.1", spawned.to_dict())
+    lines = [t.plain for t in transcript_lines(ev)]
+    assert lines == ["sub-agent of lead, spending from its budget", "task: Read a.py and report."]
+    root = pl.ThreadSpawned(
+        agent="a", task="t", title="t", cascade=["m"], model="m", priority=0, prompt="go"
+    )
+    plain = Event(1, 0.0, EventKind.THREAD_SPAWNED, "t", root.to_dict())
+    assert [t.plain for t in transcript_lines(plain)] == ["task: go"]

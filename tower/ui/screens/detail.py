@@ -40,7 +40,12 @@ def transcript_lines(ev: Event, expanded: bool = False) -> list[Text]:
 
 
 def _spawned(p: pl.ThreadSpawned, expanded: bool) -> list[Text]:
-    return [Text(f"task: {p.prompt if p.prompt is not None else p.title}", style="bold")]
+    out = [Text(f"task: {p.prompt if p.prompt is not None else p.title}", style="bold")]
+    if p.parent is not None:  # a sub-agent: who started it, and its spending's ceiling
+        out.insert(0, Text(f"sub-agent of {p.parent}, spending from its budget", style="dim"))
+    if p.after:
+        out.insert(0, Text(f"ran after {', '.join(p.after)}", style="dim"))
+    return out
 
 
 def _finished(p: pl.LlmFinished, expanded: bool) -> list[Text]:
