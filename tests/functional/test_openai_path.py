@@ -630,3 +630,117 @@ async def test_caps_hold_against_a_tokenizer_counting_four_times_the_estimate(
     for f in [e for e in live.events if e.kind is EventKind.LLM_FINISHED]:
         # Every call's real usage fitted in what it had reserved.
         assert f.payload["cost_usd"] <= f.payload["reserved_usd"] + 1e-12
+
+
+# --- sub-agents over a real HTTP path -------------------------------------------------------
+
+TREE = """
+[project]
+name = "tree"
+retry_backoff_s = 0
+max_retries = 0
+
+[policy]
+allow = ["spawn_agent"]
+
+[models."openai/gpt-4o-mini"]
+api_base = "{url}"
+
+[[agents]]
+name = "lead"
+system_prompt = "LEAD: split the work."
+cascade = ["openai/gpt-4o-mini"]
+tools = ["spawn_agent", "wait_agents", "finish"]
+max_tokens = 256
+
+[[agents]]
+name = "child"
+system_prompt = "CHILD: do your part."
+cascade = ["openai/gpt-4o-mini"]
+tools = ["finish"]
+max_tokens = 256
+
+[[tasks]]
+id = "lead"
+agent = "lead"
+prompt = "Ask two helpers, then merge."
+{budget}
+"""
+
+
+def _tree_route(req: Any) -> Reply:
+    """The lead spawns two children and waits for them in one reply, then merges; each
+    child answers at once. Routed by the request itself: the calls interleave."""
+    system = req.messages[0]["content"]
+    if system.startswith("CHILD"):
+        part = req.messages[1]["content"]
+        return finish_reply(f"{part}: done", Usage(150, 20), call_id="call_child")
+    if not any(m["role"] == "assistant" for m in req.messages):
+        # Two spawns and the wait in one reply: the lead makes no call while they run.
+        calls = [
+            ScriptedCall(
+                f"call_s{k}", "spawn_agent", json.dumps({"prompt": f"part {k}", "agent": "child"})
+            )
+            for k in (1, 2)
+        ]
+        calls.append(ScriptedCall("call_wait", "wait_agents", "{}"))
+        return Reply(tool_calls=calls, usage=Usage(1400, 60))
+    last = next(m["content"] for m in reversed(req.messages) if m["role"] == "tool")
+    return finish_reply(f"merged: {last}", Usage(1000, 30))
+
+
+async def test_sub_agents_over_http_spend_what_litellm_prices_within_the_leads_cap(
+    server: FakeOpenAI, live_factory: Callable[..., Any]
+) -> None:
+    """A lead and its two children on gpt-4o-mini through litellm's OpenAI provider and a
+    real HTTP server: two spawn_agent calls (and the wait) in one streamed reply; each
+    call is priced by litellm; the lead's subtree is exactly their sum. Then the same tree
+    under a lead cap that fits its own call and one child's: the other child is refused by
+    the lead's cap (not its own, which it does not have), and the subtree never passes it."""
+    server.fallback = _tree_route
+    live: Live = await live_factory(TREE.format(url=server.base_url, budget=""))
+    await live.waiter.until(ended(live, "lead", "lead.1", "lead.2"))
+    threads = live.bus.state.threads
+    assert {t: v.state for t, v in threads.items()} == dict.fromkeys(
+        ["lead", "lead.1", "lead.2"], ThreadState.DONE
+    )
+    assert "part 1: done" in (threads["lead"].answer or "")
+    assert "part 2: done" in (threads["lead"].answer or "")
+    finished = [e for e in live.events if e.kind is EventKind.LLM_FINISHED]
+    for ev in finished:
+        usage = Usage(
+            ev.payload["usage"]["prompt_tokens"], ev.payload["usage"]["completion_tokens"]
+        )
+        assert ev.payload["cost_usd"] == pytest.approx(
+            await reference_cost(server, MODEL, usage), rel=1e-12
+        )
+    total = sum(e.payload["cost_usd"] for e in finished)
+    assert threads["lead"].subtree_usd == pytest.approx(total, rel=1e-12)
+    assert live.sup.ledger.threads["lead"].spent_usd == pytest.approx(total, rel=1e-12)
+    assert {r.model for r in server.requests} == {"gpt-4o-mini"}
+
+    first = next(e.payload for e in finished if e.thread == "lead")
+    child = next(
+        e.payload for e in live.events if e.kind is EventKind.LLM_STARTED and e.thread == "lead.1"
+    )
+    child_cost = next(e.payload["cost_usd"] for e in finished if e.thread == "lead.1")
+    cap = first["cost_usd"] + child["reserved_usd"] + child_cost / 2
+    capped: Live = await live_factory(
+        TREE.format(url=server.base_url, budget=f"budget_usd = {cap!r}"), approve="none"
+    )
+
+    def watch(_ev: Any) -> None:
+        acct = capped.sup.ledger.threads.get("lead")
+        if acct is not None:
+            assert acct.spent_usd + acct.reserved_usd <= cap + 1e-15
+
+    capped.bus.subscribe(watch)
+    await capped.waiter.until(ended(capped, "lead", "lead.1", "lead.2"))
+    refused = [
+        (e.thread, e.payload["scope"], e.payload.get("account"))
+        for e in capped.events
+        if e.kind is EventKind.INBOX_OPENED and e.payload["kind"] == "budget"
+    ]
+    assert any(r[1:] == ("subtree", "lead") for r in refused if r[0] != "lead"), refused
+    assert capped.bus.state.threads["lead"].subtree_usd <= cap + 1e-15
+    assert capped.bus.state.threads["lead"].subtree_usd > first["cost_usd"]  # a child ran
