@@ -214,3 +214,80 @@ async def test_the_call_gate_figures_are_a_frozen_copy(live_factory: LiveFactory
         figures.waiting = 3  # type: ignore[misc]
     assert control.session_id == live.sup.session_id
     assert control.lock is live.bus.lock
+
+
+TREE = """
+[project]
+name = "tree"
+retry_backoff_s = 0
+
+[policy]
+allow = ["spawn_agent"]
+ask = [{ tool = "read_file", agent = "reader" }]
+
+[[agents]]
+name = "lead"
+cascade = ["sim/instant"]
+tools = ["list_dir", "spawn_agent", "wait_agents", "finish"]
+
+[[agents]]
+name = "reader"
+cascade = ["sim/instant", "sim/small"]
+tools = ["read_file", "finish"]
+
+[[tasks]]
+id = "lead"
+agent = "lead"
+workspace = "ws"
+prompt = "Read every file with one reader each."
+
+[[tasks.script]]
+tool = "list_dir"
+args = { path = "." }
+
+[[tasks.script]]
+tool = "spawn_agent"
+each = "file"
+args = { agent = "reader", prompt = "Read {file}.", title = "read {file}" }
+
+[[tasks.script]]
+tool = "wait_agents"
+
+[[tasks.script]]
+tool = "finish"
+args = { answer = "merged" }
+"""
+
+
+async def test_subtree_commands_act_on_the_subtree_only(live_factory: LiveFactory) -> None:
+    """A lead whose two readers wait for approval: the tree verbs reach the lead and its
+    children, never a thread outside the tree; one with nothing left to do raises."""
+    live = await live_factory(TREE, {"ws/a.txt": "a\n", "ws/b.txt": "b\n"})
+    state = live.bus.state
+    await live.waiter.until(
+        lambda: (
+            "lead.2" in state.threads
+            and all(state.threads[c].pending for c in ("lead.1", "lead.2"))
+        )
+    )
+    control = Control(live.sup)
+    other = control.spawn("reader", "outside the tree")
+    kids = ["lead.1", "lead.2"]
+    assert control.tree("lead") == ["lead", *kids]
+    assert control.pause_tree("lead") == 3
+    assert all(state.threads[t].pause_requested for t in ["lead", *kids])
+    assert not state.threads[other].pause_requested
+    assert control.pause_tree("lead") == 0  # already asked: nothing more to do
+    assert control.resume_tree("lead") == 3
+    assert not any(state.threads[t].pause_requested for t in ["lead", *kids])
+    assert control.escalate_tree("lead") == 2  # the lead has no stronger model; each reader
+    assert [state.threads[t].model for t in ["lead", *kids]] == ["sim/instant", *["sim/small"] * 2]
+    with pytest.raises(CommandError):
+        control.escalate_tree("lead")  # no stronger model left anywhere in it
+    assert state.threads[other].model == "sim/instant"
+    assert control.kill_tree("lead") == 3
+    await live.waiter.until(ended(live, "lead", *kids))
+    assert all(state.threads[t].state is ThreadState.KILLED for t in ["lead", *kids])
+    assert state.threads[other].state is not ThreadState.KILLED
+    with pytest.raises(CommandError):
+        control.tree("nope")

@@ -151,6 +151,29 @@ class Control:
         """The new model, or the inbox item when the thread is handed to the human."""
         return self._sup.escalate(tid, to)
 
+    # --- subtrees (a thread and its sub-agents) -----------------------------------------
+
+    def tree(self, tid: str) -> list[str]:
+        """The live threads of a thread's subtree (itself and its descendants)."""
+        return self._sup.tree(tid)
+
+    def pause_tree(self, tid: str) -> int:
+        """Asks every live thread of the subtree to pause; how many were asked."""
+        return self._sup.pause_tree(tid)
+
+    def resume_tree(self, tid: str) -> int:
+        """Withdraws the pause of every live thread of the subtree; how many."""
+        return self._sup.resume_tree(tid)
+
+    def kill_tree(self, tid: str) -> int:
+        """Kills the subtree's live threads; how many ended."""
+        return self._sup.kill_tree(tid)
+
+    def escalate_tree(self, tid: str) -> int:
+        """Moves each live thread of the subtree that has a stronger model onto it; how many
+        moved (CommandError when none has one left)."""
+        return self._sup.escalate_tree(tid)
+
     # --- decisions ----------------------------------------------------------------------
 
     def approve(

@@ -37,7 +37,7 @@ from tower.core.payloads import InboxOpened, McpServer, ThreadStateChanged, payl
 from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
 from tower.core.session import SESSION_ERRORS, PreflightError, SessionRuntime
 from tower.core.situations import Situation, is_routine
-from tower.core.state import TowerState
+from tower.core.state import TowerState, subtree
 from tower.core.store import Store, StoreError
 from tower.core.supervisor import Supervisor
 from tower.ui.core_thread import CoreThread
@@ -116,6 +116,29 @@ VERBS: list[tuple[str, str, str, str, str]] = [
     ("policy", "o", "policy", "Policy", "the rules in force, grants (revoke), MCP servers"),
     ("files", "w", "files", "Files", "the files the thread wrote, with diffs (workspace path)"),
     ("palette", "colon,ctrl+p", "command_palette", "Commands", "open the command palette"),
+    # Sub-agents: the same verbs on the selected thread's whole subtree (p, x, e act on it
+    # alone).
+    (
+        "pause_tree",
+        "Z",
+        "pause_tree",
+        "Pause tree",
+        "pause the selected thread and its sub-agents (or resume them all)",
+    ),
+    (
+        "kill_tree",
+        "X",
+        "kill_tree",
+        "Kill tree",
+        "kill the selected thread and its sub-agents (asks first)",
+    ),
+    (
+        "escalate_tree",
+        "U",
+        "escalate_tree",
+        "Escalate tree",
+        "move each thread of the selected subtree to its cascade's next model",
+    ),
 ]
 
 
@@ -136,6 +159,9 @@ FOOTER_HIDDEN = frozenset(
         "inbox",
         "threads",
         "policy",
+        "pause_tree",
+        "kill_tree",
+        "escalate_tree",
     }
 )
 
@@ -608,18 +634,22 @@ class TowerApp(App[int]):
                 self.inbox_list.human_minutes_cap,
                 now,
                 self._gate(),
+                self.selected_thread(),
             )
             if self._rows_dirty or (self._dirty and threads.sort_key in ("cost", "tokens")):
                 threads.rebuild()
                 if self._select_next is not None and threads.select_key(self._select_next):
                     self._select_next = None
-                threads.border_title = (
-                    f"Threads {len(threads.rows)}/{len(state.threads)}"
-                    + (f" · filter “{threads.filter_text}”" if threads.filter_text else "")
-                    + f" · sort {threads.sort_key}"
-                )
             elif self._dirty or second != self._last_second:
                 threads.refresh()
+            # Rows also change by a key on the list itself (collapsing a tree).
+            title = (
+                f"Threads {len(threads.rows)}/{len(state.threads)}"
+                + (f" · filter “{threads.filter_text}”" if threads.filter_text else "")
+                + f" · sort {threads.sort_key}"
+            )
+            if threads.border_title != title:
+                threads.border_title = title
             if self._inbox_dirty:
                 inbox.rebuild()
                 inbox.border_title = counts_title(state)
@@ -729,7 +759,13 @@ class TowerApp(App[int]):
             amount = budget_amount(target, first) if target is not None else 0.0
             tid = self.selected_thread()
             view = state.threads.get(tid) if tid else None
-            hints = hints_for(target, self.key_of, amount, view is not None and view.state.ended)
+            hints = hints_for(
+                target,
+                self.key_of,
+                amount,
+                view is not None and view.state.ended,
+                tree=view is not None and bool(view.children),
+            )
             if target is None:
                 if view is None:
                     detail.show_text(Text("Nothing selected.", style="dim"))
@@ -1086,6 +1122,74 @@ class TowerApp(App[int]):
         elif result:
             self.notify(f"{tid} escalated to {result}", timeout=2)
 
+    def _live_tree(self) -> tuple[str, list[str]] | None:
+        """The selected thread and the live threads of its subtree (itself included)."""
+        tid = self._need_thread()
+        if tid is None:
+            return None
+        with self.state_lock():
+            threads = self.state().threads
+            live = [t for t in subtree(self.state(), tid) if not threads[t].state.ended]
+        if not live:
+            self.notify(f"{tid}'s tree has no thread still running", severity="warning")
+            return None
+        return tid, live
+
+    async def action_pause_tree(self) -> None:
+        """Z: pause every live thread of the selected subtree; when each already has a pause
+        requested, resume them all."""
+        found = self._live_tree()
+        control = self.control
+        if found is None or control is None:
+            return
+        tid, live = found
+        with self.state_lock():
+            threads = self.state().threads
+            asked = all(threads[t].pause_requested for t in live)
+        if asked:
+            n = await self._command(lambda: control.resume_tree(tid))
+            what = "resumed"
+        else:
+            n = await self._command(lambda: control.pause_tree(tid))
+            what = "pausing"
+        if n is not None:
+            self.notify(f"{what} {n} thread(s) of {tid}'s tree", timeout=2)
+
+    def action_kill_tree(self) -> None:
+        """X: kill the selected thread and its sub-agents, after asking (naming how many)."""
+        found = self._live_tree()
+        if found is None:
+            return
+        tid, live = found
+        below = len([t for t in live if t != tid])
+        agents = f"{below} sub-agent{'s' if below != 1 else ''}"
+        if tid not in live:
+            question = f"Kill the {agents} of {tid} still running?"
+        elif below:
+            question = f"Kill {tid} and its {agents}?"
+        else:
+            question = f"Kill thread {tid}? (no sub-agent still running)"
+
+        async def confirmed(yes: bool | None) -> None:
+            control = self.control
+            if yes and control is not None:
+                n = await self._command(lambda: control.kill_tree(tid))
+                if n is not None:
+                    self.notify(f"killed {n} thread(s) of {tid}'s tree", timeout=2)
+
+        self.push_screen(ConfirmDialog(question, yes="Kill"), confirmed)
+
+    async def action_escalate_tree(self) -> None:
+        """U: each live thread of the selected subtree that has a stronger model moves up."""
+        found = self._live_tree()
+        control = self.control
+        if found is None or control is None:
+            return
+        tid, _live = found
+        n = await self._command(lambda: control.escalate_tree(tid))
+        if n is not None:
+            self.notify(f"escalated {n} thread(s) of {tid}'s tree", timeout=2)
+
     async def action_hand(self) -> None:
         tid = self._need_thread()
         control = self.control
@@ -1426,11 +1530,15 @@ class TowerApp(App[int]):
         if item is None:
             return
         threads = self.threads_list
-        if not threads.select_key(item.thread) and threads.filter_text:
+        if threads.select_key(item.thread):
+            return
+        with self.state_lock():
+            # Filtered out, or under a collapsed parent: the list shows it again.
+            changed = threads.reveal(item.thread) or bool(threads.filter_text)
             threads.filter_text = ""
-            with self.state_lock():
+            if changed:
                 threads.rebuild()
-            threads.select_key(item.thread)
+        threads.select_key(item.thread)
 
     def _follow_threads(self) -> None:
         """The inbox cursor goes to the selected thread's oldest item, or shows none."""
@@ -1587,6 +1695,8 @@ class TowerApp(App[int]):
         rows = [(self.key_of(bid), bid, desc) for bid, _k, _a, _l, desc in VERBS]
         rows += [
             ("enter", "-", "open the selected thread: transcript and cost per step"),
+            ("left, -", "-", "collapse a thread's sub-agents (on a sub-agent: its parent's)"),
+            ("right, +", "-", "expand a collapsed thread's sub-agents"),
             ("tab", "-", "cycle focus: threads, inbox"),
             ("escape", "-", "back / close"),
         ]

@@ -156,6 +156,7 @@ class ReplayScreen(ModalScreen[None]):
     def on_mount(self) -> None:
         self.threads = self.query_one(ThreadList)
         self.inbox = self.query_one(InboxList)
+        self.threads.foldable = False  # left and right step through the events here
         self.threads.focus()
         self._open()
         self.set_interval(TICK_S, self._tick)
@@ -197,7 +198,9 @@ class ReplayScreen(ModalScreen[None]):
             return
         state = rp.state
         with self.app.batch_update():
-            self.query_one(BudgetBar).show(state, self.burn.per_minute(), "replay")
+            self.query_one(BudgetBar).show(
+                state, self.burn.per_minute(), "replay", thread=self.threads.current
+            )
             self.query_one(Timeline).show(rp, self.playing, SPEEDS[self.speed_i], self.follow)
             self.threads.rebuild()
             self.threads.border_title = f"Threads {len(state.threads)}"

@@ -37,7 +37,7 @@ class HelpScreen(ModalScreen[None]):
             yield Static(table)
             yield Static(
                 "\nRemap any key in keys.toml in tower's config folder: "
-                '[keys] kill = "X". Also: tab cycles focus, enter opens a thread, '
+                '[keys] kill = "K". Also: tab cycles focus, enter opens a thread, '
                 "j/k or arrows move, escape closes dialogs."
             )
 

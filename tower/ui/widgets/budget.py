@@ -8,7 +8,7 @@ from textual.widgets import Static
 
 from tower.core.control import CallFigures
 from tower.core.events import ThreadState
-from tower.core.state import TowerState
+from tower.core.state import TowerState, root_of, subtree
 from tower.ui.format import budget_level, duration_minutes, minutes_left, tokens, usd
 
 BAR_WIDTH = 24
@@ -45,9 +45,12 @@ class BudgetBar(Static):
         cap: float | None = None,
         now: float | None = None,
         gate: CallFigures | None = None,
+        thread: str | None = None,
     ) -> None:
         """`cap`: the project's attention budget in minutes (`[budget] human_minutes`).
-        `gate`: the call gate, when calls wait at it (tower is holding them back)."""
+        `gate`: the call gate, when calls wait at it (tower is holding them back).
+        `thread`: the selected thread; when it is in a tree (sub-agents), its tree's spend
+        against the root's cap."""
         b = state.budget
         level = budget_level(b.spent_usd, b.reserved_usd, b.limit_usd)
         self.set_class(level == "warning", "-warning")
@@ -65,6 +68,8 @@ class BudgetBar(Static):
             line1.append(f" · limit {usd(b.limit_usd, 2)} ({pct:.0f}%)")
         else:
             line1.append(" · no limit")
+        if thread is not None:
+            line1.append_text(tree_segment(state, thread))
         if state.threads and state.all_ended:
             line1.append(" · every thread has ended")
         else:
@@ -117,3 +122,25 @@ class BudgetBar(Static):
         if note:
             line2.append(f" · {note}", style="italic")
         self.update(Text("\n").join([line1, line2]), layout=False)  # fixed height: no layout
+
+
+def tree_segment(state: TowerState, tid: str) -> Text:
+    """' · tree lead $0.0040 of $0.0500 · 4 threads' for a thread with a parent or
+    children (the root's subtree spend and cap: a root's cap bounds its whole tree);
+    empty otherwise."""
+    text = Text()
+    view = state.threads.get(tid)
+    if view is None or (view.parent is None and not view.children):
+        return text
+    root = state.threads.get(root_of(state, tid))
+    if root is None:
+        return text
+    cap = root.budget_usd
+    level = budget_level(root.subtree_usd, 0.0, cap)
+    style = "bold" if level != "ok" else ""
+    n = len(subtree(state, root.id))
+    text.append(" · ")
+    text.append(f"tree {root.id} {usd(root.subtree_usd)}", style=style)
+    text.append(f" of {usd(cap)}" if cap else " of no cap", style=style)
+    text.append(f" · {n} thread{'s' if n != 1 else ''}")
+    return text

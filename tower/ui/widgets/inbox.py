@@ -1,4 +1,5 @@
-"""The inbox: everything that needs the human, oldest first, and the selected item in full."""
+"""The inbox: everything that needs the human, oldest first (a tree of sub-agents' items
+together), and the selected item in full."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Static
 
 from tower.core.events import InboxKind
-from tower.core.situations import Situation, situations
-from tower.core.state import InboxItem, TowerState
+from tower.core.situations import DIGEST_KEY, Situation, situations
+from tower.core.state import InboxItem, TowerState, root_of
 from tower.ui.format import age, fit, pretty_args, usd
 from tower.ui.widgets.rowlist import Cells, StateList
 
@@ -47,6 +48,33 @@ def summary_of(item: InboxItem) -> str:
     if item.kind is InboxKind.QUESTION:
         return str(d.get("question", ""))
     return str(d.get("reason", ""))
+
+
+def by_tree(state: TowerState, sits: list[Situation]) -> list[Situation]:
+    """Situations of one tree (a thread and its sub-agents) next to each other: trees are
+    placed by their oldest situation, oldest first within a tree. Situations of threads
+    outside trees, or of threads of several trees, keep their place (oldest first); the
+    digest stays last. `sits` comes oldest first."""
+    threads = state.threads
+    placed: list[list[Situation]] = []
+    trees: dict[str, list[Situation]] = {}
+    for sit in sits:
+        roots: set[str | None] = set()
+        for tid in sit.threads:
+            view = threads.get(tid)
+            if view is None or (view.parent is None and not view.children):
+                roots.add(None)  # a thread outside any tree
+            else:
+                roots.add(root_of(state, tid))
+        root = roots.pop() if len(roots) == 1 else None
+        if root is None or sit.key == DIGEST_KEY:
+            placed.append([sit])
+        elif root in trees:
+            trees[root].append(sit)
+        else:
+            trees[root] = [sit]
+            placed.append(trees[root])
+    return [s for group in placed for s in group]
 
 
 def counts_title(state: TowerState) -> str:
@@ -104,12 +132,17 @@ class InboxList(StateList):
         self.routine_usd = 0.01
 
     def rebuild(self) -> None:
-        """Situations oldest first (the digest last); an expanded group lists its items."""
+        """Situations oldest first, those of one tree of sub-agents together (the digest
+        last); an expanded group lists its items."""
         with self._lock():  # a key (expand, mark) rebuilds outside the app's tick too
-            sits = situations(
-                self._state(),
-                human_minutes_cap=self.human_minutes_cap,
-                routine_usd=self.routine_usd,
+            state = self._state()
+            sits = by_tree(
+                state,
+                situations(
+                    state,
+                    human_minutes_cap=self.human_minutes_cap,
+                    routine_usd=self.routine_usd,
+                ),
             )
         self.by_key = {s.key: s for s in sits}
         self.member_of = {i: s for s in sits for i in s.items}

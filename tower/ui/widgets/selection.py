@@ -52,16 +52,27 @@ def budget_amount(target: Target, item: InboxItem | None) -> float:
 
 
 def hints_for(
-    target: Target | None, key: Callable[[str], str], amount: float = 0.0, ended: bool = False
+    target: Target | None,
+    key: Callable[[str], str],
+    amount: float = 0.0,
+    ended: bool = False,
+    tree: bool = False,
 ) -> str:
     """The keys that act on this target, in the user's own key names. With no target, the
-    thread's own verbs (only those that still apply to an ended thread)."""
+    thread's own verbs (only those that still apply to an ended thread); with `tree` (the
+    thread has sub-agents), the verbs on its whole subtree too."""
     if target is None and ended:
         return f"enter open · {key('files')} files it wrote · {key('next_item')} next item"
     if target is None:
+        subtree = (
+            f"{key('pause_tree')} pause tree · {key('kill_tree')} kill tree · "
+            f"{key('escalate_tree')} escalate tree · "
+            if tree
+            else ""
+        )
         return (
             f"{key('pause')} pause · {key('kill')} kill · {key('escalate')} escalate · "
-            f"{key('reply')} comment · enter open · {key('next_item')} next item"
+            f"{subtree}{key('reply')} comment · enter open · {key('next_item')} next item"
         )
     many = "all" if len(target.items) > 1 else ""
     if target.marked and target.kind is None:

@@ -1,10 +1,18 @@
-"""The thread list: every thread one row, sortable and filterable, needs-you rows marked."""
+"""The thread list: every thread one row, sortable and filterable, needs-you rows marked.
+
+Sub-agents make trees: unfiltered, the roots are sorted and each is followed by its
+descendants (children in spawn order), indented with tree glyphs in the ID cell; a parent
+can be collapsed (its row says how many threads it hides) and its COST cell is its whole
+subtree's. With a filter, the matches are a flat list, as without trees.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
+
+from textual.binding import Binding, BindingType
 
 from tower.core.events import ThreadState
 from tower.core.state import ThreadView, TowerState
@@ -46,15 +54,33 @@ def needs_you(view: ThreadView) -> bool:
     return view.pending > 0
 
 
+def awaits(view: ThreadView, state: TowerState) -> int | None:
+    """How many live children a parent blocked in wait_agents waits on (None otherwise)."""
+    if view.state is not ThreadState.RUNNING or not view.children:
+        return None
+    if not view.reason.startswith("waiting on "):
+        return None
+    threads = state.threads
+    return sum(1 for c in view.children if c in threads and not threads[c].state.ended)
+
+
 def matches(view: ThreadView, needle: str) -> bool:
     hay = f"{view.id} {view.agent} {view.title} {view.state} {view.model} {view.reason}".lower()
     return all(part in hay for part in needle.lower().split())
 
 
 class ThreadList(StateList):
+    # Collapse and expand a tree (htop, ranger). `foldable` off (replay, whose left and right
+    # step through events) lets these keys through to the screen.
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("left,minus", "fold(True)", "Collapse", show=False),
+        Binding("right,plus", "fold(False)", "Expand", show=False),
+    ]
     COMPONENT_CLASSES: ClassVar[set[str]] = StateList.COMPONENT_CLASSES | {
         *(f"threads--{s}" for s in ThreadState),
         "threads--needs",
+        "threads--awaits",
+        "threads--tree",
     }
     DEFAULT_CSS = """
     ThreadList > .threads--running { color: $success; }
@@ -66,6 +92,8 @@ class ThreadList(StateList):
     ThreadList > .threads--killed { color: $error 60%; }
     ThreadList > .threads--skipped { color: $text-muted; text-style: italic; }
     ThreadList > .threads--needs { color: $warning; text-style: bold; }
+    ThreadList > .threads--awaits { color: $success; text-style: italic; }
+    ThreadList > .threads--tree { color: $text-muted; }
     """
 
     def __init__(
@@ -80,30 +108,118 @@ class ThreadList(StateList):
         self.filter_text = ""
         self.sort_key = "spawned"
         self.reverse = False
+        self.foldable = True
+        self.collapsed: set[str] = set()  # parents whose descendants are hidden
+        # Drawn by `row`, computed by `rebuild` (one walk): a tree row's glyphs ("│ ├ "),
+        # and how many threads each collapsed row hides.
+        self.glyphs: dict[str, str] = {}
+        self.hidden: dict[str, int] = {}
+        self.as_tree = False  # drawn as a tree (else flat: no trees, or a filter)
 
     def rebuild(self) -> None:
-        """Recomputes which threads show, in which order, from the current state."""
+        """Recomputes which threads show, in which order, from the current state: O(n)."""
         with self._lock():  # re-entrant: the tick holds it already; no caller can forget it
-            views = list(self._state().threads.values())
+            threads = self._state().threads
+            views = list(threads.values())
+            tree = not self.filter_text and any(v.parent is not None for v in views)
             if self.filter_text:
                 views = [v for v in views if matches(v, self.filter_text)]
+            elif tree:
+                views = [v for v in views if v.parent is None or v.parent not in threads]
             key = self.sort_key
             if key == "id":
                 views.sort(key=lambda v: v.id)
             elif key == "state":
                 views.sort(key=lambda v: (_STATE_RANK[v.state], -v.pending))
             elif key == "cost":
-                views.sort(key=lambda v: -v.cost_usd)
+                views.sort(key=lambda v: -(v.subtree_usd if tree else v.cost_usd))
             elif key == "tokens":
-                views.sort(key=lambda v: -v.tokens)
+                views.sort(key=lambda v: -(v.subtree_tokens if tree else v.tokens))
             elif key == "age":
                 views.sort(key=lambda v: v.created)
             elif key == "model":
                 views.sort(key=lambda v: v.model)
             if self.reverse:
                 views.reverse()
-            keys = [v.id for v in views]
+            self.as_tree = tree
+            if tree:
+                keys = self._walk(views, threads)
+            else:
+                keys = [v.id for v in views]
+                self.glyphs, self.hidden = {}, {}
         self.set_rows(keys)
+
+    def _walk(self, roots: list[ThreadView], threads: dict[str, ThreadView]) -> list[str]:
+        """Each root, then its descendants depth first in spawn order, but not below a
+        collapsed row (whose hidden threads are counted): each thread is visited once."""
+        keys: list[str] = []
+        glyphs: dict[str, str] = {}
+        hidden: dict[str, int] = {}
+        collapsed = self.collapsed
+        # (thread, the glyphs of the levels above it, its own branch glyph)
+        stack: list[tuple[str, str, str]] = [(v.id, "", "") for v in reversed(roots)]
+        while stack:
+            tid, above, branch = stack.pop()
+            view = threads.get(tid)
+            if view is None:
+                continue
+            keys.append(tid)
+            if branch:
+                glyphs[tid] = above + branch
+            kids = view.children
+            if not kids:
+                continue
+            if tid in collapsed:
+                hidden[tid] = _count_below(view, threads)
+                continue
+            # A child's own branch; the levels below it continue its line unless it is last.
+            inner = above + ("│ " if branch == "├ " else "  " if branch else "")
+            last = len(kids) - 1
+            for i in range(last, -1, -1):
+                stack.append((kids[i], inner, "└ " if i == last else "├ "))
+        self.glyphs, self.hidden = glyphs, hidden
+        return keys
+
+    def reveal(self, tid: str) -> bool:
+        """Expands the collapsed ancestors hiding a thread; whether any was."""
+        threads = self._state().threads
+        view = threads.get(tid)
+        opened = False
+        while view is not None and view.parent is not None:
+            if view.parent in self.collapsed:
+                self.collapsed.discard(view.parent)
+                opened = True
+            view = threads.get(view.parent)
+        return opened
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "fold":  # a flat list (a filter, replay's keys) has nothing to fold
+            return self.foldable and not self.filter_text
+        return True
+
+    def action_fold(self, collapse: bool) -> None:
+        """Collapses (or expands) the row under the cursor; collapsing a row that has no
+        children open collapses its parent and moves there."""
+        key = self.current
+        if key is None:
+            return
+        with self._lock():
+            view = self._state().threads.get(key)
+            if view is None:
+                return
+            if not collapse:
+                if key not in self.collapsed:
+                    return
+                self.collapsed.discard(key)
+            elif view.children and key not in self.collapsed:
+                self.collapsed.add(key)
+            elif view.parent is not None:
+                key = view.parent
+                self.collapsed.add(key)
+            else:
+                return
+            self.rebuild()
+        self.select_key(key)
 
     def _widths(self, width: int) -> list[int]:
         """Column widths for this width; AGENT, MODEL, STEP and TOKENS give way (in that order)
@@ -128,7 +244,8 @@ class ThreadList(StateList):
         return out
 
     def row(self, key: str, width: int) -> Cells:
-        view = self._state().threads.get(key)
+        state = self._state()
+        view = state.threads.get(key)
         if view is None:
             return []
         w = self._widths(width)
@@ -136,16 +253,32 @@ class ThreadList(StateList):
         needs = needs_you(view)
         bold = self.style_of("threads--needs") if needs else None
         model = view.model[4:] if view.model.startswith("sim/") else view.model
+        ident, title, status = view.id, view.title, str(view.state)
+        cost = "no price" if view.unpriced and not view.cost_usd else usd(view.cost_usd)
+        glyphs = self.glyphs.get(key, "")
+        state_style = f"threads--{view.state}"
+        if view.children:  # a parent: its fold marker (in the tree); its subtree's spend
+            if self.as_tree:
+                folded = key in self.hidden
+                ident = ("▸ " if folded else "▾ ") + ident
+                if folded:
+                    title = f"[+{self.hidden[key]}] {title}"
+            total = usd(view.subtree_usd)
+            cost = f"Σ{total}" if len(total) < 9 else f"Σ{total[1:]}"
+            waits = awaits(view, state)
+            if waits is not None:
+                status = f"awaits {waits}" if waits < 10 else f"await {waits}"
+                state_style = "threads--awaits"
         values = (
             "●" if needs else " ",
-            view.id,
+            glyphs + ident,
             view.agent,
-            view.title,
-            str(view.state),
+            title,
+            status,
             model,
             str(view.step),
             tokens(view.tokens),
-            "no price" if view.unpriced and not view.cost_usd else usd(view.cost_usd),
+            cost,
             age(end - view.created),
         )
         out: Cells = []
@@ -158,6 +291,23 @@ class ThreadList(StateList):
             if i == 0 or (needs and name == "ID"):
                 style = bold
             elif name == "STATE":
-                style = self.style_of(f"threads--{view.state}")
+                style = self.style_of(state_style)
+            if name == "ID" and glyphs and len(glyphs) < width_i:
+                # The glyphs muted, the id as any other row's.
+                out.append((cell[: len(glyphs)], self.style_of("threads--tree")))
+                out.append((cell[len(glyphs) :] + " ", style))
+                continue
             out.append((cell + " ", style))
         return out
+
+
+def _count_below(view: ThreadView, threads: dict[str, ThreadView]) -> int:
+    """How many descendants a thread has (what collapsing it hides)."""
+    n = 0
+    stack = list(view.children)
+    while stack:
+        child = threads.get(stack.pop())
+        if child is not None:
+            n += 1
+            stack.extend(child.children)
+    return n
