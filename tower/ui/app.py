@@ -1695,8 +1695,8 @@ class TowerApp(App[int]):
         rows = [(self.key_of(bid), bid, desc) for bid, _k, _a, _l, desc in VERBS]
         rows += [
             ("enter", "-", "open the selected thread: transcript and cost per step"),
-            ("left, -", "-", "collapse a thread's sub-agents (on a sub-agent: its parent's)"),
-            ("right, +", "-", "expand a collapsed thread's sub-agents"),
+            ("←, -", "-", "collapse a thread's sub-agents (on a sub-agent: its parent's)"),
+            ("→, +", "-", "expand a collapsed thread's sub-agents"),
             ("tab", "-", "cycle focus: threads, inbox"),
             ("escape", "-", "back / close"),
         ]

@@ -19,7 +19,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, ScrollableContainer, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
@@ -90,6 +90,25 @@ class Timeline(Static):
         self.update(Text("\n").join([line, info]), layout=False)
 
 
+# The keys the row list binds itself (they replace a scroll view's).
+_ROW_KEYS = {k for b in RowList.BINDINGS if isinstance(b, Binding) for k in b.key.split(",")}
+
+
+class ReplayThreadList(ThreadList, inherit_bindings=False):
+    """The thread list, drawn as a tree, without the keys that fold it: left and right step
+    through the events here. Its other keys are the list's own (a scroll view's, then the
+    row list's), as before trees."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        *(
+            b
+            for b in ScrollableContainer.BINDINGS
+            if isinstance(b, Binding) and not set(b.key.split(",")) & _ROW_KEYS
+        ),
+        *RowList.BINDINGS,
+    ]
+
+
 class ReplayScreen(ModalScreen[None]):
     """A recorded session, scrub-able. `standalone`: closing it ends the app (exit code 0;
     2 when the session cannot be opened) instead of returning to the screen below."""
@@ -146,7 +165,7 @@ class ReplayScreen(ModalScreen[None]):
         yield Timeline(id="timeline")
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                yield ThreadList(self.state, self.now, id="threads")
+                yield ReplayThreadList(self.state, self.now, id="threads")
             with Vertical(id="right"):
                 yield InboxList(self.state, self.now, id="inbox")
                 yield InboxDetail(id="detail")
@@ -156,7 +175,6 @@ class ReplayScreen(ModalScreen[None]):
     def on_mount(self) -> None:
         self.threads = self.query_one(ThreadList)
         self.inbox = self.query_one(InboxList)
-        self.threads.foldable = False  # left and right step through the events here
         self.threads.focus()
         self._open()
         self.set_interval(TICK_S, self._tick)

@@ -70,8 +70,8 @@ def matches(view: ThreadView, needle: str) -> bool:
 
 
 class ThreadList(StateList):
-    # Collapse and expand a tree (htop, ranger). `foldable` off (replay, whose left and right
-    # step through events) lets these keys through to the screen.
+    # Collapse and expand a tree (htop, ranger). Replay's list has none: left and right
+    # step through the events there.
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("left,minus", "fold(True)", "Collapse", show=False),
         Binding("right,plus", "fold(False)", "Expand", show=False),
@@ -108,7 +108,6 @@ class ThreadList(StateList):
         self.filter_text = ""
         self.sort_key = "spawned"
         self.reverse = False
-        self.foldable = True
         self.collapsed: set[str] = set()  # parents whose descendants are hidden
         # Drawn by `row`, computed by `rebuild` (one walk): a tree row's glyphs ("│ ├ "),
         # and how many threads each collapsed row hides.
@@ -193,8 +192,8 @@ class ThreadList(StateList):
         return opened
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "fold":  # a flat list (a filter, replay's keys) has nothing to fold
-            return self.foldable and not self.filter_text
+        if action == "fold":  # a flat list (a filter) has nothing to fold
+            return not self.filter_text
         return True
 
     def action_fold(self, collapse: bool) -> None:
