@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from textual.widgets import Input, Label
 
 from tests.tui_harness import Tui, drawn, pilot_until, tui
-from tower.core.events import EventKind, ThreadState
+from tower.core.events import EventKind, InboxKind, ThreadState
 from tower.core.state import ThreadView, TowerState, root_of, subtree
+from tower.ui.format import usd
 from tower.ui.screens.dialogs import ConfirmDialog, TextDialog
 from tower.ui.widgets.budget import BudgetBar
 from tower.ui.widgets.threads import ThreadList
@@ -530,3 +532,45 @@ def test_rebuild_walks_ten_thousand_threads_in_trees_once() -> None:
     tl.collapsed = {f"r{r}" for r in range(99)}
     tl.rebuild()
     assert len(tl.rows) == 199 and tl.hidden["r7"] == 99
+
+
+# --- a subtree's budget stop ----------------------------------------------------------------
+
+
+async def test_children_stopped_by_the_leads_cap_are_one_row_and_one_raise(
+    tmp_path: Path,
+) -> None:
+    """The lead's cap bounds its readers: all three are stopped by it. The inbox shows one
+    row naming the lead's subtree budget; a raises the lead's cap by the amount shown,
+    once, and the three go on."""
+    toml = (HEAD + LEAD.format(repeat=1)).replace("budget_usd = 0.05", "budget_usd = 0.0006")
+    toml = toml.replace('ask = [{ tool = "read_file", agent = "reader" }]\n', "")
+    async with tui(tmp_path, toml, FILES) as t:
+
+        def stopped() -> list[str]:
+            return [
+                i.thread
+                for i in t.items()
+                if i.kind is InboxKind.BUDGET and i.data.get("scope") == "subtree"
+            ]
+
+        await t.ready(lambda: len(stopped()) == 3, "three readers stopped by the lead's cap")
+        need = max(float(i.data["suggest_usd"]) for i in t.items())
+        (row,) = t.inbox_rows()
+        assert "3× budget" in row and "3 threads" in row and "lead's subtree budget" in row
+        await t.press("i", "home", "left")  # the inbox, on its one row, closed: the group
+        shown = t.app.shown
+        assert shown is not None and len(shown.items) == 3
+        amount = shown.situation.suggest_usd if shown.situation is not None else None
+        assert amount is not None and amount >= need
+        await t.settle()
+        detail = " ".join(drawn(t.app.inbox_detail).split())
+        assert "3 sub-agent(s) stopped by lead's subtree budget" in detail
+        assert "one raise wakes them all" in detail
+        assert f"raise the budget by {usd(amount, 2)}" in hint_line(t)
+        cap = t.view("lead").budget_usd or 0.0
+        opened = set(shown.items)
+        await t.press("a")
+        await t.until(lambda: not opened & {i.id for i in t.items()}, "the three woken")
+        assert t.view("lead").budget_usd == pytest.approx(cap + amount)
+        assert t.toast("raised the budget by")

@@ -1263,7 +1263,12 @@ class TowerApp(App[int]):
             if not items:
                 return
             session = [i for i in items if inbox[i].data.get("scope") == "session"]
-            own = [i for i in items if i not in session]
+            # An ancestor's cap (sub-agents): one raise per ancestor wakes its stopped threads.
+            trees: dict[str, list[str]] = {}
+            for i in items:
+                if inbox[i].data.get("scope") == "subtree":
+                    trees.setdefault(str(inbox[i].data.get("account")), []).append(i)
+            own = [i for i in items if i not in session and inbox[i].data.get("scope") != "subtree"]
             amount = budget_amount(target, inbox[items[0]])
             woken_before = sum(1 for i in inbox.values() if i.kind is InboxKind.BUDGET)
         share = self._spend_attention(len(items))
@@ -1278,6 +1283,13 @@ class TowerApp(App[int]):
                     attention_s=share * len(session),
                     batch=batch,
                 )
+            for stopped in trees.values():
+                # The amount shown is the group's when the target is that one tree's stop.
+                by = amount if len(trees) == 1 and not session and not own else 0.0
+                if control.is_open(stopped[0]):
+                    control.raise_budget(
+                        stopped[0], usd=by, attention_s=share * len(stopped), batch=batch
+                    )
             for i in own:
                 if control.is_open(i):
                     control.raise_budget(i, attention_s=share, batch=batch)
@@ -1290,7 +1302,8 @@ class TowerApp(App[int]):
             )
         scope = "session budget" if session else "budget"
         self.notify(
-            f"raised the {scope} by {usd(amount, 2)}; {max(woken, len(own))} thread(s) woken",
+            f"raised the {scope} by {usd(amount, 2)}; "
+            f"{max(woken, len(own) + len(trees))} thread(s) woken",
             timeout=3,
         )
 
@@ -1467,11 +1480,12 @@ class TowerApp(App[int]):
                 if session and len(budget) > 1
                 else first.thread
             )
-            title = (
-                f"Raise the session budget ({who}) by (USD)"
-                if session
-                else f"Raise the thread budget of {first.thread} by (USD)"
-            )
+            if session:
+                title = f"Raise the session budget ({who}) by (USD)"
+            elif first.data.get("scope") == "subtree":
+                title = f"Raise the budget of {first.data.get('account')}'s subtree by (USD)"
+            else:
+                title = f"Raise the thread budget of {first.thread} by (USD)"
             suggestion = budget_amount(target, first) or 0.01
         else:
             title = "Raise the session budget by (USD)"
