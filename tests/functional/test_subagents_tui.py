@@ -9,7 +9,6 @@ trees stay alive (children waiting in the inbox, the lead awaiting them) while k
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -500,8 +499,8 @@ def _view(tid: str, parent: str | None = None) -> ThreadView:
 
 def test_rebuild_walks_ten_thousand_threads_in_trees_once() -> None:
     """10,000 threads, 99 trees of 100 (a lead, 9 children with 10 each) and 100 others: the
-    tree order is each root then its subtree, and a rebuild stays well under a frame's budget
-    (collapsed, the hidden counts are right)."""
+    tree order is each root then its subtree, and collapsed, the hidden counts are right
+    (how long it takes is bench/ui_load.py's business, not a test's)."""
     state = TowerState()
     for r in range(99):
         lead = f"r{r}"
@@ -518,9 +517,7 @@ def test_rebuild_walks_ten_thousand_threads_in_trees_once() -> None:
     state.threads["x99"] = _view("x99")
     assert len(state.threads) == 10_000
     tl = ThreadList(lambda: state, lambda: 0.0)
-    start = time.perf_counter()
     tl.rebuild()
-    took = time.perf_counter() - start
     expected = []
     for r in range(99):
         expected += [*subtree(state, f"r{r}"), f"x{r}"]
@@ -528,7 +525,6 @@ def test_rebuild_walks_ten_thousand_threads_in_trees_once() -> None:
     assert tl.rows == expected
     assert tl.glyphs["r0.9.10"] == "  └ " and tl.glyphs["r0.1.1"] == "│ ├ "
     assert root_of(state, "r5.3.7") == "r5"
-    assert took < 0.5, took
     tl.collapsed = {f"r{r}" for r in range(99)}
     tl.rebuild()
     assert len(tl.rows) == 199 and tl.hidden["r7"] == 99
