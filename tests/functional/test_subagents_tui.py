@@ -570,3 +570,26 @@ async def test_children_stopped_by_the_leads_cap_are_one_row_and_one_raise(
         await t.until(lambda: not opened & {i.id for i in t.items()}, "the three woken")
         assert t.view("lead").budget_usd == pytest.approx(cap + amount)
         assert t.toast("raised the budget by")
+
+
+async def test_a_threads_screen_names_its_parent_and_its_subtrees_spend(tmp_path: Path) -> None:
+    """enter on the lead: the header gives the subtree's spend and size beside its own;
+    on a reader, whose sub-agent it is; its transcript opens with the same."""
+    from textual.widgets import Static
+
+    from tower.ui.screens.detail import ThreadScreen
+
+    async with tui(tmp_path, trees(), FILES) as t:
+        await t.ready(settled(t, ["lead"]), "the lead awaits three readers")
+        await select(t, "lead")
+        await t.press("enter")
+        screen = await t.screen_is(ThreadScreen)
+        lead = t.view("lead")
+        head = drawn(screen.query_one("#head", Static))
+        assert f"{usd(lead.cost_usd)} · subtree {usd(lead.subtree_usd)} (4 threads)" in head
+        await t.press("escape")
+        await select(t, "lead.2")
+        await t.press("enter")
+        screen = await t.screen_is(ThreadScreen)
+        assert "lead.2 · reader · " in drawn(screen.query_one("#head", Static))
+        assert "· sub-agent of lead" in drawn(screen.query_one("#head", Static))

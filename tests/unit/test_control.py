@@ -273,6 +273,10 @@ async def test_subtree_commands_act_on_the_subtree_only(live_factory: LiveFactor
     control = Control(live.sup)
     other = control.spawn("reader", "outside the tree")
     kids = ["lead.1", "lead.2"]
+    # A sub-agent works in its tree's root's folder: the files view shows that one.
+    await live.waiter.until(lambda: live.sup.runs["lead.1"].workspace is not None)
+    assert control.workspace_folders("lead.1") == control.workspace_folders("lead")
+    assert control.workspace_folders("lead.1")[0] == live.sup.runs["lead"].workspace.root
     assert control.tree("lead") == ["lead", *kids]
     assert control.pause_tree("lead") == 3
     assert all(state.threads[t].pause_requested for t in ["lead", *kids])

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tower.core.project import Project
-from tower.core.state import TowerState
+from tower.core.state import TowerState, root_of
 from tower.core.supervisor import CommandError, Supervisor, TaskCopy
 
 __all__ = ["CallFigures", "CommandError", "Control"]
@@ -75,8 +75,10 @@ class Control:
     def workspace_folders(self, tid: str) -> tuple[Path | None, Path | None]:
         """(the thread's workspace, the original folder it was copied from); either may be
         None. The same rule as the supervisor's: `<db dir>/workspaces/<session>/<thread>`
-        unless the project works in place (copy_workspaces = false)."""
+        unless the project works in place (copy_workspaces = false). A sub-agent works in
+        its tree's root's folder."""
         sup = self._sup
+        tid = root_of(sup.bus.state, tid)
         th = sup.runs.get(tid)
         src: Path | None = None
         if th is not None:

@@ -1773,9 +1773,15 @@ class TowerApp(App[int]):
                 status = view.reason  # "waiting for approval of …", not "waiting waiting …"
             elif view.reason:
                 status += f": {view.reason}"
+            tree = ""
+            if view.parent is not None:
+                tree += f" · sub-agent of {view.parent}"
+            if view.children:  # its spending ceiling bounds its sub-agents' too
+                n = len(subtree(self.state(), view.id))
+                tree += f" · subtree {usd(view.subtree_usd)} ({n} threads)"
             head = Text(
                 f"{view.id} · {view.agent} · {status} · {view.model} · step {view.step}"
-                f" · {usd(view.cost_usd)}\n{view.title}"
+                f" · {usd(view.cost_usd)}{tree}\n{view.title}"
             )
         screen.show_head(head)
 
