@@ -264,7 +264,7 @@ def _open_tui(project: Project, db: str | None, resume: str | None = None) -> in
         config = load_config()
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    problems = validate_keys(config, {bid for bid, *_ in VERBS})
+    problems = validate_keys(config, {bid for bid, *_ in VERBS}, {b: k for b, k, *_ in VERBS})
     if problems:
         raise UsageError(*problems)
     app = TowerApp(

@@ -136,6 +136,25 @@ def test_same_key_for_two_actions_is_reported(tmp_path: Path) -> None:
     assert problems == [f"{config.path}: keys.pause: key 'x' is also bound to 'kill'"]
 
 
+def test_a_key_another_verb_keeps_by_default_is_reported(tmp_path: Path) -> None:
+    """kill = "X" would take the key of kill_tree (X by default): the first binding wins,
+    so kill_tree would silently have no key. Remapping kill_tree as well is fine."""
+    from tower.ui.app import VERBS
+
+    known = {bid for bid, *_ in VERBS}
+    defaults = {b: k for b, k, *_ in VERBS}
+    config = load_config(write(tmp_path, '[keys]\nkill = "X"\n'))
+    assert validate_keys(config, known, defaults) == [
+        f"{config.path}: keys.kill: key 'X' is the default key of 'kill_tree'; "
+        "give 'kill_tree' another key too"
+    ]
+    config = load_config(write(tmp_path, '[keys]\nkill = "X"\nkill_tree = "ctrl+x"\n'))
+    assert validate_keys(config, known, defaults) == []
+    # Question mark and friends compare in Textual's names: "?" is help's question_mark.
+    config = load_config(write(tmp_path, '[keys]\nspawn = "?"\n'))
+    assert "is the default key of 'help'" in validate_keys(config, known, defaults)[0]
+
+
 def test_keymap_is_in_textual_canonical_form() -> None:
     config = UiConfig(keys={"approve": "a, y", "help": "?", "kill": "X"})
     assert config.keymap() == {"approve": "a,y", "help": "question_mark", "kill": "X"}

@@ -443,7 +443,9 @@ class TowerApp(App[int]):
         footer and `?` show the new keys); a bad edit is reported and changes nothing."""
         try:
             config = await asyncio.to_thread(load_config, path)
-            problems = validate_keys(config, {bid for bid, *_ in VERBS})
+            problems = validate_keys(
+                config, {bid for bid, *_ in VERBS}, {b: k for b, k, *_ in VERBS}
+            )
         except ConfigError as exc:
             problems = [str(exc)]
         if problems:

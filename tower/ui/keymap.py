@@ -240,9 +240,13 @@ def load_config(path: str | Path | None = None) -> UiConfig:
     return parse_config(text, file)
 
 
-def validate_keys(config: UiConfig, known: set[str]) -> list[str]:
+def validate_keys(
+    config: UiConfig, known: set[str], defaults: Mapping[str, str] | None = None
+) -> list[str]:
     """One line per problem with the [keys] table, given the action ids the app knows:
-    unknown action ids, and one key bound to two actions."""
+    unknown action ids, and one key bound to two actions; with the app's `defaults` (id →
+    keys), also a key the table takes that another action keeps by default (the first
+    binding would win, and the other verb would silently have no key)."""
     where = config.path if config.path is not None else CONFIG_FILE
     problems: list[str] = []
     for action in config.keys:
@@ -251,13 +255,23 @@ def validate_keys(config: UiConfig, known: set[str]) -> list[str]:
             hint = f" (did you mean {guess[0]!r}?)" if guess else ""
             problems.append(f"{where}: keys.{action}: unknown action{hint}")
     owner: dict[str, str] = {}
-    for action, value in config.keymap().items():
+    mine = config.keymap()
+    for action, value in mine.items():
         for key in value.split(","):
             if key in owner and owner[key] != action:
                 problems.append(
                     f"{where}: keys.{action}: key {key!r} is also bound to {owner[key]!r}"
                 )
             owner.setdefault(key, action)
+    for action, value in (defaults or {}).items():
+        if action in mine:
+            continue
+        for key in _normalise(value).split(","):
+            if key in owner:
+                problems.append(
+                    f"{where}: keys.{owner[key]}: key {key!r} is the default key of {action!r}; "
+                    f"give {action!r} another key too"
+                )
     return problems
 
 
