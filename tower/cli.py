@@ -74,8 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     _db_arg(ses)
     ses.add_argument("--json", action="store_true", help="print a JSON list")
 
-    res = sub.add_parser("resume", help="continue a crashed or interrupted session")
+    res = sub.add_parser(
+        "resume", help="continue a crashed or interrupted session (or a paused thread of a fleet)"
+    )
     _session_arg(res)
+    res.add_argument("--session", dest="fleet", metavar="SESSION", help="a thread's fleet")
     res.add_argument("--headless", action="store_true", help="run without the TUI")
     _db_arg(res)
     _decision_args(res, "headless decisions, as for run (default: none)")
@@ -117,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     xp.add_argument("--tasks", type=int, metavar="N", help="only the project's first N tasks")
     xp.add_argument("--json", action="store_true", help="print the scores as JSON")
     _db_arg(xp)
+
+    from tower.fleet_cli import add_commands
+
+    add_commands(sub)
     return p
 
 
@@ -516,7 +523,13 @@ def _resume_tui(ref: str, db: str | None) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from tower.core.session import resume_headless
+    from tower.fleet_cli import resume_thread
 
+    if not args.headless and not args.approve:
+        # `tower resume THREAD`: a paused thread of a running fleet, when one has it.
+        done = resume_thread(args.session, args.fleet, args.json)
+        if done is not None:
+            return done
     _existing_db(args.db, args.session)
     if not args.headless:
         if args.json or args.approve:
@@ -623,6 +636,9 @@ def main(argv: list[str] | None = None) -> int:
         "fork": cmd_fork,
         "experiment": cmd_experiment,
     }
+    from tower.fleet_cli import COMMANDS as FLEET_COMMANDS
+
+    commands.update(FLEET_COMMANDS)
     if args.command is None:
         from tower.resources import demo_project_dir
 

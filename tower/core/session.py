@@ -91,7 +91,7 @@ class RunResult:
 
 
 @contextlib.contextmanager
-def _stop_signals() -> Iterator[asyncio.Event]:
+def stop_signals() -> Iterator[asyncio.Event]:
     """SIGINT and SIGTERM set the returned event instead of killing the process."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -263,7 +263,7 @@ class SessionRuntime:
     ) -> RunResult:
         """Headless: starts, waits for every thread to end or a stop (SIGINT, SIGTERM or
         `stop`), and ends the log."""
-        with _stop_signals() as signalled:
+        with stop_signals() as signalled:
             if stop is not None:
                 signalled = stop
             await self.start(model=model, origin=origin)
