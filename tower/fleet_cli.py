@@ -159,7 +159,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
 
-    _run_session(serve(args.db, project, resume=args.resume, load=_load, ready=ready), args.db)
+    from tower.core.session import PreflightError
+
+    try:
+        _run_session(serve(args.db, project, resume=args.resume, load=_load, ready=ready), args.db)
+    except PreflightError as exc:  # unknown models, missing keys: one line each, exit 2
+        raise FleetError(*exc.problems) from None
     return 0
 
 

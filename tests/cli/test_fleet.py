@@ -187,3 +187,20 @@ def test_a_killed_view_never_stops_the_fleet(fleet_env: dict[str, Any]) -> None:
     assert (after["status"], after["pid"]) == ("running", row["pid"])
     assert wait_inbox(f, session, lambda items: len(items) >= 1, "an item")
     assert run(f, "down", session).returncode == 0
+
+
+def test_up_on_a_project_that_cannot_run_is_one_line_and_starts_nothing(
+    fleet_env: dict[str, Any], tmp_path: Path
+) -> None:
+    f = fleet_env
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "tower.toml").write_text(
+        '[project]\nname = "bad"\n[[agents]]\nname = "a"\ncascade = ["openai/gpt-4o-mini"]\n'
+        '[[tasks]]\nid = "t"\nagent = "a"\nprompt = "x"\n'
+    )
+    proc = tower("up", bad, env=f["env"], home=f["home"], unset=["OPENAI_API_KEY"])
+    one_line_error(proc, "agents[0].cascade[0]", "OPENAI_API_KEY")
+    assert ls(f) == []
+    one_line_error(run(f, "up", tmp_path / "missing"), "no such project folder")
+    one_line_error(run(f, "down", "2026"), "no running fleet '2026'")

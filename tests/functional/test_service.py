@@ -255,3 +255,38 @@ async def test_a_stale_socket_is_replaced_and_listed_as_crashed(
     assert service_mod.listening(sock_path)
     await svc.close()
     assert not sock_path.exists()
+
+
+HOSTILE_LINES = [
+    b"not json\n",
+    b"[1, 2, 3]\n",
+    b'{"no": "type"}\n',
+    b'{"type": "command", "id": "seven", "verb": "state"}\n',
+    b'{"type": "command", "id": 1, "verb": "state", "args": [1]}\n',
+    b'{"type": "command", "id": 2, "verb": "approve", "args": {"item": ""}}\n',
+    b'{"type": "command", "id": 3, "verb": "kill", "args": {"thread": {"x": 1}}}\n',
+    b'{"type": "command", "id": 4, "verb": "spawn", "args": {"prompt": "p", "agent": "nope"}}\n',
+    b'{"type": "command", "id": 5, "verb": "spawn", "args": {"prompt": "p", "budget_usd": "x"}}\n',
+    b"\xff\xfe\xfd\n",
+]
+
+
+async def test_hostile_lines_get_one_line_errors_and_the_service_goes_on(
+    fleet: Running,
+) -> None:
+    """After hello, every malformed line is answered with an error naming it; none ends the
+    connection, the service, or changes the state; then a good command still works."""
+    async with await ServiceClient.connect(fleet.sock) as c:
+        before = len(c.state.threads)
+        for line in HOSTILE_LINES:
+            c.writer.write(line)
+            await c.writer.drain()
+            msg = await c.next_message()
+            while msg["type"] == "event":
+                msg = await c.next_message()
+            assert msg["type"] == "error", (line, msg)
+            assert msg["message"] and "\n" not in msg["message"], (line, msg)
+            assert "Traceback" not in msg["message"]
+        state = await c.command("state")
+        assert state["session"] == fleet.session
+        assert len(c.state.threads) == before
