@@ -260,8 +260,11 @@ def _with_store(db: str | None, work: Callable[[Store], Awaitable[T]]) -> T:
     return _run_session(run(), db)
 
 
-def _open_tui(project: Project, db: str | None, resume: str | None = None) -> int:
-    """The control tower on a project: terminal check, the user's keys and theme, run."""
+def _open_tui(
+    project: Project, db: str | None, resume: str | None = None, attach: Path | None = None
+) -> int:
+    """The control tower on a project: terminal check, the user's keys and theme, run.
+    `attach`: a running fleet's socket (the screen is a view of it)."""
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         raise UsageError("tower: the TUI needs a terminal; use --headless (see tower run --help)")
     from tower.ui.app import VERBS, TowerApp
@@ -283,6 +286,7 @@ def _open_tui(project: Project, db: str | None, resume: str | None = None) -> in
         notify=config.notify,
         resume=resume,
         config_file=config_path(),
+        attach=attach,
     )
     app.run()
     from tower.ui.screens.sessions import Handoff

@@ -46,6 +46,9 @@ def add_commands(sub: Any) -> None:
     ls = sub.add_parser("ls", help="list running (and crashed) fleets")
     ls.add_argument("--json", action="store_true", help="print a JSON list")
 
+    att = sub.add_parser("attach", help="open the TUI on a running fleet (q: detach or stop)")
+    att.add_argument("session", metavar="SESSION", nargs="?", help="default: the only one")
+
     down = sub.add_parser("down", help="stop a fleet cleanly")
     down.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
 
@@ -257,6 +260,20 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attach(args: argparse.Namespace) -> int:
+    from tower.cli import _load, _open_tui
+
+    if args.session is not None:
+        fleet = find(args.session)
+    else:
+        fleets = running()
+        if len(fleets) != 1:
+            names = ", ".join(f.session for f in fleets) or "none is running"
+            raise FleetError(f"tower attach: say which fleet ({names})")
+        fleet = fleets[0]
+    return _open_tui(_load(fleet.project_dir), fleet.db, attach=Path(fleet.socket))
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     from tower.core.service import pid_alive
 
@@ -350,6 +367,7 @@ def cmd_spawn(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "up": cmd_up,
+    "attach": cmd_attach,
     "serve": cmd_serve,
     "ls": cmd_ls,
     "down": cmd_down,

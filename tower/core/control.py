@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from tower.core.project import Project
 from tower.core.state import TowerState, root_of
+from tower.core.store import Store
 from tower.core.supervisor import CommandError, Supervisor, TaskCopy
 
 __all__ = ["CallFigures", "CommandError", "Control"]
@@ -57,6 +58,11 @@ class Control:
     @property
     def session_id(self) -> str:
         return self._sup.session_id
+
+    @property
+    def store(self) -> Store | None:
+        """The session's log (a service reads a thread's recorded events from it)."""
+        return self._sup.bus.store
 
     @property
     def project(self) -> Project:

@@ -234,8 +234,14 @@ class Service:
             # The snapshot and the subscription together, with no await between them: every
             # event after the snapshot reaches this view, none before it.
             view = _View(writer)
+            project = self.control.project
+            store = self.control.store
             welcome = wire.welcome(
-                self.control.session_id, self._snapshot(), self.control.state.last_seq
+                self.control.session_id,
+                self._snapshot(),
+                self.control.state.last_seq,
+                project_dir=str(project.root),
+                db=str(store.path) if store is not None else None,
             )
             self.views.add(view)
             sender = asyncio.create_task(self._send_events(view))
@@ -291,7 +297,10 @@ class Service:
                 msg = wire.decode(line)
                 cid = msg.get("id") if isinstance(msg.get("id"), int) else None
                 cmd = wire.command_of(msg)
-                result = self.run(cmd)
+                if cmd.verb == "thread_events":
+                    result = await self.thread_events(str(cmd.args["thread"]))
+                else:
+                    result = self.run(cmd)
             except (wire.WireError, CommandError) as exc:
                 await self._send(writer, wire.error(cid, str(exc)))
                 continue
@@ -312,23 +321,53 @@ class Service:
             return service_summary(c)
         if verb == "inbox":
             return inbox_rows(c)
+        # A view's person: the seconds they spent on it, and the batch one key decided.
+        spent = _number(a.get("attention_s"))
+        batch = str(a["batch"]) if a.get("batch") is not None else None
         if verb == "approve":
-            c.approve(str(a["item"]), args=a.get("args"))
+            c.approve(str(a["item"]), args=a.get("args"), attention_s=spent, batch=batch)
             return {"item": a["item"], "resolution": "approved"}
         if verb == "deny":
-            c.deny(str(a["item"]), comment=a.get("reason"))
+            c.deny(str(a["item"]), comment=a.get("reason"), attention_s=spent, batch=batch)
             return {"item": a["item"], "resolution": "denied"}
         if verb == "reply":
-            c.reply(str(a["target"]), str(a["text"]))
+            c.reply(str(a["target"]), str(a["text"]), attention_s=spent, batch=batch)
             return {"target": a["target"]}
+        if verb == "escalate":
+            return c.escalate(str(a["thread"]), "human" if a.get("to") == "human" else "model")
+        if verb in ("pause_all", "resume_all"):
+            getattr(c, verb)()
+            return None
+        if verb in ("pause_tree", "resume_tree", "kill_tree", "escalate_tree"):
+            return getattr(c, verb)(str(a["thread"]))
+        if verb == "task_copies":
+            return [
+                {"thread": t.thread_id, "task": t.task.id, "title": t.title}
+                for t in c.task_copies()
+            ]
+        if verb == "spawn_task":
+            budget = _number(a.get("budget_usd"))
+            return c.spawn_task(
+                str(a["task"]), model=a.get("model"), budget_usd=budget, prompt=a.get("prompt")
+            )
+        if verb == "grant":
+            return c.grant(
+                str(a["tool"]),
+                a.get("args"),
+                agent=a.get("agent"),
+                minutes=_number(a.get("minutes")) or 10.0,
+                item=a.get("item"),
+            )
+        if verb == "revoke":
+            c.revoke(str(a["rule"]))
+            return None
         if verb == "spawn":
             agent = a.get("agent") or c.project.agents[0].name
-            budget = a.get("budget_usd")
             tid = c.spawn(
                 str(agent),
                 str(a["prompt"]),
                 model=a.get("model"),
-                budget_usd=float(budget) if budget is not None else None,
+                budget_usd=_number(a.get("budget_usd")),
                 workspace=a.get("workspace"),
             )
             return {"thread": tid}
@@ -336,11 +375,31 @@ class Service:
             getattr(c, verb)(str(a["thread"]))
             return {"thread": a["thread"], "done": verb}
         if verb == "raise_budget":
-            c.raise_budget(a.get("target"), usd=float(a.get("usd") or 0.0))
+            c.raise_budget(
+                a.get("target"), usd=_number(a.get("usd")) or 0.0, attention_s=spent, batch=batch
+            )
             return {"target": a.get("target")}
         if verb == "down":
             return {"session": c.session_id, "stopping": True}
         raise CommandError(f"unknown command {verb!r}")
+
+    async def thread_events(self, tid: str) -> list[dict[str, Any]]:
+        """A thread's events as the log has them (a view's transcript of it)."""
+        store = self.control.store
+        if store is None:
+            return []
+        await store.flush()
+        session = self.control.session_id
+        return [ev.to_dict() async for ev in store.thread_events(session, tid)]
+
+
+def _number(value: Any) -> float | None:
+    """A number a view sent, or None; anything else is a one-line error."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CommandError(f"expected a number, got {value!r}")
+    return float(value)
 
 
 def service_summary(c: Control) -> dict[str, Any]:

@@ -57,7 +57,13 @@ from tower.core.subagents import (
     spawned_text,
     wait_ids,
 )
-from tower.core.tasks import dependencies, fill_after, planned_copies, task_copy, task_of
+from tower.core.tasks import (
+    dependencies,
+    fill_after,
+    next_copy,
+    planned_copies,
+    task_of,
+)
 from tower.core.tools import ToolError, Workspace
 from tower.core.tools.shell import run_shell
 from tower.core.workspaces import prepare, share_after, typed_folder
@@ -458,21 +464,8 @@ class Supervisor:
         )
 
     def task_copy(self, task_id: str) -> TaskCopy:
-        """What `spawn_task(task_id)` would start now: the first free id of the task's
-        pattern ("review", then review-2, review-3...; screen-1, screen-2... if repeated)."""
-        try:
-            task = self.project.task(task_id)
-        except KeyError:
-            raise CommandError(f"no task {task_id!r} in the project") from None
-        if task.repeat > 1:
-            n = next(k for k in itertools.count(1) if not self._taken(f"{task.id}-{k}"))
-            return task_copy(self.project, task, n)
-        tid = task.id
-        for k in itertools.count(2):
-            if not self._taken(tid):
-                break
-            tid = f"{task.id}-{k}"
-        return task_copy(self.project, task, None, tid)
+        """What `spawn_task(task_id)` would start now (tasks.next_copy)."""
+        return next_copy(self.project, task_id, self._taken)
 
     def _spawn_or_hold(self, copy: TaskCopy) -> None:
         """A task with `after` waits, unspawned, until what it names has ended."""

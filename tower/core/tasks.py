@@ -8,12 +8,13 @@ all go through them, so a resumed thread gets the very settings it was spawned w
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tower.core.project import AFTER_REF, Project, TaskSettings, after_tasks, copy_ids
-from tower.core.run import TaskCopy, fill
+from tower.core.run import CommandError, TaskCopy, fill
 
 
 def task_of(project: Project, task_id: str) -> tuple[TaskSettings, int | None] | None:
@@ -87,3 +88,21 @@ def fill_after(prompt: str, project: Project, answers: dict[str, str | None]) ->
 
     prompt = AFTER_REF.sub(named, prompt)
     return prompt.replace("{after.answers}", "\n".join(f"- {t}: {one(t)}" for t in answers))
+
+
+def next_copy(project: Project, task_id: str, taken: Callable[[str], bool]) -> TaskCopy:
+    """What spawning `task_id` once more would start: the first free id of the task's
+    pattern ("review", then review-2, review-3...; screen-1, screen-2... if repeated)."""
+    try:
+        task = project.task(task_id)
+    except KeyError:
+        raise CommandError(f"no task {task_id!r} in the project") from None
+    if task.repeat > 1:
+        n = next(k for k in itertools.count(1) if not taken(f"{task.id}-{k}"))
+        return task_copy(project, task, n)
+    tid = task.id
+    for k in itertools.count(2):
+        if not taken(tid):
+            break
+        tid = f"{task.id}-{k}"
+    return task_copy(project, task, None, tid)

@@ -43,6 +43,17 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "resume": ("thread",),
     "kill": ("thread",),
     "raise_budget": (),
+    "escalate": ("thread",),
+    "pause_all": (),
+    "resume_all": (),
+    "pause_tree": ("thread",),
+    "resume_tree": ("thread",),
+    "kill_tree": ("thread",),
+    "escalate_tree": ("thread",),
+    "spawn_task": ("task",),
+    "grant": ("tool",),
+    "revoke": ("rule",),
+    "thread_events": ("thread",),  # a thread's recorded events (a view's transcript)
     "down": (),  # stop the fleet: the service ends its session and exits
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import sys
 import time
 from collections import deque
@@ -35,11 +36,13 @@ from tower.core.control import CallFigures, CommandError, Control
 from tower.core.events import ENDED_STATES, Event, EventKind, InboxKind, ThreadState
 from tower.core.payloads import InboxOpened, McpServer, ThreadStateChanged, payload_as, payload_of
 from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
+from tower.core.remote import RemoteControl
 from tower.core.session import SESSION_ERRORS, PreflightError, SessionRuntime
 from tower.core.situations import Situation, is_routine
 from tower.core.state import TowerState, subtree
 from tower.core.store import Store, StoreError
 from tower.core.supervisor import Supervisor
+from tower.core.wire import ServiceError
 from tower.ui.core_thread import CoreThread
 from tower.ui.format import BurnMeter, usd
 from tower.ui.keymap import ConfigError, load_config, validate_keys
@@ -48,6 +51,7 @@ from tower.ui.screens.detail import ThreadScreen
 from tower.ui.screens.dialogs import (
     AmountDialog,
     ArgsDialog,
+    ChoiceDialog,
     ConfirmDialog,
     GrantDialog,
     GrantRequest,
@@ -245,6 +249,14 @@ def _runner(app: App[Any], action: str) -> Callable[[], Any]:
     return run
 
 
+async def settled(result: Any) -> Any:
+    """A command's result: a remote fleet's commands are coroutines (awaited here, on the
+    core's loop), an in-process supervisor's are plain values."""
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
 def _verb_bindings(keymap: dict[str, str]) -> list[BindingType]:
     """The app's bindings in VERBS order, with the user's keys where keys.toml remaps them.
 
@@ -297,12 +309,15 @@ class TowerApp(App[int]):
         resume: str | None = None,
         offer_resume: bool = True,
         config_file: Path | None = None,
+        attach: Path | None = None,
     ) -> None:
         """`config_file`: the keys.toml these keys, bell, theme and notifications came from;
-        watched (with `watch`), so an edit applies while tower runs."""
+        watched (with `watch`), so an edit applies while tower runs. `attach`: the socket of
+        a running fleet (`tower attach`): this screen is a view of it, not its home."""
         super().__init__()
         self.project = project
         self.db = db
+        self.attach = attach
         self.resume_id = resume  # continue this recorded session instead of starting one
         self.offer_resume = offer_resume and resume is None
         self.now = clock
@@ -318,7 +333,7 @@ class TowerApp(App[int]):
         # The session (store, bus, supervisor), opened by the composition root on the core's
         # thread; the app's own code steers it only through `control`.
         self.session: SessionRuntime | None = None
-        self.control: Control | None = None
+        self.control: Control | RemoteControl | None = None
         # Events the bus handed over on the core's thread, read by the UI's tick.
         self._inbound: deque[Event] = deque()
         self.note = "starting…"
@@ -511,6 +526,9 @@ class TowerApp(App[int]):
         sys.setswitchinterval(GIL_SWITCH_S)
         self.core = CoreThread()
         self.core.start()
+        if self.attach is not None:
+            await self._attach_fleet(self.attach)
+            return
         if self.offer_resume:
             try:
                 crashed = await self.core.run(self._crashed_session())
@@ -539,6 +557,23 @@ class TowerApp(App[int]):
         gc.freeze()
         self.note = ""
         self.booted.set()
+
+    async def _attach_fleet(self, path: Path) -> None:
+        """A view of a running fleet: its state and events come over its socket, and so do
+        the commands; quitting asks whether the fleet stops too."""
+        assert self.core is not None
+        self.note = "attaching…"
+        try:
+            remote = await self.core.run(RemoteControl.connect(path, on_event=self._on_event))
+        except ServiceError as exc:
+            self.exit(return_code=2, message=Text(f"tower: {exc}"))
+            return
+        self.control = remote
+        self.project = remote.project
+        self._rows_dirty = self._inbox_dirty = True
+        self.note = ""
+        self.booted.set()
+        self.sub_title = f"attached to {remote.session_id}"
 
     async def _core_boot(self) -> list[str]:
         """On the core's loop: the composition root opens the log, checks the models and MCP
@@ -1210,11 +1245,11 @@ class TowerApp(App[int]):
         share = self._spend_attention(len(items))
         batch = items[0] if len(items) > 1 else None
 
-        def run() -> int:
+        async def run() -> int:
             done = 0
             for item in items:
                 try:
-                    fn(item, share, batch)
+                    await settled(fn(item, share, batch))
                     done += 1
                 except CommandError:
                     pass  # decided meanwhile (a rule, its thread ended): nothing to do
@@ -1276,25 +1311,29 @@ class TowerApp(App[int]):
         share = self._spend_attention(len(items))
         batch = items[0] if len(items) > 1 else None  # one key: one decision in the log
 
-        def run() -> None:
+        async def run() -> None:
             if session:
                 # One raise of the session cap wakes every thread it stopped.
-                control.raise_budget(
-                    session[0],
-                    usd=amount if amount > 0 else 0.0,
-                    attention_s=share * len(session),
-                    batch=batch,
+                await settled(
+                    control.raise_budget(
+                        session[0],
+                        usd=amount if amount > 0 else 0.0,
+                        attention_s=share * len(session),
+                        batch=batch,
+                    )
                 )
             for stopped in trees.values():
                 # The amount shown is the group's when the target is that one tree's stop.
                 by = amount if len(trees) == 1 and not session and not own else 0.0
                 if control.is_open(stopped[0]):
-                    control.raise_budget(
-                        stopped[0], usd=by, attention_s=share * len(stopped), batch=batch
+                    await settled(
+                        control.raise_budget(
+                            stopped[0], usd=by, attention_s=share * len(stopped), batch=batch
+                        )
                     )
             for i in own:
                 if control.is_open(i):
-                    control.raise_budget(i, attention_s=share, batch=batch)
+                    await settled(control.raise_budget(i, attention_s=share, batch=batch))
 
         await self._command(run)
         self._after_decision()
@@ -1502,10 +1541,12 @@ class TowerApp(App[int]):
                 lead = [budget[0]] if session else budget
                 batch = budget[0] if len(budget) > 1 else None
 
-                def run() -> None:
+                async def run() -> None:
                     for i in lead:
                         if control.is_open(i):
-                            control.raise_budget(i, usd=amount, attention_s=share, batch=batch)
+                            await settled(
+                                control.raise_budget(i, usd=amount, attention_s=share, batch=batch)
+                            )
 
                 await self._command(run, f"budget raised by {usd(amount)}")
                 self._after_decision()
@@ -1790,6 +1831,8 @@ class TowerApp(App[int]):
     async def thread_events(self, tid: str) -> list[Event]:
         """A thread's events as the log has them, read on the core's loop."""
         store, control, core = self.store, self.control, self.core
+        if isinstance(control, RemoteControl) and core is not None and not self.closed:
+            return await core.run(control.thread_events(tid))  # the fleet's log
         if store is None or control is None or core is None or self.closed:
             return []
         session = control.session_id
@@ -1808,6 +1851,10 @@ class TowerApp(App[int]):
     # --- leaving ------------------------------------------------------------------------
 
     async def action_quit(self) -> None:
+        control = self.control
+        if isinstance(control, RemoteControl):
+            await self._quit_view(control)
+            return
         live = [t for t in list(self.state().threads.values()) if not t.state.ended]
         if not live:
             await self.shutdown()
@@ -1828,6 +1875,25 @@ class TowerApp(App[int]):
             confirmed,
         )
 
+    async def _quit_view(self, remote: RemoteControl) -> None:
+        """q on a view of a fleet: detach (the fleet keeps running), or stop the fleet."""
+
+        async def chosen(choice: str | None) -> None:
+            if choice == "stop":
+                await self._command(remote.down, f"stopping {remote.session_id}")
+            if choice in ("detach", "stop"):
+                await self.shutdown()
+                self.exit(0)
+
+        self.push_screen(
+            ChoiceDialog(
+                f"Leave fleet {remote.session_id}? Detached, it keeps running "
+                f"(tower attach {remote.session_id[:15]} comes back to it).",
+                [("detach", "d", "Detach"), ("stop", "s", "Stop the fleet")],
+            ),
+            chosen,
+        )
+
     async def shutdown(self) -> None:
         """Stops the threads and closes the log; every emitted event is committed."""
         if self.closed:
@@ -1838,11 +1904,13 @@ class TowerApp(App[int]):
         core = self.core
         if core is None:
             return
-        session = self.session
+        session, control = self.session, self.control
 
         async def close() -> None:
             if session is not None:
                 await session.close("quit")  # the supervisor, then the store
+            if isinstance(control, RemoteControl):
+                await control.close()  # a view leaves; the fleet goes on
 
         try:
             await core.run(close())

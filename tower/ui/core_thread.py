@@ -10,6 +10,7 @@ the UI's next tick.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -44,11 +45,15 @@ class CoreThread:
         """Runs a coroutine on the core loop; await the result from the UI's loop."""
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
-        """Runs a plain function (a supervisor command) on the core loop."""
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        """Runs a command on the core loop: a plain function (a supervisor command), or one
+        that returns an awaitable (a remote fleet's command), which is awaited there."""
 
-        async def run() -> T:
-            return fn(*args, **kwargs)
+        async def run() -> Any:
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
 
         return self.run(run())
 

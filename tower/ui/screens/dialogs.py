@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -66,6 +67,40 @@ class ConfirmDialog(_Dialog):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id == "yes")
+
+
+class ChoiceDialog(_Dialog):
+    """A question with a few answers, each with its key (and a button); escape cancels
+    (dismissed with None)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str, choices: list[tuple[str, str, str]]) -> None:
+        """`choices`: (what is returned, its key, its label)."""
+        super().__init__()
+        self.question = question
+        self.choices = choices
+
+    def compose(self) -> ComposeResult:
+        keys = " · ".join(f"{key} {label.lower()}" for _, key, label in self.choices)
+        with Vertical():
+            yield Label(self.question, classes="title")
+            yield Label(f"{keys} · escape to cancel")
+            with Horizontal(classes="buttons"):
+                yield Button("Cancel", id="cancel")
+                for value, _key, label in self.choices:
+                    yield Button(label, id=f"choice-{value}")
+
+    def on_key(self, event: events.Key) -> None:
+        for value, key, _label in self.choices:
+            if event.key == key:
+                event.stop()
+                self.dismiss(value)
+                return
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        bid = event.button.id or ""
+        self.dismiss(bid.removeprefix("choice-") if bid.startswith("choice-") else None)
 
 
 class TextDialog(_Dialog):
