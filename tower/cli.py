@@ -265,7 +265,8 @@ def _open_tui(
 ) -> int:
     """The control tower on a project: terminal check, the user's keys and theme, run.
     `attach`: a running fleet's socket (the screen is a view of it)."""
-    if not sys.stdout.isatty() or not sys.stdin.isatty():
+    web = "web_driver" in os.environ.get("TEXTUAL_DRIVER", "")  # a browser tab (tower web)
+    if not web and (not sys.stdout.isatty() or not sys.stdin.isatty()):
         raise UsageError("tower: the TUI needs a terminal; use --headless (see tower run --help)")
     from tower.ui.app import VERBS, TowerApp
     from tower.ui.keymap import ConfigError, config_path, load_config, validate_keys

@@ -49,6 +49,14 @@ def add_commands(sub: Any) -> None:
     att = sub.add_parser("attach", help="open the TUI on a running fleet (q: detach or stop)")
     att.add_argument("session", metavar="SESSION", nargs="?", help="default: the only one")
 
+    web = sub.add_parser("web", help="serve a running fleet's TUI to a browser (token in URL)")
+    web.add_argument("session", metavar="SESSION", nargs="?", help="default: the only one")
+    web.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    web.add_argument("--port", type=int, default=8088, help="port (default: 8088)")
+    web.add_argument(
+        "--allow-remote", action="store_true", help="allow an address other machines can reach"
+    )
+
     down = sub.add_parser("down", help="stop a fleet cleanly")
     down.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
 
@@ -238,7 +246,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 s = _run(_command(fleet, "state"))
                 row.update(
                     threads=s["by_state"], inbox=s["inbox"], cost_usd=s["cost_usd"],
-                    all_ended=s["all_ended"],
+                    all_ended=s["all_ended"], views=s.get("views", {}),
                 )  # fmt: skip
             except FleetError:
                 row["status"] = "not answering"
@@ -260,18 +268,37 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one(ref: str | None, command: str) -> Listed:
+    """The fleet `ref` names, or the only one running."""
+    if ref is not None:
+        return find(ref)
+    fleets = running()
+    if len(fleets) != 1:
+        names = ", ".join(f.session for f in fleets) or "none is running"
+        raise FleetError(f"tower {command}: say which fleet ({names})")
+    return fleets[0]
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
     from tower.cli import _load, _open_tui
 
-    if args.session is not None:
-        fleet = find(args.session)
-    else:
-        fleets = running()
-        if len(fleets) != 1:
-            names = ", ".join(f.session for f in fleets) or "none is running"
-            raise FleetError(f"tower attach: say which fleet ({names})")
-        fleet = fleets[0]
+    fleet = _one(args.session, "attach")
     return _open_tui(_load(fleet.project_dir), fleet.db, attach=Path(fleet.socket))
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from tower.web import main_args, serve_web
+
+    fleet = _one(args.session, "web")
+    try:
+        host, port = main_args(args)
+    except ValueError as exc:
+        raise FleetError(str(exc)) from None
+    try:
+        serve_web(fleet.session, host, port)
+    except OSError as exc:
+        raise FleetError(f"tower web: cannot listen on {host}:{port} ({exc.strerror})") from None
+    return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -368,6 +395,7 @@ def cmd_spawn(args: argparse.Namespace) -> int:
 COMMANDS = {
     "up": cmd_up,
     "attach": cmd_attach,
+    "web": cmd_web,
     "serve": cmd_serve,
     "ls": cmd_ls,
     "down": cmd_down,

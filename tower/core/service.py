@@ -141,6 +141,7 @@ class _View:
     """One connected view: the events not yet sent to it, or a note that it fell behind."""
 
     writer: asyncio.StreamWriter
+    client: str = "view"  # what the view said it is in its hello ("cli", "tui")
     pending: deque[Event] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     behind: bool = False
@@ -227,13 +228,14 @@ class Service:
                 )
                 return
             try:
-                wire.check_hello(wire.decode(await reader.readline()))
+                hello = wire.decode(await reader.readline())
+                wire.check_hello(hello)
             except wire.WireError as exc:
                 await self._send(writer, wire.error(None, str(exc)))
                 return
             # The snapshot and the subscription together, with no await between them: every
             # event after the snapshot reaches this view, none before it.
-            view = _View(writer)
+            view = _View(writer, client=str(hello.get("client") or "view")[:20])
             project = self.control.project
             store = self.control.store
             welcome = wire.welcome(
@@ -318,7 +320,10 @@ class Service:
         c, a = self.control, cmd.args
         verb = cmd.verb
         if verb == "state":
-            return service_summary(c)
+            views: dict[str, int] = {}
+            for v in self.views:
+                views[v.client] = views.get(v.client, 0) + 1
+            return {**service_summary(c), "views": views}
         if verb == "inbox":
             return inbox_rows(c)
         # A view's person: the seconds they spent on it, and the batch one key decided.
