@@ -23,6 +23,7 @@ import os
 import socket
 import struct
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,11 +44,11 @@ QUEUE_MAX = 20_000
 
 
 def fleet_dir() -> Path:
-    """The folder of the running services' sockets: the user's runtime folder, private."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or platformdirs.user_runtime_dir(
-        "tower-fleet", ensure_exists=False
-    )
-    path = Path(base) / "tower"
+    """The folder of the running services' sockets: `tower` in the user's runtime folder
+    ($XDG_RUNTIME_DIR, else platformdirs' fallback), made private (0700)."""
+    with warnings.catch_warnings():  # no XDG_RUNTIME_DIR: platformdirs warns, then falls back
+        warnings.simplefilter("ignore")
+        path = Path(platformdirs.user_runtime_dir("tower", appauthor=False))
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)
     return path
