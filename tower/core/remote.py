@@ -38,6 +38,7 @@ class RemoteControl:
         welcome: dict[str, Any],
         project: Project,
         on_event: Callable[[Event], None] | None,
+        on_resync: Callable[[], None] | None = None,
     ) -> None:
         self._reader, self._writer = reader, writer
         self._state = state_from_dict(welcome["snapshot"])
@@ -46,6 +47,7 @@ class RemoteControl:
         self.db = Path(welcome["db"]) if welcome.get("db") else None
         self.project = project
         self.on_event = on_event
+        self.on_resync = on_resync  # a fresh snapshot replaced the state: redraw it all
         self._replies: dict[int, asyncio.Future[Any]] = {}
         self._ids = 0
         self.lost: str | None = None  # why the connection ended, once it has
@@ -54,7 +56,10 @@ class RemoteControl:
 
     @classmethod
     async def connect(
-        cls, path: Path, on_event: Callable[[Event], None] | None = None
+        cls,
+        path: Path,
+        on_event: Callable[[Event], None] | None = None,
+        on_resync: Callable[[], None] | None = None,
     ) -> RemoteControl:
         try:
             reader, writer = await asyncio.open_unix_connection(str(path), limit=wire.MAX_LINE)
@@ -67,7 +72,7 @@ class RemoteControl:
             writer.close()
             raise ServiceError(f"the fleet refused: {msg.get('message', msg['type'])}")
         project = await asyncio.to_thread(load_project, Path(str(msg["project_dir"])))
-        return cls(reader, writer, msg, project, on_event)
+        return cls(reader, writer, msg, project, on_event, on_resync)
 
     # --- reads --------------------------------------------------------------------------
 
@@ -135,6 +140,8 @@ class RemoteControl:
                 elif kind == "resync":
                     with self._lock:
                         self._state = state_from_dict(msg["snapshot"])
+                    if self.on_resync is not None:
+                        self.on_resync()
                 elif kind in ("reply", "error"):
                     cid = msg.get("id")
                     fut = self._replies.pop(cid, None) if isinstance(cid, int) else None

@@ -564,7 +564,9 @@ class TowerApp(App[int]):
         assert self.core is not None
         self.note = "attaching…"
         try:
-            remote = await self.core.run(RemoteControl.connect(path, on_event=self._on_event))
+            remote = await self.core.run(
+                RemoteControl.connect(path, on_event=self._on_event, on_resync=self._resynced)
+            )
         except ServiceError as exc:
             self.exit(return_code=2, message=Text(f"tower: {exc}"))
             return
@@ -574,6 +576,11 @@ class TowerApp(App[int]):
         self.note = ""
         self.booted.set()
         self.sub_title = f"attached to {remote.session_id}"
+
+    def _resynced(self) -> None:
+        """On the core's thread: a view that fell behind got a fresh snapshot; the next
+        tick redraws every row and the inbox (plain flags: no UI work here)."""
+        self._rows_dirty = self._inbox_dirty = True
 
     async def _core_boot(self) -> list[str]:
         """On the core's loop: the composition root opens the log, checks the models and MCP
