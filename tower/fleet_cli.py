@@ -196,7 +196,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         cmd += ["--resume", crashed.session, "--db", crashed.db]
     else:
         cmd += [root] + (["--db", args.db] if args.db else [])
-    session = _start_service(cmd, project.name)
+    try:
+        session = _start_service(cmd, project.name)
+    except FleetError:
+        if crashed is not None:  # not resumable: forget it, so the next `up` starts anew
+            Path(crashed.socket).with_suffix(".json").unlink(missing_ok=True)
+        raise
     if crashed is not None:  # its info file is the new service's now (same session)
         print(f"tower: resumed {session} after its service died", file=sys.stderr)
     print(session)
