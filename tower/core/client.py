@@ -36,21 +36,8 @@ class ServiceClient:
 
     @classmethod
     async def connect(cls, path: Path, client: str = "cli") -> ServiceClient:
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(path), limit=wire.MAX_LINE)
-        except OSError as exc:
-            raise ServiceError(f"{path}: no service answers ({exc.strerror or exc})") from None
-        writer.write(wire.encode(wire.hello(client)))
-        await writer.drain()
-        msg = await _read(reader)
-        if msg["type"] == "error":
-            writer.close()
-            raise ServiceError(f"the service refused: {msg.get('message', '')}")
-        if msg["type"] != "welcome":
-            writer.close()
-            raise ServiceError(f"the service said {msg['type']!r} instead of welcome")
-        state = state_from_dict(msg["snapshot"])
-        return cls(reader, writer, str(msg["session"]), state)
+        reader, writer, msg = await handshake(path, client)
+        return cls(reader, writer, str(msg["session"]), state_from_dict(msg["snapshot"]))
 
     def fold(self, msg: dict[str, Any]) -> bool:
         """Folds an event or a resync; False for any other message."""
@@ -91,6 +78,31 @@ class ServiceClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+async def handshake(
+    path: Path, client: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict[str, Any]]:
+    """Connects and says hello; the service's `welcome` (ServiceError if it refuses, or
+    speaks another version, or is not there)."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=wire.MAX_LINE)
+    except OSError as exc:
+        raise ServiceError(f"{path}: no service answers ({exc.strerror or exc})") from None
+    writer.write(wire.encode(wire.hello(client)))
+    await writer.drain()
+    try:
+        msg = await _read(reader)
+    except ServiceError:
+        writer.close()
+        raise
+    if msg["type"] == "error":
+        writer.close()
+        raise ServiceError(f"the service refused: {msg.get('message', '')}")
+    if msg["type"] != "welcome":
+        writer.close()
+        raise ServiceError(f"the service said {msg['type']!r} instead of welcome")
+    return reader, writer, msg
 
 
 async def _read(reader: asyncio.StreamReader) -> dict[str, Any]:

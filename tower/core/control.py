@@ -23,6 +23,7 @@ from tower.core.project import Project
 from tower.core.state import TowerState, root_of
 from tower.core.store import Store
 from tower.core.supervisor import CommandError, Supervisor, TaskCopy
+from tower.core.tasks import thread_folders
 
 __all__ = ["CallFigures", "CommandError", "Control"]
 
@@ -79,32 +80,12 @@ class Control:
         return item in self._sup.bus.state.inbox
 
     def workspace_folders(self, tid: str) -> tuple[Path | None, Path | None]:
-        """(the thread's workspace, the original folder it was copied from); either may be
-        None. The same rule as the supervisor's: `<db dir>/workspaces/<session>/<thread>`
-        unless the project works in place (copy_workspaces = false). A sub-agent works in
-        its tree's root's folder."""
+        """(the thread's workspace, the original folder it was copied from): see
+        tasks.thread_folders."""
         sup = self._sup
-        tid = root_of(sup.bus.state, tid)
-        th = sup.runs.get(tid)
-        src: Path | None = None
-        if th is not None:
-            src = th.workspace_src
-        else:  # a thread of a resumed session that ended before: its task says where
-            view = sup.bus.state.threads.get(tid)
-            base = view.task if view is not None else ""
-            for task in sup.project.tasks:
-                if task.workspace and (base == task.id or base.rpartition("-")[0] == task.id):
-                    src = sup.project.root / task.workspace
-                    break
-        if th is not None and th.workspace is not None:
-            root: Path | None = th.workspace.root
-        elif src is not None and not sup.project.project.copy_workspaces:
-            root = src
-        elif sup.workspaces_dir is not None:
-            root = sup.workspaces_dir / sup.session_id / tid
-        else:
-            root = src
-        return root, src
+        state = sup.bus.state
+        run = sup.runs.get(root_of(state, tid))
+        return thread_folders(sup.project, state, tid, sup.workspaces_dir, sup.session_id, run)
 
     def task_copies(self) -> list[TaskCopy]:
         """What spawning each of the project's tasks would start now (next id, {n} filled)."""

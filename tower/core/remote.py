@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tower.core import wire
+from tower.core.client import handshake
 from tower.core.control import CallFigures
 from tower.core.events import Event
 from tower.core.project import Project, load_project
 from tower.core.run import CommandError, TaskCopy
-from tower.core.state import TowerState, apply, root_of, state_from_dict
-from tower.core.tasks import next_copy
-from tower.core.wire import ServiceError
+from tower.core.state import TowerState, apply, state_from_dict
+from tower.core.tasks import next_copy, thread_folders
 
 
 class RemoteControl:
@@ -61,16 +61,7 @@ class RemoteControl:
         on_event: Callable[[Event], None] | None = None,
         on_resync: Callable[[], None] | None = None,
     ) -> RemoteControl:
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(path), limit=wire.MAX_LINE)
-        except OSError as exc:
-            raise ServiceError(f"{path}: no fleet answers ({exc.strerror or exc})") from None
-        writer.write(wire.encode(wire.hello("tui")))
-        await writer.drain()
-        msg = wire.decode(await reader.readline() or b'{"type": "error", "message": "closed"}')
-        if msg["type"] != "welcome":
-            writer.close()
-            raise ServiceError(f"the fleet refused: {msg.get('message', msg['type'])}")
+        reader, writer, msg = await handshake(path, "tui")
         project = await asyncio.to_thread(load_project, Path(str(msg["project_dir"])))
         return cls(reader, writer, msg, project, on_event, on_resync)
 
@@ -95,20 +86,9 @@ class RemoteControl:
         return item in self._state.inbox
 
     def workspace_folders(self, tid: str) -> tuple[Path | None, Path | None]:
-        """Control.workspace_folders' rule, from the project and the service's database."""
-        tid = root_of(self._state, tid)
-        view = self._state.threads.get(tid)
-        base = view.task if view is not None else ""
-        src = None
-        for task in self.project.tasks:
-            if task.workspace and (base == task.id or base.rpartition("-")[0] == task.id):
-                src = self.project.root / task.workspace
-                break
-        if src is not None and not self.project.project.copy_workspaces:
-            return src, src
-        if self.db is not None:
-            return self.db.parent / "workspaces" / self.session_id / tid, src
-        return src, src
+        """Control's rule (tasks.thread_folders), from the fleet's database folder."""
+        copies = self.db.parent / "workspaces" if self.db is not None else None
+        return thread_folders(self.project, self._state, tid, copies, self.session_id)
 
     def task_copies(self) -> list[TaskCopy]:
         return [self.task_copy(t.id) for t in self.project.tasks]

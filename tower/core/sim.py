@@ -226,16 +226,17 @@ class SimProvider(CustomLLM):
             arguments = arguments[: max(len(arguments) // 2, 1)] + '"'
 
         calls: list[str] = []
-        if tool is not None:
+        if tool is not None and step.get("each") == "file":  # a fan-out: one call a file
             fields = {"last_result": _last_result(messages)}
-            if step.get("each") == "file":  # a fan-out: one call per file, in one turn
-                calls = [
-                    json.dumps(_fill(tool_args, {**fields, "file": f}), ensure_ascii=False)
-                    for f in _listing(messages)
-                ]
-            else:
-                filled = _fill(tool_args, fields)
-                calls = [arguments if filled == tool_args else json.dumps(filled)]
+            calls = [
+                json.dumps(_fill(tool_args, {**fields, "file": f}), ensure_ascii=False)
+                for f in _listing(messages)
+            ]
+        elif tool is not None and "{last_result}" in arguments:
+            filled = _fill(tool_args, {"last_result": _last_result(messages)})
+            calls = [json.dumps(filled, ensure_ascii=False)]
+        elif tool is not None:
+            calls = [arguments]  # most steps: the arguments as written, nothing to fill
         async for piece in self._pieces(text, prof):
             yield _chunk(piece)
         for i, call_args in enumerate(calls):

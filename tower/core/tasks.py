@@ -11,10 +11,12 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from tower.core.project import AFTER_REF, Project, TaskSettings, after_tasks, copy_ids
-from tower.core.run import CommandError, TaskCopy, fill
+from tower.core.run import CommandError, TaskCopy, ThreadRun, fill
+from tower.core.state import TowerState, root_of
 
 
 def task_of(project: Project, task_id: str) -> tuple[TaskSettings, int | None] | None:
@@ -106,3 +108,33 @@ def next_copy(project: Project, task_id: str, taken: Callable[[str], bool]) -> T
             break
         tid = f"{task.id}-{k}"
     return task_copy(project, task, None, tid)
+
+
+def thread_folders(
+    project: Project,
+    state: TowerState,
+    tid: str,
+    copies: Path | None,
+    session: str,
+    run: ThreadRun | None = None,
+) -> tuple[Path | None, Path | None]:
+    """(a thread's workspace, the original folder it was copied from); either may be None.
+
+    The supervisor's rule: `<copies>/<session>/<thread>` unless the project works in place
+    (copy_workspaces = false); a sub-agent works in its tree's root's folder. `run`: the
+    root's live run when there is one (its folder and source are known exactly); otherwise
+    (an ended thread, a view of a fleet elsewhere) its task says where."""
+    tid = root_of(state, tid)
+    if run is not None:
+        src = run.workspace_src
+    else:
+        view = state.threads.get(tid)
+        found = task_of(project, view.task) if view is not None else None
+        src = project.root / found[0].workspace if found and found[0].workspace else None
+    if run is not None and run.workspace is not None:
+        return run.workspace.root, src
+    if src is not None and not project.project.copy_workspaces:
+        return src, src
+    if copies is not None:
+        return copies / session / tid, src
+    return src, src
