@@ -264,7 +264,9 @@ def _open_tui(
     project: Project, db: str | None, resume: str | None = None, attach: Path | None = None
 ) -> int:
     """The control tower on a project: terminal check, the user's keys and theme, run.
-    `attach`: a running fleet's socket (the screen is a view of it)."""
+    `attach`: a running fleet's socket (the screen is a view of it); otherwise the session
+    runs as a fleet (`tower up`, from the TUI once its first frame is up) and the screen
+    attaches to it, so quitting can leave it running."""
     web = "web_driver" in os.environ.get("TEXTUAL_DRIVER", "")  # a browser tab (tower web)
     if not web and (not sys.stdout.isatty() or not sys.stdin.isatty()):
         raise UsageError("tower: the TUI needs a terminal; use --headless (see tower run --help)")
@@ -288,6 +290,7 @@ def _open_tui(
         resume=resume,
         config_file=config_path(),
         attach=attach,
+        up=attach is None,
     )
     app.run()
     from tower.ui.screens.sessions import Handoff
@@ -507,9 +510,21 @@ def exit_code(result: Any) -> int:
     return 0 if all(t.state == ThreadState.DONE for t in threads) else EXIT_FAILED
 
 
+def _running_fleet(ref: str) -> Any:
+    """The running fleet of session `ref` (or a unique prefix of it), if one runs."""
+    from tower.core.fleet import running
+
+    live = [f for f in running() if f.session == ref or f.session.startswith(ref)]
+    return live[0] if len(live) == 1 else None
+
+
 def _resume_tui(ref: str, db: str | None) -> int:
     from tower.core.replay import resolve_session, state_at
     from tower.core.session import ResumeError
+
+    live = _running_fleet(ref)
+    if live is not None:  # it runs as a fleet: this screen is one more view of it
+        return _open_tui(_load(live.project_dir), live.db, attach=Path(live.socket))
 
     async def find(store: Store) -> tuple[str, str]:
         session = await resolve_session(store, ref)
@@ -535,6 +550,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         done = resume_thread(args.session, args.fleet, args.json)
         if done is not None:
             return done
+        if _running_fleet(args.session) is not None:
+            return _resume_tui(args.session, args.db)
     _existing_db(args.db, args.session)
     if not args.headless:
         if args.json or args.approve:

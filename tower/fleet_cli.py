@@ -14,18 +14,17 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from tower.cli import UsageError
+from tower.core import fleet as core_fleet
 from tower.core.client import ServiceClient
 from tower.core.service import Listed, listed
 from tower.core.wire import ServiceError
 
-READY_TIMEOUT_S = 120.0
 DOWN_TIMEOUT_S = 60.0
 
 
@@ -99,22 +98,15 @@ def _where(p: argparse.ArgumentParser) -> None:
 
 
 def running() -> list[Listed]:
-    return [s for s in listed() if s.status == "running"]
+    return core_fleet.running()
 
 
 def find(ref: str) -> Listed:
     """The running fleet whose session id is `ref` or starts with it."""
-    fleets = running()
-    exact = [s for s in fleets if s.session == ref]
-    found = exact or [s for s in fleets if s.session.startswith(ref)]
-    if not found:
-        names = ", ".join(s.session for s in fleets) or "none is running"
-        raise FleetError(f"tower: no running fleet {ref!r} ({names}); `tower ls` lists them")
-    if len(found) > 1:
-        raise FleetError(
-            f"tower: {ref!r} names {len(found)} fleets ({', '.join(s.session for s in found)})"
-        )
-    return found[0]
+    try:
+        return core_fleet.find(ref)
+    except ServiceError as exc:
+        raise FleetError(f"tower: {exc}") from None
 
 
 async def _holder(key: str, what: str, session: str | None) -> Listed:
@@ -183,57 +175,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     from tower.cli import _load
 
     project = _load(args.project)
-    root = str(project.root)
-    fleets = [s for s in listed() if s.project_dir == root]
-    live = [s for s in fleets if s.status == "running"]
-    if live:
-        print(live[0].session)
-        print(f"tower: {project.name} is already running (pid {live[0].pid})", file=sys.stderr)
-        return 0
-    cmd = [sys.executable, "-m", "tower", "serve"]
-    crashed = fleets[0] if fleets else None
-    if crashed is not None:
-        cmd += ["--resume", crashed.session, "--db", crashed.db]
-    else:
-        cmd += [root] + (["--db", args.db] if args.db else [])
     try:
-        session = _start_service(cmd, project.name)
-    except FleetError:
-        if crashed is not None:  # not resumable: forget it, so the next `up` starts anew
-            Path(crashed.socket).with_suffix(".json").unlink(missing_ok=True)
-        raise
-    if crashed is not None:  # its info file is the new service's now (same session)
-        print(f"tower: resumed {session} after its service died", file=sys.stderr)
-    print(session)
+        up = core_fleet.up(project.root, project.name, args.db)
+    except core_fleet.StartError as exc:
+        raise FleetError(*exc.problems) from None
+    if up.how == "reused":
+        print(f"tower: {project.name} is already running (pid {up.pid})", file=sys.stderr)
+    elif up.how == "resumed":
+        print(f"tower: resumed {up.session} after its service died", file=sys.stderr)
+    print(up.session)
     return 0
-
-
-def _start_service(cmd: list[str], name: str) -> str:
-    """Starts `tower serve` in its own session (a closed terminal or a killed view never
-    stops it) and waits for its `ready SESSION` line; its errors are read back if it dies
-    before that."""
-    from tower.core.service import fleet_dir
-
-    log = fleet_dir() / f"serve-{os.getpid()}-{time.time_ns()}.log"
-    with open(log, "w", encoding="utf-8") as err:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            start_new_session=True,
-            text=True,
-        )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # blocks until ready, or until the process dies
-    proc.stdout.close()
-    if line.startswith("ready "):
-        log.unlink(missing_ok=True)
-        return line.split()[1]
-    proc.wait(timeout=READY_TIMEOUT_S)
-    problems = [ln for ln in log.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    log.unlink(missing_ok=True)
-    raise FleetError(*(problems or [f"tower: the service for {name} did not start"]))
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -310,14 +310,18 @@ class TowerApp(App[int]):
         offer_resume: bool = True,
         config_file: Path | None = None,
         attach: Path | None = None,
+        up: bool = False,
     ) -> None:
         """`config_file`: the keys.toml these keys, bell, theme and notifications came from;
         watched (with `watch`), so an edit applies while tower runs. `attach`: the socket of
-        a running fleet (`tower attach`): this screen is a view of it, not its home."""
+        a running fleet (`tower attach`): this screen is a view of it, not its home. `up`:
+        the session runs as a fleet (`tower up`, started from here after the first frame,
+        or the project's running one), and this screen attaches to it (`tower run`)."""
         super().__init__()
         self.project = project
         self.db = db
         self.attach = attach
+        self.up = up
         self.resume_id = resume  # continue this recorded session instead of starting one
         self.offer_resume = offer_resume and resume is None
         self.now = clock
@@ -529,19 +533,10 @@ class TowerApp(App[int]):
         if self.attach is not None:
             await self._attach_fleet(self.attach)
             return
-        if self.offer_resume:
-            try:
-                crashed = await self.core.run(self._crashed_session())
-            except StoreError:
-                crashed = None
-            if crashed is not None and await self.push_screen_wait(
-                ConfirmDialog(
-                    f"Session {crashed} of {self.project.name} crashed with unfinished threads."
-                    " Resume it instead of starting a new session?",
-                    yes="Resume",
-                )
-            ):
-                self.resume_id = crashed
+        if self.up:
+            await self._up_fleet()
+            return
+        await self._offer_resume()
         self.note = "loading models…"
         try:
             problems = await self.core.run(self._core_boot())
@@ -557,6 +552,63 @@ class TowerApp(App[int]):
         gc.freeze()
         self.note = ""
         self.booted.set()
+
+    async def _offer_resume(self) -> None:
+        """A crashed session of this project with unfinished threads: resume it instead of
+        starting anew? (one key)"""
+        if not self.offer_resume:
+            return
+        assert self.core is not None
+        try:
+            crashed = await self.core.run(self._crashed_session())
+        except StoreError:
+            crashed = None
+        if crashed is not None and await self.push_screen_wait(
+            ConfirmDialog(
+                f"Session {crashed} of {self.project.name} crashed with unfinished threads."
+                " Resume it instead of starting a new session?",
+                yes="Resume",
+            )
+        ):
+            self.resume_id = crashed
+
+    async def _up_fleet(self) -> None:
+        """`tower run`: the project's fleet, brought up (core/fleet.py: the running one
+        reused, one whose service died resumed, else a new one started, in its own process),
+        then this screen attaches to it. The process start runs in a thread: the first frame
+        is already on screen, saying what is happening."""
+        from tower.core import fleet
+
+        root = self.project.root
+        if self.resume_id is None:
+            live, crashed = await asyncio.to_thread(fleet.of_project, root)
+            if live is None and crashed is None:
+                await self._offer_resume()
+        self.note = "starting the fleet…"
+        try:
+            up = await asyncio.to_thread(
+                fleet.up, root, self.project.name, self.db, self.resume_id
+            )
+        except fleet.StartError as exc:
+            self.exit(return_code=2, message=Text("\n".join(exc.problems)))
+            return
+        except ServiceError as exc:
+            self.exit(return_code=2, message=Text(f"tower: {exc}"))
+            return
+        await self._attach_fleet(up.socket)
+        if self.control is None:
+            return
+        if up.how == "reused":
+            self.notify(
+                f"{self.project.name} was already running: this is a view of it (q: detach "
+                "or stop it)",
+                title=f"attached to {up.session}",
+            )
+        elif up.how == "resumed":
+            self.notify(
+                "its unfinished threads go on from their recorded calls",
+                title=f"resumed {up.session}",
+            )
 
     async def _attach_fleet(self, path: Path) -> None:
         """A view of a running fleet: its state and events come over its socket, and so do

@@ -1,0 +1,147 @@
+"""`tower run DIR` (and `tower`) as up + attach: the screen comes up at once, the fleet is
+started in its own process (a real `tower serve`), the screen is a view of it, and leaving
+the screen can leave the fleet running; the next `tower run` is a view of the same fleet."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import REPO, db_events, tower
+from tests.tui_harness import booted
+from tower.core.events import EventKind
+from tower.core.project import load_project
+from tower.ui.app import TowerApp
+from tower.ui.screens.dialogs import ChoiceDialog
+
+
+@pytest.fixture
+def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """tax_return in a private runtime folder; every fleet it started is killed after."""
+    runtime = Path(tempfile.mkdtemp(prefix="tw-"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    proj = tmp_path / "tax_return"
+    shutil.copytree(REPO / "sample_projects" / "tax_return", proj)
+    env = {"XDG_RUNTIME_DIR": str(runtime)}
+    yield {"env": env, "proj": proj, "db": tmp_path / "t.db"}
+    for row in json.loads(tower("ls", "--json", env=env).stdout or "[]"):
+        if row["status"] == "running":
+            os.kill(int(row["pid"]), signal.SIGKILL)
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+def ls(p: dict[str, Any]) -> list[dict[str, Any]]:
+    return json.loads(tower("ls", "--json", env=p["env"]).stdout)
+
+
+def run_view(p: dict[str, Any], proj: Path | None = None) -> TowerApp:
+    """What `tower run DIR` opens."""
+    return TowerApp(load_project(proj or p["proj"]), p["db"], watch=False, up=True)
+
+
+async def test_run_starts_a_fleet_and_the_screen_is_a_view_that_can_leave_it_running(
+    place: dict[str, Any],
+) -> None:
+    p = place
+    app = run_view(p)
+    notes: list[str] = []
+    first = app._tick
+
+    def tick() -> None:  # what the budget bar says on each tick, from the first frame on
+        notes.append(app.note)
+        first()
+
+    app._tick = tick  # type: ignore[method-assign]
+    async with booted(app, p["db"], check_log=False) as t:
+        # The screen was up (and said so) before the fleet it attached to.
+        assert any(n.startswith("starting") for n in notes), notes
+        (row,) = ls(p)
+        session = row["session"]
+        assert row["status"] == "running" and row["pid"] != os.getpid()
+        assert t.app.sub_title == f"attached to {session}"
+        assert t.app.session is None  # the core is not in this process
+        await t.until(lambda: len(t.state().inbox) == 3, "the fleet's three questions")
+        await t.press("q")
+        choice = await t.screen_is(ChoiceDialog)
+        assert session in choice.question
+        await t.press("d")
+        await t.until(lambda: not t.app.is_running, "the view leaves")
+    (row,) = ls(p)
+    assert (row["session"], row["status"]) == (session, "running")
+
+    # `tower run` again: a view of the same fleet (not a second session), which says so.
+    async with booted(run_view(p), p["db"], check_log=False) as t:
+        await t.until(lambda: t.app.sub_title == f"attached to {session}", "attached")
+        await t.until(
+            lambda: any("already running" in n.message for n in t.toasts), "the reuse toast"
+        )
+        assert len(ls(p)) == 1
+        assert len(t.state().inbox) == 3
+        await t.press("q")
+        await t.screen_is(ChoiceDialog)
+        await t.press("s")
+        await t.until(lambda: not t.app.is_running, "the view leaves")
+    for _ in range(600):  # each a CLI round trip: until the service has flushed and exited
+        if ls(p) == []:
+            break
+    assert ls(p) == []
+    assert db_events(p["db"], session)[-1].kind is EventKind.SESSION_ENDED
+    # One session in the log: the second view did not start another.
+    starts = [e for e in db_events(p["db"], session) if e.kind is EventKind.SESSION_STARTED]
+    assert len(starts) == 1
+
+
+async def test_a_fleet_that_cannot_start_closes_the_screen_with_its_own_error(
+    place: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = place
+    toml = p["proj"] / "tower.toml"
+    toml.write_text(toml.read_text().replace('"sim/small"', '"openai/gpt-4o-mini"'))
+    saved = os.environ.pop("OPENAI_API_KEY", None)
+    try:
+        app = run_view(p)
+        async with app.run_test() as pilot:
+            for _ in range(3000):
+                if not app.is_running:
+                    break
+                await pilot.pause(0.01)
+    finally:
+        if saved is not None:
+            os.environ["OPENAI_API_KEY"] = saved
+    assert app.return_code == 2
+    err = " ".join(capsys.readouterr().err.split())  # as Rich wrapped it on exit
+    assert "needs the environment variable OPENAI_API_KEY" in err and "Traceback" not in err
+    assert ls(p) == []  # nothing left running or listed
+
+
+def test_resume_on_a_running_fleet_attaches_to_it(
+    place: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tower resume SESSION` while it runs as a fleet: one more view of it, not an error
+    ("still running in another process") and not a second copy."""
+    from tower import cli
+
+    p = place
+    up = tower("up", p["proj"], "--db", p["db"], env=p["env"])
+    assert up.returncode == 0, up.stderr
+    session = up.stdout.strip()
+    opened: list[tuple[Path | None, bool]] = []
+
+    def run(self: TowerApp, *args: Any, **kwargs: Any) -> None:
+        opened.append((self.attach, self.up))
+
+    monkeypatch.setattr(TowerApp, "run", run)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    assert cli.main(["resume", session[:15]]) == 0
+    ((sock, up_mode),) = opened
+    assert sock is not None and sock.name == f"{session}.sock" and not up_mode
