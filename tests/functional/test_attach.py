@@ -147,3 +147,32 @@ async def test_attaching_to_a_fleet_that_is_gone_is_one_line(
             await pilot.pause()
     assert app.return_code == 2
     shutil.rmtree(runtime, ignore_errors=True)
+
+
+LATER = """
+[[tasks]]
+id = "later"
+agent = "preparer"
+prompt = "added while the fleet ran"
+"""
+
+
+async def test_a_view_is_told_when_the_fleet_reloads_its_tower_toml(
+    fleet: dict[str, Any],
+) -> None:
+    """The fleet follows its tower.toml (no view has to watch it); a view says so, and
+    offers the new task; a bad edit is shown as refused and the view keeps what runs."""
+    f = fleet
+    toml = f["proj"] / "tower.toml"
+    good = toml.read_text() + LATER
+    async with booted(attached(f), f["db"], check_log=False) as t:
+        assert "later" not in {c.task.id for c in t.app.control.task_copies()}
+        toml.write_text(good)
+        await t.until(lambda: t.toast("task(s) ready to spawn"), "the reload toast")
+        assert any(x.startswith("tower.toml reloaded |") for x in t.toast_texts())
+        assert "later" in {task.id for task in t.app.project.tasks}
+        assert "later" in {c.task.id for c in t.app.control.task_copies()}
+        toml.write_text(good + '\n[limits]\nmax_concurrent = "many"\n')
+        await t.until(lambda: t.toast("kept the previous version"), "the refusal toast")
+        assert any(x.startswith("tower.toml not reloaded |") for x in t.toast_texts())
+        assert "later" in {task.id for task in t.app.project.tasks}

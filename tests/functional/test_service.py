@@ -290,3 +290,87 @@ async def test_hostile_lines_get_one_line_errors_and_the_service_goes_on(
         state = await c.command("state")
         assert state["session"] == fleet.session
         assert len(c.state.threads) == before
+
+
+LATER = """
+[[tasks]]
+id = "later"
+agent = "a"
+prompt = "added while the fleet ran"
+
+[[tasks.script]]
+tool = "finish"
+args = { answer = "late but done" }
+"""
+
+
+async def _notice(client: ServiceClient) -> dict[str, Any]:
+    async with asyncio.timeout(30):
+        while (msg := await client.next_message())["type"] != "notice":
+            pass
+    return msg
+
+
+async def test_the_fleet_follows_its_edited_tower_toml_and_tells_every_view(
+    fleet: Running, tmp_path: Path
+) -> None:
+    """No view needs to be the one watching: the service reloads tower.toml itself; a good
+    edit applies (its new task can be spawned over the socket), a bad one changes nothing,
+    and every view is told which."""
+    toml = tmp_path / "proj" / "tower.toml"
+    async with (
+        await ServiceClient.connect(fleet.sock) as one,
+        await ServiceClient.connect(fleet.sock) as two,
+    ):
+        with pytest.raises(ServiceError, match="later"):
+            await one.command("spawn_task", task="later")
+        toml.write_text(ASKING + LATER)
+        for view in (one, two):
+            msg = await _notice(view)
+            assert (msg["title"], msg["reloaded"]) == ("tower.toml reloaded", True)
+            assert "4 task(s)" not in msg["message"] and "2 task(s)" in msg["message"]
+        tid = await one.command("spawn_task", task="later")
+        await until(one, lambda: one.state.threads.get(tid) is not None)
+        await until(one, lambda: one.state.threads[tid].state is ThreadState.DONE)
+        toml.write_text(ASKING + LATER + '\n[limits]\nmax_concurrent = "many"\n')
+        msg = await _notice(two)
+        assert (msg["title"], msg["severity"], msg["reloaded"]) == (
+            "tower.toml not reloaded",
+            "error",
+            False,
+        )
+        assert "max_concurrent" in msg["message"] and "kept the previous" in msg["message"]
+        tid = await two.command("spawn_task", task="later")  # the good edit still applies
+        assert tid.startswith("later")
+
+
+SLOW = ASKING.replace(
+    "[[agents]]", '[models."sim/small"]\nlatency_s = 60\n\n[[agents]]', 1
+).replace('cascade = ["sim/instant"]', 'cascade = ["sim/small"]')
+
+
+async def test_views_get_the_call_gates_figures(tmp_path: Path, runtime_dir: Path) -> None:
+    """A view's budget bar shows the fleet's call gate: every view gets its counters once a
+    second. Three calls that take a minute are in flight, and the figures say so."""
+    root = write_project(tmp_path / "proj", SLOW, {"ws/readme.txt": "hi"})
+    stop = asyncio.Event()
+    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        serve(tmp_path / "t.db", load_project(root), ready=started.set_result, stop=stop)
+    )
+    await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        sock = socket_path(started.result())
+        async with await ServiceClient.connect(sock) as view:
+            async with asyncio.timeout(30):
+                while True:
+                    msg = await view.next_message()
+                    if msg["type"] == "figures" and msg["in_flight"] == 3:
+                        break
+            (svc,) = [s for s in _services() if s.path == sock and s.views]
+            gate = svc.control.calls()
+            assert (msg["in_flight"], msg["waiting"]) == (gate.in_flight, gate.waiting)
+            assert isinstance(msg["lag_s"], float)
+    finally:
+        stop.set()
+        await task

@@ -115,6 +115,19 @@ class ProjectError(Exception):
         self.problems = problems
 
 
+def reload_words(project: Project | ProjectError) -> tuple[str, str]:
+    """What a screen says (title, message) when tower.toml was edited: reloaded, or a bad
+    edit that changed nothing. One wording for the TUI and for a fleet's views."""
+    if isinstance(project, ProjectError):
+        problems = project.problems or ["invalid"]
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return "tower.toml not reloaded", f"{problems[0]}{more} — kept the previous version"
+    return "tower.toml reloaded", (
+        f"{len(project.agents)} agent(s), {len(project.tasks)} task(s) ready to spawn (n); "
+        "the policy and model limits apply now; MCP servers change on the next start"
+    )
+
+
 class _Strict(BaseModel):
     # strict: TOML has types, so "5" is not a number and "yes" not a boolean; no inf or nan.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)

@@ -24,7 +24,7 @@ from tower.core import wire
 from tower.core.client import handshake
 from tower.core.control import CallFigures
 from tower.core.events import Event
-from tower.core.project import Project, load_project
+from tower.core.project import Project, ProjectError, load_project
 from tower.core.run import CommandError, TaskCopy
 from tower.core.state import TowerState, apply, state_from_dict
 from tower.core.tasks import next_copy, thread_folders
@@ -39,6 +39,7 @@ class RemoteControl:
         project: Project,
         on_event: Callable[[Event], None] | None,
         on_resync: Callable[[], None] | None = None,
+        on_notice: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._reader, self._writer = reader, writer
         self._state = state_from_dict(welcome["snapshot"])
@@ -48,6 +49,8 @@ class RemoteControl:
         self.project = project
         self.on_event = on_event
         self.on_resync = on_resync  # a fresh snapshot replaced the state: redraw it all
+        self.on_notice = on_notice  # the fleet tells the person something (wire.notice)
+        self._figures = CallFigures(0, 0, 0.0)
         self._replies: dict[int, asyncio.Future[Any]] = {}
         self._ids = 0
         self.lost: str | None = None  # why the connection ended, once it has
@@ -60,10 +63,11 @@ class RemoteControl:
         path: Path,
         on_event: Callable[[Event], None] | None = None,
         on_resync: Callable[[], None] | None = None,
+        on_notice: Callable[[dict[str, Any]], None] | None = None,
     ) -> RemoteControl:
         reader, writer, msg = await handshake(path, "tui")
         project = await asyncio.to_thread(load_project, Path(str(msg["project_dir"])))
-        return cls(reader, writer, msg, project, on_event, on_resync)
+        return cls(reader, writer, msg, project, on_event, on_resync, on_notice)
 
     # --- reads --------------------------------------------------------------------------
 
@@ -80,7 +84,8 @@ class RemoteControl:
         return None  # the log is the service's; transcripts come through thread_events
 
     def calls(self) -> CallFigures:
-        return CallFigures(0, 0, 0.0)  # the call gate is the service's
+        """The fleet's call gate, as its last `figures` message said (once a second)."""
+        return self._figures
 
     def is_open(self, item: str) -> bool:
         return item in self._state.inbox
@@ -122,6 +127,18 @@ class RemoteControl:
                         self._state = state_from_dict(msg["snapshot"])
                     if self.on_resync is not None:
                         self.on_resync()
+                elif kind == "figures":
+                    self._figures = CallFigures(
+                        int(msg.get("in_flight") or 0),
+                        int(msg.get("waiting") or 0),
+                        float(msg.get("lag_s") or 0.0),
+                    )
+                elif kind == "notice":
+                    if msg.get("reloaded"):  # the fleet runs the edited tower.toml now
+                        with contextlib.suppress(ProjectError):
+                            self.project = await asyncio.to_thread(load_project, self.project.root)
+                    if self.on_notice is not None:
+                        self.on_notice(msg)
                 elif kind in ("reply", "error"):
                     cid = msg.get("id")
                     fut = self._replies.pop(cid, None) if isinstance(cid, int) else None
@@ -286,10 +303,6 @@ class RemoteControl:
 
     async def revoke(self, rid: str) -> None:
         await self._command("revoke", rule=rid)
-
-    def reload(self, project: Project) -> None:
-        """An edited tower.toml applies to the fleet when it is restarted (up, down)."""
-        raise CommandError("tower.toml changed: the fleet keeps its rules until it restarts")
 
     async def down(self) -> None:
         await self._command("down")

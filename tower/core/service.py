@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import struct
@@ -35,12 +36,16 @@ import platformdirs
 from tower.core import wire
 from tower.core.control import Control
 from tower.core.events import Event, ThreadState
-from tower.core.project import Project
+from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project, reload_words
 from tower.core.run import CommandError
 from tower.core.state import state_to_dict, summary
+from tower.core.watch import watch_file
 from tower.core.wire import ServiceError
 
+log = logging.getLogger(__name__)
+
 QUEUE_MAX = 20_000
+FIGURES_S = 1.0
 
 
 def fleet_dir() -> Path:
@@ -146,6 +151,13 @@ class _View:
     pending: deque[Event] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     behind: bool = False
+    # Messages that are not the session's events (figures, notices), sent before the next
+    # events; a few at most (figures are replaced, not queued).
+    others: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def tell(self, key: str, msg: dict[str, Any]) -> None:
+        self.others[key] = msg
+        self.wake.set()
 
     def push(self, ev: Event) -> None:
         if self.behind:
@@ -177,6 +189,7 @@ class Service:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # one per connection
         self._senders: set[asyncio.Task[None]] = set()
+        self._figures: asyncio.Task[None] | None = None
 
     async def start(self, subscribe: Callable[[Callable[[Event], None]], object]) -> None:
         """Listens (a stale socket file of a dead service is replaced; a live one is an
@@ -194,16 +207,38 @@ class Service:
             os.umask(old)
         os.chmod(self.path, 0o600)
         subscribe(self._on_event)
+        self._figures = asyncio.create_task(self._send_figures())
 
     def _on_event(self, ev: Event) -> None:
         for view in self.views:
             view.push(ev)
+
+    def notice(
+        self, title: str, message: str, severity: str = "information", reloaded: bool = False
+    ) -> None:
+        """Tells every view something once (wire.notice)."""
+        msg = wire.notice(title, message, severity, reloaded)
+        for view in self.views:
+            view.tell(f"notice-{time.monotonic_ns()}", msg)
+
+    async def _send_figures(self) -> None:
+        """The call gate's counters to every view, once a second (a view's budget bar shows
+        calls in flight and held back, as an in-process screen does)."""
+        while True:
+            await asyncio.sleep(FIGURES_S)
+            if self.views:
+                f = self.control.calls()
+                msg = wire.figures(f.in_flight, f.waiting, round(f.lag_s, 4))
+                for view in self.views:
+                    view.tell("figures", msg)
 
     async def close(self) -> None:
         """Stops listening and hangs up on every view (each connection's task then ends on
         its own: asyncio's server must not see them cancelled)."""
         if self._server is not None:
             self._server.close()
+        if self._figures is not None:
+            self._figures.cancel()
         for view in list(self.views):
             view.writer.close()
         for task in list(self._senders):
@@ -284,6 +319,8 @@ class Service:
                 msg = wire.resync(self._snapshot(), self.control.state.last_seq)
                 await self._send(writer, msg)
                 continue
+            while view.others:
+                writer.write(wire.encode(view.others.pop(next(iter(view.others)))))
             while view.pending and not view.behind:
                 writer.write(wire.encode(wire.event(view.pending.popleft())))
             await writer.drain()
@@ -479,6 +516,7 @@ async def serve(
     runtime = await SessionRuntime.open(db, project, resume=resume, load=load, check=True)
     service: Service | None = None
     info: Path | None = None
+    watcher: asyncio.Task[None] | None = None
     try:
         with stop_signals() as signalled:
             down = stop or signalled
@@ -491,6 +529,9 @@ async def serve(
             info = write_info(
                 session, proj.name, str(proj.root), str(runtime.store.path), service.path
             )
+            watching = asyncio.Event()  # edits from `ready` on are seen
+            watcher = asyncio.create_task(_watch_project(proj.root, control, service, watching))
+            await watching.wait()
             if ready is not None:
                 ready(session)
             if stop is not None:  # a caller's stop, and the signals, both end it
@@ -502,6 +543,10 @@ async def serve(
                 await signalled.wait()
         return session
     finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         if service is not None:
             await service.close()
         if info is not None:
@@ -509,3 +554,26 @@ async def serve(
                 info.unlink()
         ended = bool(runtime.state.threads) and runtime.state.all_ended
         await runtime.close("finished" if ended else "stopped")
+
+
+async def _watch_project(
+    root: Path, control: Control, service: Service, ready: asyncio.Event
+) -> None:
+    """The fleet follows edits of its tower.toml, whether or not a view is attached: a good
+    edit applies (new agents and tasks, policy, model limits), a bad one changes nothing;
+    every view is told which (a notice)."""
+
+    async def reload(path: Path) -> None:
+        try:
+            project = await asyncio.to_thread(load_project, path.parent)
+        except ProjectError as exc:
+            title, message = reload_words(exc)
+            log.warning("%s: %s", title, message)
+            service.notice(title, message, "error")
+            return
+        control.reload(project)
+        title, message = reload_words(project)
+        log.info("%s: %s", title, message)
+        service.notice(title, message, reloaded=True)
+
+    await watch_file(root / PROJECT_FILE, reload, ready=ready)

@@ -5,7 +5,9 @@ with the session, a snapshot of the reduced state and the sequence number it sta
 then streams every later `event` (the log's own typed events, as `Event.to_dict` writes
 them), so the view folds them with the same reducer and holds the same state. Commands
 carry an id; each gets one `reply` (with a result) or `error` (one line). A view that falls
-behind gets a `resync`: a fresh snapshot, then the live events after it.
+behind gets a `resync`: a fresh snapshot, then the live events after it. Besides events, a
+view gets a `figures` message once a second (the call gate's counters) and a `notice` now
+and then (tower.toml reloaded by the service, or an edit of it refused).
 
 Pure: encoding, decoding and checking, no I/O. Every message is one JSON object on one
 line, at most MAX_LINE bytes.
@@ -109,6 +111,26 @@ def welcome(session: str, snapshot: dict[str, Any], seq: int, **info: Any) -> di
 
 def resync(snapshot: dict[str, Any], seq: int) -> dict[str, Any]:
     return {"type": "resync", "seq": seq, "snapshot": snapshot}
+
+
+def notice(
+    title: str, message: str, severity: str = "information", reloaded: bool = False
+) -> dict[str, Any]:
+    """Something a view shows its person once (a reloaded tower.toml, a bad edit of it);
+    not an event of the session (the log does not keep it). `reloaded`: the fleet now runs
+    the edited tower.toml (a view reads its agents and tasks again)."""
+    return {
+        "type": "notice",
+        "title": title,
+        "message": message,
+        "severity": severity,
+        "reloaded": reloaded,
+    }
+
+
+def figures(in_flight: int, waiting: int, lag_s: float) -> dict[str, Any]:
+    """The call gate's counters, sent to each view once a second (core/control.CallFigures)."""
+    return {"type": "figures", "in_flight": in_flight, "waiting": waiting, "lag_s": lag_s}
 
 
 def event(ev: Event) -> dict[str, Any]:

@@ -35,13 +35,20 @@ from tower.core.attention import AttentionClock
 from tower.core.control import CallFigures, CommandError, Control
 from tower.core.events import ENDED_STATES, Event, EventKind, InboxKind, ThreadState
 from tower.core.payloads import InboxOpened, McpServer, ThreadStateChanged, payload_as, payload_of
-from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project
+from tower.core.project import (
+    PROJECT_FILE,
+    Project,
+    ProjectError,
+    load_project,
+    reload_words,
+)
 from tower.core.remote import RemoteControl
 from tower.core.session import SESSION_ERRORS, PreflightError, SessionRuntime
 from tower.core.situations import Situation, is_routine
 from tower.core.state import TowerState, subtree
 from tower.core.store import Store, StoreError
 from tower.core.supervisor import Supervisor
+from tower.core.watch import watch_file
 from tower.core.wire import ServiceError
 from tower.ui.core_thread import CoreThread
 from tower.ui.format import BurnMeter, usd
@@ -62,7 +69,7 @@ from tower.ui.screens.dialogs import (
 from tower.ui.screens.help import HelpScreen
 from tower.ui.screens.policy import PolicyScreen
 from tower.ui.screens.sessions import SessionsScreen
-from tower.ui.themes import load_themes, theme_dirs, watch_file, watch_themes
+from tower.ui.themes import load_themes, theme_dirs, watch_themes
 from tower.ui.widgets.budget import BudgetBar
 from tower.ui.widgets.inbox import InboxDetail, InboxList, counts_title, summary_of
 from tower.ui.widgets.panels import PanelGrid
@@ -340,6 +347,7 @@ class TowerApp(App[int]):
         self.control: Control | RemoteControl | None = None
         # Events the bus handed over on the core's thread, read by the UI's tick.
         self._inbound: deque[Event] = deque()
+        self._notices: deque[dict[str, Any]] = deque()  # a fleet's, for a view of it
         self.note = "starting…"
         self.burn = BurnMeter()
         self.pinned: list[str] = []
@@ -419,7 +427,8 @@ class TowerApp(App[int]):
         self._boot()
         if self.watching:
             self._watch_themes()
-            self._watch_project()
+            if self.attach is None and not self.up:  # a fleet follows its own tower.toml
+                self._watch_project()
             if self.config_file is not None and self.config_file.parent.is_dir():
                 self._watch_keys()
 
@@ -497,24 +506,15 @@ class TowerApp(App[int]):
         try:
             project = await asyncio.to_thread(load_project, path.parent)
         except ProjectError as exc:
-            first = exc.problems[0] if exc.problems else "invalid"
-            more = f" (+{len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
-            self.notify(
-                f"{first}{more} — kept the previous version",
-                title="tower.toml not reloaded",
-                severity="error",
-                timeout=10,
-            )
+            title, message = reload_words(exc)
+            self.notify(message, title=title, severity="error", timeout=10)
             return
         self.project = project
         control = self.control
-        if control is not None and self.core is not None:
+        if isinstance(control, Control) and self.core is not None:
             await self._command(lambda: control.reload(project))
-        self.notify(
-            f"{len(project.agents)} agent(s), {len(project.tasks)} task(s) ready to spawn (n); "
-            "the policy and model limits apply now; MCP servers change on the next start",
-            title="tower.toml reloaded",
-        )
+        title, message = reload_words(project)
+        self.notify(message, title=title)
 
     def key_of(self, binding_id: str) -> str:
         keys = self._user_keymap.get(binding_id)
@@ -586,9 +586,7 @@ class TowerApp(App[int]):
                 await self._offer_resume()
         self.note = "starting the fleet…"
         try:
-            up = await asyncio.to_thread(
-                fleet.up, root, self.project.name, self.db, self.resume_id
-            )
+            up = await asyncio.to_thread(fleet.up, root, self.project.name, self.db, self.resume_id)
         except fleet.StartError as exc:
             self.exit(return_code=2, message=Text("\n".join(exc.problems)))
             return
@@ -617,7 +615,12 @@ class TowerApp(App[int]):
         self.note = "attaching…"
         try:
             remote = await self.core.run(
-                RemoteControl.connect(path, on_event=self._on_event, on_resync=self._resynced)
+                RemoteControl.connect(
+                    path,
+                    on_event=self._on_event,
+                    on_resync=self._resynced,
+                    on_notice=self._notices.append,
+                )
             )
         except ServiceError as exc:
             self.exit(return_code=2, message=Text(f"tower: {exc}"))
@@ -674,6 +677,20 @@ class TowerApp(App[int]):
         finally:
             await store.close()
 
+    def _show_notice(self, msg: dict[str, Any]) -> None:
+        """A fleet's notice on this view: its edited tower.toml reloaded (the agents and
+        tasks it offers are the new ones), or a bad edit of it refused."""
+        control = self.control
+        if msg.get("reloaded") and isinstance(control, RemoteControl):
+            self.project = control.project
+        severity = "error" if msg.get("severity") == "error" else "information"
+        self.notify(
+            str(msg.get("message", "")),
+            title=str(msg.get("title", "")),
+            severity=severity,
+            timeout=10 if severity == "error" else 5,
+        )
+
     def _on_event(self, ev: Event) -> None:
         """The bus's subscriber: runs on the core's thread, inside bus.emit, so it does no UI
         work at all. It only queues the event (deque.append is atomic); the UI thread reads
@@ -716,6 +733,8 @@ class TowerApp(App[int]):
         self.ticks += 1
         self._tend_garbage()
         self._drain_events()
+        while self._notices:  # what the fleet told its views (a view's only, see _attach_fleet)
+            self._show_notice(self._notices.popleft())
         now = self.now()
         state = self.state()
         self.burn.add(now, state.budget.spent_usd)

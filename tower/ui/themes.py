@@ -15,10 +15,8 @@ This module does not import the Textual app; the app registers what it gets here
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import tomllib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +32,9 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from textual.color import Color, ColorParseError
 from textual.theme import Theme
-from watchfiles import Change, awatch
+from watchfiles import Change
 
+from tower.core.watch import run_callback, watch_paths
 from tower.resources import config_dir, themes_dir
 
 THEME_SUFFIX = ".toml"
@@ -54,7 +53,6 @@ COLOUR_KEYS = (
 )
 
 ThemesCallback = Callable[[dict[str, Theme], list[str]], Awaitable[object] | object]
-FileCallback = Callable[[Path], Awaitable[object] | object]
 
 
 class ThemeError(Exception):
@@ -209,51 +207,6 @@ def load_themes(dirs: Iterable[str | Path] | None = None) -> tuple[dict[str, The
     return themes, errors
 
 
-async def _call(callback: Callable[..., Any], *args: Any) -> None:
-    result = callback(*args)
-    if inspect.isawaitable(result):
-        await result
-
-
-async def _watch(
-    paths: Sequence[Path],
-    watch_filter: Callable[[Change, str], bool],
-    on_batch: Callable[[], Awaitable[None]],
-    stop_event: asyncio.Event | None,
-    ready: asyncio.Event | None,
-    options: dict[str, Any],
-) -> None:
-    """Run awatch over `paths` (non-recursive) and await on_batch() for every batch of
-    changes that passes the filter, until stop_event is set or the task is cancelled."""
-    changes = awatch(
-        *paths,
-        watch_filter=watch_filter,
-        stop_event=stop_event,
-        recursive=False,
-        **options,
-    )
-    pending = asyncio.ensure_future(anext(changes))
-    try:
-        # awatch registers its watches synchronously, before its first await: once that
-        # task has taken one step, every later change is seen.
-        await asyncio.sleep(0)
-        if ready is not None:
-            ready.set()
-        while True:
-            try:
-                await pending
-            except StopAsyncIteration:
-                return
-            await on_batch()
-            pending = asyncio.ensure_future(anext(changes))
-    finally:
-        if not pending.done():
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
-                await pending
-        await changes.aclose()
-
-
 async def watch_themes(
     dirs: Iterable[str | Path],
     on_change: ThemesCallback,
@@ -283,42 +236,9 @@ async def watch_themes(
 
     async def reload() -> None:
         themes, errors = load_themes(all_dirs)
-        await _call(on_change, themes, errors)
+        await run_callback(on_change, themes, errors)
 
     options = dict(
         debounce=debounce, step=step, force_polling=force_polling, poll_delay_ms=poll_delay_ms
     )
-    await _watch(existing, is_theme, reload, stop_event, ready, options)
-
-
-async def watch_file(
-    path: str | Path,
-    on_change: FileCallback,
-    stop_event: asyncio.Event | None = None,
-    *,
-    ready: asyncio.Event | None = None,
-    debounce: int = 1600,
-    step: int = 50,
-    force_polling: bool | None = None,
-    poll_delay_ms: int = 300,
-) -> None:
-    """Watch one file and call `on_change(path)` (awaited if it returns an awaitable) after
-    each batch of changes to it: written, replaced (editors save by rename) or deleted.
-    Watches the parent folder, so changes to sibling files are ignored. Raises
-    FileNotFoundError if the parent folder does not exist. Runs until `stop_event` is set
-    or the task is cancelled; `ready` (optional) is set once changes are being watched."""
-    target = Path(path).absolute()
-    folder = target.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder to watch for {target.name}")
-
-    def is_target(_change: Change, changed: str) -> bool:
-        return Path(changed).name == target.name
-
-    async def fire() -> None:
-        await _call(on_change, target)
-
-    options = dict(
-        debounce=debounce, step=step, force_polling=force_polling, poll_delay_ms=poll_delay_ms
-    )
-    await _watch([folder], is_target, fire, stop_event, ready, options)
+    await watch_paths(existing, is_theme, reload, stop_event, ready, options)
