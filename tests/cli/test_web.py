@@ -1,12 +1,14 @@
 """`tower web`: a running fleet's TUI in a real browser (Debian's headless Chromium, driven
 by Selenium), behind the token printed in its URL: a missing or wrong token gets 403; a
-key pressed in the page decides an item, and the fleet's own log records the decision."""
+keys pressed in the page decide the items the page shows (read back from the bytes it was
+sent), and the fleet's own log records each decision."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -117,13 +119,66 @@ def _views(served: dict[str, Any]) -> dict[str, int]:
     return dict(rows[0].get("views") or {}) if rows else {}
 
 
+# Injected before the page's own scripts: keeps a copy of every byte the page's terminal is
+# sent, so the test reads the screen the person sees (xterm.js draws on a canvas, not in the
+# DOM) with a terminal emulator of its own (pyte).
+TAP = """
+(() => {
+  const Real = window.WebSocket;
+  window.__tty = [];
+  window.WebSocket = class extends Real {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (e) => {
+        if (!(e.data instanceof ArrayBuffer)) return;
+        const bytes = new Uint8Array(e.data);
+        let s = "";
+        for (let i = 0; i < bytes.length; i++) s += String.fromCharCode(bytes[i]);
+        window.__tty.push(btoa(s));
+      });
+    }
+  };
+})();
+"""
+
+
+class Screen:
+    """The page's terminal as the person sees it: the bytes the page received, fed to a
+    terminal emulator (larger than the page's: Textual places every line itself)."""
+
+    def __init__(self, driver: Any) -> None:
+        import pyte
+
+        self.driver = driver
+        self.screen = pyte.Screen(300, 120)
+        self.stream = pyte.ByteStream(self.screen)
+
+    def lines(self) -> list[str]:
+        import base64
+
+        chunks = self.driver.execute_script("const t = window.__tty; window.__tty = []; return t;")
+        for chunk in chunks or []:
+            self.stream.feed(base64.b64decode(chunk))
+        return [line.rstrip() for line in self.screen.display]
+
+    def target(self) -> str | None:
+        """The inbox item the selection line names (`▶ i3 · chen · …`): what a key acts on."""
+        for line in self.lines():
+            m = re.search(r"▶ (i\d+) · ", line)
+            if m:
+                return m.group(1)
+        return None
+
+
 @pytest.mark.skipif(
     not (Path(CHROMIUM).exists() and Path(DRIVER).exists()),
     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
 )
-def test_a_key_in_a_real_browser_decides_an_item_in_the_fleet(served: dict[str, Any]) -> None:
-    """Headless Chromium opens the page; `d` typed into the terminal refuses the question
-    on screen; the fleet's log has that decision, taken by the person."""
+def test_keys_in_a_real_browser_decide_the_items_on_screen(served: dict[str, Any]) -> None:
+    """Headless Chromium opens the page. The question on screen is answered with `r`, its
+    thread goes on to ask to write its return, `]` brings that approval on screen, and `a`
+    approves it: the fleet's own log has each decision, taken by the person, on the very
+    item the screen showed when the key was pressed."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -134,33 +189,79 @@ def test_a_key_in_a_real_browser_decides_an_item_in_the_fleet(served: dict[str, 
         opts.add_argument(arg)
     opts.add_argument("--window-size=1400,900")
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": TAP})
     db, session = served["db"], served["session"]
+    screen = Screen(driver)
 
-    def decided() -> list[dict[str, Any]]:
-        return [
-            e.payload
-            for e in db_events(db, session)
-            if e.kind is EventKind.INBOX_CLOSED and e.payload.get("by") == "human"
-        ]
+    def log() -> list[Any]:
+        return db_events(db, session)
+
+    def closed(item: str) -> dict[str, Any] | None:
+        return next(
+            (
+                e.payload
+                for e in log()
+                if e.kind is EventKind.INBOX_CLOSED and e.payload["item"] == item
+            ),
+            None,
+        )
+
+    def opened() -> dict[str, Any]:
+        return {e.payload["item"]: e for e in log() if e.kind is EventKind.INBOX_OPENED}
+
+    deadline = time.monotonic() + 180
+
+    def until(pred: Any, what: str) -> Any:
+        while time.monotonic() < deadline:  # each check reads the page or the fleet's log
+            got = pred()
+            if got:
+                return got
+        raise AssertionError(f"timed out waiting for {what}")
 
     try:
         driver.get(served["url"])
-        deadline = time.monotonic() + 120
-        keys = []
-        while time.monotonic() < deadline:  # the terminal's input, then the fleet's questions
-            keys = driver.find_elements(By.CSS_SELECTOR, "textarea.xterm-helper-textarea")
-            if keys and sum(e.kind is EventKind.INBOX_OPENED for e in db_events(db, session)) >= 3:
+        keys = until(
+            lambda: driver.find_elements(By.CSS_SELECTOR, "textarea.xterm-helper-textarea"),
+            "the page's terminal",
+        )
+        until(lambda: len(opened()) >= 3 and _views(served).get("tui") == 1, "the questions")
+        question = until(screen.target, "an item on screen")
+        assert opened()[question].payload["kind"] == "question"
+        thread = opened()[question].thread
+        keys[0].send_keys("r")
+        until(lambda: any(f"{thread} asks:" in ln for ln in screen.lines()), "its reply dialog")
+        keys[0].send_keys("Not reported: a gift.")
+        keys[0].send_keys("\n")
+        answer = until(lambda: closed(question), "the answer in the fleet's log")
+        assert (answer["resolution"], answer["by"], answer["text"]) == (
+            "answered",
+            "human",
+            "Not reported: a gift.",
+        )
+
+        def approval() -> str | None:
+            return next(
+                (
+                    i
+                    for i, e in opened().items()
+                    if e.thread == thread and e.payload["kind"] == "approval" and not closed(i)
+                ),
+                None,
+            )
+
+        want = until(approval, "its write_file approval")
+        for _ in range(10):  # `]` until the screen shows it (the inbox holds 3 items)
+            if until(screen.target, "an item on screen") == want:
                 break
-        assert keys, "the page never showed its terminal"
-        # The tab runs `tower attach`: once it is one of the fleet's views, one key.
-        while time.monotonic() < deadline and not _views(served).get("tui"):
-            pass
-        assert _views(served).get("tui") == 1
-        keys[0].send_keys("d")
-        while time.monotonic() < deadline and not decided():
-            pass  # each check is a read of the fleet's log
-        closed = decided()
-        assert closed, "no decision reached the fleet"
-        assert closed[0]["resolution"] in ("denied", "declined")
+            before = screen.target()
+            keys[0].send_keys("]")
+            until(lambda b=before: screen.target() not in (None, b), "the next item on screen")
+        assert screen.target() == want
+        keys[0].send_keys("a")
+        done = until(lambda: closed(want), "the approval in the fleet's log")
+        assert (done["resolution"], done["by"]) == ("approved", "human")
+        # Nothing else was decided by a key: the other two questions are still open.
+        humans = [e for e in log() if e.kind is EventKind.INBOX_CLOSED]
+        assert sorted(c.payload["item"] for c in humans) == sorted([question, want])
     finally:
         driver.quit()
