@@ -1,5 +1,5 @@
 """`tower web`: a running fleet's TUI in a real browser (Debian's headless Chromium, driven
-by Selenium), behind the token printed in its URL: a missing or wrong token gets 403; a
+by Selenium), behind the token printed in its URL: a missing or wrong token gets 403;
 keys pressed in the page decide the items the page shows (read back from the bytes it was
 sent), and the fleet's own log records each decision."""
 
