@@ -145,3 +145,36 @@ def test_resume_on_a_running_fleet_attaches_to_it(
     assert cli.main(["resume", session[:15]]) == 0
     ((sock, up_mode),) = opened
     assert sock is not None and sock.name == f"{session}.sock" and not up_mode
+
+
+async def test_tower_down_stops_a_fleet_a_still_open_screen_started(
+    place: dict[str, Any],
+) -> None:
+    """The fleet is the starting screen's child: once stopped it must not linger as a
+    zombie that `tower down` waits a minute for (the starter reaps it)."""
+    p = place
+    async with booted(run_view(p), p["db"], check_log=False) as t:
+        await t.until(lambda: t.app.sub_title.startswith("attached to"), "attached")
+        (row,) = ls(p)
+        down = tower("down", row["session"], env=p["env"], timeout=30)
+        assert (down.returncode, down.stdout.strip()) == (0, f"stopped {row['session']}")
+        await t.until(lambda: t.toast(f"`tower up {p['proj']}` resumes"), "the gone toast")
+        assert "has stopped · q leaves" in t.app.note
+        await t.press("q")  # nothing to detach from: q leaves at once
+        await t.until(lambda: not t.app.is_running, "the view leaves")
+
+
+def test_a_process_that_exited_unreaped_is_not_alive() -> None:
+    import subprocess
+
+    from tower.core.service import pid_alive
+
+    child = subprocess.Popen(["true"])
+    stat = Path(f"/proc/{child.pid}/stat")
+    for _ in range(100_000):  # until it has exited (a zombie: nobody has waited for it)
+        if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+    assert not pid_alive(child.pid)
+    child.wait()
+    assert not pid_alive(child.pid)
+    assert pid_alive(os.getpid())

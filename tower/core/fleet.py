@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,9 @@ def _start(args: list[str], name: str, how: Literal["resumed", "started"]) -> Up
     if line.startswith("ready "):
         log.unlink(missing_ok=True)
         session = line.split()[1]
+        # The service is our child while we live: reap it when it ends (no zombie for
+        # `tower down` or `tower ls` to mistake for a live fleet).
+        threading.Thread(target=proc.wait, name="tower-fleet-reaper", daemon=True).start()
         return Up(session, socket_path(session), proc.pid, how)
     try:
         proc.wait(timeout=READY_TIMEOUT_S)

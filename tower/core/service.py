@@ -75,13 +75,19 @@ def peer_uid(sock: socket.socket) -> int:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether the process runs; one that exited but was not yet reaped by its parent (a
+    zombie: a fleet started by a TUI that is still open) has stopped."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: the signal check is all there is
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
 def listening(path: Path) -> bool:

@@ -348,6 +348,7 @@ class TowerApp(App[int]):
         # Events the bus handed over on the core's thread, read by the UI's tick.
         self._inbound: deque[Event] = deque()
         self._notices: deque[dict[str, Any]] = deque()  # a fleet's, for a view of it
+        self._gone = False  # the fleet this screen views has stopped (said once)
         self.note = "starting…"
         self.burn = BurnMeter()
         self.pinned: list[str] = []
@@ -677,6 +678,21 @@ class TowerApp(App[int]):
         finally:
             await store.close()
 
+    def _fleet_gone(self, remote: RemoteControl) -> None:
+        """The fleet this screen views has stopped (tower down elsewhere, or its process
+        died): say so for good, keep the last state on screen, and let q simply leave."""
+        self._gone = True
+        why = remote.lost or "the connection ended"
+        self.note = f"fleet {remote.session_id} has stopped · q leaves"
+        self.sub_title = f"was attached to {remote.session_id}"
+        self.notify(
+            f"{why}. The screen keeps its last state; `tower up {self.project.root}` resumes "
+            "the fleet if threads were left unfinished.",
+            title=f"fleet {remote.session_id} has stopped",
+            severity="error",
+            timeout=30,
+        )
+
     def _show_notice(self, msg: dict[str, Any]) -> None:
         """A fleet's notice on this view: its edited tower.toml reloaded (the agents and
         tasks it offers are the new ones), or a bad edit of it refused."""
@@ -735,6 +751,9 @@ class TowerApp(App[int]):
         self._drain_events()
         while self._notices:  # what the fleet told its views (a view's only, see _attach_fleet)
             self._show_notice(self._notices.popleft())
+        control = self.control
+        if isinstance(control, RemoteControl) and control.gone.is_set() and not self._gone:
+            self._fleet_gone(control)
         now = self.now()
         state = self.state()
         self.burn.add(now, state.budget.spent_usd)
@@ -1955,6 +1974,10 @@ class TowerApp(App[int]):
 
     async def _quit_view(self, remote: RemoteControl) -> None:
         """q on a view of a fleet: detach (the fleet keeps running), or stop the fleet."""
+        if remote.gone.is_set():  # nothing left to detach from or to stop
+            await self.shutdown()
+            self.exit(0)
+            return
 
         async def chosen(choice: str | None) -> None:
             if choice == "stop":
