@@ -39,6 +39,9 @@ from tower.core.store import Store
 
 NOTES = 100
 SIZE = (200, 50)
+# A tmux server of the bench's own, kept up by a holder session (a server whose last session
+# ends exits, and a `tmux new` racing that exit fails).
+TMUX = ["tmux", "-L", f"tower-bench-{os.getpid()}"]
 
 
 def write_project(root: Path) -> Path:
@@ -148,21 +151,21 @@ def tmux_first_frame(session: str, first: str, env: dict[str, str]) -> float:
     env_args = [f"{k}={v}" for k, v in env.items()]
     t0 = time.perf_counter()
     subprocess.run(
-        ["tmux", "new", "-d", "-s", name, "-x", str(SIZE[0]), "-y", str(SIZE[1]), "env",
+        [*TMUX, "new", "-d", "-s", name, "-x", str(SIZE[0]), "-y", str(SIZE[1]), "env",
          *env_args, *cmd.split()],
         check=True,
     )  # fmt: skip
     try:
         while time.perf_counter() - t0 < 60:
             pane = subprocess.run(
-                ["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True
+                [*TMUX, "capture-pane", "-p", "-t", name], capture_output=True, text=True
             ).stdout
             if any(line.lstrip("│ ●").startswith(first + " ") for line in pane.splitlines()):
                 return time.perf_counter() - t0
             time.sleep(0.005)  # polling a pane from outside: there is no event to wait on
         raise TimeoutError("tower attach never showed a thread")
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", name], check=False)
+        subprocess.run([*TMUX, "kill-session", "-t", name], check=False)
 
 
 def down(up: fleet.Up) -> None:
@@ -181,6 +184,7 @@ async def main(events: int, repeat: int) -> None:
     (tmp / "run").mkdir()
     env = {"XDG_RUNTIME_DIR": str(tmp / "run"), "TERM": "xterm-256color"}
     ups: list[fleet.Up] = []
+    subprocess.run([*TMUX, "new", "-d", "-s", "hold"], check=True)
     try:
         root = write_project(tmp / "proj")
         project = load_project(root)
@@ -228,6 +232,7 @@ async def main(events: int, repeat: int) -> None:
         for up in ups:
             if up.pid is not None and pid_alive(up.pid):
                 down(up)
+        subprocess.run([*TMUX, "kill-server"], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
