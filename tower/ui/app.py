@@ -699,12 +699,12 @@ class TowerApp(App[int]):
         control = self.control
         if msg.get("reloaded") and isinstance(control, RemoteControl):
             self.project = control.project
-        severity = "error" if msg.get("severity") == "error" else "information"
+        error = msg.get("severity") == "error"
         self.notify(
             str(msg.get("message", "")),
             title=str(msg.get("title", "")),
-            severity=severity,
-            timeout=10 if severity == "error" else 5,
+            severity="error" if error else "information",
+            timeout=10 if error else 5,
         )
 
     def _on_event(self, ev: Event) -> None:
