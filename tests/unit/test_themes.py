@@ -13,6 +13,7 @@ from textual.color import Color
 from textual.theme import Theme
 
 from tests.helpers import save
+from tower.core.watch import watch_file
 from tower.resources import themes_dir
 from tower.ui.themes import (
     ThemeError,
@@ -20,7 +21,6 @@ from tower.ui.themes import (
     load_theme_file,
     load_themes,
     theme_dirs,
-    watch_file,
     watch_themes,
 )
 
