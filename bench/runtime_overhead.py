@@ -38,6 +38,7 @@ from tower.core.session import run_headless
 from tower.core.tools import tool_schemas
 
 TARGET = 0.7
+CPU_TARGET_MS = 2.5
 MODEL = "sim/instant"
 TOOLS = ["list_dir", "read_file", "finish"]
 SYSTEM = (
@@ -255,12 +256,18 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(warm_up())
     with tempfile.TemporaryDirectory(prefix="tower-bench-") as tmp:
         project = build_project(Path(tmp) / "project", threads, steps, args.copy_workspaces)
+        c0 = time.process_time()
         t_tower, calls, done = asyncio.run(run_tower(project, Path(tmp) / "tower.db"))
+        cpu_tower = time.process_time() - c0
     expected = threads * steps
     if calls != expected or done != threads:
         print(f"warning: tower finished {calls} calls / {done} threads, expected {expected}")
+    c0 = time.process_time()
     t_sim, sim_calls, sim_chunks = asyncio.run(run_bare(threads, steps, use_sim=True))
+    cpu_sim = time.process_time() - c0
+    c0 = time.process_time()
     t_bare, bare_calls, bare_chunks = asyncio.run(run_bare(threads, steps, use_sim=False))
+    cpu_bare = time.process_time() - c0
 
     tower_rate = calls / t_tower
     bare_rate = bare_calls / t_bare
@@ -278,6 +285,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{bare_chunks / max(bare_calls, 1):.1f} chunks/call)"
     )
     print(f"ratio {tower_rate / bare_rate:.2f} (target >= {TARGET})")
+    per_call = {
+        "tower": cpu_tower / max(calls, 1),
+        "litellm + sim": cpu_sim / max(sim_calls, 1),
+        "bare (mock)": cpu_bare / max(bare_calls, 1),
+    }
+    print(
+        "CPU per call (every thread of the process): "
+        + ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in per_call.items())
+    )
+    print(
+        f"tower per-call CPU {per_call['tower'] * 1000:.2f} ms (target <= {CPU_TARGET_MS}), "
+        f"{per_call['tower'] / per_call['bare (mock)']:.2f}x bare litellm.acompletion"
+    )
     return 0
 
 
