@@ -203,6 +203,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 row.update(
                     threads=s["by_state"], inbox=s["inbox"], cost_usd=s["cost_usd"],
                     all_ended=s["all_ended"], views=s.get("views", {}),
+                    not_started=s.get("not_started", 0),
                 )  # fmt: skip
             except FleetError:
                 row["status"] = "not answering"
@@ -216,6 +217,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     print(f"{'SESSION':<22} {'PROJECT':<16} {'PID':>7}  {'STATUS':<9} {'COST':>9}  INBOX  THREADS")
     for r in rows:
         threads = " ".join(f"{n} {s}" for s, n in (r.get("threads") or {}).items())
+        if r.get("not_started"):
+            threads += f" +{r['not_started']:,} not started"
         cost = f"${r['cost_usd']:.4f}" if "cost_usd" in r else "-"
         print(
             f"{r['session']:<22} {r['project'][:16]:<16} {r['pid']:>7}  {r['status']:<9} "

@@ -79,6 +79,9 @@ class SessionStarted(Payload):
     policy: list[dict[str, Any]] = field(default_factory=list)
     # Logs before resumable spawning lack it: they meant to run every task.
     spawn_tasks: bool = True
+    # How many threads the project's tasks make (a large project spawns them as slots free;
+    # views show the rest as not yet started). 0 in older logs and without spawn_tasks.
+    tasks_planned: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,8 @@ class ThreadSpawned(Payload):
     # resumed parent finds the child its interrupted call already made).
     parent: str | None = None
     spawned_by: str | None = None
+    # One of the project's planned task copies (not a hand-spawned or sub-agent thread).
+    planned: bool = False
 
 
 @dataclass(frozen=True, slots=True)

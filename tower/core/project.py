@@ -51,7 +51,7 @@ MCP_SEP = "__"
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_DEPTH = 32  # arrays and tables, counted from the top of the file
 MAX_NAME = 200  # characters in a name, id, title, model or tool name
-MAX_THREADS = 100_000  # threads of all tasks together (repeat included)
+MAX_THREADS = 1_000_000  # threads of all tasks together (repeat included); fed lazily
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # TOML's integers are 64-bit
 _MAX_SCAN_PROBLEMS = 20
 # Control, format (zero-width, bidi overrides), surrogate, private-use, line/paragraph breaks.
@@ -339,7 +339,7 @@ class TaskSettings(_Strict):
     title: Title = ""
     workspace: str | None = None
     priority: int = 0
-    repeat: int = Field(default=1, ge=1, le=10_000)
+    repeat: int = Field(default=1, ge=1, le=1_000_000)
     budget_usd: float | None = Field(default=None, gt=0)
     answer: str | None = None
     check: CheckSettings | None = None

@@ -59,6 +59,11 @@ class Scheduler:
             target_lag_s=limits.target_lag_ms / 1000,
         )
 
+    @property
+    def queued(self) -> int:
+        """Threads waiting for a slot."""
+        return len(self._queued)
+
     def next_order(self) -> int:
         """Spawn order: among equal priorities, the earlier spawned starts (and calls) first."""
         return next(self._order)

@@ -459,7 +459,8 @@ def service_summary(c: Control) -> dict[str, Any]:
         **summary(state),
         "by_state": counts,
         "inbox": len(state.inbox),
-        "all_ended": bool(state.threads) and state.all_ended,
+        "not_started": state.tasks_unstarted,
+        "all_ended": bool(state.threads) and state.all_ended and not state.tasks_unstarted,
     }
 
 

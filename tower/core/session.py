@@ -234,7 +234,9 @@ class SessionRuntime:
     def nothing_to_resume(self) -> bool:
         """A resumed session whose threads all ended and whose tasks were all spawned."""
         state = self.bus.state
-        return self.resumed and state.all_ended and not self.sup.unspawned(state, self.events)
+        if not (self.resumed and state.all_ended):
+            return False
+        return next(self.sup.unspawned(state, self.events), None) is None
 
     async def end_finished(self) -> None:
         """Closes the log of a session killed after its last thread ended, before its end was

@@ -121,6 +121,15 @@ class TowerState:
     mcp: dict[str, dict[str, Any]] = field(default_factory=dict)  # server → status, tools
     # Task graphs: tasks not spawned yet, by the thread id they will get → what they wait for.
     waiting_tasks: dict[str, list[str]] = field(default_factory=dict)
+    # A large project's task copies are spawned as slots free: how many it plans, and how
+    # many of them are threads already (the rest: not yet started).
+    tasks_planned: int = 0
+    tasks_spawned: int = 0
+
+    @property
+    def tasks_unstarted(self) -> int:
+        """The project's task copies not spawned yet (nor waiting on a task graph)."""
+        return max(self.tasks_planned - self.tasks_spawned - len(self.waiting_tasks), 0)
 
     def count(self, state: ThreadState) -> int:
         return sum(1 for t in self.threads.values() if t.state is state)
@@ -336,6 +345,8 @@ def _thread_spawned(
         after=list(p.after),
     )
     state.waiting_tasks.pop(ev.thread or "", None)
+    if p.planned:
+        state.tasks_spawned += 1
     parent = state.threads.get(p.parent) if p.parent is not None else None
     if parent is not None:
         child = state.threads[ev.thread or ""]
@@ -368,6 +379,7 @@ def _session_started(
     state.budget.limit_usd = p.budget_usd
     state.budget.limit_tokens = p.budget_tokens
     state.policy = list(p.policy or [])
+    state.tasks_planned = p.tasks_planned
 
 
 def _session_ended(
@@ -462,7 +474,7 @@ def state_to_dict(state: TowerState) -> dict[str, Any]:
 # The shape of TowerState in snapshots. Bump it when a field changes meaning or a new one
 # would be wrong at its default for events already folded: snapshots of another version are
 # not read (replay folds from the start instead), never misread.
-STATE_VERSION = 4  # 3: waiting_tasks (task graphs); 4: sub-agent trees
+STATE_VERSION = 5  # 3: waiting_tasks (task graphs); 4: sub-agent trees; 5: tasks fed lazily
 
 
 def snapshot_of(state: TowerState) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -58,10 +59,12 @@ from tower.core.subagents import (
     wait_ids,
 )
 from tower.core.tasks import (
+    FEED_AHEAD,
     dependencies,
     fill_after,
     next_copy,
     planned_copies,
+    planned_count,
     task_of,
 )
 from tower.core.tools import ToolError, Workspace
@@ -101,6 +104,7 @@ class Supervisor:
         self.runs: dict[str, ThreadRun] = {}
         # Task graphs: copies waiting for the threads their `after` names (resolved once) to end.
         self._held: dict[str, tuple[TaskCopy, list[str]]] = {}
+        self._feed: Iterator[TaskCopy] | None = None  # the project's copies not spawned yet
         # Sub-agents: the child each spawn_agent call started (a resumed call finds it), and
         # each tree's shared workspace while it is being made (a child works in its root's).
         self._spawned_by: dict[str, str] = {}
@@ -157,10 +161,26 @@ class Supervisor:
             await self.calls.stop()
             raise
         if spawn_tasks:
-            with self.scheduler.batch():  # queue every task first, so priority decides who starts
-                for copy in planned_copies(self.project):
-                    self._spawn_or_hold(copy)
-                self._announce_held()
+            self._feed = planned_copies(self.project)
+            self._top_up()
+
+    def _top_up(self) -> None:
+        """Spawns the project's next task copies while fewer than FEED_AHEAD (or twice
+        max_concurrent) threads wait in the queue: a small project is queued whole at the
+        start, a large one is fed as slots free, so a queued task costs a counter, not a
+        thread. In one batch, so priority decides who starts among those queued."""
+        feed = self._feed
+        if feed is None or self._closing:
+            return
+        ahead = max(FEED_AHEAD, 2 * self.project.limits.max_concurrent)
+        with self.scheduler.batch():
+            while self.scheduler.queued < ahead:
+                copy = next(feed, None)
+                if copy is None:
+                    self._feed = None
+                    break
+                self._spawn_or_hold(copy)
+            self._announce_held()
 
     def _emit_started(self, spawn_tasks: bool) -> None:
         """SESSION_STARTED: the project, its caps and policy; `spawn_tasks` records the intent
@@ -178,16 +198,17 @@ class Supervisor:
                 approve=self.approve_mode,
                 policy=[r.to_dict() for r in self.policy.rules],
                 spawn_tasks=spawn_tasks,
+                tasks_planned=planned_count(p) if spawn_tasks else 0,
             )
         )
 
-    def unspawned(self, state: TowerState, events: list[Event]) -> list[TaskCopy]:
-        """The project's task copies a crash kept from being spawned (none when the session
-        did not mean to run the project's tasks)."""
+    def unspawned(self, state: TowerState, events: list[Event]) -> Iterator[TaskCopy]:
+        """The project's task copies a crash (or the feed) kept from being spawned, one at a
+        time (none when the session did not mean to run the project's tasks)."""
         started = next((e for e in events if e.kind is EventKind.SESSION_STARTED), None)
         if started is not None and not pl.payload_as(started, pl.SessionStarted).spawn_tasks:
-            return []
-        return [c for c in planned_copies(self.project) if c.thread_id not in state.threads]
+            return iter(())
+        return (c for c in planned_copies(self.project) if c.thread_id not in state.threads)
 
     async def resume_session(
         self, events: list[Event], model: str | None = None, origin: dict[str, Any] | None = None
@@ -279,15 +300,15 @@ class Supervisor:
             self.ledger.session.spent_usd = state.budget.spent_usd + state.budget.lost_usd
             # Tasks the crash kept from being spawned run now: every task of the project runs
             # exactly once, however early the crash came.
-            for copy in self.unspawned(state, events):
-                self._spawn_or_hold(copy)
+            self._feed = self.unspawned(state, events)
+            self._top_up()
             self._release_held()  # dependencies that ended before the crash
             self._announce_held()
 
             # New items and calls continue the log's numbering, never reusing an id.
             self.inbox.continue_numbering(events)
             self._calls = itertools.count(highest_number(events, EventKind.LLM_STARTED, "call") + 1)
-            if self._ended < len(self.runs) or self._held:
+            if self._ended < len(self.runs) or self._held or self._feed is not None:
                 self._idle.clear()
             else:
                 self._idle.set()  # every resumed thread was already done (a finish just logged)
@@ -354,6 +375,7 @@ class Supervisor:
         after: list[str] | None = None,
         parent: str | None = None,
         spawned_by: str | None = None,
+        planned: bool = False,
     ) -> str:
         """Starts a new thread. `workspace` is a folder relative to the project root; unless
         it is the named task's own (checked when tower.toml was loaded), it must exist inside
@@ -429,6 +451,7 @@ class Supervisor:
                 after=list(after or []),
                 parent=parent,
                 spawned_by=spawned_by,
+                planned=planned,
             ),
             tid,
         )
@@ -472,7 +495,7 @@ class Supervisor:
         if copy.task.after:
             self._held[copy.thread_id] = (copy, dependencies(self.project, copy.task))
         else:
-            self._spawn_copy(copy)
+            self._spawn_copy(copy, planned=True)
 
     def _announce_held(self) -> None:
         """The tasks that wait go in the state (the screen counts them; replay shows them)."""
@@ -502,12 +525,15 @@ class Supervisor:
                 more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
                 why = ", ".join(f"{v.id} {v.state}" for v in bad[:3]) + more
                 with self.scheduler.batch():
-                    new = self._spawn_copy(copy, after=deps)
+                    new = self._spawn_copy(copy, after=deps, planned=True)
                     self.finish(self.runs[new], ThreadState.SKIPPED, f"skipped: {why}")
                 continue
             answers = {v.id: v.answer for v in ended}
             self._spawn_copy(
-                copy, prompt=fill_after(copy.prompt, self.project, answers), after=deps
+                copy,
+                prompt=fill_after(copy.prompt, self.project, answers),
+                after=deps,
+                planned=True,
             )
 
     def _spawn_copy(
@@ -518,8 +544,10 @@ class Supervisor:
         budget_usd: float | None = None,
         prompt: str | None = None,
         after: list[str] | None = None,
+        planned: bool = False,
     ) -> str:
-        """The one way a project task becomes a thread (at start and when spawned later)."""
+        """The one way a project task becomes a thread (at start and when spawned later).
+        `planned`: one of the project's task copies (the feed), not a spawn by hand."""
         task = copy.task
         return self.spawn(
             task.agent,
@@ -533,6 +561,7 @@ class Supervisor:
             script=copy.script,
             answer=copy.answer,
             after=after,
+            planned=planned,
         )
 
     def _taken(self, tid: str) -> bool:
@@ -638,7 +667,8 @@ class Supervisor:
         th.ended_event.set()
         self._end_children(th)
         self._release_held()
-        if self._ended == len(self.runs) and not self._held:
+        self._top_up()
+        if self._ended == len(self.runs) and not self._held and self._feed is None:
             self._idle.set()
         self.scheduler.pump()
 

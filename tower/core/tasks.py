@@ -60,11 +60,27 @@ def task_copy(
 
 
 def planned_copies(project: Project) -> Iterator[TaskCopy]:
-    """Every thread the project's tasks expand to, in order (`repeat` copies numbered)."""
-    for task in project.tasks:
+    """Every thread the project's tasks expand to (`repeat` copies numbered), made one at a
+    time as they are asked for: a million queued copies are a counter, not a million
+    objects. In project order; when the project is fed lazily (more copies than
+    FEED_AHEAD), higher-priority tasks come first, so priority still decides who starts."""
+    tasks = list(project.tasks)
+    if planned_count(project) > FEED_AHEAD:
+        tasks.sort(key=lambda t: -t.priority)  # stable: project order within a priority
+    for task in tasks:
         copies = [None] if task.repeat == 1 else range(1, task.repeat + 1)
         for n in copies:
             yield task_copy(project, task, n)
+
+
+# A project's task copies spawned ahead of the free slots: up to this many (or twice
+# max_concurrent, if more) wait in the queue as threads; the rest are spawned as slots free.
+FEED_AHEAD = 1000
+
+
+def planned_count(project: Project) -> int:
+    """How many threads the project's tasks make (`repeat` included)."""
+    return sum(t.repeat for t in project.tasks)
 
 
 def dependencies(project: Project, task: TaskSettings) -> list[str]:

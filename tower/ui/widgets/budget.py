@@ -108,6 +108,8 @@ class BudgetBar(Static):
         line2.append(
             " ".join(f"{n} {label}" for s, label in counts if (n := tally[s])) or "none yet"
         )
+        if state.tasks_unstarted:  # a large project's copies, spawned as slots free
+            line2.append(f" · {state.tasks_unstarted:,} tasks not started")
         if state.inbox:
             line2.append(f" · inbox {len(state.inbox)}", style="bold")
         if state.waiting_tasks:  # task graphs: not spawned until what they name has ended
