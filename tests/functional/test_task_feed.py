@@ -146,3 +146,24 @@ async def test_a_crash_mid_feed_resumes_without_running_or_losing_a_copy(
     with sqlite3.connect(crashed) as conn:
         (status,) = conn.execute("SELECT status FROM sessions").fetchone()
     assert status == "clean"
+
+
+async def test_a_task_spawned_by_hand_mid_feed_takes_a_number_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """While copies are still to be fed, spawning the task by hand must not take the
+    number of a copy the feed will spawn (that copy would run twice, or be lost)."""
+    from tower.core.session import SessionRuntime
+
+    project = load_project(_project(tmp_path))
+    runtime = await SessionRuntime.open(tmp_path / "t.db", project, check=True)
+    try:
+        await runtime.start()
+        by_hand = runtime.sup.spawn_task("bulk")
+        assert by_hand == f"bulk-{MANY + 1}"
+        await runtime.sup.wait_idle()
+        threads = runtime.state.threads
+        assert len(threads) == MANY + 1
+        assert all(threads[f"bulk-{n}"].state is ThreadState.DONE for n in range(1, MANY + 2))
+    finally:
+        await runtime.close("quit")

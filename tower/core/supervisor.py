@@ -488,7 +488,7 @@ class Supervisor:
 
     def task_copy(self, task_id: str) -> TaskCopy:
         """What `spawn_task(task_id)` would start now (tasks.next_copy)."""
-        return next_copy(self.project, task_id, self._taken)
+        return next_copy(self.project, task_id, self._kept)
 
     def _spawn_or_hold(self, copy: TaskCopy) -> None:
         """A task with `after` waits, unspawned, until what it names has ended."""
@@ -567,6 +567,19 @@ class Supervisor:
     def _taken(self, tid: str) -> bool:
         """A thread id in use: live here, or in the log (ended threads of a resumed session)."""
         return tid in self.runs or tid in self.bus.state.threads
+
+    def _kept(self, tid: str) -> bool:
+        """A thread id in use, or kept for a task copy the feed has yet to spawn: a task
+        spawned by hand gets a number of its own, never one of the project's."""
+        if self._taken(tid):
+            return True
+        if self._feed is None:
+            return False
+        found = task_of(self.project, tid)
+        if found is None:
+            return False
+        task, n = found
+        return tid == task.id if n is None else 1 <= n <= task.repeat
 
     def workspace_folder(self, rel: str) -> Path:
         """A typed workspace folder, relative to the project root: it must exist inside it."""
