@@ -27,7 +27,7 @@ from tower.core.events import Event
 from tower.core.project import Project, ProjectError, load_project
 from tower.core.run import CommandError, TaskCopy
 from tower.core.state import TowerState, apply, state_from_dict
-from tower.core.tasks import next_copy, thread_folders
+from tower.core.tasks import next_copy, planned_id, thread_folders
 
 
 class RemoteControl:
@@ -99,7 +99,15 @@ class RemoteControl:
         return [self.task_copy(t.id) for t in self.project.tasks]
 
     def task_copy(self, task_id: str) -> TaskCopy:
-        return next_copy(self.project, task_id, lambda t: t in self._state.threads)
+        """The service's rule (Supervisor._kept): while the project is still being fed, a
+        copy the feed will spawn is not offered."""
+        state = self._state
+        feeding = state.tasks_unstarted > 0
+
+        def kept(tid: str) -> bool:
+            return tid in state.threads or (feeding and planned_id(self.project, tid))
+
+        return next_copy(self.project, task_id, kept)
 
     async def thread_events(self, tid: str) -> list[Event]:
         rows = await self._command("thread_events", thread=tid)

@@ -65,6 +65,7 @@ from tower.core.tasks import (
     next_copy,
     planned_copies,
     planned_count,
+    planned_id,
     task_of,
 )
 from tower.core.tools import ToolError, Workspace
@@ -571,15 +572,7 @@ class Supervisor:
     def _kept(self, tid: str) -> bool:
         """A thread id in use, or kept for a task copy the feed has yet to spawn: a task
         spawned by hand gets a number of its own, never one of the project's."""
-        if self._taken(tid):
-            return True
-        if self._feed is None:
-            return False
-        found = task_of(self.project, tid)
-        if found is None:
-            return False
-        task, n = found
-        return tid == task.id if n is None else 1 <= n <= task.repeat
+        return self._taken(tid) or (self._feed is not None and planned_id(self.project, tid))
 
     def workspace_folder(self, rel: str) -> Path:
         """A typed workspace folder, relative to the project root: it must exist inside it."""

@@ -108,6 +108,17 @@ def fill_after(prompt: str, project: Project, answers: dict[str, str | None]) ->
     return prompt.replace("{after.answers}", "\n".join(f"- {t}: {one(t)}" for t in answers))
 
 
+def planned_id(project: Project, tid: str) -> bool:
+    """Whether `tid` is one of the project's planned task copies (`review`, `screen-4` of a
+    repeat of at least 4): while the project is still being fed, a task spawned by hand
+    must not take one of these numbers."""
+    found = task_of(project, tid)
+    if found is None:
+        return False
+    task, n = found
+    return tid == task.id if n is None else 1 <= n <= task.repeat
+
+
 def next_copy(project: Project, task_id: str, taken: Callable[[str], bool]) -> TaskCopy:
     """What spawning `task_id` once more would start: the first free id of the task's
     pattern ("review", then review-2, review-3...; screen-1, screen-2... if repeated)."""
