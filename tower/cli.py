@@ -512,10 +512,13 @@ def exit_code(result: Any) -> int:
 
 def _running_fleet(ref: str) -> Any:
     """The running fleet of session `ref` (or a unique prefix of it), if one runs."""
-    from tower.core.fleet import running
+    from tower.core.fleet import find
+    from tower.core.wire import ServiceError
 
-    live = [f for f in running() if f.session == ref or f.session.startswith(ref)]
-    return live[0] if len(live) == 1 else None
+    try:
+        return find(ref)
+    except ServiceError:  # none, or the prefix names several: not one fleet's session
+        return None
 
 
 def _resume_tui(ref: str, db: str | None) -> int:

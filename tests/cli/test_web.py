@@ -6,14 +6,12 @@ sent), and the fleet's own log records each decision."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, db_events, one_line_error, tower, tower_cmd, tower_env
+from tests.fleets import fleet_place, ls
+from tests.helpers import db_events, one_line_error, tower, tower_cmd, tower_env
 from tower.core.events import EventKind
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -47,40 +46,33 @@ def _status(url: str) -> int:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """tax_return as a fleet (`tower up`) and `tower web` serving it on a free port."""
-    runtime = Path(tempfile.mkdtemp(prefix="tw-"))
-    env = {"XDG_RUNTIME_DIR": str(runtime)}
-    proj = tmp_path / "tax_return"
-    shutil.copytree(REPO / "sample_projects" / "tax_return", proj)
-    db = tmp_path / "t.db"
-    session = tower("up", proj, "--db", db, env=env, home=tmp_path).stdout.strip()
-    port = _free_port()
-    web = subprocess.Popen(
-        tower_cmd("web", session, "--port", str(port)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=tower_env(env, home=tmp_path),
-        start_new_session=True,
-    )
-    assert web.stdout is not None
-    line = web.stdout.readline().strip()  # printed once it is about to listen
-    assert line.startswith(f"tower web: http://127.0.0.1:{port}/?token="), line
-    url = line.removeprefix("tower web: ")
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(200):  # until it answers (each try is a real request)
-        with contextlib.suppress(OSError):
-            _status(base + "/")
-            break
-    yield {"env": env, "db": db, "session": session, "url": url, "base": base, "home": tmp_path}
-    os.killpg(web.pid, signal.SIGTERM)
-    web.wait(timeout=30)
-    web.stdout.close()
-    assert web.stderr is not None
-    web.stderr.close()
-    for row in json.loads(tower("ls", "--json", env=env).stdout or "[]"):
-        if row["status"] == "running":
-            os.kill(int(row["pid"]), signal.SIGKILL)
-    shutil.rmtree(runtime, ignore_errors=True)
+    with fleet_place(tmp_path) as place:
+        env, db = place["env"], place["db"]
+        session = tower("up", place["proj"], "--db", db, env=env, home=tmp_path).stdout.strip()
+        port = _free_port()
+        web = subprocess.Popen(
+            tower_cmd("web", session, "--port", str(port)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=tower_env(env, home=tmp_path),
+            start_new_session=True,
+        )
+        assert web.stdout is not None and web.stderr is not None
+        line = web.stdout.readline().strip()  # printed once it is about to listen
+        assert line.startswith(f"tower web: http://127.0.0.1:{port}/?token="), line
+        url = line.removeprefix("tower web: ")
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):  # until it answers (each try is a real request)
+            with contextlib.suppress(OSError):
+                _status(base + "/")
+                break
+        yield {"env": env, "db": db, "session": session, "url": url, "base": base,
+               "home": tmp_path}  # fmt: skip
+        os.killpg(web.pid, signal.SIGTERM)
+        web.wait(timeout=30)
+        web.stdout.close()
+        web.stderr.close()
 
 
 def test_a_missing_or_wrong_token_gets_403(served: dict[str, Any]) -> None:
@@ -115,7 +107,7 @@ def test_another_address_needs_the_flag_and_warns(served: dict[str, Any]) -> Non
 
 
 def _views(served: dict[str, Any]) -> dict[str, int]:
-    rows = json.loads(tower("ls", "--json", env=served["env"]).stdout)
+    rows = ls(served["env"])
     return dict(rows[0].get("views") or {}) if rows else {}
 
 

@@ -4,10 +4,8 @@ own log records it), and q asks: detach (the fleet keeps running) or stop the fl
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.fleets import fleet_place
+from tests.fleets import ls as fleet_ls
 from tests.helpers import REPO, db_events, tower
 from tests.tui_harness import booted
 from tower.core.events import EventKind, InboxKind
@@ -26,27 +26,17 @@ from tower.ui.screens.dialogs import ChoiceDialog, TextDialog
 @pytest.fixture
 def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """tax_return running as a service (`tower up`), in a private runtime folder."""
-    runtime = Path(tempfile.mkdtemp(prefix="tw-"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    proj = tmp_path / "tax_return"
-    shutil.copytree(REPO / "sample_projects" / "tax_return", proj)
-    env = {"XDG_RUNTIME_DIR": str(runtime)}
-    db = tmp_path / "t.db"
-    up = tower("up", proj, "--db", db, env=env, home=tmp_path)
-    assert up.returncode == 0, up.stderr
-    session = up.stdout.strip()
-    yield {
-        "env": env,
-        "proj": proj,
-        "db": db,
-        "session": session,
-        "sock": runtime / "tower" / f"{session}.sock",
-        "home": tmp_path,
-    }
-    for row in json.loads(tower("ls", "--json", env=env).stdout or "[]"):
-        if row["status"] == "running":
-            os.kill(int(row["pid"]), signal.SIGKILL)
-    shutil.rmtree(runtime, ignore_errors=True)
+    with fleet_place(tmp_path) as place:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(place["runtime"]))
+        up = tower("up", place["proj"], "--db", place["db"], env=place["env"], home=tmp_path)
+        assert up.returncode == 0, up.stderr
+        session = up.stdout.strip()
+        yield {
+            **place,
+            "session": session,
+            "sock": place["runtime"] / "tower" / f"{session}.sock",
+            "home": tmp_path,
+        }
 
 
 def attached(f: dict[str, Any]) -> TowerApp:
@@ -56,7 +46,7 @@ def attached(f: dict[str, Any]) -> TowerApp:
 
 
 def ls(f: dict[str, Any]) -> list[dict[str, Any]]:
-    return json.loads(tower("ls", "--json", env=f["env"]).stdout)
+    return fleet_ls(f["env"])
 
 
 async def test_a_view_decides_the_item_on_screen_and_detaches_leaving_the_fleet_running(

@@ -4,19 +4,17 @@ the screen can leave the fleet running; the next `tower run` is a view of the sa
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, db_events, tower
+from tests.fleets import fleet_place
+from tests.fleets import ls as fleet_ls
+from tests.helpers import db_events, tower
 from tests.tui_harness import booted
 from tower.core.events import EventKind
 from tower.core.project import load_project
@@ -27,20 +25,13 @@ from tower.ui.screens.dialogs import ChoiceDialog
 @pytest.fixture
 def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """tax_return in a private runtime folder; every fleet it started is killed after."""
-    runtime = Path(tempfile.mkdtemp(prefix="tw-"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    proj = tmp_path / "tax_return"
-    shutil.copytree(REPO / "sample_projects" / "tax_return", proj)
-    env = {"XDG_RUNTIME_DIR": str(runtime)}
-    yield {"env": env, "proj": proj, "db": tmp_path / "t.db"}
-    for row in json.loads(tower("ls", "--json", env=env).stdout or "[]"):
-        if row["status"] == "running":
-            os.kill(int(row["pid"]), signal.SIGKILL)
-    shutil.rmtree(runtime, ignore_errors=True)
+    with fleet_place(tmp_path) as where:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(where["runtime"]))
+        yield where
 
 
 def ls(p: dict[str, Any]) -> list[dict[str, Any]]:
-    return json.loads(tower("ls", "--json", env=p["env"]).stdout)
+    return fleet_ls(p["env"])
 
 
 def run_view(p: dict[str, Any], proj: Path | None = None) -> TowerApp:
