@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,7 @@ atexit.register(shutil.rmtree, TEST_HOME, True)
 from tests.helpers import write_project  # noqa: E402
 from tower.core.bus import Bus  # noqa: E402
 from tower.core.events import Event, EventKind  # noqa: E402
+from tower.core.messages import of_thread  # noqa: E402
 from tower.core.project import Project, load_project  # noqa: E402
 from tower.core.store import Store  # noqa: E402
 from tower.core.supervisor import ApproveMode, Supervisor  # noqa: E402
@@ -68,6 +70,12 @@ class Live:
 
     def view(self, thread: str):
         return self.bus.state.threads[thread]
+
+    def sent(self, thread: str) -> list[dict[str, Any]]:
+        """What the thread's model was last sent, folded from the log (an ended thread
+        keeps no messages in memory)."""
+        prompts = {a.name: a.system_prompt for a in self.project.agents}
+        return of_thread(self.events, thread, prompts)
 
     def item_of(self, thread: str) -> str:
         items = [i for i in self.bus.state.inbox.values() if i.thread == thread]

@@ -22,8 +22,10 @@ from typing import Any
 from tower.cli import UsageError
 from tower.core import fleet as core_fleet
 from tower.core.client import ServiceClient
+from tower.core.progress import rate_text
 from tower.core.service import Listed, listed
 from tower.core.wire import ServiceError
+from tower.ui.format import age
 
 DOWN_TIMEOUT_S = 60.0
 
@@ -203,7 +205,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 row.update(
                     threads=s["by_state"], inbox=s["inbox"], cost_usd=s["cost_usd"],
                     all_ended=s["all_ended"], views=s.get("views", {}),
-                    not_started=s.get("not_started", 0),
+                    not_started=s.get("not_started", 0), progress=s.get("progress"),
                 )  # fmt: skip
             except FleetError:
                 row["status"] = "not answering"
@@ -214,7 +216,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if not rows:
         print("no fleet is running (tower up DIR starts one)")
         return 0
-    print(f"{'SESSION':<22} {'PROJECT':<16} {'PID':>7}  {'STATUS':<9} {'COST':>9}  INBOX  THREADS")
+    print(
+        f"{'SESSION':<22} {'PROJECT':<16} {'PID':>7}  {'STATUS':<9} {'COST':>9}  INBOX  "
+        f"{'PROGRESS':<34} THREADS"
+    )
     for r in rows:
         threads = " ".join(f"{n} {s}" for s, n in (r.get("threads") or {}).items())
         if r.get("not_started"):
@@ -222,9 +227,22 @@ def cmd_ls(args: argparse.Namespace) -> int:
         cost = f"${r['cost_usd']:.4f}" if "cost_usd" in r else "-"
         print(
             f"{r['session']:<22} {r['project'][:16]:<16} {r['pid']:>7}  {r['status']:<9} "
-            f"{cost:>9}  {r.get('inbox', '-')!s:>5}  {threads}"
+            f"{cost:>9}  {r.get('inbox', '-')!s:>5}  "
+            f"{progress_text(r.get('progress')):<34} {threads}"
         )
     return 0
+
+
+def progress_text(p: dict[str, Any] | None) -> str:
+    """'5,199/10,000 ended 93.4/s ETA 51s': tasks ended of all, throughput, time to go."""
+    if not p:
+        return "-"
+    text = f"{p['ended']:,}/{p['total']:,} ended"
+    if p["left"] == 0:
+        return text
+    if p["per_s"]:
+        text += f" {rate_text(p['per_s'])}"
+    return text + f" ETA {age(p['eta_s']) if p['eta_s'] is not None else '—'}"
 
 
 def _one(ref: str | None, command: str) -> Listed:

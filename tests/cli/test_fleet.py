@@ -99,6 +99,14 @@ def test_up_ls_steer_and_down_from_scripts(fleet_env: dict[str, Any]) -> None:
 
     (row,) = ls(f)
     assert row["inbox"] >= 0 and row["cost_usd"] > 0
+    # Progress is the same reading as the thread counts beside it: the killed thread has
+    # ended; what is left is every thread that has not.
+    p, by_state = row["progress"], row["threads"]
+    ended = sum(n for s, n in by_state.items() if s in ("done", "failed", "killed", "skipped"))
+    assert (p["ended"], p["total"]) == (ended, sum(by_state.values()) + row["not_started"])
+    assert p["ended"] >= 1 and p["left"] == p["total"] - p["ended"]
+    table = run(f, "ls").stdout
+    assert "PROGRESS" in table and " ended" in table
     down = run(f, "down", session)
     assert down.returncode == 0 and down.stdout.strip() == f"stopped {session}"
     assert ls(f) == []

@@ -224,7 +224,7 @@ async def test_escalate_moves_to_next_model_then_to_the_human(live_factory) -> N
     )
     started = live.kinds("t", EventKind.LLM_STARTED)
     assert started[-1].payload["model"] == "sim/large"
-    msgs = live.sup.runs["t"].messages
+    msgs = live.sent("t")
     assert any("Use the 2025 figures." in (m.get("content") or "") for m in msgs)
     esc = live.kinds("t", EventKind.ESCALATED)
     assert [e.payload["to_model"] for e in esc] == ["sim/small", "sim/large", "human"]

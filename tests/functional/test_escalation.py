@@ -321,7 +321,7 @@ async def test_failed_check_on_finish_escalates_and_the_stronger_model_passes(
     assert finishes[0]["result"].startswith(CHECK_FAILED)
     assert failed["detail"] in finishes[0]["result"]
     assert finishes[1]["ok"] is True
-    tool_msgs = [m["content"] for m in live.sup.runs["t"].messages if m.get("role") == "tool"]
+    tool_msgs = [m["content"] for m in live.sent("t") if m.get("role") == "tool"]
     assert finishes[0]["result"] in tool_msgs
     # Only the refused step is redone on the stronger model.
     assert models_called(live, "t") == ["sim/small", "sim/small", "sim/large"]
@@ -348,7 +348,7 @@ async def test_failed_plain_text_answer_escalates_and_the_stronger_model_passes(
     # Without a tool call to answer, the model hears why in a user message.
     notes = [
         m["content"]
-        for m in live.sup.runs["p"].messages
+        for m in live.sent("p")
         if m.get("role") == "user" and str(m.get("content")).startswith(CHECK_FAILED)
     ]
     assert len(notes) == 1 and "first look: not yet" in notes[0]
@@ -379,7 +379,7 @@ async def test_exhausted_cascade_hands_to_the_human_reply_continues_deny_stops(
     await live.waiter.until(lambda: any(i != first for i in escalation_items(live)))
     # It went on: one more call on the same model (still wrong here), then the human again.
     assert models_called(live, "t")[calls:] == ["sim/small"]
-    msgs = [str(m.get("content")) for m in live.sup.runs["t"].messages]
+    msgs = [str(m.get("content")) for m in live.sent("t")]
     assert any("Multiply again, carefully." in m for m in msgs)
     checks = [e.payload["passed"] for e in live.kinds("t", EventKind.CHECKED)]
     assert checks == [False, False]
@@ -500,7 +500,7 @@ async def test_repeated_identical_calls_escalate(
     started = live.kinds("r", EventKind.LLM_STARTED)
     assert calls[after - 1].seq < esc[0].seq < started[after].seq  # right after that call
     assert started[after].payload["model"] == "sim/large"
-    guidance = [str(m.get("content")) for m in live.sup.runs["r"].messages]
+    guidance = [str(m.get("content")) for m in live.sent("r")]
     assert any(f"You called read_file {after} times" in m for m in guidance)
 
 

@@ -377,7 +377,7 @@ async def test_resume_sends_the_model_the_conversation_the_live_loop_sent(live_f
 
     live = await live_factory(project(TEXT_ANSWER), approve="all")
     await live.waiter.until(ended(live, "t"))
-    sent = live.sup.runs["t"].messages
+    sent = live.sent("t")
     notes = [m for m in sent if str(m.get("content") or "").startswith(CHECK_FAILED)]
     assert notes and all(m["role"] == "user" for m in notes)
     await live.store.flush()

@@ -515,6 +515,7 @@ def test_rebuild_walks_ten_thousand_threads_in_trees_once() -> None:
                 state.threads[child].children.append(grand)
         state.threads[f"x{r}"] = _view(f"x{r}")  # a thread outside trees, between them
     state.threads["x99"] = _view("x99")
+    state.recount()  # built by hand, not by the reducer
     assert len(state.threads) == 10_000
     tl = ThreadList(lambda: state, lambda: 0.0)
     tl.rebuild()

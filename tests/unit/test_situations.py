@@ -23,6 +23,7 @@ def thread(
     state.threads[tid] = ThreadView(
         tid, "a", task, tid, ["sim/small"], "sim/small", 0, 0.0, state=st_, cost_usd=cost
     )
+    state.recount()  # built by hand, not by the reducer
 
 
 def item(state: TowerState, iid: str, tid: str, kind: InboxKind, at: float, **data) -> None:

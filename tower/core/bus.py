@@ -35,6 +35,14 @@ Subscriber = Callable[[Event], None]
 SNAPSHOT_EVERY = 5000
 
 
+def snapshot_gap(threads: int) -> int:
+    """Events until the next snapshot. A snapshot holds every thread, so at a fixed gap a
+    long run's snapshots would cost time and space growing with the square of its length
+    (100,000 tasks: gigabytes). Spaced by the thread count, they cost a few bytes per event
+    however large the run, and a seek folds at most that many events."""
+    return max(SNAPSHOT_EVERY, 4 * threads)
+
+
 class Bus:
     def __init__(
         self,
@@ -48,6 +56,7 @@ class Bus:
         self.state = TowerState()
         self.store = store
         self.seq = 0
+        self._next_snapshot = SNAPSHOT_EVERY
         self._clock = clock
         if secrets is None:
             secrets = secrets_from_env() if project is None else secrets_for_project(project)
@@ -141,11 +150,12 @@ class Bus:
             apply(self.state, ev)
         if self.store is not None:
             self.store.append(ev, text)
-            if self.seq % SNAPSHOT_EVERY == 0:
+            if self.seq >= self._next_snapshot:
                 # Replay seeks from the nearest snapshot instead of folding from event 1.
                 with self.lock:
                     snapshot = json.dumps(snapshot_of(self.state), separators=(",", ":"))
                 self.store.append_snapshot(self.seq, snapshot)
+                self._next_snapshot = self.seq + snapshot_gap(len(self.state.threads))
         for fn in self._subscribers:
             try:
                 fn(ev)

@@ -11,6 +11,7 @@ secret tower knows never reaches a model's context through the conversation eith
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from tower.core import payloads as pl
@@ -62,3 +63,21 @@ class Conversation:
             # A check on a `finish` call answers in the call's result; on a text answer, so.
             self.messages.append({"role": "user", "content": check_note(p.detail)})
             self._answered_in_text = False
+
+
+def of_thread(
+    events: Iterable[Event], tid: str, system_prompts: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The messages a thread's model was last sent, folded from the log: an ended thread
+    keeps no messages in memory (the log has them), so its transcript is read on demand."""
+    conv: Conversation | None = None
+    for ev in events:
+        if ev.thread != tid:
+            continue
+        if ev.kind is EventKind.THREAD_SPAWNED:
+            p = ev.payload
+            system = system_prompts.get(str(p["agent"]), "")
+            conv = Conversation(opening(system, str(p.get("prompt", p.get("title", "")))))
+        elif conv is not None:
+            conv.apply(ev)
+    return conv.messages if conv is not None else []

@@ -36,7 +36,7 @@ class Decision:
     batch: str | None = None  # one key decided several items: the first item's id
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ThreadRun:
     """A thread's live, non-serialisable side: its task, futures and message history."""
 
@@ -58,7 +58,7 @@ class ThreadRun:
     steps: int = 0
     task: asyncio.Task[None] | None = None
     state: ThreadState = ThreadState.QUEUED
-    resume: asyncio.Event = field(default_factory=asyncio.Event)
+    resume: asyncio.Event | None = None  # set by a resume while it waits paused
     items: dict[str, tuple[InboxKind, asyncio.Future[Decision]]] = field(default_factory=dict)
     escalation: asyncio.Future[Decision] | None = None
     reservation: Reservation | None = None
@@ -74,7 +74,7 @@ class ThreadRun:
     after: list[str] = field(default_factory=list)  # task graphs: the threads it waited for
     parent: str | None = None  # sub-agents: the thread whose spawn_agent started it
     collected: set[str] = field(default_factory=set)  # children whose answers it was given
-    ended_event: asyncio.Event = field(default_factory=asyncio.Event)  # set when it ends
+    ended_event: asyncio.Event | None = None  # see on_end()
     # The messages the model is sent: folded from this thread's events as they are emitted.
     conversation: Conversation | None = None
 
@@ -86,6 +86,15 @@ class ThreadRun:
     @property
     def model(self) -> str:
         return self.cascade[self.model_index]
+
+    def on_end(self) -> asyncio.Event:
+        """An event set when the thread ends, made on first ask (a parent waiting for its
+        sub-agents): ten thousand threads need not each carry one."""
+        if self.ended_event is None:
+            self.ended_event = asyncio.Event()
+            if self.ended:
+                self.ended_event.set()
+        return self.ended_event
 
     @property
     def ended(self) -> bool:
@@ -111,6 +120,26 @@ class TaskCopy:
     def ref(self) -> str:
         """The thread's task reference, which `Supervisor._task_of` maps back to the task."""
         return self.task.id if self.n is None else f"{self.task.id}-{self.n}"
+
+
+def shed(th: ThreadRun) -> None:
+    """Lets go of an ended thread's live side: its messages, workspace, script and finished
+    task. Its summary stays in the state and its transcript in the log (read on demand), so
+    a long run's memory does not grow by a transcript per finished thread. What stays is
+    what commands and the person still read: its id, state, cascade, tree and workspace
+    (where its work is)."""
+    th.conversation = None
+    th.messages = []
+    th.script = None
+    th.task = None
+    th.pending = []
+    th.interrupted = set()
+    th.recent_calls = []
+    th.guidance = []
+    th.items = {}
+    th.collected = set()
+    th.escalation = None
+    th.reservation = None
 
 
 def new_session_id() -> str:

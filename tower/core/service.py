@@ -36,6 +36,7 @@ import platformdirs
 from tower.core import wire
 from tower.core.control import Control
 from tower.core.events import Event, ThreadState
+from tower.core.progress import RateMeter, ended_count, progress
 from tower.core.project import PROJECT_FILE, Project, ProjectError, load_project, reload_words
 from tower.core.run import CommandError
 from tower.core.state import state_to_dict, summary
@@ -196,6 +197,7 @@ class Service:
         self._tasks: set[asyncio.Task[None]] = set()  # one per connection
         self._senders: set[asyncio.Task[None]] = set()
         self._figures: asyncio.Task[None] | None = None
+        self.pace = RateMeter()  # threads ended per second: `tower ls` shows it and an ETA
 
     async def start(self, subscribe: Callable[[Callable[[Event], None]], object]) -> None:
         """Listens (a stale socket file of a dead service is replaced; a live one is an
@@ -232,6 +234,7 @@ class Service:
         calls in flight and held back, as an in-process screen does)."""
         while True:
             await asyncio.sleep(FIGURES_S)
+            self.pace.add(time.monotonic(), ended_count(self.control.state))
             if self.views:
                 f = self.control.calls()
                 msg = wire.figures(f.in_flight, f.waiting, round(f.lag_s, 4))
@@ -367,7 +370,7 @@ class Service:
             views: dict[str, int] = {}
             for v in self.views:
                 views[v.client] = views.get(v.client, 0) + 1
-            return {**service_summary(c), "views": views}
+            return {**service_summary(c, self.pace.per_second()), "views": views}
         if verb == "inbox":
             return inbox_rows(c)
         # A view's person: the seconds they spent on it, and the batch one key decided.
@@ -451,8 +454,9 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def service_summary(c: Control) -> dict[str, Any]:
-    """What `tower ls` shows of a running service: threads by state, inbox, spend."""
+def service_summary(c: Control, per_s: float = 0.0) -> dict[str, Any]:
+    """What `tower ls` shows of a running service: threads by state, inbox, spend, and the
+    run's progress (`per_s`: threads ended per second lately)."""
     state = c.state
     counts = {str(s): state.count(s) for s in ThreadState if state.count(s)}
     return {
@@ -460,6 +464,7 @@ def service_summary(c: Control) -> dict[str, Any]:
         "by_state": counts,
         "inbox": len(state.inbox),
         "not_started": state.tasks_unstarted,
+        "progress": progress(state, per_s).to_dict(),
         "all_ended": bool(state.threads) and state.all_ended and not state.tasks_unstarted,
     }
 

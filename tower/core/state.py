@@ -22,6 +22,9 @@ from tower.core.events import (
 from tower.core.payloads import payload_of
 
 TAIL_CHARS = 4000
+# An ended thread keeps the end of its output for its panel; its whole transcript is in the
+# log. A million finished threads at 4,000 characters each would be 4 GB of tails.
+TAIL_ENDED_CHARS = 1200
 
 
 def _less(amount: float, minus: float) -> float:
@@ -125,6 +128,9 @@ class TowerState:
     # many of them are threads already (the rest: not yet started).
     tasks_planned: int = 0
     tasks_spawned: int = 0
+    # Threads by state, kept by the reducer: the bar, `tower ls` and the end-of-run test ask
+    # every second, and counting a million threads each time would be their whole cost.
+    tally: dict[str, int] = field(default_factory=dict)
 
     @property
     def tasks_unstarted(self) -> int:
@@ -132,11 +138,17 @@ class TowerState:
         return max(self.tasks_planned - self.tasks_spawned - len(self.waiting_tasks), 0)
 
     def count(self, state: ThreadState) -> int:
-        return sum(1 for t in self.threads.values() if t.state is state)
+        return self.tally.get(state, 0)
+
+    def recount(self) -> None:
+        """Counts the threads by state afresh (a state built from a snapshot, or by hand)."""
+        self.tally = {}
+        for view in self.threads.values():
+            self.tally[view.state] = self.tally.get(view.state, 0) + 1
 
     @property
     def all_ended(self) -> bool:
-        return all(t.state in ENDED_STATES for t in self.threads.values())
+        return not any(n for s, n in self.tally.items() if s not in ENDED_STATES)
 
 
 def subtree(state: TowerState, tid: str) -> list[str]:
@@ -258,6 +270,7 @@ def _thread_state(
     if view is None:
         return
     new = ThreadState(p.state)
+    _recount(state, view.state, new)
     view.state = new
     view.reason = p.reason
     if new is ThreadState.RUNNING and view.started is None:
@@ -265,6 +278,8 @@ def _thread_state(
     if new in ENDED_STATES:
         view.ended = ev.ts
         view.current_tool = None
+        if len(view.tail) > TAIL_ENDED_CHARS:
+            view.tail = view.tail[-TAIL_ENDED_CHARS:]
         if p.answer is not None:
             view.answer = p.answer
 
@@ -328,9 +343,22 @@ def _budget_raised(
             view.budget_tokens = (view.budget_tokens or 0) + p.tokens
 
 
+def _recount(state: TowerState, old: ThreadState | None, new: ThreadState) -> None:
+    tally = state.tally
+    if old is not None:
+        left = tally[old] - 1
+        if left:
+            tally[old] = left
+        else:
+            del tally[old]  # as recount() has it: no state counted at zero
+    tally[new] = tally.get(new, 0) + 1
+
+
 def _thread_spawned(
     state: TowerState, ev: Event, p: pl.ThreadSpawned, view: ThreadView | None
 ) -> None:
+    # Spawned again under one id (never, by the supervisor's own rule): the newer counts.
+    _recount(state, view.state if view is not None else None, ThreadState.QUEUED)
     state.threads[ev.thread or ""] = ThreadView(
         id=ev.thread or "",
         agent=p.agent,
@@ -502,6 +530,7 @@ def state_from_dict(data: dict[str, Any]) -> TowerState:
         for tid, v in data["threads"].items()
     }
     state.inbox = {i["id"]: InboxItem(**{**i, "kind": InboxKind(i["kind"])}) for i in data["inbox"]}
+    state.recount()  # a snapshot's own count is not trusted
     return state
 
 

@@ -48,6 +48,7 @@ from tower.core.run import (
     ThreadRun,
     highest_number,
     new_session_id,
+    shed,
 )
 from tower.core.scheduler import Scheduler
 from tower.core.state import TowerState, subtree
@@ -597,6 +598,9 @@ class Supervisor:
         except Exception as exc:
             log.exception("thread %s crashed", th.id)
             self.finish(th, ThreadState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if th.ended:
+                shed(th)
 
     async def _workspace_of(self, th: ThreadRun) -> Workspace:
         """The thread's folder: its own, or, for a sub-agent, its tree's root's (made once,
@@ -670,7 +674,10 @@ class Supervisor:
         self.scheduler.dequeue(th)
         self.scheduler.free_slot(th)
         self._ended += 1
-        th.ended_event.set()
+        if th.task is None:  # never started: nothing of it runs on (else its task sheds it)
+            shed(th)
+        if th.ended_event is not None:
+            th.ended_event.set()
         self._end_children(th)
         self._release_held()
         self._top_up()
@@ -721,7 +728,7 @@ class Supervisor:
                 th.guidance.append(decision.text)
         while self.pause_requested(th) and not th.ended:
             self.set_state(th, ThreadState.PAUSED, "paused by the human")
-            th.resume.clear()
+            th.resume = asyncio.Event()  # made when needed: most threads never pause
             await th.resume.wait()
         if th.ended:
             return False
@@ -793,7 +800,8 @@ class Supervisor:
     def resume(self, tid: str) -> None:
         th = self._live(tid)
         self._ask_pause(th, False)
-        th.resume.set()
+        if th.resume is not None:
+            th.resume.set()
         if th.task is None:
             self.set_state(th, ThreadState.QUEUED)
             self.scheduler.pump()
@@ -1141,7 +1149,7 @@ class Supervisor:
                 + ", ".join(r.id for r in live[:3])
                 + (" …" if len(live) > 3 else ""),
             )
-            waits = [asyncio.ensure_future(r.ended_event.wait()) for r in live]
+            waits = [asyncio.ensure_future(r.on_end().wait()) for r in live]
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:

@@ -43,9 +43,19 @@ def prepare(
     return _workspace(dest, db)
 
 
+_shared: dict[tuple[Path, Path | None], Workspace] = {}
+
+
 def _workspace(root: Path, db: Path | None) -> Workspace:
-    protected = (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")) if db else ()
-    return Workspace(root, protected=protected)
+    """A Workspace holds no state but its paths, so threads working in one folder (a
+    project without copies: ten thousand copies of a task) share one."""
+    ws = _shared.get((root, db))
+    if ws is None:
+        protected = (
+            (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")) if db else ()
+        )
+        ws = _shared[(root, db)] = Workspace(root, protected=protected)
+    return ws
 
 
 def typed_folder(project: Project, rel: str, copies: Path | None) -> Path:

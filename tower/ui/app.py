@@ -35,6 +35,7 @@ from tower.core.attention import AttentionClock
 from tower.core.control import CallFigures, CommandError, Control
 from tower.core.events import ENDED_STATES, Event, EventKind, InboxKind, ThreadState
 from tower.core.payloads import InboxOpened, McpServer, ThreadStateChanged, payload_as, payload_of
+from tower.core.progress import ended_count
 from tower.core.project import (
     PROJECT_FILE,
     Project,
@@ -351,6 +352,7 @@ class TowerApp(App[int]):
         self._gone = False  # the fleet this screen views has stopped (said once)
         self.note = "starting…"
         self.burn = BurnMeter()
+        self.pace = BurnMeter()  # threads ended per second: the run's throughput
         self.pinned: list[str] = []
         self.booted = asyncio.Event()
         self.closed = False
@@ -757,6 +759,7 @@ class TowerApp(App[int]):
         now = self.now()
         state = self.state()
         self.burn.add(now, state.budget.spent_usd)
+        self.pace.add(now, ended_count(state))
         second = int(now)
         threads = self.threads_list
         inbox = self.inbox_list
@@ -769,6 +772,7 @@ class TowerApp(App[int]):
                 now,
                 self._gate(),
                 self.selected_thread(),
+                self.pace.per_second(),
             )
             if self._rows_dirty or (self._dirty and threads.sort_key in ("cost", "tokens")):
                 threads.rebuild()

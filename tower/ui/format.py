@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections import deque
 from typing import Any
+
+from tower.core.progress import RateMeter
 
 
 def usd(x: float | None, places: int = 4) -> str:
@@ -83,25 +84,8 @@ def budget_level(spent: float, reserved: float, limit: float | None) -> str:
     return "ok"
 
 
-class BurnMeter:
-    """Money burned per minute over a sliding window, from (time, spent) samples."""
-
-    def __init__(self, window_s: float = 60.0) -> None:
-        self.window_s = window_s
-        self.samples: deque[tuple[float, float]] = deque()
-
-    def add(self, now: float, spent: float) -> None:
-        self.samples.append((now, spent))
-        while len(self.samples) > 2 and now - self.samples[0][0] > self.window_s:
-            self.samples.popleft()
-
-    def per_minute(self) -> float:
-        if len(self.samples) < 2:
-            return 0.0
-        (t0, s0), (t1, s1) = self.samples[0], self.samples[-1]
-        if t1 - t0 < 1.0:
-            return 0.0
-        return max(s1 - s0, 0.0) / (t1 - t0) * 60.0
+# Money burned per minute over a sliding window: the same meter as the run's throughput.
+BurnMeter = RateMeter
 
 
 def minutes_left(limit: float | None, spent: float, reserved: float, per_minute: float) -> float:

@@ -25,6 +25,7 @@ from textual.widgets import Footer, Static
 
 from tower.core.events import EventKind, Resolution
 from tower.core.payloads import InboxClosed, payload_of
+from tower.core.progress import ended_count
 from tower.core.replay import MARK_KINDS, Replayer, resolve_session
 from tower.core.state import TowerState
 from tower.core.store import Store
@@ -152,6 +153,7 @@ class ReplayScreen(ModalScreen[None]):
         self.speed_i = 0
         self.follow: str | None = None
         self.burn = BurnMeter()
+        self.pace = BurnMeter()  # threads ended per second of the session's own time
         self._busy = False
 
     def state(self) -> TowerState:
@@ -217,7 +219,11 @@ class ReplayScreen(ModalScreen[None]):
         state = rp.state
         with self.app.batch_update():
             self.query_one(BudgetBar).show(
-                state, self.burn.per_minute(), "replay", thread=self.threads.current
+                state,
+                self.burn.per_minute(),
+                "replay",
+                thread=self.threads.current,
+                ended_per_s=self.pace.per_second(),
             )
             self.query_one(Timeline).show(rp, self.playing, SPEEDS[self.speed_i], self.follow)
             self.threads.rebuild()
@@ -269,6 +275,7 @@ class ReplayScreen(ModalScreen[None]):
         finally:
             self._busy = False
         self.burn.add(rp.state.last_ts, rp.state.budget.spent_usd)
+        self.pace.add(rp.state.last_ts, ended_count(rp.state))
         self.draw()
 
     def _announce(self, events: list) -> None:

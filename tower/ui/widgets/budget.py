@@ -8,8 +8,9 @@ from textual.widgets import Static
 
 from tower.core.control import CallFigures
 from tower.core.events import ThreadState
+from tower.core.progress import progress, rate_text
 from tower.core.state import TowerState, root_of, subtree
-from tower.ui.format import budget_level, duration_minutes, minutes_left, tokens, usd
+from tower.ui.format import age, budget_level, duration_minutes, minutes_left, tokens, usd
 
 BAR_WIDTH = 24
 
@@ -46,11 +47,13 @@ class BudgetBar(Static):
         now: float | None = None,
         gate: CallFigures | None = None,
         thread: str | None = None,
+        ended_per_s: float = 0.0,
     ) -> None:
         """`cap`: the project's attention budget in minutes (`[budget] human_minutes`).
         `gate`: the call gate, when calls wait at it (tower is holding them back).
         `thread`: the selected thread; when it is in a tree (sub-agents), its tree's spend
-        against the root's cap."""
+        against the root's cap. `ended_per_s`: threads ended per second lately (the run's
+        throughput, for its progress and ETA)."""
         b = state.budget
         level = budget_level(b.spent_usd, b.reserved_usd, b.limit_usd)
         self.set_class(level == "warning", "-warning")
@@ -76,6 +79,7 @@ class BudgetBar(Static):
             line1.append(f" · burn {usd(burn_per_min)}/min")
             left = minutes_left(b.limit_usd, b.spent_usd, b.reserved_usd, burn_per_min)
             line1.append(f" · {duration_minutes(left)} left")
+            line1.append_text(progress_segment(state, ended_per_s))
         line2 = Text(no_wrap=True, overflow="ellipsis")
         line2.append(f"tokens {tokens(b.tokens)}")
         if b.limit_tokens:
@@ -124,6 +128,20 @@ class BudgetBar(Static):
         if note:
             line2.append(f" · {note}", style="italic")
         self.update(Text("\n").join([line1, line2]), layout=False)  # fixed height: no layout
+
+
+def progress_segment(state: TowerState, per_s: float) -> Text:
+    """' · tasks 5,199/10,000 ended · 93.4/s · ETA 51s' while a run of several tasks is
+    under way: what an overnight run's person looks for first."""
+    text = Text()
+    p = progress(state, per_s)
+    if p.total < 2 or p.left == 0:
+        return text
+    text.append(f" · tasks {p.ended:,}/{p.total:,} ended", style="bold")
+    if p.per_s > 0:
+        text.append(f" · {rate_text(p.per_s)}")
+    text.append(f" · ETA {age(p.eta_s) if p.eta_s is not None else '—'}")
+    return text
 
 
 def tree_segment(state: TowerState, tid: str) -> Text:
