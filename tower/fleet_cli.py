@@ -136,7 +136,7 @@ async def _holder(key: str, what: str, session: str | None) -> Listed:
 
 
 async def _command(fleet: Listed, verb: str, **args: Any) -> Any:
-    async with await ServiceClient.connect(Path(fleet.socket)) as c:
+    async with await ServiceClient.connect(Path(fleet.socket), watch=False) as c:
         return await c.command(verb, **args)
 
 

@@ -163,6 +163,22 @@ async def test_commands_that_cannot_apply_are_one_line_errors(fleet: Running) ->
         assert spawned["thread"] in c.state.threads or spawned["thread"].startswith("a")
 
 
+async def test_a_scripts_connection_is_sent_no_state_and_is_no_view(fleet: Running) -> None:
+    """`tower ls` and the steering commands connect for commands only: a snapshot of a
+    100,000-thread run would be tens of megabytes per `tower ls`."""
+    async with (
+        await ServiceClient.connect(fleet.sock, "tui") as view,
+        await ServiceClient.connect(fleet.sock, "cli", watch=False) as script,
+    ):
+        assert script.state.threads == {} and view.state.threads  # the view has them
+        state = await script.command("state")
+        assert state["views"] == {"tui": 1}  # the script is not a view
+        assert state["progress"]["total"] == len(view.state.threads) + state["not_started"]
+        spawned = await script.command("spawn", prompt="one more", agent="a")
+        assert script.state.threads == {}  # no event reached it
+        await until(view, lambda: spawned["thread"] in view.state.threads)
+
+
 async def test_a_view_that_falls_behind_gets_a_fresh_snapshot(
     fleet: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:

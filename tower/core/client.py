@@ -35,9 +35,11 @@ class ServiceClient:
         self._ids = 0
 
     @classmethod
-    async def connect(cls, path: Path, client: str = "cli") -> ServiceClient:
-        reader, writer, msg = await handshake(path, client)
-        return cls(reader, writer, str(msg["session"]), state_from_dict(msg["snapshot"]))
+    async def connect(cls, path: Path, client: str = "cli", watch: bool = True) -> ServiceClient:
+        """`watch` False: commands only; the state stays empty and no event arrives."""
+        reader, writer, msg = await handshake(path, client, watch)
+        state = state_from_dict(msg["snapshot"]) if watch else TowerState()
+        return cls(reader, writer, str(msg["session"]), state)
 
     def fold(self, msg: dict[str, Any]) -> bool:
         """Folds an event or a resync; False for any other message."""
@@ -81,7 +83,7 @@ class ServiceClient:
 
 
 async def handshake(
-    path: Path, client: str
+    path: Path, client: str, watch: bool = True
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict[str, Any]]:
     """Connects and says hello; the service's `welcome` (ServiceError if it refuses, or
     speaks another version, or is not there)."""
@@ -89,7 +91,7 @@ async def handshake(
         reader, writer = await asyncio.open_unix_connection(str(path), limit=wire.MAX_LINE)
     except OSError as exc:
         raise ServiceError(f"{path}: no service answers ({exc.strerror or exc})") from None
-    writer.write(wire.encode(wire.hello(client)))
+    writer.write(wire.encode(wire.hello(client, watch)))
     await writer.drain()
     try:
         msg = await _read(reader)

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from tower.core.items import ItemsError, count_items
 from tower.core.policy import Action, Rule, parse_rule
 from tower.core.simprofiles import FAULT_NAMES, SIM_PROFILES, is_sim
 
@@ -340,6 +341,9 @@ class TaskSettings(_Strict):
     workspace: str | None = None
     priority: int = 0
     repeat: int = Field(default=1, ge=1, le=1_000_000)
+    # A JSONL or CSV file beside tower.toml: one copy per item, its fields filling {field}
+    # in the prompt (and title, answer, script). Loading counts its items into `repeat`.
+    items: str | None = None
     budget_usd: float | None = Field(default=None, gt=0)
     answer: str | None = None
     check: CheckSettings | None = None
@@ -868,10 +872,54 @@ def project_from_data(data: dict[str, Any], root: Path, filename: str = PROJECT_
                 msg = "required key is missing"
             problems.append(f"{filename}: {_loc(loc)}: {msg}")
         raise ProjectError(problems) from None
-    problems = [f"{filename}: {line}" for line in _cross_check(project)]
+    project, problems = _count_items(project, data)
+    problems += _cross_check(project)
     if problems:
-        raise ProjectError(problems)
+        raise ProjectError([f"{filename}: {line}" for line in problems])
     return project
+
+
+def items_path(p: Project, task: TaskSettings) -> Path | None:
+    return None if task.items is None else p.root / task.items
+
+
+def _count_items(p: Project, data: dict[str, Any]) -> tuple[Project, list[str]]:
+    """Each task with an items file gets one copy per item (`repeat` = their count), the
+    file read through once and every line checked now, before anything runs."""
+    if not any(t.items is not None for t in p.tasks):
+        return p, []
+    problems: list[str] = []
+    tasks = []
+    for i, task in enumerate(p.tasks):
+        if task.items is None:
+            tasks.append(task)
+            continue
+        where = f"tasks[{i}].items"
+        if "repeat" in (data.get("tasks") or [{}])[i]:
+            problems.append(f"{where}: a task takes its copies from `items` or `repeat`, not both")
+        path = (p.root / task.items).resolve()
+        if not task.items.strip() or not path.is_relative_to(p.root.resolve()):
+            problems.append(f"{where}: {_show(task.items)} is not a file inside {p.root}")
+        elif path.suffix.lower() not in (".jsonl", ".csv"):
+            problems.append(f"{where}: {_show(task.items)}: expected a .jsonl or .csv file")
+        elif not path.is_file():
+            problems.append(f"{where}: no such file {_show(task.items)} (relative to {p.root})")
+        else:
+            try:
+                n = count_items(path)
+            except (ItemsError, OSError, UnicodeDecodeError) as exc:
+                problems.append(f"{where}: {task.items}: {exc}")
+            else:
+                if n == 0:
+                    problems.append(f"{where}: {task.items} has no items")
+                elif n > MAX_THREADS:
+                    problems.append(
+                        f"{where}: {task.items} has {n:,} items; expected at most {MAX_THREADS:,}"
+                    )
+                else:
+                    task = task.model_copy(update={"repeat": n})
+        tasks.append(task)
+    return p.model_copy(update={"tasks": tasks}), problems
 
 
 def load_project(directory: str | Path) -> Project:

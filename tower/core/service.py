@@ -278,11 +278,18 @@ class Service:
             except wire.WireError as exc:
                 await self._send(writer, wire.error(None, str(exc)))
                 return
+            project = self.control.project
+            store = self.control.store
+            if hello.get("watch") is False:  # a script's commands: no state, no events
+                await self._send(
+                    writer,
+                    wire.welcome(self.control.session_id, {}, self.control.state.last_seq),
+                )
+                await self._read_commands(reader, writer)
+                return
             # The snapshot and the subscription together, with no await between them: every
             # event after the snapshot reaches this view, none before it.
             view = _View(writer, client=str(hello.get("client") or "view")[:20])
-            project = self.control.project
-            store = self.control.store
             welcome = wire.welcome(
                 self.control.session_id,
                 self._snapshot(),

@@ -14,7 +14,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tower.core.project import AFTER_REF, Project, TaskSettings, after_tasks, copy_ids
+from tower.core.items import fill_item, item_at, read_items
+from tower.core.project import (
+    AFTER_REF,
+    Project,
+    TaskSettings,
+    after_tasks,
+    copy_ids,
+    items_path,
+)
 from tower.core.run import CommandError, TaskCopy, ThreadRun, fill
 from tower.core.state import TowerState, root_of
 
@@ -43,18 +51,26 @@ def script_of(task: TaskSettings, n: int | None) -> list[dict[str, Any]] | None:
 
 
 def task_copy(
-    project: Project, task: TaskSettings, n: int | None, tid: str | None = None
+    project: Project,
+    task: TaskSettings,
+    n: int | None,
+    tid: str | None = None,
+    item: dict[str, str] | None = None,
 ) -> TaskCopy:
-    """A task's settings for copy n (None: not repeated), {n} filled."""
+    """A task's settings for copy n (None: not repeated), {n} filled, and with an items
+    file, item n's {field}s (`item`: already read, as the feed does; else read here)."""
     b = project.budget
+    path = items_path(project, task)
+    if path is not None and item is None and tid is None:
+        item = item_at(path, n or 1)
     return TaskCopy(
         task=task,
         n=n,
         thread_id=tid or (task.id if n is None else f"{task.id}-{n}"),
-        prompt=fill(task.prompt, n),
-        title=fill(task.title, n) or None,
-        script=script_of(task, n),
-        answer=fill(task.answer, n),
+        prompt=fill_item(fill(task.prompt, n), item),
+        title=fill_item(fill(task.title, n), item) or None,
+        script=fill_item(script_of(task, n), item),
+        answer=fill_item(fill(task.answer, n), item),
         budget_usd=task.budget_usd if task.budget_usd is not None else b.thread_usd,
     )
 
@@ -68,6 +84,11 @@ def planned_copies(project: Project) -> Iterator[TaskCopy]:
     if planned_count(project) > FEED_AHEAD:
         tasks.sort(key=lambda t: -t.priority)  # stable: project order within a priority
     for task in tasks:
+        path = items_path(project, task)
+        if path is not None:  # read in step with the feed: one line held at a time
+            for k, item in enumerate(read_items(path), 1):
+                yield task_copy(project, task, None if task.repeat == 1 else k, item=item)
+            continue
         copies = [None] if task.repeat == 1 else range(1, task.repeat + 1)
         for n in copies:
             yield task_copy(project, task, n)
