@@ -50,8 +50,11 @@ def read_items(path: Path) -> Iterator[dict[str, str]]:
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError as exc:
-                raise ItemsError(f"line {line_no}: not valid JSON ({exc.args[0]})") from None
+            except json.JSONDecodeError as exc:
+                where = f"{exc.msg} at column {exc.colno}" if exc.lineno == 1 else exc.msg
+                raise ItemsError(f"line {line_no}: not valid JSON ({where})") from None
+            except ValueError as exc:  # a number too long to convert
+                raise ItemsError(f"line {line_no}: not valid JSON ({exc})") from None
             yield _fields(obj, line_no)
 
 
