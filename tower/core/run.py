@@ -123,21 +123,22 @@ class TaskCopy:
 
 
 def shed(th: ThreadRun) -> None:
-    """Lets go of an ended thread's live side: its messages, workspace, script and finished
-    task. Its summary stays in the state and its transcript in the log (read on demand), so
-    a long run's memory does not grow by a transcript per finished thread. What stays is
-    what commands and the person still read: its id, state, cascade, tree and workspace
-    (where its work is)."""
+    """Lets go of an ended thread's live side: its messages, script and finished task.
+    Its summary stays in the state and its transcript in the log (read on demand), so a
+    long run's memory does not grow by a transcript per finished thread. What stays is what
+    commands and the person still read: its id, state, cascade, tree and workspace (where
+    its work is)."""
     th.conversation = None
-    th.messages = []
+    # Emptied in place: new empty containers would cost as much as the ones let go.
+    th.messages.clear()
     th.script = None
     th.task = None
-    th.pending = []
-    th.interrupted = set()
-    th.recent_calls = []
-    th.guidance = []
-    th.items = {}
-    th.collected = set()
+    th.pending.clear()
+    th.interrupted.clear()
+    th.recent_calls.clear()
+    th.guidance.clear()
+    th.items.clear()
+    th.collected.clear()
     th.escalation = None
     th.reservation = None
 

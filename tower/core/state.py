@@ -7,6 +7,7 @@ place (copying thousands of threads per event would make a million-event replay 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -272,7 +273,7 @@ def _thread_state(
     new = ThreadState(p.state)
     _recount(state, view.state, new)
     view.state = new
-    view.reason = p.reason
+    view.reason = sys.intern(p.reason) if len(p.reason) <= 64 else p.reason  # "finished"…
     if new is ThreadState.RUNNING and view.started is None:
         view.started = ev.ts
     if new in ENDED_STATES:
@@ -361,11 +362,12 @@ def _thread_spawned(
     _recount(state, view.state if view is not None else None, ThreadState.QUEUED)
     state.threads[ev.thread or ""] = ThreadView(
         id=ev.thread or "",
-        agent=p.agent,
+        # Names a hundred thousand threads share are held once, not once a thread.
+        agent=sys.intern(p.agent),
         task=p.task,
         title=p.title,
-        cascade=list(p.cascade),
-        model=p.model,
+        cascade=[sys.intern(m) for m in p.cascade],
+        model=sys.intern(p.model),
         priority=p.priority,
         created=ev.ts,
         budget_usd=p.budget_usd,
