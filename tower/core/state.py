@@ -131,7 +131,7 @@ class TowerState:
     tasks_spawned: int = 0
     # Threads by state, kept by the reducer: the bar, `tower ls` and the end-of-run test ask
     # every second, and counting a million threads each time would be their whole cost.
-    tally: dict[str, int] = field(default_factory=dict)
+    tally: dict[ThreadState, int] = field(default_factory=dict)
 
     @property
     def tasks_unstarted(self) -> int:
