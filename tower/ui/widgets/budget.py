@@ -77,8 +77,9 @@ class BudgetBar(Static):
             line1.append(" · every thread has ended")
         else:
             line1.append(f" · burn {usd(burn_per_min)}/min")
-            left = minutes_left(b.limit_usd, b.spent_usd, b.reserved_usd, burn_per_min)
-            line1.append(f" · {duration_minutes(left)} left")
+            if b.limit_usd:  # money left at this burn; with no limit, room for the ETA
+                left = minutes_left(b.limit_usd, b.spent_usd, b.reserved_usd, burn_per_min)
+                line1.append(f" · {duration_minutes(left)} left")
             line1.append_text(progress_segment(state, ended_per_s))
         line2 = Text(no_wrap=True, overflow="ellipsis")
         line2.append(f"tokens {tokens(b.tokens)}")
