@@ -167,3 +167,73 @@ async def test_a_task_spawned_by_hand_mid_feed_takes_a_number_of_its_own(
         assert all(threads[f"bulk-{n}"].state is ThreadState.DONE for n in range(1, MANY + 2))
     finally:
         await runtime.close("quit")
+
+
+ITEMS_TOML = """
+[project]
+name = "items"
+seed = 1
+
+[limits]
+max_concurrent = 8
+
+[[agents]]
+name = "a"
+cascade = ["sim/instant"]
+tools = ["finish"]
+
+[[tasks]]
+id = "house"
+agent = "a"
+prompt = "What did {name} earn?"
+items = "households.jsonl"
+
+[[tasks.script]]
+tool = "finish"
+args = { answer = "{name} earned {wages}" }
+"""
+
+
+async def test_items_from_a_file_each_run_once_with_their_own_fields_across_a_crash(
+    tmp_path: Path,
+) -> None:
+    """1,200 items fed from a JSONL file, a crash mid-way: every item's thread, resumed or
+    not, answers with its own item's fields, and runs exactly once."""
+    n = 1_200
+    lines = "".join(f'{{"name": "h{k}", "wages": "${50_000 + k}"}}\n' for k in range(1, n + 1))
+    root = write_project(tmp_path / "proj", ITEMS_TOML, {})
+    (root / "households.jsonl").write_text(lines, encoding="utf-8")
+    project = load_project(root)
+    db = tmp_path / "t.db"
+    await run_headless(project, db, "none")
+    events = db_events(db)
+    session = events[0].payload["session"]
+    # Cut with calls in flight (started, not finished) half-way through the feed.
+    open_calls: set[str] = set()
+    cut = 0
+    for i, ev in enumerate(events):
+        if ev.kind is EventKind.LLM_STARTED:
+            open_calls.add(ev.payload["call"])
+        elif ev.kind is EventKind.LLM_FINISHED:
+            open_calls.discard(ev.payload["call"])
+        if i > len(events) // 2 and len(open_calls) >= 2:
+            cut = i + 1
+            break
+    assert cut, "no moment with calls in flight"
+    crashed = await _crashed_copy(
+        tmp_path / "crashed.db", session, project.name, project.root, events[:cut]
+    )
+    in_flight = {e.thread for e in events[:cut] if e.payload.get("call") in open_calls}
+    result = await resume_headless(crashed, session, "none")
+    after = db_events(crashed)
+    spawned = collections.Counter(e.thread for e in after if e.kind is EventKind.THREAD_SPAWNED)
+    assert len(spawned) == n and set(spawned.values()) == {1}
+    answers = {
+        e.thread: e.payload.get("answer")
+        for e in after
+        if e.kind is EventKind.THREAD_STATE and e.payload["state"] == "done"
+    }
+    want = {f"house-{k}": f"h{k} earned ${50_000 + k}" for k in range(1, n + 1)}
+    assert answers == want
+    assert in_flight and all(answers[t] == want[t] for t in in_flight)  # resumed mid-call
+    assert result.state.count(ThreadState.DONE) == n

@@ -91,10 +91,23 @@ def count_items(path: Path) -> int:
 
 
 def item_at(path: Path, n: int) -> dict[str, str] | None:
-    """Item n (1-based), or None past the end: a resumed or previewed copy's fields."""
-    for k, item in enumerate(read_items(path), 1):
-        if k == n:
-            return item
+    """Item n (1-based), or None past the end: a resumed or previewed copy's fields. A
+    JSONL file is counted to line n without decoding the lines before it (the file was
+    checked whole at load), so a resume of a few hundred threads far into a large file
+    takes a moment, not minutes."""
+    if path.suffix.lower() == ".csv":
+        for k, item in enumerate(read_items(path), 1):
+            if k == n:
+                return item
+        return None
+    with open(path, encoding="utf-8", newline="") as f:
+        k = 0
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            k += 1
+            if k == n:
+                return _fields(json.loads(line), line_no)
     return None
 
 

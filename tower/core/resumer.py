@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tower.core.budget import INF, Ledger
+from tower.core.items import fill_item
 from tower.core.project import Project
 from tower.core.resume import ThreadPlan
 from tower.core.run import CommandError, ThreadRun, fill
 from tower.core.state import BudgetView, ThreadView
-from tower.core.tasks import script_of, task_of
+from tower.core.tasks import item_of, script_of, task_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ def restart(
             cascade.insert(at, model)
         forked_from, plan.model = plan.model, model
     task = found[0] if found else None
+    item = item_of(project, *found) if found else None  # an items file's copy: its fields
     run = ThreadRun(
         id=plan.id,
         agent=settings,
@@ -53,8 +55,8 @@ def restart(
         priority=view.priority,
         order=order,
         workspace_src=(project.root / task.workspace) if task and task.workspace else None,
-        script=script_of(*found) if found else None,
-        default_answer=fill(task.answer, found[1]) if found and task else None,
+        script=fill_item(script_of(*found), item) if found else None,
+        default_answer=fill_item(fill(task.answer, found[1]), item) if found and task else None,
         budget_usd=view.budget_usd,
         budget_tokens=view.budget_tokens,
         model_index=cascade.index(plan.model) if plan.model in cascade else 0,

@@ -45,6 +45,14 @@ def task_of(project: Project, task_id: str) -> tuple[TaskSettings, int | None] |
     return None
 
 
+def item_of(project: Project, task: TaskSettings, n: int | None) -> dict[str, str] | None:
+    """Copy n's item, for a task with an items file (None otherwise, or past its end)."""
+    path = items_path(project, task)
+    if path is None or (n or 1) > task.repeat:
+        return None
+    return item_at(path, n or 1)
+
+
 def script_of(task: TaskSettings, n: int | None) -> list[dict[str, Any]] | None:
     """A task's sim script for copy n, {n} filled (None: the task has none)."""
     return [fill(step.model_dump(exclude_none=True), n) for step in task.script] or None
@@ -60,9 +68,8 @@ def task_copy(
     """A task's settings for copy n (None: not repeated), {n} filled, and with an items
     file, item n's {field}s (`item`: already read, as the feed does; else read here)."""
     b = project.budget
-    path = items_path(project, task)
-    if path is not None and item is None and tid is None:
-        item = item_at(path, n or 1)
+    if item is None and tid is None:
+        item = item_of(project, task, n)
     return TaskCopy(
         task=task,
         n=n,
