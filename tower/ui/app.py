@@ -35,7 +35,7 @@ from tower.core.attention import AttentionClock
 from tower.core.control import CallFigures, CommandError, Control
 from tower.core.events import ENDED_STATES, Event, EventKind, InboxKind, ThreadState
 from tower.core.payloads import InboxOpened, McpServer, ThreadStateChanged, payload_as, payload_of
-from tower.core.progress import ended_count
+from tower.core.progress import RateMeter, ended_count
 from tower.core.project import (
     PROJECT_FILE,
     Project,
@@ -352,7 +352,7 @@ class TowerApp(App[int]):
         self._gone = False  # the fleet this screen views has stopped (said once)
         self.note = "starting…"
         self.burn = BurnMeter()
-        self.pace = BurnMeter()  # threads ended per second: the run's throughput
+        self.pace = RateMeter()  # threads ended per second: the run's throughput
         self.pinned: list[str] = []
         self.booted = asyncio.Event()
         self.closed = False

@@ -25,7 +25,7 @@ from textual.widgets import Footer, Static
 
 from tower.core.events import EventKind, Resolution
 from tower.core.payloads import InboxClosed, payload_of
-from tower.core.progress import ended_count
+from tower.core.progress import RateMeter, ended_count
 from tower.core.replay import MARK_KINDS, Replayer, resolve_session
 from tower.core.state import TowerState
 from tower.core.store import Store
@@ -153,7 +153,7 @@ class ReplayScreen(ModalScreen[None]):
         self.speed_i = 0
         self.follow: str | None = None
         self.burn = BurnMeter()
-        self.pace = BurnMeter()  # threads ended per second of the session's own time
+        self.pace = RateMeter()  # threads ended per second of the session's own time
         self._busy = False
 
     def state(self) -> TowerState:
