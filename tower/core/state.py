@@ -23,9 +23,6 @@ from tower.core.events import (
 from tower.core.payloads import payload_of
 
 TAIL_CHARS = 4000
-# An ended thread keeps the end of its output for its panel; its whole transcript is in the
-# log. A million finished threads at 4,000 characters each would be 4 GB of tails.
-TAIL_ENDED_CHARS = 1200
 
 
 def _less(amount: float, minus: float) -> float:
@@ -279,8 +276,6 @@ def _thread_state(
     if new in ENDED_STATES:
         view.ended = ev.ts
         view.current_tool = None
-        if len(view.tail) > TAIL_ENDED_CHARS:
-            view.tail = view.tail[-TAIL_ENDED_CHARS:]
         if p.answer is not None:
             view.answer = p.answer
 
@@ -496,6 +491,7 @@ def fold(events: Iterable[Event], state: TowerState | None = None) -> TowerState
 def state_to_dict(state: TowerState) -> dict[str, Any]:
     """The whole reduced state as plain JSON-able data (replay's --print-state, comparisons)."""
     out = asdict(state)
+    del out["tally"]  # a count the reducer keeps of `threads`, not state of its own
     out["threads"] = {tid: {**asdict(v), "state": str(v.state)} for tid, v in state.threads.items()}
     out["inbox"] = [{**asdict(i), "kind": str(i.kind)} for i in state.inbox.values()]
     return out
