@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_reducer import Log
-from tower.core import payloads as pl
 from tower.core.events import ENDED_STATES, ThreadState
 from tower.core.progress import RateMeter, ended_count, progress, rate_text
 from tower.core.state import TowerState, fold, snapshot_of, state_from_snapshot
@@ -51,32 +50,9 @@ def test_the_tally_is_the_count_of_threads_by_state(steps: list[tuple[int, objec
 
 def test_progress_counts_copies_not_started_and_gives_an_eta() -> None:
     log = Log()
-    log.emit(
-        pl.SessionStarted(
-            session="s1",
-            project="demo",
-            project_dir="/tmp/demo",
-            budget_usd=None,
-            budget_tokens=None,
-            max_concurrent=2,
-            seed=0,
-            approve=None,
-            tasks_planned=10,
-        )
-    )
+    log.session_started(budget_usd=None, tasks_planned=10)
     for i in range(4):
-        log.emit(
-            pl.ThreadSpawned(
-                agent="worker",
-                task=f"job-{i}",
-                title="job",
-                cascade=["sim/small"],
-                model="sim/small",
-                priority=0,
-                planned=True,
-            ),
-            f"job-{i}",
-        )
+        log.spawned(f"job-{i}", planned=True)
     log.state("job-0", ThreadState.DONE)
     log.state("job-1", ThreadState.FAILED)
     log.state("job-2", ThreadState.RUNNING)

@@ -31,7 +31,11 @@ class Log:
     # --- the payloads supervisor.py / agent.py emit ------------------------------------
 
     def session_started(
-        self, session: str = "s1", budget_usd: float | None = 1.0, budget_tokens: int | None = None
+        self,
+        session: str = "s1",
+        budget_usd: float | None = 1.0,
+        budget_tokens: int | None = None,
+        tasks_planned: int = 0,
     ) -> Event:
         return self.emit(
             pl.SessionStarted(
@@ -43,6 +47,7 @@ class Log:
                 max_concurrent=16,
                 seed=0,
                 approve=None,
+                tasks_planned=tasks_planned,
             )
         )
 
@@ -53,6 +58,7 @@ class Log:
         budget_usd: float | None = None,
         budget_tokens: int | None = None,
         priority: int = 0,
+        planned: bool = False,
     ) -> Event:
         return self.emit(
             pl.ThreadSpawned(
@@ -66,6 +72,7 @@ class Log:
                 budget_usd=budget_usd,
                 budget_tokens=budget_tokens,
                 max_steps=20,
+                planned=planned,
             ),
             tid,
         )

@@ -60,21 +60,12 @@ def read_items(path: Path) -> Iterator[dict[str, str]]:
 
 def _csv_items(f: Any) -> Iterator[dict[str, str]]:
     reader = csv.reader(f)
-    try:
-        header = next(reader)
-    except StopIteration:
+    header = _next_row(reader)
+    if header is None:
         return
-    except csv.Error as exc:
-        raise ItemsError(f"line 1: {exc}") from None
     if not all(h.strip() for h in header) or len(set(header)) != len(header):
         raise ItemsError("line 1: the header must name each column once")
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise ItemsError(f"line {reader.line_num}: {exc}") from None
+    while (row := _next_row(reader)) is not None:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
@@ -83,6 +74,16 @@ def _csv_items(f: Any) -> Iterator[dict[str, str]]:
                 f"({', '.join(header)})"
             )
         yield dict(zip(header, row, strict=True))
+
+
+def _next_row(reader: Any) -> list[str] | None:
+    """The next CSV row, None at the end; a malformed one is an ItemsError naming its line."""
+    try:
+        return next(reader)
+    except StopIteration:
+        return None
+    except csv.Error as exc:
+        raise ItemsError(f"line {reader.line_num}: {exc}") from None
 
 
 def count_items(path: Path) -> int:

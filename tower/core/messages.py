@@ -65,6 +65,13 @@ class Conversation:
             self._answered_in_text = False
 
 
+def spawned_conversation(spawned: dict[str, Any], system_prompts: dict[str, str]) -> Conversation:
+    """A thread's conversation as its THREAD_SPAWNED payload opens it (its agent's system
+    prompt, then its task prompt): where the live loop, resume and `of_thread` all start."""
+    system = system_prompts.get(str(spawned["agent"]), "")
+    return Conversation(opening(system, str(spawned.get("prompt", spawned.get("title", "")))))
+
+
 def of_thread(
     events: Iterable[Event], tid: str, system_prompts: dict[str, str]
 ) -> list[dict[str, Any]]:
@@ -75,9 +82,7 @@ def of_thread(
         if ev.thread != tid:
             continue
         if ev.kind is EventKind.THREAD_SPAWNED:
-            p = ev.payload
-            system = system_prompts.get(str(p["agent"]), "")
-            conv = Conversation(opening(system, str(p.get("prompt", p.get("title", "")))))
+            conv = spawned_conversation(ev.payload, system_prompts)
         elif conv is not None:
             conv.apply(ev)
     return conv.messages if conv is not None else []

@@ -61,11 +61,8 @@ def rebuild(events: list[Event], system_prompts: dict[str, str]) -> list[ThreadP
         p = ev.payload
         kind = ev.kind
         if kind is EventKind.THREAD_SPAWNED:
-            system = system_prompts.get(p["agent"], "")
-            prompt = p.get("prompt", p.get("title", ""))
-            plans[tid] = ThreadPlan(
-                tid, p, Conversation(messages.opening(system, prompt)), model=p["model"]
-            )
+            conv = messages.spawned_conversation(p, system_prompts)
+            plans[tid] = ThreadPlan(tid, p, conv, model=p["model"])
             called[tid], results[tid], last_calls[tid] = set(), set(), []
             continue
         plan = plans.get(tid)
