@@ -93,7 +93,7 @@ def build_project(root: Path, threads: int, steps: int, copy: bool) -> Project:
     return Project.model_validate(
         {
             "project": {"name": "bench_runtime", "seed": 1, "copy_workspaces": copy},
-            "limits": {"max_concurrent": threads},
+            "limits": {"max_concurrent": threads, "workers": 0},
             "agents": [
                 {
                     "name": "worker",

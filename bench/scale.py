@@ -52,7 +52,10 @@ def write_project(root: Path, threads: int, config: str, timeout_s: float) -> No
     if config == "fixed":
         limits += "adaptive = false\n"
     elif config == "adaptive":
-        limits += "adaptive = true\n"
+        limits += "adaptive = true\nworkers = 0\n"  # every call in tower's own process
+    elif config.startswith("workers"):  # "workers": one per core; "workers3": three
+        workers = config[7:] or '"auto"'
+        limits += f"adaptive = true\nworkers = {workers}\n"
     steps = [
         ("Listing the workspace.", "list_dir", {"path": "."}),
         ("Reading the notes.", "read_file", {"path": "notes.txt"}),

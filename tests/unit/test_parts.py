@@ -1052,6 +1052,7 @@ class FakeHost:
         self._verdict = verdict or Verdict(Action.ALLOW, why="test host")
         self._settings = ProjectMeta(name="fake")
         self._lag = LoopLag()
+        self.pool = None  # calls in-process
 
     @property
     def settings(self) -> ProjectMeta:

@@ -166,6 +166,9 @@ class CallGate:
         if not adaptive:
             self.aimd.limit = float(max_limit)
         self.lag = LoopLag(self._sample if adaptive else None)
+        # Lag measured elsewhere that the gate answers to as well: the worker processes'
+        # loops, when calls run there (core/callworkers.py), so calls do not queue in them.
+        self.other_lag: Callable[[], float] | None = None
         self.in_flight = 0
         self.admitted = 0
         self.waiting = 0  # calls waiting for room (a plain int the UI's thread may read)
@@ -183,6 +186,8 @@ class CallGate:
         await self.lag.stop()
 
     def _sample(self, lag_s: float, now: float) -> None:
+        if self.other_lag is not None:
+            lag_s = max(lag_s, self.other_lag())
         self.aimd.sample(lag_s, now)
 
     async def acquire(self, key: tuple[int, int] = (0, 0)) -> None:

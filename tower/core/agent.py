@@ -17,6 +17,7 @@ from tower.core import diffs, llm, messages
 from tower.core import payloads as pl
 from tower.core.admission import LoopLag
 from tower.core.budget import Refusal, Reservation
+from tower.core.callworkers import WorkerPool
 from tower.core.check import check_answer
 from tower.core.events import InboxKind, Resolution, ThreadState
 from tower.core.policy import Action, Verdict, suggest_grant, workspace_relative
@@ -43,6 +44,8 @@ class LoopHost(Protocol):
     def settings(self) -> ProjectMeta: ...  # timeouts, retries, backoff
     @property
     def lag(self) -> LoopLag: ...  # the loop's stall, which a call's timeout does not count
+    @property
+    def pool(self) -> WorkerPool | None: ...  # worker processes that make the calls, if any
 
     def emit(self, payload: pl.Payload, thread: str | None = None, /) -> object: ...
     async def barrier(self) -> None: ...
@@ -240,7 +243,8 @@ class AgentLoop:
             try:
                 result = await self._stream(model, tools, max_tokens, attempt, deltas)
             except llm.CallError as err:
-                retry = await self._failed(err, res, call, model, attempt)
+                lost = isinstance(err, llm.CallLost)
+                retry = await (self._lost if lost else self._failed)(err, res, call, model, attempt)
                 if retry is None:
                     return None
                 attempt = retry
@@ -294,7 +298,10 @@ class AgentLoop:
         """The call itself, through litellm; its slot is given back however it ends."""
         ended = False
         try:
-            result = await llm.stream_call(
+            # In a worker process when the session has them (core/callworkers.py): the
+            # reservation above is already booked here, so a worker holds no money.
+            pool = self.host.pool
+            result = await (llm.stream_call if pool is None else pool.stream_call)(
                 model,
                 self.th.messages,
                 tools,
@@ -310,6 +317,24 @@ class AgentLoop:
             return result
         finally:
             self.host.release_slot(ended=ended)  # a call that ended well opens the gate
+
+    async def _lost(
+        self, err: llm.CallError, res: Reservation, call: str, model: str, attempt: int
+    ) -> int | None:
+        """A call whose answer was lost with its worker process: the provider may have
+        answered and billed it, so its reservation is booked as spent ("possibly billed", as
+        a crash's lost call is), then the step is tried again; the attempt counts towards
+        max_retries, so a call that kills every worker it reaches cannot loop for ever."""
+        th = self.th
+        self.host.settle(res, res.usd, 0)
+        th.reservation = None
+        self.host.emit(pl.LlmLost(reserved_usd=res.usd, model=model, reason=str(err)), th.id)
+        if attempt >= self.host.settings.max_retries:
+            self.host.finish(th, ThreadState.FAILED, f"error: {err}")
+            return None
+        if not await self.host.checkpoint(th):
+            return None
+        return attempt + 1
 
     async def _failed(
         self, err: llm.CallError, res: Reservation, call: str, model: str, attempt: int

@@ -409,6 +409,14 @@ class CallError(Exception):
         self.retry_after = retry_after  # seconds the provider asked us to wait (Retry-After)
 
 
+class CallLost(CallError):
+    """A call whose answer was lost with the worker process running it: the provider may
+    have answered (and billed) it, so it is booked at its reservation, as a crash's is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
+
+
 def _retry_after(exc: BaseException) -> float | None:
     """The provider's Retry-After, in seconds, when its response carried one."""
     for holder in (exc, getattr(exc, "original_exception", None)):

@@ -17,6 +17,16 @@ from tower.core.simprofiles import SIM_PROFILES, is_sim
 from tower.core.tokens import estimate_tokens
 
 
+def register_with_litellm(reg: dict[str, Any]) -> None:
+    """Puts a registration's sim profiles and prices in this process's litellm cost map (a
+    real model the project prices: litellm's cost functions agree with tower's)."""
+    sim = reg.get("sim") or {}
+    llm.register_sim_prices(
+        {name: prof.with_overrides(sim.get(name) or {}) for name, prof in SIM_PROFILES.items()}
+    )
+    llm.register_prices({m: (p[0], p[1], p[2]) for m, p in (reg.get("prices") or {}).items()})
+
+
 class Models:
     def __init__(self, project: Project) -> None:
         self.project = project
@@ -25,35 +35,44 @@ class Models:
         self._exact: dict[str, bool] = {}
         self._sim: dict[str, dict[str, Any]] = {}
 
-    def register(self) -> None:
-        """Tells litellm the project's prices and sim profiles, loads its tokenizers and
-        looks every model's price up (litellm must be loaded: `llm.load_litellm`)."""
+    def registration(self) -> dict[str, Any]:
+        """What litellm must be told for this project, as plain data: each sim model's
+        overrides, the prices the project gives real models, and its tokenizer files. A
+        worker process (core/callworkers.py) is told the same."""
         p = self.project
-        llm.register_sim_prices(
-            {
-                name: prof.with_overrides(p.model_settings(name).sim_overrides())
-                for name, prof in SIM_PROFILES.items()
-            }
-        )
-        given = {}
+        prices: dict[str, tuple[float, float, float | None]] = {}
         for model in p.all_models():
             ms = p.model_settings(model)
             if not is_sim(model) and ms.input_usd_per_mtok is not None:
                 out = ms.output_usd_per_mtok
-                given[model] = (
+                prices[model] = (
                     ms.input_usd_per_mtok,
                     out if out is not None else ms.input_usd_per_mtok,
                     ms.cached_input_usd_per_mtok,
                 )
-        llm.register_prices(given)  # a real model the project prices: litellm agrees
+        tokenizers = {}
         for model in p.all_models():
             path = p.tokenizer_path(model)
-            if path is not None and model not in self.tokenizers:
+            if path is not None:
+                tokenizers[model] = str(path)
+        return {
+            "sim": {name: p.model_settings(name).sim_overrides() for name in SIM_PROFILES},
+            "prices": prices,
+            "tokenizers": tokenizers,
+        }
+
+    def register(self) -> None:
+        """Tells litellm the project's prices and sim profiles, loads its tokenizers and
+        looks every model's price up (litellm must be loaded: `llm.load_litellm`)."""
+        reg = self.registration()
+        register_with_litellm(reg)
+        for model, path in reg["tokenizers"].items():
+            if model not in self.tokenizers:
                 try:
-                    self.tokenizers[model] = llm.load_tokenizer(str(path))
+                    self.tokenizers[model] = llm.load_tokenizer(path)
                 except ValueError as exc:  # changed since the project was checked
                     raise ProjectError([f"models.{model}.tokenizer: {exc}"]) from None
-        for model in p.all_models():
+        for model in self.project.all_models():
             self._prices[model] = llm.model_price(model)
 
     def reload(self, project: Project) -> None:

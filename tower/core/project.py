@@ -161,6 +161,9 @@ class LimitSettings(_Strict):
     # (tower/core/admission.py); `adaptive = false` admits up to max_concurrent at once.
     adaptive: bool = True
     target_lag_ms: float = Field(default=50.0, ge=1, le=10_000)
+    # Model calls run in this many worker processes (core/callworkers.py): "auto" is one
+    # per core once max_concurrent reaches 64, else none; 0 makes every call in-process.
+    workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
     # Sub-agents (the spawn_agent tool): how deep a tree may grow below a project task
     # (its children are depth 1) and how many children one thread may start in all.
     max_depth: int = Field(default=2, ge=1, le=8)

@@ -24,6 +24,7 @@ from tower.core.admission import CallGate, LoopLag
 from tower.core.agent import AgentLoop
 from tower.core.budget import INF, Account, Ledger, Refusal, Reservation
 from tower.core.bus import Bus
+from tower.core.callworkers import WorkerPool, worker_count
 from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
 from tower.core.inbox import AutoDecider, Inbox
 from tower.core.messages import KINDS as CONVERSATION_KINDS
@@ -115,6 +116,7 @@ class Supervisor:
         self._idle = asyncio.Event()
         self._idle.set()
         self.models = Models(project)
+        self.pool: WorkerPool | None = None  # worker processes that make the model calls
         self._closing = False
         self._ended = 0
         self.policy = PolicyGate(bus, project.policy.rules())
@@ -144,6 +146,7 @@ class Supervisor:
         """Registers prices, records the session start, and spawns the project's tasks."""
         await asyncio.to_thread(llm.load_litellm)
         self.models.register()
+        await self._start_workers()
         self.calls.start()
         p = self.project
         store = self.bus.store
@@ -161,10 +164,21 @@ class Supervisor:
                 await store.end_session(self.session_id, "clean")
             self._closing = self.scheduler.closed = True
             await self.calls.stop()
+            if self.pool is not None:
+                await self.pool.stop()
             raise
         if spawn_tasks:
             self._feed = planned_copies(self.project)
             self._top_up()
+
+    async def _start_workers(self) -> None:
+        """The worker processes `[limits] workers` asks for (none for a small project)."""
+        limits = self.project.limits
+        n = worker_count(limits.workers, limits.max_concurrent)
+        if n and self.pool is None:
+            pool = self.pool = WorkerPool(n, self.models.registration())
+            await pool.start()
+            self.calls.other_lag = lambda: pool.lag_s
 
     def _top_up(self) -> None:
         """Spawns the project's next task copies while fewer than FEED_AHEAD (or twice
@@ -222,6 +236,7 @@ class Supervisor:
         """
         await asyncio.to_thread(llm.load_litellm)
         self.models.register()
+        await self._start_workers()
         self.calls.start()
         state = self.bus.state
         store = self.bus.store
@@ -343,6 +358,8 @@ class Supervisor:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.calls.stop()
+        if self.pool is not None:
+            await self.pool.stop()
         gate = self.calls
         log.info(
             "call gate: limit %d, %d cuts, %d admitted, loop stalled %.1f s, worst lag %.0f ms",

@@ -1,0 +1,256 @@
+"""Model calls in worker processes (core/callworkers.py), against real child processes.
+
+The guarantees: a session gives the same results with its calls in workers as in-process;
+a cap is never overshot while calls run in other processes (the ledger books every
+reservation before a call is sent); a worker SIGKILLed mid-call loses nothing but the calls
+it held, which are booked as possibly billed and made again; a worker that cannot start
+leaves the session running in-process; a thread paused or killed mid-call stops its call in
+the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+
+import pytest
+
+from tests.conftest import Live, ended
+from tower.core.callworkers import AUTO_MIN_CONCURRENT, worker_count
+from tower.core.events import EventKind, ThreadState
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+PROJECT = """
+[project]
+name = "workers"
+seed = 7
+retry_backoff_s = 0
+call_timeout_s = 30
+
+[limits]
+max_concurrent = {cap}
+workers = {workers}
+{budget}
+[models."sim/small"]
+latency_s = {latency}
+tokens_per_s = 0
+wrong_rate = 0
+
+[[agents]]
+name = "a"
+cascade = ["sim/small"]
+tools = ["list_dir", "read_file", "finish"]
+max_steps = 8
+
+[[tasks]]
+id = "job"
+agent = "a"
+prompt = "Report household {{n}}."
+workspace = "ws"
+repeat = {repeat}
+
+[[tasks.script]]
+say = "Listing."
+tool = "list_dir"
+args = {{ path = "." }}
+
+[[tasks.script]]
+say = "Reading the notes."
+tool = "read_file"
+args = {{ path = "notes.txt" }}
+
+[[tasks.script]]
+say = "Done."
+tool = "finish"
+args = {{ answer = "wages $58,420.00" }}
+"""
+
+FILES = {"ws/notes.txt": "Household 12: wages $58,420.00, withheld $4,890.00.\n" * 3}
+
+
+def project(
+    workers: int | str = 2,
+    repeat: int = 1,
+    cap: int = 16,
+    latency: float = 0.0,
+    budget: str = "",
+) -> str:
+    w = f'"{workers}"' if isinstance(workers, str) else str(workers)
+    return PROJECT.format(workers=w, repeat=repeat, cap=cap, latency=latency, budget=budget)
+
+
+async def ready_live(live_factory, toml: str) -> Live:
+    """A session whose workers all take calls before any thread starts."""
+    live = await live_factory(toml, FILES, approve="all", spawn_tasks=False)
+    assert live.sup.pool is not None
+    await live.sup.pool.wait_ready()
+    return live
+
+
+def outcome(live: Live) -> dict[str, tuple[str, str | None, float, int]]:
+    return {
+        tid: (str(v.state), v.answer, round(v.cost_usd, 9), v.tokens)
+        for tid, v in live.bus.state.threads.items()
+    }
+
+
+def test_auto_is_one_per_core_for_a_large_project_only() -> None:
+    assert worker_count("auto", AUTO_MIN_CONCURRENT, cores=4) == 4
+    assert worker_count("auto", AUTO_MIN_CONCURRENT - 1, cores=4) == 0
+    assert worker_count("auto", 10_000, cores=1) == 0  # one core: a worker only adds a hop
+    assert worker_count(3, 1, cores=1) == 3  # said outright: as said
+    assert worker_count(0, 10_000, cores=8) == 0
+
+
+async def test_calls_in_workers_give_what_in_process_calls_give(live_factory) -> None:
+    n = 24
+    results = []
+    for workers in (0, 2):
+        live = await live_factory(project(workers), FILES, approve="all", spawn_tasks=False)
+        if workers:
+            assert live.sup.pool is not None and live.sup.pool.size == 2
+            await live.sup.pool.wait_ready()
+        else:
+            assert live.sup.pool is None
+        tids = [live.sup.spawn_task("job") for _ in range(n)]
+        await live.waiter.until(ended(live, *tids))
+        results.append(outcome(live))
+        if workers:
+            answered = [w.answered for w in live.sup.pool.workers if w is not None]
+            # Every call went to a worker, and both workers took their share.
+            assert sum(answered) == 3 * n and min(answered) > 0, answered
+    in_process, in_workers = results
+    assert in_workers == in_process
+    assert all(s == "done" and a == "wages $58,420.00" for s, a, *_ in in_workers.values())
+
+
+async def test_a_worker_killed_mid_call_loses_only_its_calls(live_factory) -> None:
+    live = await ready_live(live_factory, project(workers=1, latency=1.0))
+    pool = live.sup.pool
+    assert pool is not None
+    tids = [live.sup.spawn_task("job") for _ in range(6)]
+    worker = pool.workers[0]
+    assert worker is not None
+    # Every thread's first call is in the worker (each takes 0.5-1.5 s there).
+    await live.waiter.until(lambda: len(worker.pending) == 6)
+    reserved = {t: live.sup.ledger.threads[t].reserved_usd for t in tids}
+    assert all(r > 0 for r in reserved.values())
+    os.kill(worker.proc.pid, signal.SIGKILL)
+    await live.waiter.until(ended(live, *tids), timeout=60)
+
+    lost = [e for e in live.events if e.kind is EventKind.LLM_LOST]
+    assert sorted(e.thread for e in lost) == sorted(tids)  # each held call, once
+    for e in lost:
+        assert e.payload["reserved_usd"] == pytest.approx(reserved[e.thread])
+        assert "possibly billed" in e.payload["reason"]
+    for t in tids:
+        v = live.view(t)
+        assert v.state is ThreadState.DONE and v.answer == "wages $58,420.00"
+        # The lost call was made again, under a new call id: four calls started, three ended.
+        assert len(live.kinds(t, EventKind.LLM_STARTED)) == 4
+        assert len(live.kinds(t, EventKind.LLM_FINISHED)) == 3
+        # Booked: what the finished calls cost, plus the lost one at its reservation.
+        spent = sum(e.payload["cost_usd"] for e in live.kinds(t, EventKind.LLM_FINISHED))
+        assert live.sup.ledger.threads[t].spent_usd == pytest.approx(spent + reserved[t])
+        assert v.lost_usd == pytest.approx(reserved[t])
+    assert live.bus.state.budget.lost_usd == pytest.approx(sum(reserved.values()))
+    assert live.sup.ledger.open_reservations == 0
+    assert pool.lost == 6
+    # A new worker takes the dead one's place (calls made meanwhile ran in-process).
+    await pool.wait_ready()
+    replaced = pool.workers[0]
+    assert replaced is not None and replaced is not worker and replaced.proc.returncode is None
+
+
+async def test_a_session_cap_holds_with_calls_in_two_workers_and_a_kill(live_factory) -> None:
+    """The cap property of test_budget.py, with the calls in other processes: at every
+    event, spending plus reservations stays within the session's cap and every thread's,
+    and a worker killed in the middle does not change that (lost calls count as spent)."""
+    rng = random.Random(15)
+    cap_usd = 0.004  # a few dozen of these calls
+    live = await ready_live(
+        live_factory,
+        project(workers=2, latency=0.2, cap=40, budget=f"\n[budget]\nusd = {cap_usd}\n"),
+    )
+    pool, ledger = live.sup.pool, live.sup.ledger
+    assert pool is not None
+    thread_caps = {}
+    breaches: list[str] = []
+
+    def check(_ev: object) -> None:
+        s = ledger.session
+        if s.spent_usd + s.reserved_usd > cap_usd + 1e-12:
+            breaches.append(f"session {s.spent_usd} + {s.reserved_usd} > {cap_usd}")
+        for t, c in thread_caps.items():
+            a = ledger.threads.get(t)
+            if a is not None and a.spent_usd + a.reserved_usd > c + 1e-12:
+                breaches.append(f"{t}: {a.spent_usd} + {a.reserved_usd} > {c}")
+
+    live.bus.subscribe(check)
+    for _ in range(40):
+        usd = round(rng.uniform(0.0002, 0.0006), 6) if rng.random() < 0.5 else None
+        tid = live.sup.spawn_task("job", budget_usd=usd)
+        if usd is not None:
+            thread_caps[tid] = usd
+    killed = False
+
+    def kill_once() -> bool:
+        nonlocal killed
+        w = pool.workers[1]
+        if not killed and w is not None and len(w.pending) >= 5:
+            os.kill(w.proc.pid, signal.SIGKILL)
+            killed = True
+        return killed
+
+    await live.waiter.until(kill_once, timeout=60)
+    # Past the caps a thread asks for more; headless, nobody raises a budget: it fails.
+    await live.waiter.until(
+        lambda: all(v.state.ended for v in live.bus.state.threads.values()), timeout=90
+    )
+    assert not breaches, breaches[:5]
+    assert pool.lost >= 5 and ledger.open_reservations == 0
+    states = [(v.state, v.reason) for v in live.bus.state.threads.values()]
+    assert (ThreadState.FAILED, "budget") in states, "the caps should have stopped some"
+    assert (ThreadState.DONE, "finished") in states
+    assert ledger.session.spent_usd <= cap_usd + 1e-12
+
+
+async def test_workers_that_cannot_start_leave_the_calls_in_process(
+    live_factory, monkeypatch
+) -> None:
+    import tower.core.callworkers as cw
+
+    real = cw.WorkerPool.__init__
+
+    def broken(self, size, registration, command=None):  # type: ignore[no-untyped-def]
+        real(self, size, registration, [sys.executable, "-c", "import sys; sys.exit(3)"])
+
+    monkeypatch.setattr(cw.WorkerPool, "__init__", broken)
+    live = await live_factory(project(workers=2, repeat=8), FILES, approve="all")
+    pool = live.sup.pool
+    assert pool is not None
+    tids = [f"job-{i}" for i in range(1, 9)]
+    await live.waiter.until(ended(live, *tids), timeout=60)
+    assert all(live.view(t).state is ThreadState.DONE for t in tids)
+    assert not [e for e in live.events if e.kind is EventKind.LLM_LOST]  # none was sent
+    assert pool.ready == 0 and pool.lost == 0
+
+
+async def test_a_thread_killed_mid_call_stops_its_call_in_the_worker(live_factory) -> None:
+    live = await ready_live(live_factory, project(workers=1, latency=5.0))
+    pool = live.sup.pool
+    assert pool is not None
+    worker = pool.workers[0]
+    assert worker is not None
+    a, b = live.sup.spawn_task("job"), live.sup.spawn_task("job")
+    await live.waiter.until(lambda: len(worker.pending) == 2)
+    finished = len(live.kinds(a, EventKind.LLM_FINISHED))
+    live.sup.kill(a)
+    await live.waiter.until(lambda: len(worker.pending) == 1)
+    assert live.view(a).state is ThreadState.KILLED
+    assert live.sup.ledger.threads[a].reserved_usd == 0
+    assert live.view(b).state is ThreadState.RUNNING  # the other call goes on
+    assert len(live.kinds(a, EventKind.LLM_FINISHED)) == finished  # its call never ends
