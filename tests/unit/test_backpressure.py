@@ -211,6 +211,7 @@ max_retries = 0
 [limits]
 max_concurrent = {THREADS}
 adaptive = {str(adaptive).lower()}
+workers = 0
 
 [models."sim/small"]
 latency_s = 0.05

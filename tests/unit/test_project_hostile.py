@@ -388,6 +388,18 @@ VARIANTS = [
         "greater than or equal to 1",
     ),
     Variant(
+        "workers-negative",
+        VALID + "[limits]\nworkers = -1\n",
+        "limits.workers",
+        "from 0 to 64",
+    ),
+    Variant(
+        "workers-word",
+        VALID + '[limits]\nworkers = "many"\n',
+        "limits.workers",
+        'expected "auto" or a number of processes from 0 to 64',
+    ),
+    Variant(
         "repeat-string", HEAD + AGENT + _task(repeat='"5"'), "tasks[0].repeat", "valid integer"
     ),
     Variant("repeat-float", HEAD + AGENT + _task(repeat="2.0"), "tasks[0].repeat", "valid integer"),

@@ -36,6 +36,8 @@ class CallFigures:
     in_flight: int
     waiting: int
     lag_s: float
+    workers: int = 0  # worker processes taking calls (core/callworkers.py)
+    worker_slots: int = 0  # worker processes the session runs with (0: calls in-process)
 
 
 class Control:
@@ -72,8 +74,10 @@ class Control:
 
     def calls(self) -> CallFigures:
         """The call gate's counters, copied (plain ints the core thread updates)."""
-        gate = self._sup.calls
-        return CallFigures(gate.in_flight, gate.waiting, gate.lag.lag_s)
+        gate, pool = self._sup.calls, self._sup.pool
+        if pool is None:
+            return CallFigures(gate.in_flight, gate.waiting, gate.lag.lag_s)
+        return CallFigures(gate.in_flight, gate.waiting, gate.lag.lag_s, pool.ready, pool.size)
 
     def is_open(self, item: str) -> bool:
         """Whether an inbox item still waits for a decision (a rule may have taken it)."""

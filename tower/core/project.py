@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -155,6 +156,9 @@ class BudgetSettings(_Strict):
     routine_usd: float = Field(default=0.01, ge=0)
 
 
+MAX_WORKERS = 64
+
+
 class LimitSettings(_Strict):
     max_concurrent: int = Field(default=16, ge=1, le=10_000)
     # Model calls in flight adapt below max_concurrent to tower's own event-loop lag
@@ -163,11 +167,18 @@ class LimitSettings(_Strict):
     target_lag_ms: float = Field(default=50.0, ge=1, le=10_000)
     # Model calls run in this many worker processes (core/callworkers.py): "auto" is one
     # per core once max_concurrent reaches 64, else none; 0 makes every call in-process.
-    workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
+    workers: int | str = "auto"
     # Sub-agents (the spawn_agent tool): how deep a tree may grow below a project task
     # (its children are depth 1) and how many children one thread may start in all.
     max_depth: int = Field(default=2, ge=1, le=8)
     max_children: int = Field(default=8, ge=1, le=1000)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and 0 <= value <= MAX_WORKERS):
+            return value
+        raise ValueError(f'expected "auto" or a number of processes from 0 to {MAX_WORKERS}')
 
 
 class ModelSettings(_Strict):

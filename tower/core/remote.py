@@ -140,6 +140,8 @@ class RemoteControl:
                         int(msg.get("in_flight") or 0),
                         int(msg.get("waiting") or 0),
                         float(msg.get("lag_s") or 0.0),
+                        int(msg.get("workers") or 0),
+                        int(msg.get("worker_slots") or 0),
                     )
                 elif kind == "notice":
                     if msg.get("reloaded"):  # the fleet runs the edited tower.toml now

@@ -237,7 +237,9 @@ class Service:
             self.pace.add(time.monotonic(), ended_count(self.control.state))
             if self.views:
                 f = self.control.calls()
-                msg = wire.figures(f.in_flight, f.waiting, round(f.lag_s, 4))
+                msg = wire.figures(
+                    f.in_flight, f.waiting, round(f.lag_s, 4), f.workers, f.worker_slots
+                )
                 for view in self.views:
                     view.tell("figures", msg)
 

@@ -133,9 +133,19 @@ def notice(
     }
 
 
-def figures(in_flight: int, waiting: int, lag_s: float) -> dict[str, Any]:
+def figures(
+    in_flight: int, waiting: int, lag_s: float, workers: int = 0, worker_slots: int = 0
+) -> dict[str, Any]:
     """The call gate's counters, sent to each view once a second (core/control.CallFigures)."""
-    return {"type": "figures", "in_flight": in_flight, "waiting": waiting, "lag_s": lag_s}
+    msg: dict[str, Any] = {
+        "type": "figures",
+        "in_flight": in_flight,
+        "waiting": waiting,
+        "lag_s": lag_s,
+    }
+    if worker_slots:
+        msg["workers"], msg["worker_slots"] = workers, worker_slots
+    return msg
 
 
 def event(ev: Event) -> dict[str, Any]:

@@ -126,6 +126,9 @@ class BudgetBar(Static):
                 f" · {gate.waiting:,} calls held back by tower, {gate.in_flight:,} in flight"
                 f" (lag {gate.lag_s * 1000:.0f} ms)"
             )
+        if gate is not None and gate.worker_slots:
+            # Calls run in worker processes; fewer than asked: starting, or given up on.
+            line2.append(f" · calls in {gate.workers}/{gate.worker_slots} workers")
         if note:
             line2.append(f" · {note}", style="italic")
         self.update(Text("\n").join([line1, line2]), layout=False)  # fixed height: no layout
