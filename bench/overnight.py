@@ -34,7 +34,7 @@ from tower.fleet_cli import progress_text
 MODEL = "sim/small"
 
 
-def write_project(root: Path, tasks: int, concurrent: int) -> None:
+def write_project(root: Path, tasks: int, concurrent: int, workers: str = "auto") -> None:
     (root / "ws").mkdir(parents=True, exist_ok=True)
     (root / "ws" / "notes.txt").write_text("Household wages $58,420.00.\n", encoding="utf-8")
     (root / "tower.toml").write_text(
@@ -45,6 +45,7 @@ copy_workspaces = false
 
 [limits]
 max_concurrent = {concurrent}
+workers = {workers if workers.isdigit() else f'"{workers}"'}
 
 [[agents]]
 name = "worker"
@@ -99,6 +100,20 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children(pid: int) -> list[int]:
+    """The service's worker processes (its children), from /proc."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
 def fleet_row(env: dict[str, str]) -> dict[str, Any] | None:
     rows = json.loads(tower("ls", "--json", env=env).stdout or "[]")
     return next((r for r in rows if r["project"] == "overnight"), None)
@@ -146,19 +161,22 @@ def main() -> None:
     ap.add_argument("--concurrent", type=int, default=200)
     ap.add_argument("--kill-at", type=float, default=0.5, help="0 for no kill")
     ap.add_argument("--keep", help="keep the database at this path")
+    ap.add_argument("--workers", default="auto", help='limits.workers ("auto", 0, N)')
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tower-night-"))
     runtime = Path(tempfile.mkdtemp(prefix="tw-"))
     env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), TOWER_SHELL_SANDBOX="0")
     root = tmp / "proj"
-    write_project(root, args.tasks, args.concurrent)
+    write_project(root, args.tasks, args.concurrent, args.workers)
     db = Path(args.keep) if args.keep else tmp / "night.db"
     t0 = time.perf_counter()
     up = tower("up", str(root), "--db", str(db), env=env)
     if up.returncode != 0:
         sys.exit(f"tower up failed: {up.stderr}")
     session = up.stdout.strip()
-    samples: list[tuple[float, int, float]] = []  # (elapsed, done, rss)
+    samples: list[tuple[float, int, float]] = []  # (elapsed, done, service rss)
+    workers_rss: list[float] = []  # the worker processes' RSS, summed, per sample
+    worker_cpu: dict[int, float] = {}  # each worker's CPU, as last read (they die with it)
     killed_at: float | None = None
     resumed_in: float | None = None
     cpu_before_kill = 0.0
@@ -173,6 +191,10 @@ def main() -> None:
         done = int((row.get("threads") or {}).get("done", 0))
         elapsed = time.perf_counter() - t0
         samples.append((elapsed, done, rss_mb(pid)))
+        kids = children(pid)
+        workers_rss.append(sum(rss_mb(k) for k in kids))
+        for k in kids:
+            worker_cpu[k] = max(worker_cpu.get(k, 0.0), cpu_s(k))
         if elapsed - last_print >= 15:
             last_print = elapsed
             print(
@@ -199,6 +221,9 @@ def main() -> None:
         time.sleep(1.0)
     wall = time.perf_counter() - t0
     cpu = cpu_before_kill + cpu_s(pid)
+    for k in children(pid):
+        worker_cpu[k] = max(worker_cpu.get(k, 0.0), cpu_s(k))
+    wcpu = sum(worker_cpu.values())
     peak = max(s[2] for s in samples)
     down = tower("down", session, env=env)
     if down.returncode != 0:
@@ -210,6 +235,13 @@ def main() -> None:
         f"service cpu {cpu:.0f} s ({cpu / max(log['calls_finished'], 1) * 1000:.2f} ms/call), "
         f"peak rss {peak:.0f} MB, {log['events']:,} events"
     )
+    if worker_cpu:
+        calls = max(log["calls_finished"], 1)
+        print(
+            f"workers: {len(worker_cpu)} process(es) seen, cpu {wcpu:.0f} s; service + workers "
+            f"{(cpu + wcpu) / calls * 1000:.2f} ms/call; "
+            f"workers' rss peak {max(workers_rss):.0f} MB"
+        )
     print("rss by progress (done → MB):")
     for tenth in range(1, 11):
         want = args.tasks * tenth / 10

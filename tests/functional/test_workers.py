@@ -149,24 +149,28 @@ async def test_a_worker_killed_mid_call_loses_only_its_calls(live_factory) -> No
     await live.waiter.until(ended(live, *tids), timeout=60)
 
     lost = [e for e in live.events if e.kind is EventKind.LLM_LOST]
-    # Answers the worker wrote before it died are still read: only the rest are lost.
-    assert lost and len(lost) == pool.lost == len({e.thread for e in lost})
+    # Answers the worker wrote before it died are still read: only the rest are lost (and
+    # a call sent in the instant between the kill and its discovery, which is lost too).
+    assert lost and len(lost) == pool.lost
+    lost_usd: dict[str, float] = {t: 0.0 for t in tids}
     for e in lost:
-        assert e.payload["reserved_usd"] == pytest.approx(reserved[e.thread])
+        # Booked at the reservation its own llm_started recorded.
+        started = [s for s in live.kinds(e.thread, EventKind.LLM_STARTED) if s.seq < e.seq]
+        assert e.payload["reserved_usd"] == pytest.approx(started[-1].payload["reserved_usd"])
         assert "possibly billed" in e.payload["reason"]
-    held = {e.thread for e in lost}
+        lost_usd[e.thread] += e.payload["reserved_usd"]
     for t in tids:
         v = live.view(t)
         assert v.state is ThreadState.DONE and v.answer == "wages $58,420.00"
-        # A lost call was made again, under a new call id: four calls started, three ended.
-        assert len(live.kinds(t, EventKind.LLM_STARTED)) == (4 if t in held else 3)
+        # A lost call was made again, under a new call id: one more start for each.
+        n_lost = sum(e.thread == t for e in lost)
+        assert len(live.kinds(t, EventKind.LLM_STARTED)) == 3 + n_lost
         assert len(live.kinds(t, EventKind.LLM_FINISHED)) == 3
-        # Booked: what the finished calls cost, plus the lost one at its reservation.
+        # Booked: what the finished calls cost, plus the lost ones at their reservations.
         spent = sum(e.payload["cost_usd"] for e in live.kinds(t, EventKind.LLM_FINISHED))
-        lost_usd = reserved[t] if t in held else 0.0
-        assert live.sup.ledger.threads[t].spent_usd == pytest.approx(spent + lost_usd)
-        assert v.lost_usd == pytest.approx(lost_usd)
-    assert live.bus.state.budget.lost_usd == pytest.approx(sum(reserved[t] for t in held))
+        assert live.sup.ledger.threads[t].spent_usd == pytest.approx(spent + lost_usd[t])
+        assert v.lost_usd == pytest.approx(lost_usd[t])
+    assert live.bus.state.budget.lost_usd == pytest.approx(sum(lost_usd.values()))
     assert live.sup.ledger.open_reservations == 0
     # A new worker takes the dead one's place (calls made meanwhile ran in-process).
     await pool.wait_ready()
@@ -356,3 +360,58 @@ async def test_a_providers_retry_after_crosses_from_the_worker(live_factory) -> 
         assert "rate limited (429)" in failed.payload["error"] and failed.payload["retryable"]
         second = live.kinds("t", EventKind.LLM_STARTED)[1]
         assert second.ts - failed.ts >= 0.45
+
+
+# --- the protocol against hostile workers ---------------------------------------------------
+
+FAKE_WORKER = """
+import json, os, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m["op"] == "setup":
+        print(json.dumps({"ready": True}), flush=True)
+    elif m["op"] == "call" and MODE == "die":
+        os._exit(9)
+    elif m["op"] == "call":
+        print("Give Feedback / Get Help: a banner on the wrong stream", flush=True)
+        print(json.dumps({"id": 999, "result": {"text": "not yours"}}), flush=True)
+        print(json.dumps({"id": m["id"], "text": "hel"}), flush=True)
+        result = {"text": "hello", "prompt_tokens": 3, "completion_tokens": 1,
+                  "tool_calls": [{"id": "c1", "name": "finish", "arguments": "{}"}]}
+        print(json.dumps({"id": m["id"], "text": "lo", "result": result}), flush=True)
+"""
+
+
+async def fake_pool(mode: str) -> object:
+    from tower.core.callworkers import WorkerPool
+
+    pool = WorkerPool(1, {}, [sys.executable, "-c", f"MODE = {mode!r}\n" + FAKE_WORKER])
+    await pool.start()
+    await pool.wait_ready()
+    return pool
+
+
+async def test_a_workers_stray_lines_are_skipped_and_its_answer_kept() -> None:
+    from tower.core import llm
+
+    pool = await fake_pool("chatty")
+    try:
+        seen: list[str] = []
+        result = await pool.stream_call("sim/small", [], None, 16, 5.0, seen.append)
+        assert seen == ["hel", "lo"] and result.text == "hello"
+        assert result.tool_calls == [llm.ToolCall("c1", "finish", "{}")]
+        assert (result.prompt_tokens, result.completion_tokens) == (3, 1)
+    finally:
+        await pool.stop()
+
+
+async def test_a_worker_that_dies_on_a_call_loses_it_as_possibly_billed() -> None:
+    from tower.core import llm
+
+    pool = await fake_pool("die")
+    try:
+        with pytest.raises(llm.CallLost, match=r"exited .* possibly billed"):
+            await pool.stream_call("sim/small", [], None, 16, 5.0, lambda _t: None)
+        assert pool.lost == 1
+    finally:
+        await pool.stop()

@@ -1034,6 +1034,8 @@ def test_highest_number_reads_only_the_kind_and_key_asked() -> None:
 class FakeHost:
     """A LoopHost of a few lines: it records what the loop asks of it."""
 
+    pool = None  # no worker processes: calls in-process
+
     def __init__(
         self,
         *,
@@ -1052,7 +1054,6 @@ class FakeHost:
         self._verdict = verdict or Verdict(Action.ALLOW, why="test host")
         self._settings = ProjectMeta(name="fake")
         self._lag = LoopLag()
-        self.pool = None  # calls in-process
 
     @property
     def settings(self) -> ProjectMeta:

@@ -38,7 +38,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from tower.core import llm
 from tower.core.admission import LoopLag
@@ -310,25 +310,28 @@ class WorkerPool:
             self.broken = f"cannot start a worker process: {exc}"
 
     async def stop(self) -> None:
-        """Ends every worker (closing its stdin ends it; a stuck one is killed)."""
+        """Ends every worker (closing its stdin ends it; a stuck one is killed). A worker
+        started in place of a dead one while this runs is ended too."""
         self.closed = True
-        workers = [w for w in self.workers if w is not None]
-        for w in workers:
-            if w.proc.stdin is not None:
-                with contextlib.suppress(Exception):
-                    w.proc.stdin.close()
-        for w in workers:
-            try:
-                async with asyncio.timeout(5):
+        stopped: set[int] = set()
+        while workers := [w for w in self.workers if w is not None and id(w) not in stopped]:
+            for w in workers:
+                if w.proc.stdin is not None:
+                    with contextlib.suppress(Exception):
+                        w.proc.stdin.close()
+            for w in workers:
+                try:
+                    async with asyncio.timeout(5):
+                        await w.proc.wait()
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        w.proc.kill()
                     await w.proc.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    w.proc.kill()
-                await w.proc.wait()
-            for task in (w.reader, w.errors):
-                if task is not None:
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+                for task in (w.reader, w.errors):  # the reader ends in _died: no restart now
+                    if task is not None:
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await task
+                stopped.add(id(w))
 
 
 # --- the worker process --------------------------------------------------------------------
@@ -352,7 +355,8 @@ def apply_registration(reg: dict[str, Any]) -> dict[str, Any]:
 class _Serve:
     """The worker's side: one task per call, its text and answer written back as lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, wire: BinaryIO) -> None:
+        self.wire = wire  # the protocol's own stdout; print() goes to stderr
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.text: dict[int, list[str]] = {}
         self.out: list[bytes] = []
@@ -371,8 +375,8 @@ class _Serve:
         self._flush_due = False
         if self.out:
             data, self.out = b"\n".join(self.out) + b"\n", []
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
+            self.wire.write(data)
+            self.wire.flush()
 
     async def call(self, msg: dict[str, Any]) -> None:
         call_id = msg["id"]
@@ -454,9 +458,14 @@ class _Serve:
 
 
 def main() -> None:
+    # The protocol gets stdout to itself: anything a library prints (litellm has banners)
+    # goes to stderr, which the service reads into its log, so it can never break a line.
+    wire = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
-        asyncio.run(_Serve().run())
+        asyncio.run(_Serve(wire).run())
 
 
 if __name__ == "__main__":
