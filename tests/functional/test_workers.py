@@ -415,3 +415,27 @@ async def test_a_worker_that_dies_on_a_call_loses_it_as_possibly_billed() -> Non
         assert pool.lost == 1
     finally:
         await pool.stop()
+
+
+# --- from the orchestrator's seat -------------------------------------------------------------
+
+
+async def test_the_budget_bar_shows_the_workers_and_one_lost(tmp_path) -> None:
+    """The bar says how many workers take calls: 2/2 once they loaded litellm, 1/2 while one
+    killed is replaced, 2/2 again; the threads meanwhile finish."""
+    from tests.tui_harness import drawn, tui
+
+    toml = project(workers=2, repeat=40, latency=0.5, cap=8)
+    async with tui(tmp_path, toml, files=FILES) as t:
+        bar = t.app.budget_bar
+        await t.until(lambda: "in 2/2 workers" in drawn(bar), "both workers ready", 60)
+        pool = t.app.sup.pool
+        assert pool is not None
+        victim = pool.workers[0]
+        assert victim is not None
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        await t.until(lambda: "in 1/2 workers" in drawn(bar), "one worker down", 30)
+        await t.until(lambda: "in 2/2 workers" in drawn(bar), "replaced", 60)
+        assert pool.workers[0] is not victim
+        await t.until(lambda: t.state().all_ended, "every thread ended", 120)
+        assert t.state().count(ThreadState.DONE) == 40

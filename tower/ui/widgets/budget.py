@@ -120,15 +120,21 @@ class BudgetBar(Static):
         if state.waiting_tasks:  # task graphs: not spawned until what they name has ended
             n = len(state.waiting_tasks)
             line2.append(f" · {n} task{'s' if n != 1 else ''} waiting on others")
-        if gate is not None and gate.waiting:
+        if gate is not None and gate.worker_slots:
+            # Calls run in worker processes (fewer than asked: starting, or given up on).
+            # Put first what fits at 160 columns: calls, workers, then what tower holds back.
+            held = f", {gate.waiting:,} held back by tower" if gate.waiting else ""
+            lag = f" (lag {gate.lag_s * 1000:.0f} ms)" if gate.waiting else ""
+            line2.append(
+                f" · calls: {gate.in_flight:,} in {gate.workers}/{gate.worker_slots} workers"
+                f"{held}{lag}"
+            )
+        elif gate is not None and gate.waiting:
             # Running threads whose next call waits for tower itself, not for a provider.
             line2.append(
                 f" · {gate.waiting:,} calls held back by tower, {gate.in_flight:,} in flight"
                 f" (lag {gate.lag_s * 1000:.0f} ms)"
             )
-        if gate is not None and gate.worker_slots:
-            # Calls run in worker processes; fewer than asked: starting, or given up on.
-            line2.append(f" · calls in {gate.workers}/{gate.worker_slots} workers")
         if note:
             line2.append(f" · {note}", style="italic")
         self.update(Text("\n").join([line1, line2]), layout=False)  # fixed height: no layout
