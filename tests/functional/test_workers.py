@@ -439,3 +439,21 @@ async def test_the_budget_bar_shows_the_workers_and_one_lost(tmp_path) -> None:
         assert pool.workers[0] is not victim
         await t.until(lambda: t.state().all_ended, "every thread ended", 120)
         assert t.state().count(ThreadState.DONE) == 40
+
+
+async def test_no_worker_process_can_be_started_the_session_runs_in_process(
+    live_factory, monkeypatch, tmp_path
+) -> None:
+    import tower.core.callworkers as cw
+
+    real = cw.WorkerPool.__init__
+
+    def missing(self, size, registration, command=None):  # type: ignore[no-untyped-def]
+        real(self, size, registration, [str(tmp_path / "no-such-python")])
+
+    monkeypatch.setattr(cw.WorkerPool, "__init__", missing)
+    live = await live_factory(project(workers=2, repeat=4), FILES, approve="all")
+    assert live.sup.pool is None
+    tids = [f"job-{i}" for i in range(1, 5)]
+    await live.waiter.until(ended(live, *tids), timeout=60)
+    assert all(live.view(t).state is ThreadState.DONE for t in tids)

@@ -176,8 +176,14 @@ class Supervisor:
         limits = self.project.limits
         n = worker_count(limits.workers, limits.max_concurrent)
         if n and self.pool is None:
-            pool = self.pool = WorkerPool(n, self.models.registration())
-            await pool.start()
+            pool = WorkerPool(n, self.models.registration())
+            try:
+                await pool.start()
+            except OSError as exc:  # no process can be started here: calls stay in-process
+                log.warning("cannot start worker processes (%s): calls run in-process", exc)
+                await pool.stop()
+                return
+            self.pool = pool
             self.calls.other_lag = lambda: pool.lag_s
 
     def _top_up(self) -> None:
