@@ -372,6 +372,8 @@ for line in sys.stdin:
         print(json.dumps({"ready": True}), flush=True)
     elif m["op"] == "call" and MODE == "die":
         os._exit(9)
+    elif m["op"] == "call" and MODE == "malformed":
+        print(json.dumps({"id": m["id"], "result": {"text": 5, "no_such_field": 1}}), flush=True)
     elif m["op"] == "call":
         print("Give Feedback / Get Help: a banner on the wrong stream", flush=True)
         print(json.dumps({"id": 999, "result": {"text": "not yours"}}), flush=True)
@@ -457,3 +459,16 @@ async def test_no_worker_process_can_be_started_the_session_runs_in_process(
     tids = [f"job-{i}" for i in range(1, 5)]
     await live.waiter.until(ended(live, *tids), timeout=60)
     assert all(live.view(t).state is ThreadState.DONE for t in tids)
+
+
+async def test_a_malformed_answer_fails_its_call_and_the_worker_goes_on() -> None:
+    from tower.core import llm
+
+    pool = await fake_pool("malformed")
+    try:
+        for _ in range(2):  # the reader survived the first
+            with pytest.raises(llm.CallError, match="malformed answer"):
+                await pool.stream_call("sim/small", [], None, 16, 5.0, lambda _t: None)
+        assert pool.ready == 1 and pool.lost == 0
+    finally:
+        await pool.stop()

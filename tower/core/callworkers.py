@@ -229,6 +229,8 @@ class WorkerPool:
                 try:
                     line = await out.readline()
                 except ValueError:  # a line past MAX_LINE: the worker is broken
+                    with contextlib.suppress(ProcessLookupError):
+                        w.proc.kill()
                     break
                 if not line:
                     break
@@ -237,7 +239,14 @@ class WorkerPool:
                 except ValueError:
                     log.warning("worker %d wrote a line that is not JSON: %.200r", w.n, line)
                     continue
-                self._receive(w, msg)
+                try:
+                    self._receive(w, msg)
+                except Exception as exc:  # an answer of the wrong shape fails its call alone
+                    log.warning("worker %d sent a malformed message: %s", w.n, exc)
+                    p = w.pending.get(msg.get("id")) if isinstance(msg, dict) else None
+                    if p is not None and not p.future.done():
+                        why = f"worker {w.n} sent a malformed answer ({type(exc).__name__})"
+                        p.future.set_exception(llm.CallError(why, retryable=True))
         finally:
             await self._died(w)
 
