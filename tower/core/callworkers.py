@@ -51,6 +51,11 @@ AUTO_MIN_CONCURRENT = 64  # `workers = "auto"`: fewer threads at once do not nee
 RESTARTS_PER_MINUTE = 5  # a worker that keeps dying is not started again and again
 
 
+def _line(msg: dict[str, Any]) -> bytes:
+    """One protocol message, as both sides write it (the newline is added by the writer)."""
+    return json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -82,7 +87,6 @@ class _Worker:
     pending: dict[int, _Pending] = field(default_factory=dict)
     reader: asyncio.Task[None] | None = None
     errors: asyncio.Task[None] | None = None
-    started: float = 0.0
     ready: bool = False  # litellm loaded and the setup applied: calls may be sent
     answered: int = 0
     lag_s: float = 0.0
@@ -132,7 +136,7 @@ class WorkerPool:
             limit=MAX_LINE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        w = _Worker(n, proc, started=time.monotonic())
+        w = _Worker(n, proc)
         self._send(w, {"op": "setup", "registration": self.registration})
         w.reader = asyncio.get_running_loop().create_task(self._read(w), name=f"tower:worker{n}")
         w.errors = asyncio.get_running_loop().create_task(
@@ -142,8 +146,7 @@ class WorkerPool:
 
     def _send(self, w: _Worker, msg: dict[str, Any]) -> None:
         assert w.proc.stdin is not None
-        w.proc.stdin.write(json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode())
-        w.proc.stdin.write(b"\n")
+        w.proc.stdin.write(_line(msg) + b"\n")
 
     def _pick(self) -> _Worker | None:
         best: _Worker | None = None
@@ -374,7 +377,7 @@ class _Serve:
         self._flush_due = False
 
     def put(self, msg: dict[str, Any]) -> None:
-        self.out.append(json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode())
+        self.out.append(_line(msg))
         if not self._flush_due:
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self.flush)
