@@ -246,7 +246,8 @@ class WorkerPool:
                     self._receive(w, msg)
                 except Exception as exc:  # an answer of the wrong shape fails its call alone
                     log.warning("worker %d sent a malformed message: %s", w.n, exc)
-                    p = w.pending.get(msg.get("id")) if isinstance(msg, dict) else None
+                    call_id = msg.get("id") if isinstance(msg, dict) else None
+                    p = w.pending.get(call_id) if isinstance(call_id, int) else None
                     if p is not None and not p.future.done():
                         why = f"worker {w.n} sent a malformed answer ({type(exc).__name__})"
                         p.future.set_exception(llm.CallError(why, retryable=True))
