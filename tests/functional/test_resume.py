@@ -17,7 +17,9 @@ from tests.helpers import REPO, one_line_error, tower, tower_cmd, tower_env, wri
 from tower.core.events import Event, EventKind, ThreadState
 from tower.core.payloads import PauseRequested, payload_as, payload_of
 from tower.core.project import load_project
-from tower.core.session import resume_headless, run_headless
+from tower.core.resume import rebuild
+from tower.core.session import fold_recorded, resume_headless, run_headless
+from tower.core.state import fold, state_to_dict
 from tower.core.store import Store
 
 TAX = str(REPO / "sample_projects" / "tax_return")
@@ -352,6 +354,45 @@ async def test_a_crash_at_every_event_boundary_resumes_to_the_uninterrupted_outc
         assert max(calls.values()) == 1, (k, calls)  # no recorded call made again
         spawned = [e.thread for e in after if e.kind is EventKind.THREAD_SPAWNED]
         assert sorted(spawned) == ["t-1", "t-2", "t-3"], (k, spawned)
+
+
+async def test_a_resume_folds_the_log_in_one_pass_and_keeps_only_open_threads(tmp_path) -> None:
+    """The resume's fold streams the log: the state it builds is the reducer's over the whole
+    log, and the working set it keeps is that of the threads still open at the cut (an ended
+    thread's is dropped as it ends), so a long log does not sit in memory twice."""
+    root = write_project(tmp_path / "proj", THREE_TASKS, {"ws/a.txt": "a\n"})
+    ref = await run_headless(load_project(root), tmp_path / "ref.db", "all", None)
+    session = ref.summary["session"]
+    store = await Store.open(tmp_path / "ref.db")
+    events = [ev async for ev in store.events(session)]
+    await store.close()
+    prompts = {a.name: a.system_prompt for a in load_project(root).agents}
+    first_end = next(
+        i for i, ev in enumerate(events)
+        if ev.kind is EventKind.THREAD_STATE and ev.payload["state"] == "done"
+    )  # fmt: skip
+    checked = 0
+    for k in (first_end + 1, len(events)):
+        db = await _crashed_copy(tmp_path / f"fold{k}.db", session, "folds", root, events[:k])
+        copy = await Store.open(db)
+        try:
+            state, log = await fold_recorded(copy, session, prompts)
+        finally:
+            await copy.close()
+        assert state_to_dict(state) == state_to_dict(fold(events[:k]))
+        open_threads = sorted(t for t, v in state.threads.items() if not v.state.ended)
+        assert sorted(log.rebuilder.plans) == open_threads
+        assert sorted(log.rebuilder.last_calls) == open_threads  # ended ones' sets dropped
+        assert log.rebuilder.ended == {t for t, v in state.threads.items() if v.state.ended}
+        plans = log.plans()
+        assert [p.id for p in plans] == [p.id for p in rebuild(events[:k], prompts)]
+        assert log.started and log.spawn_tasks
+        assert log.last_call == max(
+            int(e.payload["call"][1:]) for e in events[:k] if e.kind is EventKind.LLM_STARTED
+        )
+        checked += 1
+    assert checked == 2
+    assert log.rebuilder.ended == {"t-1", "t-2", "t-3"} and not log.rebuilder.plans
 
 
 TEXT_ANSWER = """

@@ -36,7 +36,7 @@ from tower.core.project import (
 )
 from tower.core.ratelimit import Use
 from tower.core.resume import ThreadPlan
-from tower.core.resumer import restart, restore_session, restore_thread
+from tower.core.resumer import digest, restart, restore_session, restore_thread
 from tower.core.run import CommandError, Decision, ThreadRun, highest_number
 from tower.core.scheduler import Scheduler
 from tower.core.state import BudgetView, ThreadView
@@ -585,7 +585,7 @@ async def test_inbox_continue_numbering_follows_the_logs_highest_item() -> None:
         Event(3, 0.0, EventKind.INBOX_OPENED, "t", {"item": "ix", "kind": "approval"}),
         Event(4, 0.0, EventKind.INBOX_CLOSED, "t", {"item": "i99", "resolution": "dropped"}),
     ]
-    d.inbox.continue_numbering(log)
+    d.inbox.continue_numbering(digest(log, {}).last_item)
     item, _ = d.inbox.open(th, InboxKind.APPROVAL, tool="shell")
     assert item == "i8"
 

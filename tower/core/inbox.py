@@ -17,7 +17,7 @@ from typing import Any
 from tower.core import payloads as pl
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind, InboxKind, Resolution
-from tower.core.run import CommandError, Decision, ThreadRun, highest_number
+from tower.core.run import CommandError, Decision, ThreadRun
 
 
 class Inbox:
@@ -148,9 +148,9 @@ class Inbox:
                 pl.InboxClosed(item=item.id, resolution=str(Resolution.DROPPED), by="tower"), tid
             )
 
-    def continue_numbering(self, events: list[Event]) -> None:
-        """New items after a resume never reuse an id of the log."""
-        self._ids = itertools.count(highest_number(events, EventKind.INBOX_OPENED, "item") + 1)
+    def continue_numbering(self, last: int) -> None:
+        """New items after a resume never reuse an id of the log (`last`: its highest)."""
+        self._ids = itertools.count(last + 1)
 
 
 class AutoDecider:

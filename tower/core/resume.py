@@ -8,6 +8,7 @@ happened, so it is never re-run silently: it goes to the inbox as "interrupted â
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,28 +47,36 @@ class ThreadPlan:
     finished: str | None = None
 
 
-def rebuild(events: list[Event], system_prompts: dict[str, str]) -> list[ThreadPlan]:
-    """Plans for every thread that had not ended, in spawn order."""
-    plans: dict[str, ThreadPlan] = {}
-    ended: set[str] = set()
-    called: dict[str, set[str]] = {}
-    results: dict[str, set[str]] = {}
-    last_calls: dict[str, list[dict[str, Any]]] = {}
-    answers: dict[str, str] = {}  # a finish call's answer, by call id
-    for ev in events:
+class Rebuilder:
+    """Plans for every thread that had not ended, gathered one event at a time: a thread's
+    working set is dropped the moment it ends, so a resume's memory follows the threads
+    still open, not the length of the log."""
+
+    def __init__(self, system_prompts: dict[str, str]) -> None:
+        self.prompts = system_prompts
+        self.plans: dict[str, ThreadPlan] = {}
+        self.ended: set[str] = set()
+        self.called: dict[str, set[str]] = {}
+        self.results: dict[str, set[str]] = {}
+        self.last_calls: dict[str, list[dict[str, Any]]] = {}
+        self.answers: dict[str, str] = {}  # a finish call's answer, by call id
+
+    def feed(self, ev: Event) -> None:
         tid = ev.thread
         if tid is None:
-            continue
+            return
         p = ev.payload
         kind = ev.kind
         if kind is EventKind.THREAD_SPAWNED:
-            conv = messages.spawned_conversation(p, system_prompts)
-            plans[tid] = ThreadPlan(tid, p, conv, model=p["model"])
-            called[tid], results[tid], last_calls[tid] = set(), set(), []
-            continue
-        plan = plans.get(tid)
+            if tid in self.ended:
+                return  # an id spawned again after it ended stays ended, as it always did
+            conv = messages.spawned_conversation(p, self.prompts)
+            self.plans[tid] = ThreadPlan(tid, p, conv, model=p["model"])
+            self.called[tid], self.results[tid], self.last_calls[tid] = set(), set(), []
+            return
+        plan = self.plans.get(tid)
         if plan is None:
-            continue
+            return
         plan.conversation.apply(ev)  # what the model was sent: the live loop's own fold
         if kind is EventKind.LLM_STARTED:
             for note in p.get("guidance", ()):
@@ -76,32 +85,44 @@ def rebuild(events: list[Event], system_prompts: dict[str, str]) -> list[ThreadP
         elif kind is EventKind.LLM_FINISHED:
             plan.steps = p["step"]
             plan.model = p["model"]
-            last_calls[tid] = p.get("tool_calls") or []
-            called[tid], results[tid] = set(), set()
+            self.last_calls[tid] = p.get("tool_calls") or []
+            self.called[tid], self.results[tid] = set(), set()
         elif kind is EventKind.TOOL_CALLED:
-            called[tid].add(p["call_id"])
+            self.called[tid].add(p["call_id"])
             if p.get("tool") == "finish":
-                answers[p["call_id"]] = str((p.get("args") or {}).get("answer", ""))
+                self.answers[p["call_id"]] = str((p.get("args") or {}).get("answer", ""))
         elif kind is EventKind.TOOL_RESULT:
-            results[tid].add(p["call_id"])
+            self.results[tid].add(p["call_id"])
             if p.get("tool") == "finish" and p.get("ok"):
-                plan.finished = answers.get(p["call_id"], "")
+                plan.finished = self.answers.pop(p["call_id"], "")
         elif kind is EventKind.ESCALATED and p["to_model"] != "human":
             plan.model = p["to_model"]
         elif kind is EventKind.COMMENT:
             plan.guidance.append(p["text"])
         elif kind is EventKind.THREAD_STATE and ThreadState(p["state"]) in ENDED_STATES:
-            ended.add(tid)
-    out = []
-    for tid, plan in plans.items():
-        if tid in ended:
-            continue
-        for call in last_calls[tid]:
-            if call["id"] in results[tid]:
-                continue
-            fn = call.get("function", {})
-            plan.pending.append(ToolCall(call["id"], fn.get("name", ""), fn.get("arguments", "")))
-            if call["id"] in called[tid] and has_side_effects(str(fn.get("name"))):
-                plan.interrupted.add(call["id"])
-        out.append(plan)
-    return out
+            self.ended.add(tid)
+            del self.plans[tid], self.called[tid], self.results[tid], self.last_calls[tid]
+
+    def finish(self) -> list[ThreadPlan]:
+        """The plans, in spawn order, with each one's calls the log has no result for."""
+        out = []
+        for tid, plan in self.plans.items():
+            results, called = self.results[tid], self.called[tid]
+            for call in self.last_calls[tid]:
+                if call["id"] in results:
+                    continue
+                fn = call.get("function", {})
+                name = str(fn.get("name", ""))
+                plan.pending.append(ToolCall(call["id"], name, fn.get("arguments", "")))
+                if call["id"] in called and has_side_effects(name):
+                    plan.interrupted.add(call["id"])
+            out.append(plan)
+        return out
+
+
+def rebuild(events: Iterable[Event], system_prompts: dict[str, str]) -> list[ThreadPlan]:
+    """Plans for every thread that had not ended, in spawn order."""
+    rebuilder = Rebuilder(system_prompts)
+    for ev in events:
+        rebuilder.feed(ev)
+    return rebuilder.finish()

@@ -4,19 +4,24 @@
 project: its agent's settings, its cascade (a fork onto another model puts that model in
 front), the task's workspace, script and default answer, and what the ledger must hold
 before anything runs (its spending so far, plus any call a crash cut off). Pure functions:
-the supervisor records the events and queues the runs.
+the supervisor records the events and queues the runs. LogDigest gathers what a resume
+needs from the log in the same pass that folds it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from tower.core.budget import INF, Ledger
+from tower.core.events import Event, EventKind
 from tower.core.items import fill_item
 from tower.core.project import Project
-from tower.core.resume import ThreadPlan
+from tower.core.resume import Rebuilder, ThreadPlan
 from tower.core.run import CommandError, ThreadRun, fill
 from tower.core.state import BudgetView, ThreadView
+from tower.core.subagents import collect
 from tower.core.tasks import item_of, script_of, task_of
 
 
@@ -95,3 +100,55 @@ def restore_thread(ledger: Ledger, run: ThreadRun, view: ThreadView) -> None:
     acct = ledger.threads[run.id]
     acct.spent_usd = view.subtree_usd
     acct.spent_tokens = view.subtree_tokens
+
+
+def _number(value: Any) -> int:
+    """12 for an id like "c12" (0 for anything else)."""
+    text = str(value or "")
+    return int(text[1:]) if text[1:].isdigit() else 0
+
+
+class LogDigest:
+    """Everything a resume needs from a recorded log, gathered in the one pass that folds
+    it, so the log is never held whole: held as a list, a 650,000-event log doubled a
+    resumed fleet's memory (1.4 GB instead of its 600 MB) for as long as the fold lasted."""
+
+    def __init__(self, system_prompts: dict[str, str]) -> None:
+        self.rebuilder = Rebuilder(system_prompts)
+        self.started = False  # the log has its session_started
+        self.spawn_tasks = True  # ...and that session meant to run the project's tasks
+        self.rule_events: list[Event] = []  # grants and their ends, for the policy gate
+        self.last_item = 0  # the highest inbox item number: new items continue after it
+        self.last_call = 0  # the highest call number: new calls continue after it
+        self.collected: dict[str, set[str]] = {}  # children a recorded wait_agents gave
+        self.spawned_by: dict[str, str] = {}  # spawn_agent call id -> the child it started
+
+    def feed(self, ev: Event) -> None:
+        self.rebuilder.feed(ev)
+        kind = ev.kind
+        if kind is EventKind.LLM_STARTED:
+            self.last_call = max(self.last_call, _number(ev.payload.get("call")))
+        elif kind is EventKind.THREAD_SPAWNED:
+            by = ev.payload.get("spawned_by")
+            if by and ev.thread is not None:
+                self.spawned_by[str(by)] = ev.thread
+        elif kind is EventKind.TOOL_RESULT:
+            collect(self.collected, ev)
+        elif kind is EventKind.INBOX_OPENED:
+            self.last_item = max(self.last_item, _number(ev.payload.get("item")))
+        elif kind in (EventKind.RULE_GRANTED, EventKind.RULE_ENDED):
+            self.rule_events.append(ev)
+        elif kind is EventKind.SESSION_STARTED and not self.started:
+            self.started = True
+            self.spawn_tasks = bool(ev.payload.get("spawn_tasks", True))
+
+    def plans(self) -> list[ThreadPlan]:
+        return self.rebuilder.finish()
+
+
+def digest(events: Iterable[Event], system_prompts: dict[str, str]) -> LogDigest:
+    """A LogDigest of events already in hand (tests, small logs)."""
+    d = LogDigest(system_prompts)
+    for ev in events:
+        d.feed(ev)
+    return d

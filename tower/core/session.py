@@ -31,6 +31,7 @@ from tower.core.events import Event, EventKind
 from tower.core.mcp import McpStartError
 from tower.core.project import PROJECT_FILE, Project, ProjectError
 from tower.core.replay import ReplayError
+from tower.core.resumer import LogDigest
 from tower.core.state import TowerState, summary
 from tower.core.store import Store, StoreError
 from tower.core.supervisor import ApproveMode, Supervisor
@@ -122,14 +123,20 @@ async def _run_until_idle(sup: Supervisor, stop: asyncio.Event, store: Store) ->
     return stop.is_set()
 
 
-def fold_checked(events: list[Event], session: str, store: Store) -> TowerState:
-    """fold, with a reducer failure on a damaged event reported as that event's DamagedLog."""
+async def fold_recorded(
+    store: Store, session: str, system_prompts: dict[str, str]
+) -> tuple[TowerState, LogDigest]:
+    """Folds a recorded log in one streamed pass: the state (a reducer failure on a damaged
+    event is that event's DamagedLog) and what a resume needs besides. No event is kept
+    once folded, so a long log costs its threads' memory, not its own."""
     from tower.core.replay import apply_checked
 
     state = TowerState()
-    for ev in events:
+    log = LogDigest(system_prompts)
+    async for ev in store.events(session):
         apply_checked(state, ev, session, store)
-    return state
+        log.feed(ev)
+    return state, log
 
 
 class SessionRuntime:
@@ -146,15 +153,15 @@ class SessionRuntime:
         bus: Bus,
         sup: Supervisor,
         *,
-        events: list[Event] | None = None,
+        log: LogDigest | None = None,
         status: str | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
         self.sup = sup
-        # The recorded log a resume continues, and the session's status before it ("crashed",
-        # "unfinished", ...); both None/empty for a new session.
-        self.events = events or []
+        # What a resume needs from the recorded log it continues, and the session's status
+        # before it ("crashed", "unfinished", ...); both None for a new session.
+        self.log = log
         self.status = status
         self.resumed = status is not None
         self.started = False  # start() was attempted: close() stops the supervisor too
@@ -183,7 +190,7 @@ class SessionRuntime:
         """
         store = await Store.open(db)
         try:
-            events: list[Event] = []
+            log: LogDigest | None = None
             state: TowerState | None = None
             status: str | None = None
             if resume is not None:
@@ -195,10 +202,10 @@ class SessionRuntime:
                 if row.status == "running":
                     raise ResumeError(f"session {session} is still running in another process")
                 await store.check_log(session)  # a damaged log is one line naming the event
-                events = [ev async for ev in store.events(session)]
-                state = fold_checked(events, session, store)
                 if project is None:
                     project = (load or load_project)(Path(row.project_dir))
+                prompts = {a.name: a.system_prompt for a in project.agents}
+                state, log = await fold_recorded(store, session, prompts)
                 status, session_id = row.status, session
             if project is None:
                 raise ValueError("a new session needs a project")
@@ -221,7 +228,7 @@ class SessionRuntime:
         except BaseException:
             await store.close()
             raise
-        return cls(store, bus, sup, events=events, status=status)
+        return cls(store, bus, sup, log=log, status=status)
 
     @property
     def session_id(self) -> str:
@@ -236,7 +243,8 @@ class SessionRuntime:
         state = self.bus.state
         if not (self.resumed and state.all_ended):
             return False
-        return next(self.sup.unspawned(state, self.events), None) is None
+        spawn_tasks = self.log.spawn_tasks if self.log is not None else True
+        return next(self.sup.unspawned(state, spawn_tasks), None) is None
 
     async def end_finished(self) -> None:
         """Closes the log of a session killed after its last thread ended, before its end was
@@ -252,10 +260,9 @@ class SessionRuntime:
         thread continues on it; `origin`: a fork's source, for the log)."""
         self.started = True
         if self.resumed:
-            await self.sup.resume_session(self.events, model=model, origin=origin)
-            # The recorded log is folded: held for the rest of the run, a 650,000-event log
-            # kept a resumed fleet at 1.4 GB instead of its 400 MB.
-            self.events = []
+            assert self.log is not None
+            await self.sup.resume_session(self.log, model=model, origin=origin)
+            self.log = None  # its plans now live as threads
         else:
             await self.sup.start()
 

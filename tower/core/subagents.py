@@ -107,15 +107,20 @@ def results_text(views: Iterable[ThreadView]) -> str:
     return "\n\n".join(parts) if parts else "You have no sub-agents to wait for."
 
 
+def collect(out: dict[str, set[str]], ev: Event) -> None:
+    """Adds the children a recorded wait_agents result gave its thread (one event)."""
+    if ev.kind is EventKind.TOOL_RESULT and ev.thread is not None:
+        p = ev.payload
+        if p.get("tool") == "wait_agents" and p.get("ok"):
+            found = _HEADING.findall(str(p.get("result") or ""))
+            out.setdefault(ev.thread, set()).update(found)
+
+
 def collected_from(events: Iterable[Event]) -> dict[str, set[str]]:
     """Per thread, the children whose answers a recorded wait_agents call gave it."""
     out: dict[str, set[str]] = {}
     for ev in events:
-        if ev.kind is EventKind.TOOL_RESULT and ev.thread is not None:
-            p = ev.payload
-            if p.get("tool") == "wait_agents" and p.get("ok"):
-                found = _HEADING.findall(str(p.get("result") or ""))
-                out.setdefault(ev.thread, set()).update(found)
+        collect(out, ev)
     return out
 
 

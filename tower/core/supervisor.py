@@ -25,7 +25,7 @@ from tower.core.agent import AgentLoop
 from tower.core.budget import INF, Account, Ledger, Refusal, Reservation
 from tower.core.bus import Bus
 from tower.core.callworkers import WorkerPool, worker_count
-from tower.core.events import Event, EventKind, InboxKind, Resolution, ThreadState
+from tower.core.events import Event, InboxKind, Resolution, ThreadState
 from tower.core.inbox import AutoDecider, Inbox
 from tower.core.messages import KINDS as CONVERSATION_KINDS
 from tower.core.models import Models
@@ -40,21 +40,18 @@ from tower.core.project import (
     TaskSettings,
 )
 from tower.core.ratelimit import Use
-from tower.core.resume import rebuild
-from tower.core.resumer import restart, restore_session, restore_thread
+from tower.core.resumer import LogDigest, restart, restore_session, restore_thread
 from tower.core.run import (
     CommandError,
     Decision,
     TaskCopy,
     ThreadRun,
-    highest_number,
     new_session_id,
     shed,
 )
 from tower.core.scheduler import Scheduler
 from tower.core.state import TowerState, subtree
 from tower.core.subagents import (
-    collected_from,
     results_text,
     spawn_request,
     spawned_text,
@@ -224,21 +221,21 @@ class Supervisor:
             )
         )
 
-    def unspawned(self, state: TowerState, events: list[Event]) -> Iterator[TaskCopy]:
+    def unspawned(self, state: TowerState, spawn_tasks: bool) -> Iterator[TaskCopy]:
         """The project's task copies a crash (or the feed) kept from being spawned, one at a
         time (none when the session did not mean to run the project's tasks)."""
-        started = next((e for e in events if e.kind is EventKind.SESSION_STARTED), None)
-        if started is not None and not pl.payload_as(started, pl.SessionStarted).spawn_tasks:
+        if not spawn_tasks:
             return iter(())
         return (c for c in planned_copies(self.project) if c.thread_id not in state.threads)
 
     async def resume_session(
-        self, events: list[Event], model: str | None = None, origin: dict[str, Any] | None = None
+        self, log: LogDigest, model: str | None = None, origin: dict[str, Any] | None = None
     ) -> int:
         """Continues a recorded session: every unfinished thread from its recorded messages.
 
         Returns how many threads were resumed. The bus must already hold the folded state and
-        the last sequence number; spending so far is restored into the ledger from it.
+        the last sequence number; spending so far is restored into the ledger from it. `log`:
+        what the resume needs from the recorded log, gathered while it was folded.
         """
         await asyncio.to_thread(llm.load_litellm)
         self.models.register()
@@ -246,7 +243,7 @@ class Supervisor:
         self.calls.start()
         state = self.bus.state
         store = self.bus.store
-        if not any(e.kind is EventKind.SESSION_STARTED for e in events):
+        if not log.started:
             # Killed right after the session row was made: the log starts here, as start()
             # would have begun it (caps, policy, the intent to run every task).
             if store is not None:
@@ -260,15 +257,10 @@ class Supervisor:
         await self.start_mcp()
         # The rules in force are this tower.toml's: the log says so for the policy view.
         self.policy.announce()
-        self.policy.restore(events)
-        prompts = {a.name: a.system_prompt for a in self.project.agents}
-        plans = rebuild(events, prompts)
-        collected = collected_from(events)
-        self._spawned_by = {
-            str(e.payload["spawned_by"]): str(e.thread)
-            for e in events
-            if e.kind is EventKind.THREAD_SPAWNED and e.payload.get("spawned_by")
-        }
+        self.policy.restore(log.rule_events)
+        plans = log.plans()
+        collected = log.collected
+        self._spawned_by = log.spawned_by
         self.bus.emit(
             pl.SessionResumed.of(threads=[p.id for p in plans], pid=os.getpid(), **origin or {})
         )
@@ -323,14 +315,14 @@ class Supervisor:
             self.ledger.session.spent_usd = state.budget.spent_usd + state.budget.lost_usd
             # Tasks the crash kept from being spawned run now: every task of the project runs
             # exactly once, however early the crash came.
-            self._feed = self.unspawned(state, events)
+            self._feed = self.unspawned(state, log.spawn_tasks)
             self._top_up()
             self._release_held()  # dependencies that ended before the crash
             self._announce_held()
 
             # New items and calls continue the log's numbering, never reusing an id.
-            self.inbox.continue_numbering(events)
-            self._calls = itertools.count(highest_number(events, EventKind.LLM_STARTED, "call") + 1)
+            self.inbox.continue_numbering(log.last_item)
+            self._calls = itertools.count(log.last_call + 1)
             if self._ended < len(self.runs) or self._held or self._feed is not None:
                 self._idle.clear()
             else:
