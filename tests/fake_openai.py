@@ -38,6 +38,8 @@ _REASONS = {
     503: "Service Unavailable",
 }
 PATHS = ("/v1/chat/completions", "/chat/completions")
+# Anthropic's Messages API (litellm's `anthropic/…` models with api_base pointing here).
+ANTHROPIC_PATHS = ("/v1/messages",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,18 @@ class Usage:
     completion_tokens: int
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    cache_write_tokens: int | None = None  # Anthropic's cache_creation_input_tokens
+
+    def as_anthropic(self) -> dict[str, Any]:
+        """Anthropic's usage: input_tokens excludes what was read from or written to the
+        cache, which it reports apart."""
+        read, written = self.cached_tokens or 0, self.cache_write_tokens or 0
+        return {
+            "input_tokens": self.prompt_tokens - read - written,
+            "cache_read_input_tokens": read,
+            "cache_creation_input_tokens": written,
+            "output_tokens": self.completion_tokens,
+        }
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -276,7 +290,7 @@ class FakeOpenAI:
         self, req: Received, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Sends one reply; False when the connection should not be reused."""
-        if req.method != "POST" or req.path not in PATHS:
+        if req.method != "POST" or req.path not in (*PATHS, *ANTHROPIC_PATHS):
             await self._send_json(writer, 404, {"error": {"message": f"no route {req.path}"}})
             return True
         self.requests.append(req)
@@ -295,6 +309,9 @@ class FakeOpenAI:
             body = reply.error_body if reply.error_body is not None else {}
             await self._send_json(writer, reply.status, body, reply.headers)
             return True
+        if req.path in ANTHROPIC_PATHS:
+            assert req.stream, "the fake serves Anthropic's API streamed only"
+            return await self._send_events(writer, self._anthropic_events(req, reply))
         if req.stream:
             return await self._send_stream(req, reply, reader, writer)
         await self._send_json(writer, 200, self._completion(req, reply), reply.headers)
@@ -409,6 +426,78 @@ class FakeOpenAI:
                 await writer.drain()
                 if not await self._pause(reply.delay_chunks_s, reader):
                     return False
+            data = event.encode()
+            writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    def _anthropic_events(self, req: Received, reply: Reply) -> list[str]:
+        """A streamed Messages API answer: message_start (with the prompt's usage), a text
+        block, one tool_use block per call, message_delta (output usage), message_stop."""
+        usage = (reply.usage or Usage(0, 0)).as_anthropic()
+        out: list[tuple[str, dict[str, Any]]] = []
+        message = {
+            "id": f"msg_{next(self._ids)}",
+            "type": "message",
+            "role": "assistant",
+            "model": req.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {**usage, "output_tokens": 1},
+        }
+        out.append(("message_start", {"type": "message_start", "message": message}))
+        index = 0
+        if reply.text:
+            block = {"type": "text", "text": ""}
+            out.append(
+                (
+                    "content_block_start",
+                    {"type": "content_block_start", "index": 0, "content_block": block},
+                )
+            )
+            delta = {"type": "text_delta", "text": reply.text}
+            out.append(
+                ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+            )
+            out.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
+            index = 1
+        for i, call in enumerate(reply.tool_calls, start=index):
+            block = {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
+            out.append(
+                (
+                    "content_block_start",
+                    {"type": "content_block_start", "index": i, "content_block": block},
+                )
+            )
+            delta = {"type": "input_json_delta", "partial_json": call.arguments}
+            out.append(
+                ("content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta})
+            )
+            out.append(("content_block_stop", {"type": "content_block_stop", "index": i}))
+        stop = "tool_use" if reply.tool_calls else "end_turn"
+        out.append(
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": usage["output_tokens"]},
+                },
+            )
+        )
+        out.append(("message_stop", {"type": "message_stop"}))
+        return [f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in out]
+
+    async def _send_events(self, writer: asyncio.StreamWriter, events: list[str]) -> bool:
+        head = {
+            "content-type": "text/event-stream",
+            "cache-control": "no-cache",
+            "transfer-encoding": "chunked",
+        }
+        writer.write(_head(200, head))
+        for event in events:
             data = event.encode()
             writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         writer.write(b"0\r\n\r\n")

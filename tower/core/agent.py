@@ -389,9 +389,16 @@ class AgentLoop:
         """A call that answered: booked at its real cost and tokens, and recorded."""
         th = self.th
         # litellm prices the usage from its cost map; the same map's per-token prices otherwise.
+        cached, written = result.cached_tokens, result.cache_write_tokens
         cost = result.cost_usd
         if cost is None:
-            cost = price.cost(result.prompt_tokens, result.completion_tokens) if price else 0.0
+            cost = (
+                price.cost(result.prompt_tokens, result.completion_tokens, cached, written)
+                if price
+                else 0.0
+            )
+        # What the provider's prompt cache saved, priced from the same map as the cost.
+        saved = price.saved_by_caching(cached, written) if price and (cached or written) else 0.0
         tokens = result.prompt_tokens + result.completion_tokens
         if use is not None:
             use.tokens = tokens  # the minute's count holds what was really used
@@ -409,11 +416,13 @@ class AgentLoop:
                     prompt_tokens=result.prompt_tokens,
                     completion_tokens=result.completion_tokens,
                     total_tokens=tokens,
-                    cached_tokens=result.cached_tokens,
+                    cached_tokens=cached,
+                    cache_write_tokens=written,
                     reasoning_tokens=result.reasoning_tokens,
                     estimated=result.usage_estimated,
                 ),
                 cost_usd=cost,
+                saved_usd=round(saved, 10),
                 price_known=result.cost_usd is not None or price is not None,
                 reserved_usd=res.usd,
                 seconds=round(result.seconds, 4),

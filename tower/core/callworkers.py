@@ -172,6 +172,7 @@ class WorkerPool:
         api_key: str | None = None,
         lag: LoopLag | None = None,
         tokenizer: Any = None,
+        prompt_cache: bool = True,
     ) -> llm.CallResult:
         """`llm.stream_call` in a worker. The worker keeps the call's timeout (in provider
         time, by its own loop's lag); the service waits a bounded while longer, so a worker
@@ -192,6 +193,7 @@ class WorkerPool:
                 api_key=api_key,
                 lag=lag,
                 tokenizer=tokenizer,
+                prompt_cache=prompt_cache,
             )
         call_id = next(self._ids)
         fut: asyncio.Future[llm.CallResult] = asyncio.get_running_loop().create_future()
@@ -210,6 +212,8 @@ class WorkerPool:
             msg["api_base"] = api_base
         if api_key:
             msg["api_key"] = api_key  # over a pipe to a child process: never logged
+        if not prompt_cache:
+            msg["prompt_cache"] = False
         try:
             self._send(w, msg)
             async with asyncio.timeout(timeout_s * 5 + 30):
@@ -407,6 +411,7 @@ class _Serve:
                 api_key=msg.get("api_key"),
                 lag=self.lag,
                 tokenizer=self.tokenizers.get(msg["model"]),
+                prompt_cache=msg.get("prompt_cache", True),
             )
         except llm.CallError as err:
             out: dict[str, Any] = {

@@ -65,6 +65,7 @@ def register_sim_prices(profiles: dict[str, SimProfile]) -> None:
             name: {
                 "input_cost_per_token": prof.input_usd_per_mtok / 1e6,
                 "output_cost_per_token": prof.output_usd_per_mtok / 1e6,
+                "cache_read_input_token_cost": prof.cached_usd_per_mtok / 1e6,
                 "litellm_provider": "sim",
                 "mode": "chat",
                 "max_tokens": prof.context_window,
@@ -212,9 +213,38 @@ def provider_sent_usage(resp: Any) -> bool:
 class Price:
     input_per_token: float
     output_per_token: float
+    # What a prompt token read from the provider's cache costs, and one written to it
+    # (Anthropic's breakpoints bill the write at a premium); None: the plain input price.
+    cached_per_token: float | None = None
+    cache_write_per_token: float | None = None
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return prompt_tokens * self.input_per_token + completion_tokens * self.output_per_token
+    def cost(
+        self, prompt_tokens: int, completion_tokens: int, cached: int = 0, written: int = 0
+    ) -> float:
+        """The call's price; `cached` and `written` are among the prompt tokens."""
+        plain = max(prompt_tokens - cached - written, 0)
+        return (
+            plain * self.input_per_token
+            + cached * self._cached
+            + written * self._written
+            + completion_tokens * self.output_per_token
+        )
+
+    def saved_by_caching(self, cached: int, written: int) -> float:
+        """What the provider's prompt cache saved on a call, against every prompt token at
+        the plain input price: reads are cheaper, writes may cost more (a negative share)."""
+        return cached * (self.input_per_token - self._cached) + written * (
+            self.input_per_token - self._written
+        )
+
+    @property
+    def _cached(self) -> float:
+        return self.input_per_token if self.cached_per_token is None else self.cached_per_token
+
+    @property
+    def _written(self) -> float:
+        w = self.cache_write_per_token
+        return self.input_per_token if w is None else w
 
 
 def model_price(model: str) -> Price | None:
@@ -233,7 +263,16 @@ def model_price(model: str) -> Price | None:
     inp, out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
     if inp is None or out is None:
         return None
-    return Price(float(inp), float(out))
+    cached, written = (
+        info.get("cache_read_input_token_cost"),
+        info.get("cache_creation_input_token_cost"),
+    )
+    return Price(
+        float(inp),
+        float(out),
+        float(cached) if cached is not None else None,
+        float(written) if written is not None else None,
+    )
 
 
 # --- model checks ------------------------------------------------------------------------
@@ -383,6 +422,7 @@ class CallResult:
     seconds: float = 0.0
     cost_usd: float | None = None  # litellm's price of the usage; None when it has none
     cached_tokens: int = 0  # prompt tokens read from the provider's cache (cheaper)
+    cache_write_tokens: int = 0  # prompt tokens written to it (Anthropic bills a premium)
     reasoning_tokens: int = 0  # completion tokens spent thinking (billed as output)
     usage_estimated: bool = False  # the provider sent no usage: tower counted the tokens
 
@@ -561,6 +601,43 @@ def read_error(exc: BaseException, model: str, api_base: str | None = None) -> C
     return CallError(f"{model}: {name}: {text[:200]}", retryable)
 
 
+# Providers that cache a prompt only up to the breakpoints the request marks (cache_control,
+# which litellm passes through); the others cache on their own (OpenAI) or not at all.
+_BREAKPOINT_PROVIDERS = frozenset({"anthropic"})
+_CLAUDE_HOSTS = frozenset({"bedrock", "bedrock_converse", "vertex_ai", "vertex_ai_beta"})
+_EPHEMERAL = {"type": "ephemeral"}
+
+
+@functools.lru_cache(maxsize=256)
+def takes_breakpoints(model: str) -> bool:
+    """Whether calls to this model should mark their cacheable prefix (asked once a model)."""
+    if is_sim(model):
+        return False
+    try:
+        provider = load_litellm().get_llm_provider(model)[1]
+    except Exception:
+        return False
+    return provider in _BREAKPOINT_PROVIDERS or (
+        provider in _CLAUDE_HOSTS and "claude" in model.lower()
+    )
+
+
+def with_breakpoints(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """Copies of the request with the stable prefix marked cacheable: the last system
+    message and the last tool definition (a breakpoint caches everything before it, and
+    tools come first in the prompt). The conversation itself is not touched."""
+    out = list(messages)
+    for i in range(len(out) - 1, -1, -1):
+        if out[i].get("role") == "system":
+            out[i] = {**out[i], "cache_control": _EPHEMERAL}
+            break
+    if tools:
+        tools = [*tools[:-1], {**tools[-1], "cache_control": _EPHEMERAL}]
+    return out, tools
+
+
 @functools.lru_cache(maxsize=256)
 def _priced(model: str) -> bool:
     """Whether the cost map prices this (real) model; asked once per model, not per call."""
@@ -584,9 +661,14 @@ def read_usage(result: CallResult, usage: Any, model: str) -> None:
     """Token counts and cost from a provider's usage object (streamed or not: the same)."""
     result.prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
     result.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-    cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None)
+    written = getattr(details, "cache_write_tokens", None) or getattr(
+        details, "cache_creation_tokens", None
+    )
     reasoning = getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", None)
     result.cached_tokens = int(cached or 0)
+    result.cache_write_tokens = int(written or 0) if isinstance(written, int) else 0
     result.reasoning_tokens = int(reasoning or 0)
     # Sim prices are flat per-token rates registered in the same map: the caller prices
     # them directly, which spares litellm's cost machinery (~0.1 ms a call) on the hot path.
@@ -606,13 +688,17 @@ async def stream_call(
     api_key: str | None = None,
     lag: LoopLag | None = None,
     tokenizer: Any = None,
+    prompt_cache: bool = True,
 ) -> CallResult:
     """One streamed completion, under a hard timeout; raises CallError on any failure.
 
     With `lag`, the timeout counts the provider's seconds: time the event loop was stalled by
-    tower's own load does not count against the call (see admission.provider_timeout)."""
+    tower's own load does not count against the call (see admission.provider_timeout).
+    `prompt_cache`: mark the prefix cacheable where the provider takes breakpoints."""
     litellm = load_litellm()
     sim = is_sim(model)
+    if prompt_cache and not sim and takes_breakpoints(model):
+        messages, tools = with_breakpoints(messages, tools)
     result = CallResult()
     started = time.monotonic()
     parts: list[str] = []

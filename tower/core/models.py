@@ -106,7 +106,12 @@ class Models:
         return llm.prompt_bound(model, messages, tools, exact)
 
     def endpoint(self, model: str) -> dict[str, Any]:
-        return dict(self.project.model_settings(model).endpoint())
+        """How a call reaches the model: its server and key when not the provider's
+        default, and `prompt_cache=False` when the project turns prompt caching off."""
+        out: dict[str, Any] = dict(self.project.model_settings(model).endpoint())
+        if not self.project.cache.prompt:
+            out["prompt_cache"] = False
+        return out
 
     def tokenizer(self, model: str) -> Any:
         return self.tokenizers.get(model)
@@ -125,6 +130,8 @@ class Models:
                 "thread": th.id,
                 "attempt": attempt,
                 "profile": overrides,
+                # `[cache] prompt = false`: the sim's automatic cache is off too (a baseline).
+                **({} if self.project.cache.prompt else {"cache": False}),
                 # A sub-agent without a script reads the file its prompt names and reports.
                 **({"sub_agent": True} if th.parent is not None else {}),
             }

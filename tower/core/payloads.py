@@ -169,7 +169,8 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # read from the provider's prompt cache
+    cache_write_tokens: int = 0  # written to it (Anthropic's breakpoints)
     reasoning_tokens: int = 0
     estimated: bool = False
 
@@ -188,6 +189,9 @@ class LlmFinished(Payload):
     price_known: bool = True  # logs before unknown prices were told apart: known
     seconds: float = 0.0
     finish_reason: str | None = None
+    # What the provider's prompt cache saved on this call, against every prompt token at
+    # the plain input price (negative when writing to the cache cost more than it read).
+    saved_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -227,7 +227,13 @@ class ModelSettings(_Strict):
         return out
 
     def sim_overrides(self) -> dict[str, Any]:
-        keys = ("tokens_per_s", "latency_s", "wrong_rate", "input_usd_per_mtok")
+        keys = (
+            "tokens_per_s",
+            "latency_s",
+            "wrong_rate",
+            "input_usd_per_mtok",
+            "cached_input_usd_per_mtok",
+        )
         out = {
             k: getattr(self, k)
             for k in (*keys, "output_usd_per_mtok")
@@ -370,10 +376,26 @@ class TaskSettings(_Strict):
     after_policy: Literal["all", "any"] = "all"
 
 
+class CacheSettings(_Strict):
+    """Spending less for the same answers (docs/project-format.md, "Caching")."""
+
+    # Provider prompt caching: the system prompt and tool definitions are marked cacheable
+    # for providers that take breakpoints (Anthropic's cache_control); providers that cache
+    # on their own (OpenAI, the sim models) are sent a prefix that only grows. `false`
+    # marks nothing and tells the sim models not to cache (a baseline to compare with).
+    prompt: bool = True
+    # The response cache: a call identical to one already answered in this database
+    # (model, messages, tools, sampling settings) is served from the log, at $0.
+    responses: bool = False
+    # ...also for calls sampled above temperature 0, whose answers are meant to vary.
+    any_temperature: bool = False
+
+
 class Project(_Strict):
     project: ProjectMeta
     budget: BudgetSettings = BudgetSettings()
     limits: LimitSettings = LimitSettings()
+    cache: CacheSettings = CacheSettings()
     models: dict[Name, ModelSettings] = Field(default_factory=dict)
     policy: PolicySettings = PolicySettings()
     shell: ShellSettings = ShellSettings()

@@ -55,6 +55,28 @@ def _chunk(
     )
 
 
+# OpenAI's automatic prompt caching: a prompt of at least 1,024 tokens is cached from its
+# start in blocks of 128 tokens; a later prompt that begins the same reads that part back.
+_CACHE_MIN_TOKENS = 1024
+_CACHE_BLOCK = 128
+
+
+def _cached_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+    """Prompt tokens the sim reads from its cache: the thread's previous prompt (everything
+    before its last answer), when this prompt still begins with it. Stateless, so a thread
+    sees the same figures in any process, and deterministic, as replay needs."""
+    last = next(
+        (i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "assistant"),
+        None,
+    )
+    if last is None:
+        return 0
+    prefix = estimate_tokens(messages[:last], tools)
+    if prefix < _CACHE_MIN_TOKENS:
+        return 0
+    return prefix // _CACHE_BLOCK * _CACHE_BLOCK
+
+
 def _listing(messages: list[dict[str, Any]]) -> list[str]:
     """The files of the last folder listing the model was given (list_dir's result)."""
     lists = {
@@ -249,6 +271,7 @@ class SimProvider(CustomLLM):
                 }
             )
         prompt = estimate_tokens(messages, optional.get("tools"))
+        cached = _cached_tokens(messages, optional.get("tools")) if sim.get("cache", True) else 0
         completion = text_tokens(text) + sum(text_tokens(a) for a in calls)
         max_tokens = optional.get("max_tokens")
         if max_tokens:
@@ -260,6 +283,7 @@ class SimProvider(CustomLLM):
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
                 "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": min(cached, prompt)},
             },
         )
 

@@ -21,6 +21,15 @@ class SimProfile:
     wrong_rate: float  # chance a scripted step uses its `wrong_args` instead of `args`
     context_window: int = 128_000
     faults: dict[str, float] = field(default_factory=dict)  # fault name -> chance per call
+    # Prompt caching as OpenAI does it, automatically: a prompt of at least 1,024 tokens
+    # whose start repeats the thread's previous call is read from the cache, in 128-token
+    # blocks, at this price (default: a tenth of the input price).
+    cached_input_usd_per_mtok: float | None = None
+
+    @property
+    def cached_usd_per_mtok(self) -> float:
+        explicit = self.cached_input_usd_per_mtok
+        return self.input_usd_per_mtok * 0.1 if explicit is None else explicit
 
     def with_overrides(self, overrides: dict[str, Any]) -> SimProfile:
         return replace(self, **overrides) if overrides else self

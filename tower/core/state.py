@@ -52,6 +52,7 @@ class ThreadView:
     reserved_usd: float = 0.0
     lost_usd: float = 0.0  # calls a crash cut off, booked at their reservation
     estimated_tokens: int = 0  # counted by tower: the provider sent no usage
+    saved_usd: float = 0.0  # what the provider's prompt cache saved its calls
     started: float | None = None
     ended: float | None = None
     tail: str = ""
@@ -99,6 +100,7 @@ class BudgetView:
     unpriced_tokens: int = 0  # used by models with no known price (counted, not costed)
     lost_usd: float = 0.0  # possibly billed: calls lost in a crash, at their reservation
     estimated_tokens: int = 0  # counted with the model's tokenizer: no usage was reported
+    saved_usd: float = 0.0  # saved by the providers' prompt caches, against plain prices
 
 
 @dataclass(slots=True)
@@ -216,6 +218,7 @@ def _llm_finished(state: TowerState, ev: Event, p: pl.LlmFinished, view: ThreadV
     tokens = p.usage.total_tokens
     b.spent_usd += p.cost_usd
     b.tokens += tokens
+    b.saved_usd += p.saved_usd
     b.reserved_usd = _less(b.reserved_usd, p.reserved_usd)
     if not p.price_known:
         b.unpriced_tokens += tokens
@@ -224,6 +227,7 @@ def _llm_finished(state: TowerState, ev: Event, p: pl.LlmFinished, view: ThreadV
     if view is not None:
         view.cost_usd += p.cost_usd
         view.tokens += tokens
+        view.saved_usd += p.saved_usd
         if p.usage.estimated:
             view.estimated_tokens += tokens
         if not p.price_known:
@@ -566,6 +570,8 @@ def summary(state: TowerState) -> dict[str, Any]:
         "blocked_minutes": round(state.blocked_seconds / 60, 3),
         "events": state.events,
     }
+    if state.budget.saved_usd:  # only prompt caching saves
+        out["saved_by_caching_usd"] = round(state.budget.saved_usd, 6)
     if trees := subtree_totals(state):  # only sub-agents make trees
         out["subtrees"] = trees
     return out

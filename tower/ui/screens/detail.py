@@ -51,9 +51,14 @@ def _spawned(p: pl.ThreadSpawned, expanded: bool) -> list[Text]:
 def _finished(p: pl.LlmFinished, expanded: bool) -> list[Text]:
     # "~": the provider sent no usage; tower counted with the model's tokenizer.
     approx = "~" if p.usage.estimated else ""
+    cached = (
+        f" ({tokens(p.usage.cached_tokens)} cached, saved {usd(p.saved_usd)})"
+        if p.usage.cached_tokens
+        else ""
+    )
     head = Text(
         f"── step {p.step} · {p.model} · {approx}{tokens(p.usage.total_tokens)}"
-        f" tokens{' (estimated: no usage from the provider)' if approx else ''}"
+        f" tokens{' (estimated: no usage from the provider)' if approx else ''}{cached}"
         f" · {usd(p.cost_usd) if p.price_known else 'price unknown'} ──",
         style="dim",
     )

@@ -89,6 +89,8 @@ class BudgetBar(Static):
             line2.append(f" ({tokens(b.unpriced_tokens)} at unknown prices)", style="bold")
         if b.estimated_tokens:  # the provider sent no usage: tower's own count
             line2.append(f" (~{tokens(b.estimated_tokens)} counted by tower)")
+        if b.saved_usd > 0:  # the providers' prompt caches read part of the prompts back
+            line2.append(f" · saved {usd(b.saved_usd)} by caching")
         human = state.human_seconds / 60
         line2.append(f" · you {human:.1f} min on {state.decisions} decision(s)")
         if cap:
