@@ -214,3 +214,72 @@ async def test_the_sims_cache_saves_exactly_what_the_uncached_run_pays_more(
         assert view.cost_usd + view.saved_usd == pytest.approx(
             plain.state.threads[tid].cost_usd, rel=1e-9
         )
+
+
+# --- from the orchestrator's seat -------------------------------------------------------------
+
+SEAT = f"""
+[project]
+name = "seat"
+retry_backoff_s = 0
+
+[[agents]]
+name = "a"
+system_prompt = "{SYSTEM * 6}"
+cascade = ["sim/instant"]
+tools = ["list_dir", "finish"]
+
+[[tasks]]
+id = "t"
+agent = "a"
+prompt = "List, then finish."
+workspace = "ws"
+repeat = 2
+
+[[tasks.script]]
+tool = "list_dir"
+args = {{ path = "." }}
+
+[[tasks.script]]
+tool = "finish"
+args = {{ answer = "listed" }}
+"""
+
+
+async def test_the_bar_and_the_transcript_show_what_caching_saved(tmp_path: Path) -> None:
+    """The person sees the session's saving in the budget bar and, on the thread they open
+    with enter, each cached call's tokens and saving, as the log recorded them."""
+    from textual.widgets import RichLog
+
+    from tests.tui_harness import drawn, tui
+    from tower.ui.format import usd
+    from tower.ui.screens.detail import ThreadScreen
+
+    async with tui(tmp_path, SEAT) as t:
+        await t.until(lambda: t.state().threads and t.state().all_ended, "both threads end")
+        await t.settle()
+        saved = t.state().budget.saved_usd
+        assert saved > 0
+        assert f"saved {usd(saved)} by caching" in drawn(t.app.budget_bar)
+        await t.press("down")
+        chosen = t.threads.current
+        assert chosen == "t-2"
+        await t.press("enter")
+        screen = await t.screen_is(ThreadScreen)
+        assert screen.thread == chosen
+        log = screen.query_one(RichLog)
+
+        def transcript() -> str:
+            return "\n".join(strip.text for strip in log.lines)
+
+        await t.until(lambda: "step 2" in transcript(), "the transcript")
+        events = await t.events(chosen)
+        second = next(
+            e for e in events if e.kind is EventKind.LLM_FINISHED and e.payload["step"] == 2
+        )
+        cached, step_saved = second.payload["usage"]["cached_tokens"], second.payload["saved_usd"]
+        assert cached > 0 and step_saved > 0
+        head = next(line for line in transcript().splitlines() if "step 2" in line)
+        assert f"cached, saved {usd(step_saved)})" in head
+        first = next(line for line in transcript().splitlines() if "step 1" in line)
+        assert "cached" not in first  # the first call found the cache cold
