@@ -1035,6 +1035,7 @@ class FakeHost:
     """A LoopHost of a few lines: it records what the loop asks of it."""
 
     pool = None  # no worker processes: calls in-process
+    responses = None  # no response cache
 
     def __init__(
         self,

@@ -19,15 +19,17 @@ from tower.core.admission import LoopLag
 from tower.core.budget import Refusal, Reservation
 from tower.core.callworkers import WorkerPool
 from tower.core.check import check_answer
-from tower.core.events import InboxKind, Resolution, ThreadState
+from tower.core.events import Event, InboxKind, Resolution, ThreadState
 from tower.core.policy import Action, Verdict, suggest_grant, workspace_relative
 from tower.core.project import AgentSettings, CheckSettings, ProjectMeta
 from tower.core.ratelimit import Use
+from tower.core.responsecache import CachedAnswer, Responses, worth_keeping
 from tower.core.resume import has_side_effects
 from tower.core.run import Decision, ThreadRun
 from tower.core.tokens import schema_chars
 from tower.core.tools import ToolError
 
+_USAGE_FIELDS = frozenset(pl.Usage.__dataclass_fields__)
 # Streamed text is coalesced into one event per thread at most this often.
 DELTA_INTERVAL_S = 0.1
 MAX_BACKOFF_S = 30.0
@@ -46,6 +48,8 @@ class LoopHost(Protocol):
     def lag(self) -> LoopLag: ...  # the loop's stall, which a call's timeout does not count
     @property
     def pool(self) -> WorkerPool | None: ...  # worker processes that make the calls, if any
+    @property
+    def responses(self) -> Responses | None: ...  # the response cache, when the project has it
 
     def emit(self, payload: pl.Payload, thread: str | None = None, /) -> object: ...
     async def barrier(self) -> None: ...
@@ -212,8 +216,19 @@ class AgentLoop:
         while True:
             model = th.model
             ahead = [messages.guidance(note) for note in unsent]
-            prompt_est = self.host.prompt_bound(model, th.messages + ahead, tools, tools_chars)
             max_tokens = th.agent.max_tokens
+            key = None
+            cache = self.host.responses
+            if cache is not None:
+                sent = th.messages + ahead
+                key = cache.key(model, sent, tools, max_tokens, th.agent.temperature)
+                if key is not None:
+                    answer = await cache.find(key)
+                    if answer is not None:
+                        if not await self.host.checkpoint(th):
+                            return None
+                        return self._from_cache(answer, key, model, unsent)
+            prompt_est = self.host.prompt_bound(model, th.messages + ahead, tools, tools_chars)
             price = self.host.price(model)
             usd = price.cost(prompt_est, max_tokens) if price else 0.0
             use = await self.host.rate_gate(th, model, prompt_est + max_tokens)
@@ -250,8 +265,42 @@ class AgentLoop:
                 attempt = retry
                 continue
             deltas.flush()
-            self._settle(result, res, call, model, price, use)
+            self._settle(result, res, call, model, price, use, key)
             return result
+
+    def _from_cache(
+        self, answer: CachedAnswer, key: str, model: str, guidance: list[str]
+    ) -> llm.CallResult:
+        """A call answered from the response cache: recorded as its own event, at $0, with
+        the answer it reused; no slot, reservation or provider was needed."""
+        th = self.th
+        th.steps += 1
+        usage = {k: v for k, v in answer.usage.items() if k in _USAGE_FIELDS}
+        self.host.emit(
+            pl.LlmCached(
+                call=self.host.next_call_id(),
+                step=th.steps,
+                model=model,
+                key=key,
+                source_session=answer.session,
+                source_seq=answer.seq,
+                text=answer.text,
+                tool_calls=answer.tool_calls,
+                usage=pl.Usage(**usage),
+                saved_usd=answer.cost_usd,
+                guidance=guidance,
+            ),
+            th.id,
+        )
+        calls = [
+            llm.ToolCall(
+                str(c.get("id", "")),
+                str(c["function"].get("name", "")),
+                str(c["function"].get("arguments", "")),
+            )
+            for c in answer.tool_calls
+        ]
+        return llm.CallResult(text=answer.text, tool_calls=calls, finish_reason="cached")
 
     async def _reserve(self, usd: float, prompt_est: int, max_tokens: int) -> Reservation | None:
         """A call slot, then the call's reservation; a cap that refuses asks the person (its
@@ -311,6 +360,7 @@ class AgentLoop:
                 self.host.sim_metadata(self.th, attempt),
                 lag=self.host.lag,
                 tokenizer=self.host.tokenizer(model),
+                temperature=self.th.agent.temperature,
                 **self.host.endpoint(model),
             )
             ended = True
@@ -385,8 +435,10 @@ class AgentLoop:
         model: str,
         price: llm.Price | None,
         use: Use | None,
+        key: str | None = None,
     ) -> None:
-        """A call that answered: booked at its real cost and tokens, and recorded."""
+        """A call that answered: booked at its real cost and tokens, and recorded (with its
+        response-cache key when another call may reuse the answer)."""
         th = self.th
         # litellm prices the usage from its cost map; the same map's per-token prices otherwise.
         cached, written = result.cached_tokens, result.cache_write_tokens
@@ -405,7 +457,11 @@ class AgentLoop:
         self.host.settle(res, cost, tokens)
         th.reservation = None
         th.steps += 1
-        self.host.emit(
+        if key is not None and not worth_keeping(
+            result.text, result.tool_calls, result.finish_reason
+        ):
+            key = None  # nothing said, or cut off: never served to another call
+        ev = self.host.emit(
             pl.LlmFinished(
                 call=call,
                 step=th.steps,
@@ -427,9 +483,13 @@ class AgentLoop:
                 reserved_usd=res.usd,
                 seconds=round(result.seconds, 4),
                 finish_reason=result.finish_reason,
+                key=key,
             ),
             th.id,
         )
+        cache = self.host.responses
+        if key is not None and cache is not None and isinstance(ev, Event):
+            cache.remember(key, ev.seq, ev.payload)
 
     async def _handle_tool(self, tc: llm.ToolCall, reason: str, interrupted: bool = False) -> bool:
         """Runs one tool call through policy and the approval gate; True when the thread ended."""

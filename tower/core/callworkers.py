@@ -173,6 +173,7 @@ class WorkerPool:
         lag: LoopLag | None = None,
         tokenizer: Any = None,
         prompt_cache: bool = True,
+        temperature: float | None = None,
     ) -> llm.CallResult:
         """`llm.stream_call` in a worker. The worker keeps the call's timeout (in provider
         time, by its own loop's lag); the service waits a bounded while longer, so a worker
@@ -194,6 +195,7 @@ class WorkerPool:
                 lag=lag,
                 tokenizer=tokenizer,
                 prompt_cache=prompt_cache,
+                temperature=temperature,
             )
         call_id = next(self._ids)
         fut: asyncio.Future[llm.CallResult] = asyncio.get_running_loop().create_future()
@@ -214,6 +216,8 @@ class WorkerPool:
             msg["api_key"] = api_key  # over a pipe to a child process: never logged
         if not prompt_cache:
             msg["prompt_cache"] = False
+        if temperature is not None:
+            msg["temperature"] = temperature
         try:
             self._send(w, msg)
             async with asyncio.timeout(timeout_s * 5 + 30):
@@ -412,6 +416,7 @@ class _Serve:
                 lag=self.lag,
                 tokenizer=self.tokenizers.get(msg["model"]),
                 prompt_cache=msg.get("prompt_cache", True),
+                temperature=msg.get("temperature"),
             )
         except llm.CallError as err:
             out: dict[str, Any] = {

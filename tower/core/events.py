@@ -32,6 +32,9 @@ class EventKind(StrEnum):
     LLM_DELTA = "llm_delta"  # call, text (coalesced stream text)
     LLM_FINISHED = "llm_finished"  # call, step, model, text, tool_calls, usage, cost_usd, ...
     LLM_FAILED = "llm_failed"  # call, step, model, error, retryable, attempt, released_usd
+    # A call answered from the response cache ([cache] responses): an identical call already
+    # answered in this database; it stands for llm_started + llm_finished and costs nothing.
+    LLM_CACHED = "llm_cached"  # call, step, model, key, source_session, source_seq, text, ...
     # A call a crash cut off (found at resume): the provider may have billed it, so its
     # reservation is booked as "possibly billed", apart from the known cost.
     LLM_LOST = "llm_lost"  # model, usd (its reservation), reason

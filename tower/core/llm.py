@@ -689,6 +689,7 @@ async def stream_call(
     lag: LoopLag | None = None,
     tokenizer: Any = None,
     prompt_cache: bool = True,
+    temperature: float | None = None,
 ) -> CallResult:
     """One streamed completion, under a hard timeout; raises CallError on any failure.
 
@@ -721,6 +722,7 @@ async def stream_call(
                 **({} if sim else {"stream_options": {"include_usage": True}}),
                 metadata=metadata or {},
                 num_retries=0,
+                **({} if temperature is None else {"temperature": temperature}),
                 **({"api_base": api_base} if api_base else {}),
                 **({"api_key": api_key} if api_key else {}),
             )

@@ -20,7 +20,13 @@ from tower.core.events import Event, EventKind
 
 # The kinds that change a conversation; the rest are skipped without decoding.
 KINDS = frozenset(
-    {EventKind.LLM_STARTED, EventKind.LLM_FINISHED, EventKind.TOOL_RESULT, EventKind.CHECKED}
+    {
+        EventKind.LLM_STARTED,
+        EventKind.LLM_FINISHED,
+        EventKind.LLM_CACHED,
+        EventKind.TOOL_RESULT,
+        EventKind.CHECKED,
+    }
 )
 
 
@@ -51,7 +57,9 @@ class Conversation:
         if isinstance(p, pl.LlmStarted):
             # The guidance a call carried was sent with it, before its reply.
             self.messages.extend(guidance(note) for note in p.guidance)
-        elif isinstance(p, pl.LlmFinished):
+        elif isinstance(p, pl.LlmFinished | pl.LlmCached):
+            if isinstance(p, pl.LlmCached):  # the call and its reply in one event
+                self.messages.extend(guidance(note) for note in p.guidance)
             msg: dict[str, Any] = {"role": "assistant", "content": p.text or None}
             if p.tool_calls:
                 msg["tool_calls"] = p.tool_calls

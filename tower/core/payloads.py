@@ -189,9 +189,33 @@ class LlmFinished(Payload):
     price_known: bool = True  # logs before unknown prices were told apart: known
     seconds: float = 0.0
     finish_reason: str | None = None
+    # The call's response-cache key ([cache] responses): an identical call later is served
+    # this answer (None: not cacheable, or the cache is off).
+    key: str | None = None
     # What the provider's prompt cache saved on this call, against every prompt token at
     # the plain input price (negative when writing to the cache cost more than it read).
     saved_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LlmCached(Payload):
+    """A call served from the response cache: the answer an identical call (same model,
+    messages, tools and sampling settings) got in this database, at `source_session` /
+    `source_seq` (its llm_finished). In the conversation it is the call and its reply; it
+    costs nothing, and `saved_usd` is what the original call cost."""
+
+    KIND = EventKind.LLM_CACHED
+    step: int
+    model: str
+    key: str
+    source_session: str
+    source_seq: int
+    call: str | None = None
+    text: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)  # the original call's, not spent again
+    saved_usd: float = 0.0
+    guidance: list[str] = field(default_factory=list)  # sent with it, as llm_started's
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +364,7 @@ TYPES: dict[EventKind, type[Payload]] = {
         LlmStarted,
         LlmDelta,
         LlmFinished,
+        LlmCached,
         LlmFailed,
         LlmLost,
         ToolCalled,
@@ -437,7 +462,7 @@ def _decode(ev: Event) -> Payload:
             raise KeyError(name)  # as a dict read would: "payload has no field ..."
     known = _FIELDS[cls]
     args = {k: v for k, v in data.items() if k in known}
-    if cls is LlmFinished:
+    if cls is LlmFinished or (cls is LlmCached and "usage" in data):
         args["usage"] = Usage(**{k: v for k, v in data["usage"].items() if k in _USAGE})
     extra = {k: v for k, v in data.items() if k not in known and k != "v"}
     return cls(**args, extra=extra)

@@ -327,6 +327,9 @@ class AgentSettings(_Strict):
     mcp: list[Name] = Field(default_factory=list)
     max_steps: int = Field(default=20, ge=1, le=1000)
     max_tokens: int = Field(default=512, ge=1, le=200_000)
+    # Sampling temperature sent with each call (none: the provider's default, above 0 at
+    # most). The response cache serves only calls at 0 unless [cache] any_temperature.
+    temperature: float | None = Field(default=None, ge=0, le=2)
     # Automatic escalation to the cascade's next model.
     escalate_after_errors: int = Field(default=3, ge=1, le=100)
     escalate_on_repeat: int = Field(default=3, ge=2, le=100)

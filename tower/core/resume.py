@@ -82,7 +82,11 @@ class Rebuilder:
             for note in p.get("guidance", ()):
                 if note in plan.guidance:
                     plan.guidance.remove(note)
-        elif kind is EventKind.LLM_FINISHED:
+        elif kind is EventKind.LLM_FINISHED or kind is EventKind.LLM_CACHED:
+            if kind is EventKind.LLM_CACHED:  # the call and its reply in one event
+                for note in p.get("guidance", ()):
+                    if note in plan.guidance:
+                        plan.guidance.remove(note)
             plan.steps = p["step"]
             plan.model = p["model"]
             self.last_calls[tid] = p.get("tool_calls") or []

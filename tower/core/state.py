@@ -53,6 +53,7 @@ class ThreadView:
     lost_usd: float = 0.0  # calls a crash cut off, booked at their reservation
     estimated_tokens: int = 0  # counted by tower: the provider sent no usage
     saved_usd: float = 0.0  # what the provider's prompt cache saved its calls
+    cache_hits: int = 0  # calls answered from the response cache
     started: float | None = None
     ended: float | None = None
     tail: str = ""
@@ -101,6 +102,8 @@ class BudgetView:
     lost_usd: float = 0.0  # possibly billed: calls lost in a crash, at their reservation
     estimated_tokens: int = 0  # counted with the model's tokenizer: no usage was reported
     saved_usd: float = 0.0  # saved by the providers' prompt caches, against plain prices
+    cache_hits: int = 0  # calls answered from the response cache, at $0
+    cache_saved_usd: float = 0.0  # ...and what those answers had cost when first paid for
 
 
 @dataclass(slots=True)
@@ -234,6 +237,18 @@ def _llm_finished(state: TowerState, ev: Event, p: pl.LlmFinished, view: ThreadV
             view.unpriced = True
         view.reserved_usd = _less(view.reserved_usd, p.reserved_usd)
         _add_to_subtree(state, view, p.cost_usd, tokens)
+
+
+def _llm_cached(state: TowerState, ev: Event, p: pl.LlmCached, view: ThreadView | None) -> None:
+    state.budget.cache_hits += 1
+    state.budget.cache_saved_usd += p.saved_usd
+    if view is not None:
+        view.step = p.step
+        view.model = p.model
+        view.current_tool = None
+        view.cache_hits += 1
+        if p.text:
+            _append_tail(view, ("\n" if view.tail else "") + p.text)
 
 
 def _llm_failed(state: TowerState, ev: Event, p: pl.LlmFailed, view: ThreadView | None) -> None:
@@ -461,6 +476,7 @@ _APPLY: dict[type[pl.Payload], Callable[[TowerState, Event, Any, ThreadView | No
     pl.LlmDelta: _llm_delta,
     pl.LlmStarted: _llm_started,
     pl.LlmFinished: _llm_finished,
+    pl.LlmCached: _llm_cached,
     pl.LlmFailed: _llm_failed,
     pl.LlmLost: _llm_lost,
     pl.ToolCalled: _tool_called,
@@ -572,6 +588,9 @@ def summary(state: TowerState) -> dict[str, Any]:
     }
     if state.budget.saved_usd:  # only prompt caching saves
         out["saved_by_caching_usd"] = round(state.budget.saved_usd, 6)
+    if state.budget.cache_hits:  # only the response cache ([cache] responses) hits
+        out["cache_hits"] = state.budget.cache_hits
+        out["saved_by_response_cache_usd"] = round(state.budget.cache_saved_usd, 6)
     if trees := subtree_totals(state):  # only sub-agents make trees
         out["subtrees"] = trees
     return out

@@ -56,6 +56,20 @@ CREATE TABLE IF NOT EXISTS snapshots (
 ) WITHOUT ROWID;
 """
 _SNAPSHOT = "INSERT OR REPLACE INTO snapshots (session, seq, state) VALUES (?, ?, ?)"
+# The response cache's lookup and its partial index (the WHERE must match for SQLite to use
+# it): only answered calls that carry a key are in it. json_valid first: a damaged row (not
+# JSON) is left out, instead of failing the index, every later write, or the lookup.
+_ANSWERED = (
+    "kind = 'llm_finished' AND json_valid(payload) AND json_extract(payload, '$.key') IS NOT NULL"
+)
+_RESPONSE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS events_response_key ON events (json_extract(payload, '$.key'))"
+    f" WHERE {_ANSWERED}"
+)
+_ANSWER_FOR = (
+    f"SELECT session, seq, payload FROM events WHERE {_ANSWERED}"
+    " AND json_extract(payload, '$.key') = ? ORDER BY session, seq LIMIT 1"
+)
 
 log = logging.getLogger("tower.store")
 
@@ -611,6 +625,33 @@ class Store:
             found.append((ses, seq, damaged(ses, seq, kind, why, self.path)))
         if found:
             raise min(found, key=lambda f: (f[0], f[1]))[2]
+
+    async def ensure_response_index(self) -> None:
+        """The response cache's index (made when a project first turns the cache on): the
+        key of every answered call, so a lookup is one index probe in any size of log."""
+        try:
+            await self._conn.execute(_RESPONSE_INDEX)
+            await self._conn.commit()
+        except sqlite3.Error as exc:
+            log.warning("response cache index not made in %s: %s", self.path, exc)
+
+    async def answer_for(self, key: str) -> tuple[str, int, dict[str, Any]] | None:
+        """The first recorded answer (session, seq, llm_finished payload) of a call with
+        this response-cache key, in any session of this database; None when none is (or
+        its row cannot be read: a cache miss, never an error)."""
+        try:
+            async with self._conn.execute(_ANSWER_FOR, (key,)) as cur:
+                row = await cur.fetchone()
+        except sqlite3.Error as exc:
+            log.warning("response cache lookup failed in %s: %s", self.path, exc)
+            return None
+        if row is None:
+            return None
+        try:
+            payload = json.loads(row[2])
+        except ValueError:
+            return None
+        return (str(row[0]), int(row[1]), payload) if isinstance(payload, dict) else None
 
     async def snapshot_before(self, session: str, seq: int) -> tuple[int, str] | None:
         """The latest snapshot at or before event `seq`, as (seq, state JSON)."""

@@ -40,6 +40,7 @@ from tower.core.project import (
     TaskSettings,
 )
 from tower.core.ratelimit import Use
+from tower.core.responsecache import Responses
 from tower.core.resumer import LogDigest, restart, restore_session, restore_thread
 from tower.core.run import (
     CommandError,
@@ -114,6 +115,8 @@ class Supervisor:
         self._idle.set()
         self.models = Models(project)
         self.pool: WorkerPool | None = None  # worker processes that make the model calls
+        self._responses: Responses | None = None  # the response cache, once it is on
+        self._index: asyncio.Task[None] | None = None  # its index, made after a reload
         self._closing = False
         self._ended = 0
         self.policy = PolicyGate(bus, project.policy.rules())
@@ -144,6 +147,7 @@ class Supervisor:
         await asyncio.to_thread(llm.load_litellm)
         self.models.register()
         await self._start_workers()
+        await self._start_response_cache()
         self.calls.start()
         p = self.project
         store = self.bus.store
@@ -167,6 +171,26 @@ class Supervisor:
         if spawn_tasks:
             self._feed = planned_copies(self.project)
             self._top_up()
+
+    async def _start_response_cache(self) -> None:
+        """The response cache's index, when the project turns the cache on (a reload that
+        turns it on later makes it then, in the background: lookups work meanwhile)."""
+        store = self.bus.store
+        if self.project.cache.responses and store is not None and self._responses is None:
+            await store.ensure_response_index()
+            self._responses = Responses(store.answer_for, self.session_id)
+
+    @property
+    def responses(self) -> Responses | None:
+        """The response cache while the project has it on ([cache] responses)."""
+        cache = self.project.cache
+        if not cache.responses or self.bus.store is None:
+            return None
+        if self._responses is None:  # turned on by a reload
+            self._responses = Responses(self.bus.store.answer_for, self.session_id)
+            self._index = asyncio.create_task(self.bus.store.ensure_response_index())
+        self._responses.any_temperature = cache.any_temperature
+        return self._responses
 
     async def _start_workers(self) -> None:
         """The worker processes `[limits] workers` asks for (none for a small project)."""
@@ -240,6 +264,7 @@ class Supervisor:
         await asyncio.to_thread(llm.load_litellm)
         self.models.register()
         await self._start_workers()
+        await self._start_response_cache()
         self.calls.start()
         state = self.bus.state
         store = self.bus.store

@@ -32,6 +32,9 @@ def expandable(ev: Event) -> bool:
     return isinstance(p, pl.ToolResult) and len(str(p.result)) > RESULT_CHARS
 
 
+_CALL_ROWS = frozenset({EventKind.LLM_FINISHED, EventKind.LLM_CACHED})
+
+
 def transcript_lines(ev: Event, expanded: bool = False) -> list[Text]:
     """How one event reads in a transcript (empty for events it does not show); a long tool
     result is cut unless expanded."""
@@ -63,6 +66,19 @@ def _finished(p: pl.LlmFinished, expanded: bool) -> list[Text]:
         style="dim",
     )
     out = [head]
+    if p.text:
+        out.append(Text(p.text))
+    for call in p.tool_calls:
+        fn = call.get("function", {})
+        out.append(Text(f"→ {fn.get('name')}({fn.get('arguments', '')[:300]})", style="bold"))
+    return out
+
+
+def _cached(p: pl.LlmCached, expanded: bool) -> list[Text]:
+    # Served from the response cache: no provider, no cost; where the answer was first paid.
+    head = Text(f"── step {p.step} · {p.model} · from the response cache · $0 ──", style="dim")
+    source = f"first paid {usd(p.saved_usd)} in session {p.source_session} (event {p.source_seq})"
+    out = [head, Text(source, style="dim")]
     if p.text:
         out.append(Text(p.text))
     for call in p.tool_calls:
@@ -132,6 +148,7 @@ def _state(p: pl.ThreadStateChanged, expanded: bool) -> list[Text]:
 _LINES: dict[type[pl.Payload], Callable[[Any, bool], list[Text]]] = {
     pl.ThreadSpawned: _spawned,
     pl.LlmFinished: _finished,
+    pl.LlmCached: _cached,
     pl.LlmFailed: _failed,
     pl.ToolCalled: _called,
     pl.ToolResult: _result,
@@ -199,8 +216,17 @@ class ThreadScreen(Screen[None]):
                 continue  # already drawn (read from the log while it was also queued live)
             self.last_seq = ev.seq
             self._write(log, ev, follow)
-            p = payload_of(ev) if ev.kind is EventKind.LLM_FINISHED else None
-            if isinstance(p, pl.LlmFinished):
+            p = payload_of(ev) if ev.kind in _CALL_ROWS else None
+            if isinstance(p, pl.LlmCached):
+                table.add_row(
+                    str(p.step),
+                    p.model,
+                    str(p.usage.prompt_tokens),
+                    str(p.usage.completion_tokens),
+                    "$0 (cache)",
+                    "0.00",
+                )
+            elif isinstance(p, pl.LlmFinished):
                 approx = "~" if p.usage.estimated else ""
                 table.add_row(
                     str(p.step),

@@ -91,6 +91,10 @@ class BudgetBar(Static):
             line2.append(f" (~{tokens(b.estimated_tokens)} counted by tower)")
         if b.saved_usd > 0:  # the providers' prompt caches read part of the prompts back
             line2.append(f" · saved {usd(b.saved_usd)} by caching")
+        if b.cache_hits:  # calls answered from the response cache, at $0
+            line2.append(
+                f" · {b.cache_hits} cached answer(s), {usd(b.cache_saved_usd)} not paid again"
+            )
         human = state.human_seconds / 60
         line2.append(f" · you {human:.1f} min on {state.decisions} decision(s)")
         if cap:
