@@ -64,7 +64,11 @@ def test_sample_project_runs_headless_and_the_log_is_complete(name, tmp_path) ->
         "human_minutes",
         "blocked_minutes",
         "lost_usd",
-    } | ({"subtrees"} if name == "code_review" else set())  # its lead has sub-agents
+    } | ({"subtrees"} if name == "code_review" else set()) | (  # its lead has sub-agents
+        {"saved_by_caching_usd"} if "saved_by_caching_usd" in out else set()
+    )
+    if name == "tax_return":  # its prompts pass 1,024 tokens: the sim's prompt cache reads
+        assert out["saved_by_caching_usd"] > 0
     assert set(out["threads"]) == {"done", "failed", "killed"}
     events = db_events(db, out["session"])
     assert len(events) == out["events"]  # every emitted event is in the database

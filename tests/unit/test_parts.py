@@ -28,6 +28,7 @@ from tower.core.policygate import PolicyGate
 from tower.core.project import (
     AgentSettings,
     CheckSettings,
+    CompactionSettings,
     LimitSettings,
     ModelSettings,
     Project,
@@ -1036,6 +1037,7 @@ class FakeHost:
 
     pool = None  # no worker processes: calls in-process
     responses = None  # no response cache
+    compaction = CompactionSettings(at=0)  # threads are never folded
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from tower.core import diffs, llm, messages
+from tower.core import compaction, diffs, llm, messages
 from tower.core import payloads as pl
 from tower.core.admission import LoopLag
 from tower.core.budget import Refusal, Reservation
@@ -21,7 +21,7 @@ from tower.core.callworkers import WorkerPool
 from tower.core.check import check_answer
 from tower.core.events import Event, InboxKind, Resolution, ThreadState
 from tower.core.policy import Action, Verdict, suggest_grant, workspace_relative
-from tower.core.project import AgentSettings, CheckSettings, ProjectMeta
+from tower.core.project import AgentSettings, CheckSettings, CompactionSettings, ProjectMeta
 from tower.core.ratelimit import Use
 from tower.core.responsecache import CachedAnswer, Responses, worth_keeping
 from tower.core.resume import has_side_effects
@@ -50,6 +50,10 @@ class LoopHost(Protocol):
     def pool(self) -> WorkerPool | None: ...  # worker processes that make the calls, if any
     @property
     def responses(self) -> Responses | None: ...  # the response cache, when the project has it
+    @property
+    def compaction(self) -> CompactionSettings: ...  # when and how long threads are folded
+    def context_window(self, model: str) -> int | None: ...  # prompt tokens a model takes
+    def compaction_metadata(self, th: ThreadRun, model: str) -> dict[str, Any] | None: ...
 
     def emit(self, payload: pl.Payload, thread: str | None = None, /) -> object: ...
     async def barrier(self) -> None: ...
@@ -229,6 +233,8 @@ class AgentLoop:
                             return None
                         return self._from_cache(answer, key, model, unsent)
             prompt_est = self.host.prompt_bound(model, th.messages + ahead, tools, tools_chars)
+            if await self._compact(model, prompt_est, ahead, tools, tools_chars):
+                continue  # the conversation is shorter now: measured again
             price = self.host.price(model)
             usd = price.cost(prompt_est, max_tokens) if price else 0.0
             use = await self.host.rate_gate(th, model, prompt_est + max_tokens)
@@ -301,6 +307,92 @@ class AgentLoop:
             for c in answer.tool_calls
         ]
         return llm.CallResult(text=answer.text, tool_calls=calls, finish_reason="cached")
+
+    async def _compact(
+        self,
+        model: str,
+        prompt_est: int,
+        ahead: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        tools_chars: int,
+    ) -> bool:
+        """Folds the thread's older tool results when this call's prompt would pass the
+        project's share of the model's context window (core/compaction.py). True when it
+        folded something. A summary model's call is reserved first; without room for it,
+        or if it fails, the results are elided instead, and the event says why."""
+        th = self.th
+        settings = self.host.compaction
+        window = self.host.context_window(model) if settings.at else None
+        if not window or prompt_est <= settings.at * window:
+            return False
+        fold = compaction.to_fold(th.messages, settings.keep_last)
+        if not fold:
+            return False
+        ids = [str(m.get("tool_call_id")) for m in fold]
+        mode, summary, note, by = "elide", "", "", ""
+        cost, reserved, usage = 0.0, 0.0, pl.Usage()
+        if settings.model is not None:
+            by = settings.model
+            task = next((str(m.get("content")) for m in th.messages if m.get("role") == "user"), "")
+            request = compaction.summary_request(fold, task)
+            cap = compaction.SUMMARY_MAX_TOKENS
+            est = self.host.prompt_bound(by, request, [], 0)
+            price = self.host.price(by)
+            res = self.host.reserve(th, price.cost(est, cap) if price else 0.0, est + cap)
+            if isinstance(res, Refusal):
+                note = f"no room for a summary ({res.describe()}): elided"
+            else:
+                try:
+                    result = await llm.stream_call(
+                        by,
+                        request,
+                        None,
+                        cap,
+                        self.host.settings.call_timeout_s,
+                        lambda _text: None,
+                        self.host.compaction_metadata(th, by),
+                        lag=self.host.lag,
+                        **self.host.endpoint(by),
+                    )
+                except llm.CallError as err:
+                    self.host.release(res)
+                    note = f"the summary failed ({err}): elided"
+                else:
+                    tokens = result.prompt_tokens + result.completion_tokens
+                    if result.cost_usd is not None:
+                        cost = result.cost_usd
+                    elif price is not None:
+                        cost = price.cost(result.prompt_tokens, result.completion_tokens)
+                    self.host.settle(res, cost, tokens)
+                    reserved = res.usd
+                    usage = pl.Usage(
+                        prompt_tokens=result.prompt_tokens,
+                        completion_tokens=result.completion_tokens,
+                        total_tokens=tokens,
+                    )
+                    summary = result.text.strip()
+                    mode = "summary" if summary else "elide"
+                    if not summary:
+                        note = "the summary came back empty: elided"
+        after = [dict(m) for m in th.messages]
+        compaction.apply_fold(after, ids, mode, summary)
+        self.host.emit(
+            pl.Compacted(
+                folded=ids,
+                mode=mode,
+                summary=summary,
+                tokens_before=prompt_est,
+                tokens_after=self.host.prompt_bound(model, after + ahead, tools, tools_chars),
+                window=window,
+                model=by if mode == "summary" else "",
+                cost_usd=cost,
+                reserved_usd=reserved,
+                usage=usage,
+                note=note,
+            ),
+            th.id,
+        )
+        return True
 
     async def _reserve(self, usd: float, prompt_est: int, max_tokens: int) -> Reservation | None:
         """A call slot, then the call's reservation; a cap that refuses asks the person (its

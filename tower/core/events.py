@@ -38,6 +38,9 @@ class EventKind(StrEnum):
     # A call a crash cut off (found at resume): the provider may have billed it, so its
     # reservation is booked as "possibly billed", apart from the known cost.
     LLM_LOST = "llm_lost"  # model, usd (its reservation), reason
+    # Older tool results of a long thread folded to keep its prompt within the model's
+    # context window: replaced by a summary (a cheap model's, budgeted) or elided.
+    COMPACTED = "compacted"  # folded (tool call ids), mode, summary, tokens_before/after, cost
     TOOL_CALLED = "tool_called"  # call_id, tool, args, reason, policy, rule (why it may run)
     TOOL_RESULT = "tool_result"  # call_id, tool, ok, result
     INBOX_OPENED = "inbox_opened"  # item, kind, tool?, args?, reason, question?, cost_so_far

@@ -275,6 +275,17 @@ def model_price(model: str) -> Price | None:
     )
 
 
+def context_window(model: str) -> int | None:
+    """The prompt tokens litellm's model info says the model takes (None: unknown)."""
+    litellm = load_litellm()
+    try:
+        info = litellm.get_model_info(model)
+    except Exception:
+        return None
+    window = info.get("max_input_tokens") or info.get("max_tokens")
+    return int(window) if isinstance(window, int) and window > 0 else None
+
+
 # --- model checks ------------------------------------------------------------------------
 
 # Variables some providers list as "missing" although they have working defaults.

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from tower.core import compaction
 from tower.core import payloads as pl
 from tower.core.check import CHECK_FAILED
 from tower.core.events import Event, EventKind
@@ -26,6 +27,7 @@ KINDS = frozenset(
         EventKind.LLM_CACHED,
         EventKind.TOOL_RESULT,
         EventKind.CHECKED,
+        EventKind.COMPACTED,
     }
 )
 
@@ -67,6 +69,8 @@ class Conversation:
             self._answered_in_text = not p.tool_calls
         elif isinstance(p, pl.ToolResult):
             self.messages.append({"role": "tool", "tool_call_id": p.call_id, "content": p.result})
+        elif isinstance(p, pl.Compacted):
+            compaction.apply_fold(self.messages, p.folded, p.mode, p.summary)
         elif isinstance(p, pl.Checked) and not p.passed and self._answered_in_text:
             # A check on a `finish` call answers in the call's result; on a text answer, so.
             self.messages.append({"role": "user", "content": check_note(p.detail)})

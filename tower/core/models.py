@@ -34,6 +34,7 @@ class Models:
         self._prices: dict[str, llm.Price | None] = {}
         self._exact: dict[str, bool] = {}
         self._sim: dict[str, dict[str, Any]] = {}
+        self._windows: dict[str, int | None] = {}
 
     def registration(self) -> dict[str, Any]:
         """What litellm must be told for this project, as plain data: each sim model's
@@ -78,6 +79,7 @@ class Models:
     def reload(self, project: Project) -> None:
         self.project = project
         self._sim.clear()
+        self._windows.clear()
 
     def price(self, model: str) -> llm.Price | None:
         """Its per-token prices (None: litellm knows none and the project gives none)."""
@@ -104,6 +106,32 @@ class Models:
             local = self.project.model_settings(model).api_base is not None
             exact = self._exact[model] = not local and llm.exact_tokenizer(model)
         return llm.prompt_bound(model, messages, tools, exact)
+
+    def context_window(self, model: str) -> int | None:
+        """The prompt tokens the model takes: the project's `context_window`, a sim model's
+        profile, else litellm's model info (None when nobody knows it)."""
+        if model in self._windows:
+            return self._windows[model]
+        window = self.project.model_settings(model).context_window
+        if window is None and is_sim(model):
+            window = SIM_PROFILES[model].context_window if model in SIM_PROFILES else None
+        elif window is None:
+            window = llm.context_window(model)
+        self._windows[model] = window
+        return window
+
+    def compaction_metadata(self, th: ThreadRun, model: str) -> dict[str, Any] | None:
+        """What a sim model is told when it writes a compaction summary."""
+        if not is_sim(model):
+            return None
+        return {
+            "tower_sim": {
+                "compaction": True,
+                "seed": self.project.project.seed,
+                "thread": th.id,
+                "profile": self.project.model_settings(model).sim_overrides(),
+            }
+        }
 
     def endpoint(self, model: str) -> dict[str, Any]:
         """How a call reaches the model: its server and key when not the provider's

@@ -297,6 +297,26 @@ class Escalated(Payload):
 
 
 @dataclass(frozen=True, slots=True)
+class Compacted(Payload):
+    """A thread's older tool results folded (core/compaction.py): in the conversation each
+    folded result is replaced, the first by `summary` (or an elision marker), the others by
+    a pointer to it. A summary written by a model is that call's cost, booked here."""
+
+    KIND = EventKind.COMPACTED
+    folded: list[str]  # the tool call ids whose results were folded
+    mode: str  # "summary" | "elide"
+    summary: str
+    tokens_before: int  # the prompt's tokens (tower's bound) before and after
+    tokens_after: int
+    window: int  # the model's context window it was kept within
+    model: str = ""  # the model that wrote the summary (none: elided)
+    cost_usd: float = 0.0
+    reserved_usd: float = 0.0  # the summary call's reservation, replaced by its cost
+    usage: Usage = field(default_factory=Usage)
+    note: str = ""  # why a summary fell back to elision
+
+
+@dataclass(frozen=True, slots=True)
 class Checked(Payload):
     KIND = EventKind.CHECKED
     passed: bool
@@ -373,6 +393,7 @@ TYPES: dict[EventKind, type[Payload]] = {
         InboxClosed,
         Escalated,
         Checked,
+        Compacted,
         BudgetRaised,
         Comment,
         PolicySet,
@@ -462,7 +483,7 @@ def _decode(ev: Event) -> Payload:
             raise KeyError(name)  # as a dict read would: "payload has no field ..."
     known = _FIELDS[cls]
     args = {k: v for k, v in data.items() if k in known}
-    if cls is LlmFinished or (cls is LlmCached and "usage" in data):
+    if cls is LlmFinished or (cls in (LlmCached, Compacted) and "usage" in data):
         args["usage"] = Usage(**{k: v for k, v in data["usage"].items() if k in _USAGE})
     extra = {k: v for k, v in data.items() if k not in known and k != "v"}
     return cls(**args, extra=extra)

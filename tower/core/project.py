@@ -198,6 +198,9 @@ class ModelSettings(_Strict):
     input_usd_per_mtok: float | None = Field(default=None, ge=0)
     output_usd_per_mtok: float | None = Field(default=None, ge=0)
     cached_input_usd_per_mtok: float | None = Field(default=None, ge=0)
+    # The prompt tokens the model takes (compaction keeps prompts within it): a sim model's
+    # own, or a real model's where litellm's model info does not know it (a local model).
+    context_window: int | None = Field(default=None, ge=256)
     # The model's own tokenizer (a Hugging Face tokenizer.json, or the GGUF file a llama.cpp
     # server loads; relative to the project folder): counts tokens when the provider reports
     # no usage (llama.cpp's server does not).
@@ -233,6 +236,7 @@ class ModelSettings(_Strict):
             "wrong_rate",
             "input_usd_per_mtok",
             "cached_input_usd_per_mtok",
+            "context_window",
         )
         out = {
             k: getattr(self, k)
@@ -394,11 +398,24 @@ class CacheSettings(_Strict):
     any_temperature: bool = False
 
 
+class CompactionSettings(_Strict):
+    """Keeping a long thread's prompt within its model's context window (core/compaction.py)."""
+
+    # Fold older tool results when a call's prompt would pass this share of the model's
+    # context window; 0 never folds (a call that does not fit then fails, or escalates).
+    at: float = Field(default=0.8, ge=0, le=1)
+    # The latest tool results always kept as they are.
+    keep_last: int = Field(default=2, ge=0, le=100)
+    # A cheap model that summarises what is folded (its call is budgeted); none elides.
+    model: Name | None = None
+
+
 class Project(_Strict):
     project: ProjectMeta
     budget: BudgetSettings = BudgetSettings()
     limits: LimitSettings = LimitSettings()
     cache: CacheSettings = CacheSettings()
+    compaction: CompactionSettings = CompactionSettings()
     models: dict[Name, ModelSettings] = Field(default_factory=dict)
     policy: PolicySettings = PolicySettings()
     shell: ShellSettings = ShellSettings()
@@ -430,6 +447,8 @@ class Project(_Strict):
         for agent in self.agents:
             for model in agent.cascade:
                 seen.setdefault(model, None)
+        if self.compaction.model is not None:  # it writes summaries: priced and checked too
+            seen.setdefault(self.compaction.model, None)
         return list(seen)
 
     def model_settings(self, model: str) -> ModelSettings:

@@ -77,6 +77,15 @@ def _cached_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] |
     return prefix // _CACHE_BLOCK * _CACHE_BLOCK
 
 
+def _summary(messages: list[dict[str, Any]]) -> str:
+    """A sim's summary of tool results it was given (core/compaction.py asks): the first
+    line of each, as a cheap model might keep the gist."""
+    text = str(messages[-1].get("content") or "") if messages else ""
+    parts = re.split(r"^--- result \d+ \(tool call [^)]*\) ---$", text, flags=re.M)[1:]
+    gist = [next((ln.strip() for ln in p.splitlines() if ln.strip()), "")[:120] for p in parts]
+    return "\n".join(f"- {g}" for g in gist) or "- (nothing to keep)"
+
+
 def _listing(messages: list[dict[str, Any]]) -> list[str]:
     """The files of the last folder listing the model was given (list_dir's result)."""
     lists = {
@@ -194,9 +203,18 @@ class SimProvider(CustomLLM):
         seed = sim.get("seed", 0)
         rng = random.Random(f"{seed}:{thread}:{k}:{name}:{attempt}" + (f":{redo}" if redo else ""))
 
+        prompt = estimate_tokens(messages, optional.get("tools"))
+        if prompt > prof.context_window:  # as a provider says it (llm.read_error reads it)
+            raise CustomLLMError(
+                400,
+                f"This model's maximum context length is {prof.context_window} tokens."
+                f" However, your messages resulted in {prompt} tokens.",
+            )
         script = sim.get("script")
         step: dict[str, Any]
-        if script:
+        if sim.get("compaction"):  # asked to summarise a thread's folded tool results
+            step = {"say": _summary(messages)}
+        elif script:
             step = (
                 script[k]
                 if k < len(script)
@@ -270,7 +288,6 @@ class SimProvider(CustomLLM):
                     "function": {"name": tool or "", "arguments": call_args},
                 }
             )
-        prompt = estimate_tokens(messages, optional.get("tools"))
         cached = _cached_tokens(messages, optional.get("tools")) if sim.get("cache", True) else 0
         completion = text_tokens(text) + sum(text_tokens(a) for a in calls)
         max_tokens = optional.get("max_tokens")

@@ -54,6 +54,7 @@ class ThreadView:
     estimated_tokens: int = 0  # counted by tower: the provider sent no usage
     saved_usd: float = 0.0  # what the provider's prompt cache saved its calls
     cache_hits: int = 0  # calls answered from the response cache
+    compactions: int = 0  # times its older tool results were folded
     started: float | None = None
     ended: float | None = None
     tail: str = ""
@@ -249,6 +250,20 @@ def _llm_cached(state: TowerState, ev: Event, p: pl.LlmCached, view: ThreadView 
         view.cache_hits += 1
         if p.text:
             _append_tail(view, ("\n" if view.tail else "") + p.text)
+
+
+def _compacted(state: TowerState, ev: Event, p: pl.Compacted, view: ThreadView | None) -> None:
+    """A fold of older tool results; a summary's call is spent like any call."""
+    b = state.budget
+    tokens = p.usage.total_tokens
+    b.spent_usd += p.cost_usd
+    b.tokens += tokens
+    if view is not None:
+        view.compactions += 1
+        view.cost_usd += p.cost_usd
+        view.tokens += tokens
+        if p.cost_usd or tokens:
+            _add_to_subtree(state, view, p.cost_usd, tokens)
 
 
 def _llm_failed(state: TowerState, ev: Event, p: pl.LlmFailed, view: ThreadView | None) -> None:
@@ -477,6 +492,7 @@ _APPLY: dict[type[pl.Payload], Callable[[TowerState, Event, Any, ThreadView | No
     pl.LlmStarted: _llm_started,
     pl.LlmFinished: _llm_finished,
     pl.LlmCached: _llm_cached,
+    pl.Compacted: _compacted,
     pl.LlmFailed: _llm_failed,
     pl.LlmLost: _llm_lost,
     pl.ToolCalled: _tool_called,

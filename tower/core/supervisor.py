@@ -35,6 +35,7 @@ from tower.core.project import (
     MCP_SEP,
     AgentSettings,
     CheckSettings,
+    CompactionSettings,
     Project,
     ProjectMeta,
     TaskSettings,
@@ -1284,6 +1285,16 @@ class Supervisor:
 
     def tokenizer(self, model: str) -> Any:
         return self.models.tokenizer(model)
+
+    @property
+    def compaction(self) -> CompactionSettings:
+        return self.project.compaction
+
+    def context_window(self, model: str) -> int | None:
+        return self.models.context_window(model)
+
+    def compaction_metadata(self, th: ThreadRun, model: str) -> dict[str, Any] | None:
+        return self.models.compaction_metadata(th, model)
 
     def mcp_tool_names(self, agent: AgentSettings) -> list[str]:
         return list(self.mcp.names(agent.mcp)) if self.mcp is not None else []

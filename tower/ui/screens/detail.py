@@ -87,6 +87,26 @@ def _cached(p: pl.LlmCached, expanded: bool) -> list[Text]:
     return out
 
 
+def _compacted(p: pl.Compacted, expanded: bool) -> list[Text]:
+    how = f"summarised by {p.model}, {usd(p.cost_usd)}" if p.mode == "summary" else "elided"
+    head = Text(
+        f"── compacted: {len(p.folded)} older tool result(s) {how};"
+        f" prompt {tokens(p.tokens_before)} → {tokens(p.tokens_after)}"
+        f" of a {tokens(p.window)} window ──",
+        style="dim",
+    )
+    out = [head]
+    if p.note:
+        out.append(Text(p.note, style="dim"))
+    if p.summary:
+        lines = p.summary.splitlines()
+        shown = lines if expanded else lines[:6]
+        out.append(Text("\n".join(shown)))
+        if len(shown) < len(lines):
+            out.append(Text(f"… {len(lines) - len(shown)} more line(s)", style="dim"))
+    return out
+
+
 def _failed(p: pl.LlmFailed, expanded: bool) -> list[Text]:
     if p.error == "cancelled":
         return []
@@ -149,6 +169,7 @@ _LINES: dict[type[pl.Payload], Callable[[Any, bool], list[Text]]] = {
     pl.ThreadSpawned: _spawned,
     pl.LlmFinished: _finished,
     pl.LlmCached: _cached,
+    pl.Compacted: _compacted,
     pl.LlmFailed: _failed,
     pl.ToolCalled: _called,
     pl.ToolResult: _result,
