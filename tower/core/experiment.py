@@ -98,6 +98,10 @@ class VariantScore:
     human_per_task: float
     failures: dict[str, int] = field(default_factory=dict)
     unpriced_tokens: int = 0  # tokens of models with no known price: cost is a floor
+    # What caching kept off the bill: the providers' prompt caches, and answers served by the
+    # response cache (their first cost); and how often long threads were folded.
+    saved_usd: float = 0.0
+    compactions: int = 0
 
     @property
     def success_rate(self) -> float:
@@ -157,6 +161,8 @@ def score(name: str, file: str, state: TowerState) -> VariantScore:
         human_per_task=round(sum(t.items for t in every) / n, 3),
         failures=failures,
         unpriced_tokens=state.budget.unpriced_tokens,
+        saved_usd=state.budget.saved_usd + state.budget.cache_saved_usd,
+        compactions=sum(t.compactions for t in every),
     )
 
 
@@ -206,6 +212,7 @@ def table(scores: list[VariantScore]) -> list[list[str]]:
             "success",
             "cost",
             "cost/success",
+            "saved by caching",
             "p50 time",
             "p95 time",
             "escalations/task",
@@ -220,6 +227,7 @@ def table(scores: list[VariantScore]) -> list[list[str]]:
                 f"{s.successes}/{s.tasks} ({s.success_rate:.0%})",
                 usd(s.cost_usd, s.unpriced_tokens),
                 usd(s.cost_per_success, s.unpriced_tokens),
+                usd(s.saved_usd),
                 secs(s.p50_s),
                 secs(s.p95_s),
                 f"{s.escalations_per_task:.2f}",
