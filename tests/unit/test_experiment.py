@@ -241,12 +241,13 @@ def figures(events: list[Event]) -> Figures:
             escalated_to[e.thread or ""].append(e.payload["to_model"])
     done = [t for t in threads if t and final.get(t) == ThreadState.DONE]
     finished = [e for e in events if e.kind is EventKind.LLM_FINISHED]
+    folds = [e for e in events if e.kind is EventKind.COMPACTED]  # a summary's call is paid
     return Figures(
         threads=len(threads),
         successes=sum(1 for t in done if last_check.get(t) is not False),
         checked=len(last_check),
-        cost_usd=sum(e.payload["cost_usd"] for e in finished),
-        tokens=sum(e.payload["usage"]["total_tokens"] for e in finished),
+        cost_usd=sum(e.payload["cost_usd"] for e in [*finished, *folds]),
+        tokens=sum(e.payload["usage"]["total_tokens"] for e in [*finished, *folds]),
         escalations=sum(1 for e in events if e.kind is EventKind.ESCALATED),
         items=sum(1 for e in events if e.kind is EventKind.INBOX_OPENED),
         escalated_to=escalated_to,
@@ -385,6 +386,34 @@ def test_cli_experiment_on_tax_return_prefers_the_cascade(tmp_path: Path) -> Non
     assert by_name["cascade"]["cost_per_success"] < by_name["strong"]["cost_per_success"]
     assert out["winner"] == "cascade"
     assert sorted(db_sessions(db)) == sorted(v["session"] for v in by_name.values())
+
+
+def test_cli_experiment_shows_what_caching_and_compaction_save(tmp_path: Path) -> None:
+    """The caching variants of tax_return: the same five successes; prompt caching costs
+    less per success than none, by what its calls record as saved; compaction folds (its
+    summaries paid) and still succeeds."""
+    db = tmp_path / "xp.db"
+    files = [f"{TAX}/experiments/{n}.toml" for n in ("nocache", "cached", "compact")]
+    proc = tower("experiment", TAX, "--variants", *files, "--json", "--db", str(db))
+    assert proc.returncode == 0, proc.stderr
+    by_name = {v["name"]: v for v in json.loads(proc.stdout)["variants"]}
+    for v in by_name.values():
+        assert (v["successes"], v["tasks"]) == (5, 5), v
+        events = db_events(db, v["session"])
+        assert v["cost_usd"] == pytest.approx(figures(events).cost_usd, abs=1e-6)
+        saved = sum(
+            e.payload.get("saved_usd", 0) for e in events if e.kind is EventKind.LLM_FINISHED
+        )
+        assert v["saved_usd"] == pytest.approx(saved, abs=1e-9)
+    plain, cached, compact = by_name["nocache"], by_name["cached"], by_name["compact"]
+    assert plain["saved_usd"] == 0 and plain["compactions"] == 0
+    assert cached["cost_per_success"] < plain["cost_per_success"]
+    # Same calls, same tokens: what caching saved is exactly what the plain run paid more.
+    assert cached["tokens"] == plain["tokens"]
+    assert cached["cost_usd"] + cached["saved_usd"] == pytest.approx(plain["cost_usd"], abs=2e-6)
+    assert compact["compactions"] > 0 and cached["compactions"] == 0
+    folds = [e for e in db_events(db, compact["session"]) if e.kind is EventKind.COMPACTED]
+    assert len(folds) == compact["compactions"] and all(f.payload["cost_usd"] > 0 for f in folds)
 
 
 @pytest.mark.parametrize(
