@@ -97,10 +97,14 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="as one JSON object")
     rep.add_argument("--at", type=int, metavar="SEQ", help="stop after event SEQ")
 
-    exp = sub.add_parser("export", help="export a session: events (jsonl) or threads (csv)")
+    exp = sub.add_parser(
+        "export",
+        help="export a session: events (jsonl), threads (csv) or spans (otlp, to the"
+        " endpoint OTEL_EXPORTER_OTLP_ENDPOINT names)",
+    )
     _session_arg(exp)
     _db_arg(exp)
-    exp.add_argument("--format", choices=("jsonl", "csv"), required=True)
+    exp.add_argument("--format", choices=("jsonl", "csv", "otlp"), required=True)
     exp.add_argument("--out", metavar="PATH", help="file to write (default: stdout)")
 
     chk = sub.add_parser("check", help="validate a project")
@@ -438,6 +442,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from tower.core.replay import export_csv, export_jsonl, resolve_session
 
     _existing_db(args.db)
+    if args.format == "otlp":
+        return _export_otlp(args)
     try:
         out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout  # noqa: SIM115
     except OSError as exc:
@@ -456,6 +462,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.out:
         what = "events" if args.format == "jsonl" else "threads"
         print(f"wrote {n} {what} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _export_otlp(args: argparse.Namespace) -> int:
+    """A recorded session's spans, sent to the OTLP/HTTP endpoint of the standard variables."""
+    from tower.core import otel
+    from tower.core.replay import resolve_session
+
+    if not otel.endpoint_configured():
+        raise UsageError(
+            "tower export: --format otlp sends spans to OTEL_EXPORTER_OTLP_ENDPOINT"
+            " (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), which is not set"
+        )
+    if args.out:
+        raise UsageError("tower export: --format otlp sends spans; it writes no --out file")
+
+    async def build(store: Store) -> tuple[str, list[Any]]:
+        session = await resolve_session(store, args.session)
+        await store.check_log(session)
+        events = (ev async for ev in store.events(session))
+        spans = otel.collect_spans([ev async for ev in events], session)
+        return session, spans
+
+    session, spans = _with_store(args.db, build)
+    try:
+        where = otel.send_spans(spans)
+    except otel.ExportFailed as exc:
+        print(f"tower export: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {len(spans)} spans of session {session} to {where}", file=sys.stderr)
     return 0
 
 

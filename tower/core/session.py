@@ -29,6 +29,7 @@ from tower.core import payloads as pl
 from tower.core.bus import Bus
 from tower.core.events import Event, EventKind
 from tower.core.mcp import McpStartError
+from tower.core.otel import LiveExport, endpoint_configured
 from tower.core.project import PROJECT_FILE, Project, ProjectError
 from tower.core.replay import ReplayError
 from tower.core.resumer import LogDigest
@@ -164,6 +165,7 @@ class SessionRuntime:
         self.log = log
         self.status = status
         self.resumed = status is not None
+        self.otel: LiveExport | None = None  # spans sent to an OTLP endpoint, when set
         self.started = False  # start() was attempted: close() stops the supervisor too
         self.closed = False
 
@@ -218,6 +220,12 @@ class SessionRuntime:
                 bus.state, bus.seq = state, state.last_seq
             if on_event is not None:
                 bus.subscribe(on_event)
+            otel = None
+            if endpoint_configured():  # the standard OTEL_EXPORTER_OTLP_* variables
+                from tower.core.otel import LiveExport, tracer_provider
+
+                otel = LiveExport(tracer_provider(), session_id or "")
+                bus.subscribe(otel)
             sup = Supervisor(
                 project,
                 bus,
@@ -228,7 +236,9 @@ class SessionRuntime:
         except BaseException:
             await store.close()
             raise
-        return cls(store, bus, sup, log=log, status=status)
+        runtime = cls(store, bus, sup, log=log, status=status)
+        runtime.otel = otel
+        return runtime
 
     @property
     def session_id(self) -> str:
@@ -295,7 +305,11 @@ class SessionRuntime:
             if self.started:
                 await self.sup.close(reason)
         finally:
-            await self.store.close()
+            try:
+                if self.otel is not None:  # the last spans, flushed off the event loop
+                    await asyncio.to_thread(self.otel.shutdown)
+            finally:
+                await self.store.close()
 
     async def __aenter__(self) -> SessionRuntime:
         return self
