@@ -154,6 +154,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    raw: bytes = b""
 
     @property
     def model(self) -> str:
@@ -193,6 +194,13 @@ class FakeOpenAI:
         self._closing = asyncio.Event()
         self._ids = itertools.count(1)
         self.port = 0
+        # The Batch API (/v1/files, /v1/batches): uploaded files, batches, and how many
+        # times a batch is polled "in_progress" before it is answered from the script.
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.batch_polls = 1
+        self.batch_status = "completed"  # or "failed" / "expired": how a batch ends
+        self.batch_requests: list[dict[str, Any]] = []  # every request line of every batch
 
     # --- scripting ---------------------------------------------------------------------
 
@@ -284,12 +292,27 @@ class FakeOpenAI:
             body = json.loads(raw) if raw else {}
         except ValueError:
             body = {"_raw": raw.decode("utf-8", "replace")}
-        return Received(method, path.split("?", 1)[0], headers, body)
+        return Received(method, path.split("?", 1)[0], headers, body, raw)
 
     async def _answer(
         self, req: Received, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Sends one reply; False when the connection should not be reused."""
+        if req.path.startswith(("/v1/files", "/v1/batches")):
+            self.requests.append(req)
+            self._notify()
+            status, body, kind = self._batch_api(req)
+            if kind == "json":
+                await self._send_json(writer, status, body)
+            else:
+                data = body if isinstance(body, bytes) else b""
+                head = {
+                    "content-type": "application/octet-stream",
+                    "content-length": str(len(data)),
+                }
+                writer.write(_head(status, head) + data)
+                await writer.drain()
+            return True
         if req.method != "POST" or req.path not in (*PATHS, *ANTHROPIC_PATHS):
             await self._send_json(writer, 404, {"error": {"message": f"no route {req.path}"}})
             return True
@@ -351,6 +374,86 @@ class FakeOpenAI:
         }
         writer.write(_head(status, head) + data)
         await writer.drain()
+
+    # --- the Batch API ---------------------------------------------------------------------
+
+    def _batch_api(self, req: Received) -> tuple[int, Any, str]:
+        parts = req.path.strip("/").split("/")  # v1, files|batches, [id], [content]
+        if parts[1] == "files" and req.method == "POST" and len(parts) == 2:
+            data = _multipart_file(req)
+            fid = f"file-{next(self._ids)}"
+            self.files[fid] = data
+            return 200, _file_obj(fid, len(data)), "json"
+        if parts[1] == "files" and len(parts) == 4 and parts[3] == "content":
+            if parts[2] not in self.files:
+                return 404, {"error": {"message": f"no file {parts[2]}"}}, "json"
+            return 200, self.files[parts[2]], "bytes"
+        if parts[1] == "files" and len(parts) == 3:
+            return 200, _file_obj(parts[2], len(self.files.get(parts[2], b""))), "json"
+        if parts[1] == "batches" and req.method == "POST" and len(parts) == 2:
+            bid = f"batch_{next(self._ids)}"
+            batch = {
+                "id": bid,
+                "object": "batch",
+                "endpoint": req.body.get("endpoint"),
+                "input_file_id": req.body.get("input_file_id"),
+                "completion_window": req.body.get("completion_window"),
+                "status": "validating",
+                "created_at": 1_700_000_000,
+                "output_file_id": None,
+                "error_file_id": None,
+                "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                "_polls": 0,
+            }
+            self.batches[bid] = batch
+            return 200, _public(batch), "json"
+        if parts[1] == "batches" and len(parts) == 3 and parts[2] in self.batches:
+            batch = self.batches[parts[2]]
+            batch["_polls"] += 1
+            if batch["status"] in ("validating", "in_progress"):
+                if batch["_polls"] <= self.batch_polls:
+                    batch["status"] = "in_progress"
+                else:
+                    self._run_batch(batch)
+            return 200, _public(batch), "json"
+        return 404, {"error": {"message": f"no route {req.method} {req.path}"}}, "json"
+
+    def _run_batch(self, batch: dict[str, Any]) -> None:
+        """Answers every request line of the batch's input file from the script."""
+        if self.batch_status != "completed":
+            batch["status"] = self.batch_status
+            return
+        lines = self.files[batch["input_file_id"]].decode().splitlines()
+        out = []
+        for line in lines:
+            item = json.loads(line)
+            self.batch_requests.append(item)
+            body = item["body"]
+            fake = Received("POST", item["url"], {}, {**body, "stream": False})
+            if not self.replies and self.fallback is not None:
+                self.replies.append(self.fallback(fake))
+            if not self.replies:
+                self.unscripted += 1
+                reply = Reply(status=500, error_body={"error": {"message": "no scripted reply"}})
+            else:
+                reply = self.replies.popleft()
+            if reply.status != 200:
+                response = {"status_code": reply.status, "body": reply.error_body or {}}
+            else:
+                response = {"status_code": 200, "body": self._completion(fake, reply)}
+            out.append(
+                {
+                    "id": f"req_{next(self._ids)}",
+                    "custom_id": item["custom_id"],
+                    "response": response,
+                    "error": None,
+                }
+            )
+        fid = f"file-{next(self._ids)}"
+        self.files[fid] = "".join(json.dumps(o) + "\n" for o in out).encode()
+        batch["status"] = "completed"
+        batch["output_file_id"] = fid
+        batch["request_counts"] = {"total": len(out), "completed": len(out), "failed": 0}
 
     def _completion(self, req: Received, reply: Reply) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
@@ -503,6 +606,39 @@ class FakeOpenAI:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True
+
+
+def _file_obj(fid: str, size: int) -> dict[str, Any]:
+    return {
+        "id": fid,
+        "object": "file",
+        "bytes": size,
+        "created_at": 1_700_000_000,
+        "filename": "batch.jsonl",
+        "purpose": "batch",
+        "status": "processed",
+    }
+
+
+def _public(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+
+def _multipart_file(req: Received) -> bytes:
+    """The uploaded file's bytes from a multipart/form-data body (the SDK's upload)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    ctype = req.headers.get("content-type", "")
+    msg = BytesParser(policy=HTTP).parsebytes(f"content-type: {ctype}\r\n\r\n".encode() + req.raw)
+    for part in msg.iter_parts():
+        if (
+            part.get_filename() is not None
+            or part.get_param("name", header="content-disposition") == "file"
+        ):
+            payload = part.get_payload(decode=True)
+            return payload if isinstance(payload, bytes) else b""
+    return b""
 
 
 def _head(status: int, headers: dict[str, str]) -> bytes:

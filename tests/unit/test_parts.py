@@ -1039,6 +1039,9 @@ class FakeHost:
     responses = None  # no response cache
     compaction = CompactionSettings(at=0)  # threads are never folded
 
+    def lane_of(self, th: ThreadRun) -> str | None:
+        return None  # every call the ordinary way
+
     def __init__(
         self,
         *,

@@ -54,6 +54,18 @@ class LoopHost(Protocol):
     def compaction(self) -> CompactionSettings: ...  # when and how long threads are folded
     def context_window(self, model: str) -> int | None: ...  # prompt tokens a model takes
     def compaction_metadata(self, th: ThreadRun, model: str) -> dict[str, Any] | None: ...
+    def lane_of(self, th: ThreadRun) -> str | None: ...  # its batch lane, if it has one
+    def batch_price(self, model: str) -> llm.Price | None: ...
+    async def batch_call(
+        self,
+        th: ThreadRun,
+        lane: str,
+        call: str,
+        model: str,
+        tools: list[dict[str, Any]],
+        max_tokens: int,
+        attempt: int,
+    ) -> llm.CallResult: ...
 
     def emit(self, payload: pl.Payload, thread: str | None = None, /) -> object: ...
     async def barrier(self) -> None: ...
@@ -235,12 +247,17 @@ class AgentLoop:
             prompt_est = self.host.prompt_bound(model, th.messages + ahead, tools, tools_chars)
             if await self._compact(model, prompt_est, ahead, tools, tools_chars):
                 continue  # the conversation is shorter now: measured again
-            price = self.host.price(model)
+            # A batch lane's call is priced at batch prices; it holds no call slot and no
+            # rate-limit room while its batch waits at the provider (core/batchlane.py).
+            lane = self.host.lane_of(th)
+            price = self.host.batch_price(model) if lane else self.host.price(model)
             usd = price.cost(prompt_est, max_tokens) if price else 0.0
-            use = await self.host.rate_gate(th, model, prompt_est + max_tokens)
+            use = None
+            if lane is None:
+                use = await self.host.rate_gate(th, model, prompt_est + max_tokens)
             if not await self.host.checkpoint(th):
                 return None
-            res = await self._reserve(usd, prompt_est, max_tokens)
+            res = await self._reserve(usd, prompt_est, max_tokens, gate=lane is None)
             if res is None:
                 return None
             th.reservation = res
@@ -256,13 +273,19 @@ class AgentLoop:
                     reserved_usd=res.usd,
                     reserved_tokens=res.tokens,
                     guidance=unsent,
+                    lane=lane,
                 ),
                 th.id,
             )
             unsent = []  # the conversation holds it now (folded from this event)
             deltas = _Deltas(self.host.emit, th.id, call)
             try:
-                result = await self._stream(model, tools, max_tokens, attempt, deltas)
+                if lane is not None:
+                    result = await self.host.batch_call(
+                        th, lane, call, model, tools, max_tokens, attempt
+                    )
+                else:
+                    result = await self._stream(model, tools, max_tokens, attempt, deltas)
             except llm.CallError as err:
                 lost = isinstance(err, llm.CallLost)
                 retry = await (self._lost if lost else self._failed)(err, res, call, model, attempt)
@@ -394,18 +417,22 @@ class AgentLoop:
         )
         return True
 
-    async def _reserve(self, usd: float, prompt_est: int, max_tokens: int) -> Reservation | None:
-        """A call slot, then the call's reservation; a cap that refuses asks the person (its
-        slot given back meanwhile). None when the thread ended or the person declined."""
+    async def _reserve(
+        self, usd: float, prompt_est: int, max_tokens: int, gate: bool = True
+    ) -> Reservation | None:
+        """A call slot (unless `gate` is off: a batch lane's call), then the call's
+        reservation; a cap that refuses asks the person (its slot given back meanwhile).
+        None when the thread ended or the person declined."""
         th = self.th
         # A call slot before the reservation: waiting at the gate holds no money.
-        if not await self.host.admit(th):
+        if gate and not await self.host.admit(th):
             return None
         while True:
             res = self.host.reserve(th, usd, prompt_est + max_tokens)
             if not isinstance(res, Refusal):
                 return res
-            self.host.release_slot(ended=False)  # never hold a slot while a person decides
+            if gate:
+                self.host.release_slot(ended=False)  # never hold a slot while a person decides
             decision = await self.host.ask(
                 th,
                 InboxKind.BUDGET,
@@ -425,7 +452,7 @@ class AgentLoop:
             if decision.resolution is not Resolution.RAISED:
                 self.host.finish(th, ThreadState.FAILED, "budget")
                 return None
-            if not await self.host.admit(th):
+            if gate and not await self.host.admit(th):
                 return None
 
     async def _stream(

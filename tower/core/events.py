@@ -41,6 +41,8 @@ class EventKind(StrEnum):
     # Older tool results of a long thread folded to keep its prompt within the model's
     # context window: replaced by a summary (a cheap model's, budgeted) or elided.
     COMPACTED = "compacted"  # folded (tool call ids), mode, summary, tokens_before/after, cost
+    # A batch of a lane's calls at the provider's batch API (core/batchlane.py).
+    BATCH = "batch"  # batch, lane, model, status, calls, threads, provider_id, error
     TOOL_CALLED = "tool_called"  # call_id, tool, args, reason, policy, rule (why it may run)
     TOOL_RESULT = "tool_result"  # call_id, tool, ok, result
     INBOX_OPENED = "inbox_opened"  # item, kind, tool?, args?, reason, question?, cost_so_far

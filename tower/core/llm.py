@@ -275,6 +275,25 @@ def model_price(model: str) -> Price | None:
     )
 
 
+def batch_price(model: str) -> Price | None:
+    """Per-token prices through the provider's batch API: the cost map's `…_batches` prices
+    (half the usual, for a sim model); None when the map has none."""
+    litellm = load_litellm()
+    if is_sim(model):
+        usual = model_price(model)
+        if usual is None:
+            return None
+        half = None if usual.cached_per_token is None else usual.cached_per_token / 2
+        return Price(usual.input_per_token / 2, usual.output_per_token / 2, half)
+    bare = model.split("/", 1)[1] if "/" in model else model
+    info = litellm.model_cost.get(model) or litellm.model_cost.get(bare) or {}
+    inp, out = info.get("input_cost_per_token_batches"), info.get("output_cost_per_token_batches")
+    if inp is None or out is None:
+        return None
+    cached = info.get("cache_read_input_token_cost_batches")
+    return Price(float(inp), float(out), float(cached) if cached is not None else None)
+
+
 def context_window(model: str) -> int | None:
     """The prompt tokens litellm's model info says the model takes (None: unknown)."""
     litellm = load_litellm()

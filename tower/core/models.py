@@ -35,6 +35,7 @@ class Models:
         self._exact: dict[str, bool] = {}
         self._sim: dict[str, dict[str, Any]] = {}
         self._windows: dict[str, int | None] = {}
+        self._batch: dict[str, llm.Price | None] = {}
 
     def registration(self) -> dict[str, Any]:
         """What litellm must be told for this project, as plain data: each sim model's
@@ -80,6 +81,7 @@ class Models:
         self.project = project
         self._sim.clear()
         self._windows.clear()
+        self._batch.clear()
 
     def price(self, model: str) -> llm.Price | None:
         """Its per-token prices (None: litellm knows none and the project gives none)."""
@@ -106,6 +108,13 @@ class Models:
             local = self.project.model_settings(model).api_base is not None
             exact = self._exact[model] = not local and llm.exact_tokenizer(model)
         return llm.prompt_bound(model, messages, tools, exact)
+
+    def batch_price(self, model: str) -> llm.Price | None:
+        """What the model costs through its provider's batch API: litellm's batch prices,
+        half the sim's (as OpenAI's and Anthropic's batches are), else its usual price."""
+        if model not in self._batch:
+            self._batch[model] = llm.batch_price(model) or self.price(model)
+        return self._batch[model]
 
     def context_window(self, model: str) -> int | None:
         """The prompt tokens the model takes: the project's `context_window`, a sim model's

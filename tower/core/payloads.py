@@ -153,6 +153,7 @@ class LlmStarted(Payload):
     max_tokens: int = 0
     reserved_tokens: int = 0
     guidance: list[str] = field(default_factory=list)
+    lane: str | None = None  # a batch lane's call: sent in a batch, at batch prices
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +318,22 @@ class Compacted(Payload):
 
 
 @dataclass(frozen=True, slots=True)
+class BatchChanged(Payload):
+    """A lane's batch: submitted (its calls reserved and sent), running at the provider
+    (`provider_id`), then completed, failed, expired or cancelled."""
+
+    KIND = EventKind.BATCH
+    batch: str
+    lane: str
+    model: str
+    status: str
+    calls: list[str] = field(default_factory=list)
+    threads: list[str] = field(default_factory=list)
+    provider_id: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Checked(Payload):
     KIND = EventKind.CHECKED
     passed: bool
@@ -394,6 +411,7 @@ TYPES: dict[EventKind, type[Payload]] = {
         Escalated,
         Checked,
         Compacted,
+        BatchChanged,
         BudgetRaised,
         Comment,
         PolicySet,

@@ -139,6 +139,8 @@ class ProjectMeta(_Strict):
     name: Name
     description: str = ""
     seed: int = 0
+    # The lane every task's model calls take unless the task names its own ([lanes]).
+    lane: Name | None = None
     call_timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=3, ge=0, le=10)
     retry_backoff_s: float = Field(default=0.5, ge=0, le=60)
@@ -381,6 +383,46 @@ class TaskSettings(_Strict):
     # "all": a dependency that failed, was killed or skipped skips this task too;
     # "any": it runs once they have all ended, whatever their outcome.
     after_policy: Literal["all", "any"] = "all"
+    # The lane its model calls take (a key of [lanes], or "batch"): none is the project's.
+    lane: Name | None = None
+
+
+_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class LaneSettings(_Strict):
+    """A lane of model calls (core/batchlane.py): its calls go through the provider's batch
+    API, at batch prices, and its tasks start only inside its time window."""
+
+    batch: bool = True
+    # Local time, "HH:MM-HH:MM" (it may wrap midnight: "22:00-06:00"); none: always open.
+    window: str | None = None
+    # A batch is sent once its first call has waited this long, or it holds max_calls.
+    collect_s: float = Field(default=2.0, ge=0, le=3600)
+    max_calls: int = Field(default=1000, ge=1, le=50_000)
+    # How often a submitted batch is asked whether it is done.
+    poll_s: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is not None and not _WINDOW.match(value):
+            raise ValueError('expected local times "HH:MM-HH:MM", e.g. "01:00-06:00"')
+        if value is not None and value[:5] == value[6:]:
+            raise ValueError("the window opens and closes at the same minute")
+        return value
+
+    def minutes(self) -> tuple[int, int] | None:
+        """The window as minutes after midnight (opens, closes), or None: always open."""
+        if self.window is None:
+            return None
+        m = _WINDOW.match(self.window)
+        assert m is not None
+        h1, m1, h2, m2 = (int(g) for g in m.groups())
+        return h1 * 60 + m1, h2 * 60 + m2
+
+
+_BATCH_LANE = LaneSettings()  # `lane = "batch"` with no [lanes.batch] table
 
 
 class CacheSettings(_Strict):
@@ -416,6 +458,7 @@ class Project(_Strict):
     limits: LimitSettings = LimitSettings()
     cache: CacheSettings = CacheSettings()
     compaction: CompactionSettings = CompactionSettings()
+    lanes: dict[Name, LaneSettings] = Field(default_factory=dict)
     models: dict[Name, ModelSettings] = Field(default_factory=dict)
     policy: PolicySettings = PolicySettings()
     shell: ShellSettings = ShellSettings()
@@ -450,6 +493,12 @@ class Project(_Strict):
         if self.compaction.model is not None:  # it writes summaries: priced and checked too
             seen.setdefault(self.compaction.model, None)
         return list(seen)
+
+    def lane(self, name: str | None) -> LaneSettings | None:
+        """A lane's settings ("batch" is built in); None for no lane or an unknown one."""
+        if name is None:
+            return None
+        return self.lanes.get(name) or (_BATCH_LANE if name == "batch" else None)
 
     def model_settings(self, model: str) -> ModelSettings:
         # Asked on every model call: one shared (frozen) default, not a new model each time.
@@ -740,6 +789,11 @@ def _cross_check(p: Project) -> list[str]:
                 )
     task_ids = [t.id for t in p.tasks]
     threads = 0
+    if p.project.lane is not None and p.project.lane not in (*p.lanes, "batch"):
+        problems.append(
+            f"project.lane: unknown lane {p.project.lane!r}, expected"
+            f" {', '.join(sorted({*p.lanes, 'batch'}))} (a [lanes.NAME] table)"
+        )
     for i, task in enumerate(p.tasks):
         threads += task.repeat
         if threads > MAX_THREADS and threads - task.repeat <= MAX_THREADS:
@@ -749,6 +803,13 @@ def _cross_check(p: Project) -> list[str]:
             )
         if task.id in task_ids[:i]:
             problems.append(f"tasks[{i}].id: duplicate task id {task.id!r}")
+        if task.lane is None and p.project.lane is not None:
+            pass  # the project's lane, checked once below
+        elif task.lane is not None and task.lane not in (*p.lanes, "batch"):
+            problems.append(
+                f"tasks[{i}].lane: unknown lane {task.lane!r}, expected"
+                f" {', '.join(sorted({*p.lanes, 'batch'}))} (a [lanes.NAME] table)"
+            )
         if task.agent not in agent_names:
             problems.append(
                 f"tasks[{i}].agent: unknown agent {task.agent!r}, "

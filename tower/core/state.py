@@ -55,6 +55,8 @@ class ThreadView:
     saved_usd: float = 0.0  # what the provider's prompt cache saved its calls
     cache_hits: int = 0  # calls answered from the response cache
     compactions: int = 0  # times its older tool results were folded
+    batch: str | None = None  # the batch its call waits in (a batch lane), and since when
+    batch_since: float | None = None
     started: float | None = None
     ended: float | None = None
     tail: str = ""
@@ -132,6 +134,8 @@ class TowerState:
     # many of them are threads already (the rest: not yet started).
     tasks_planned: int = 0
     tasks_spawned: int = 0
+    # A batch lane's batches not ended yet: id -> {model, status, calls, since}.
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Threads by state, kept by the reducer: the bar, `tower ls` and the end-of-run test ask
     # every second, and counting a million threads each time would be their whole cost.
     tally: dict[ThreadState, int] = field(default_factory=dict)
@@ -264,6 +268,24 @@ def _compacted(state: TowerState, ev: Event, p: pl.Compacted, view: ThreadView |
         view.tokens += tokens
         if p.cost_usd or tokens:
             _add_to_subtree(state, view, p.cost_usd, tokens)
+
+
+def _batch(state: TowerState, ev: Event, p: pl.BatchChanged, view: ThreadView | None) -> None:
+    ended = p.status in ("completed", "failed", "expired", "cancelled")
+    if ended:
+        state.batches.pop(p.batch, None)
+    else:
+        entry = state.batches.setdefault(p.batch, {"since": ev.ts})
+        entry.update(model=p.model, status=p.status, calls=len(p.calls), lane=p.lane)
+    for tid in p.threads:
+        v = state.threads.get(tid)
+        if v is None:
+            continue
+        if ended:
+            if v.batch == p.batch:
+                v.batch, v.batch_since = None, None
+        elif v.batch != p.batch:
+            v.batch, v.batch_since = p.batch, ev.ts
 
 
 def _llm_failed(state: TowerState, ev: Event, p: pl.LlmFailed, view: ThreadView | None) -> None:
@@ -493,6 +515,7 @@ _APPLY: dict[type[pl.Payload], Callable[[TowerState, Event, Any, ThreadView | No
     pl.LlmFinished: _llm_finished,
     pl.LlmCached: _llm_cached,
     pl.Compacted: _compacted,
+    pl.BatchChanged: _batch,
     pl.LlmFailed: _llm_failed,
     pl.LlmLost: _llm_lost,
     pl.ToolCalled: _tool_called,

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,6 +23,7 @@ from tower.core import llm
 from tower.core import payloads as pl
 from tower.core.admission import CallGate, LoopLag
 from tower.core.agent import AgentLoop
+from tower.core.batchlane import BatchLane, window_state
 from tower.core.budget import INF, Account, Ledger, Refusal, Reservation
 from tower.core.bus import Bus
 from tower.core.callworkers import WorkerPool, worker_count
@@ -118,6 +120,9 @@ class Supervisor:
         self.pool: WorkerPool | None = None  # worker processes that make the model calls
         self._responses: Responses | None = None  # the response cache, once it is on
         self._index: asyncio.Task[None] | None = None  # its index, made after a reload
+        self.lanes: dict[str, BatchLane] = {}  # batch lanes in use, by name
+        self._lane_timer: asyncio.TimerHandle | None = None  # a lane window's opening
+        self._lane_at: datetime | None = None
         self._closing = False
         self._ended = 0
         self.policy = PolicyGate(bus, project.policy.rules())
@@ -126,7 +131,7 @@ class Supervisor:
         self.scheduler = Scheduler(
             project.limits,
             lambda model: self.project.model_settings(model),
-            paused=self.pause_requested,
+            paused=self._held_back,
             start=self._start,
             waiting=self._waiting,
         )
@@ -382,6 +387,10 @@ class Supervisor:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.calls.stop()
+        for lane in self.lanes.values():
+            await lane.close()
+        if self._lane_timer is not None:
+            self._lane_timer.cancel()
         if self.pool is not None:
             await self.pool.stop()
         gate = self.calls
@@ -794,6 +803,96 @@ class Supervisor:
         if use is not None:
             self.set_state(th, ThreadState.RUNNING)
         return use
+
+    # --- lanes ---------------------------------------------------------------------------
+
+    def lane_of(self, th: ThreadRun) -> str | None:
+        """The batch lane the thread's calls take (its task's `lane`, else the project's),
+        or None for the ordinary way."""
+        found = self._task_of(th.task_id)
+        name = (found[0].lane if found is not None else None) or self.project.project.lane
+        settings = self.project.lane(name)
+        return name if settings is not None and settings.batch else None
+
+    def lane_closed(self, th: ThreadRun) -> datetime | None:
+        """When the thread's lane next opens, if its window is closed now (else None)."""
+        found = self._task_of(th.task_id)
+        name = (found[0].lane if found is not None else None) or self.project.project.lane
+        settings = self.project.lane(name)
+        if settings is None or settings.window is None:
+            return None
+        _open, opens = window_state(settings.minutes(), datetime.now())
+        return opens
+
+    def _held_back(self, th: ThreadRun) -> bool:
+        """Not to be started now: a pause was asked for, or its lane's window is closed (the
+        queue then says when it opens, and a timer starts it then)."""
+        if self.pause_requested(th):
+            return True
+        opens = self.lane_closed(th)
+        if opens is None:
+            return False
+        reason = f"lane opens at {opens:%H:%M}"
+        view = self.bus.state.threads.get(th.id)
+        if view is not None and view.reason != reason:
+            self.set_state(th, ThreadState.QUEUED, reason)
+        self._wake_at(opens)
+        return True
+
+    def _wake_at(self, when: datetime) -> None:
+        """Pumps the queue when a lane's window opens (the earliest one asked for)."""
+        if self._lane_timer is not None and self._lane_at is not None and self._lane_at <= when:
+            return
+        if self._lane_timer is not None:
+            self._lane_timer.cancel()
+        delay = max((when - datetime.now()).total_seconds(), 0.0) + 0.2
+        self._lane_at = when
+        self._lane_timer = asyncio.get_running_loop().call_later(delay, self._lane_opened)
+
+    def _lane_opened(self) -> None:
+        self._lane_timer = self._lane_at = None
+        self.scheduler.pump()
+
+    def batch_price(self, model: str) -> llm.Price | None:
+        return self.models.batch_price(model)
+
+    async def batch_call(
+        self,
+        th: ThreadRun,
+        lane: str,
+        call: str,
+        model: str,
+        tools: list[dict[str, Any]],
+        max_tokens: int,
+        attempt: int,
+    ) -> llm.CallResult:
+        """The call, in the lane's next batch; the thread waits on the batch meanwhile."""
+        batches = self.lanes.get(lane)
+        if batches is None:
+            settings = self.project.lane(lane)
+            assert settings is not None
+            batches = self.lanes[lane] = BatchLane(lane, settings, self.bus.emit, self._on_batch)
+        endpoint = self.models.endpoint(model)
+        try:
+            return await batches.call(
+                th.id,
+                call,
+                model,
+                th.messages,
+                tools,
+                max_tokens,
+                th.agent.temperature,
+                self.models.sim_metadata(th, attempt),
+                endpoint,
+            )
+        finally:
+            if th.state is ThreadState.WAITING and not th.ended:
+                self.set_state(th, ThreadState.RUNNING)
+
+    def _on_batch(self, tid: str, reason: str) -> None:
+        th = self.runs.get(tid)
+        if th is not None and not th.ended:
+            self.set_state(th, ThreadState.WAITING, reason)
 
     async def admit(self, th: ThreadRun) -> bool:
         """Holds a call slot for `th` (waiting at the gate while tower is loaded); False if

@@ -253,6 +253,10 @@ class ThreadList(StateList):
         bold = self.style_of("threads--needs") if needs else None
         model = view.model[4:] if view.model.startswith("sim/") else view.model
         ident, title, status = view.id, view.title, str(view.state)
+        if view.batch_since is not None and view.state is ThreadState.WAITING:
+            status = f"batch {age(self._now() - view.batch_since)}"  # waits on its batch
+        elif view.state is ThreadState.QUEUED and view.reason.startswith("lane opens at "):
+            status = f"at {view.reason.removeprefix('lane opens at ')}"  # its lane's window
         cost = "no price" if view.unpriced and not view.cost_usd else usd(view.cost_usd)
         glyphs = self.glyphs.get(key, "")
         state_style = f"threads--{view.state}"

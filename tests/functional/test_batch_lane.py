@@ -1,0 +1,229 @@
+"""The batch lane: a lane's calls go through the provider's batch API (litellm's files and
+batches), at batch prices, each reserved before its batch is sent, each recorded like any
+call; a lane's window holds its tasks in the queue until it opens.
+
+The counterpart is real HTTP: tests/fake_openai.py serves /v1/files and /v1/batches (and
+the output file's content), reached through litellm's own batch functions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.conftest import Live, ended
+from tests.fake_openai import FakeOpenAI, Received, Reply, ScriptedCall, Usage
+from tower.core import llm
+from tower.core.batchlane import window_state
+from tower.core.events import EventKind, ThreadState
+
+MODEL = "openai/gpt-4o-mini"
+FILES = {"ws/a.txt": "alpha\n"}
+
+
+@pytest.fixture
+async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_BASE"):
+        monkeypatch.delenv(var, raising=False)
+    async with FakeOpenAI() as srv:
+        yield srv
+
+
+def answer(req: Received) -> Reply:
+    """Read a.txt first, then finish with what it said (from the request itself)."""
+    tool_msgs = [m for m in req.messages if m.get("role") == "tool"]
+    if not tool_msgs:
+        call = ScriptedCall(f"call_rd_{len(req.messages)}", "read_file", '{"path": "a.txt"}')
+        return Reply(tool_calls=[call], usage=Usage(500, 20))
+    said = str(tool_msgs[-1]["content"]).strip()
+    return Reply(
+        tool_calls=[ScriptedCall("call_fin", "finish", f'{{"answer": "{said}"}}')],
+        usage=Usage(600, 10),
+    )
+
+
+def project(server: FakeOpenAI, repeat: int = 3, extra: str = "", budget: str = "") -> str:
+    return f"""
+[project]
+name = "batched"
+retry_backoff_s = 0
+max_retries = 0
+{budget}
+
+[lanes.batch]
+collect_s = 0.3
+poll_s = 0.05
+{extra}
+
+[[agents]]
+name = "a"
+cascade = ["{MODEL}"]
+tools = ["read_file", "finish"]
+max_tokens = 100
+
+[[tasks]]
+id = "t"
+agent = "a"
+prompt = "Read a.txt and report."
+workspace = "ws"
+repeat = {repeat}
+lane = "batch"
+
+[models."{MODEL}"]
+api_base = "{server.base_url}"
+"""
+
+
+async def test_calls_go_through_the_batch_api_at_batch_prices(
+    server: FakeOpenAI, live_factory: Callable[..., Any]
+) -> None:
+    server.fallback = answer
+    live: Live = await live_factory(project(server), FILES)
+    tids = ["t-1", "t-2", "t-3"]
+    await live.waiter.until(ended(live, *tids), timeout=60)
+    assert all(live.view(t).state is ThreadState.DONE for t in tids)
+    assert all(live.view(t).answer == "alpha" for t in tids)
+
+    # Nothing went to the chat endpoint: two batches (one a step), three requests each.
+    paths = [r.path for r in server.requests]
+    assert not [p for p in paths if p.endswith("/chat/completions")]
+    assert len(server.batches) == 2 and len(server.batch_requests) == 6
+    assert paths.count("/v1/files") == 2 and paths.count("/v1/batches") == 2
+
+    events = live.events
+    started = [e for e in events if e.kind is EventKind.LLM_STARTED]
+    assert [e.payload["lane"] for e in started] == ["batch"] * 6
+    batches = [e for e in events if e.kind is EventKind.BATCH]
+    submitted = [e for e in batches if e.payload["status"] == "submitted"]
+    assert len(submitted) == 2
+    for sub in submitted:
+        calls = sub.payload["calls"]
+        # Each call was reserved (its llm_started) before the batch that holds it was sent.
+        assert all(e.seq < sub.seq for e in started if e.payload["call"] in calls)
+        running = [b for b in batches if b.payload["batch"] == sub.payload["batch"]]
+        assert [b.payload["status"] for b in running] == ["submitted", "running", "completed"]
+        assert running[1].payload["provider_id"] in server.batches
+    sent = {line["custom_id"] for line in server.batch_requests}
+    assert sent == {e.payload["call"] for e in started}
+    assert {line["body"]["model"] for line in server.batch_requests} == {"gpt-4o-mini"}
+
+    info = llm.load_litellm().model_cost["gpt-4o-mini"]
+    inp, out = info["input_cost_per_token_batches"], info["output_cost_per_token_batches"]
+    assert inp < info["input_cost_per_token"]
+    finished = [e for e in events if e.kind is EventKind.LLM_FINISHED]
+    assert len(finished) == 6
+    for ev in finished:
+        u = ev.payload["usage"]
+        expected = u["prompt_tokens"] * inp + u["completion_tokens"] * out
+        assert ev.payload["cost_usd"] == pytest.approx(expected, rel=1e-9)
+        reserved = next(s for s in started if s.payload["call"] == ev.payload["call"])
+        assert reserved.payload["reserved_usd"] >= ev.payload["cost_usd"]
+    assert live.bus.state.budget.reserved_usd == pytest.approx(0, abs=1e-12)
+    assert not live.bus.state.batches  # none left open
+
+
+async def test_a_batch_that_expires_fails_its_calls_with_one_line(
+    server: FakeOpenAI, live_factory: Callable[..., Any]
+) -> None:
+    server.batch_status = "expired"
+    live: Live = await live_factory(project(server, repeat=2), FILES)
+    await live.waiter.until(ended(live, "t-1", "t-2"), timeout=60)
+    for tid in ("t-1", "t-2"):
+        assert live.view(tid).state is ThreadState.FAILED
+    failed = [e for e in live.events if e.kind is EventKind.LLM_FAILED]
+    assert failed and all("expired" in e.payload["error"] for e in failed)
+    assert all("\n" not in e.payload["error"] for e in failed)
+    assert live.bus.state.budget.spent_usd == 0
+    assert live.bus.state.budget.reserved_usd == pytest.approx(0, abs=1e-12)
+
+
+async def test_a_cap_sends_only_calls_it_reserved(
+    server: FakeOpenAI, live_factory: Callable[..., Any]
+) -> None:
+    """A session cap with room for two first calls: the batch holds those two; the third
+    thread is refused before anything is sent for it (headless: it ends on the budget)."""
+    server.fallback = answer
+    probe: Live = await live_factory(project(server, repeat=1), FILES)
+    await probe.waiter.until(ended(probe, "t"), timeout=60)
+    one = next(e for e in probe.events if e.kind is EventKind.LLM_STARTED).payload["reserved_usd"]
+    await probe.sup.close()
+    toml = project(server, budget=f"\n[budget]\nusd = {2.5 * one}\n")
+    live: Live = await live_factory(toml, FILES, approve="all")
+    tids = ["t-1", "t-2", "t-3"]
+    await live.waiter.until(ended(live, *tids), timeout=60)
+    states = sorted(str(live.view(t).state) for t in tids)
+    assert "failed" in states
+    b = live.bus.state.budget
+    assert b.spent_usd <= b.limit_usd + 1e-12
+    first = next(
+        e for e in live.events if e.kind is EventKind.BATCH and e.payload["status"] == "submitted"
+    )
+    assert len(first.payload["calls"]) == 2
+
+
+# --- the lane's window ---------------------------------------------------------------------
+
+
+def test_window_state_wraps_midnight_and_names_the_next_opening() -> None:
+    at = datetime(2026, 12, 1, 0, 30)
+    assert window_state((60, 360), at) == (False, datetime(2026, 12, 1, 1, 0))
+    assert window_state((60, 360), at.replace(hour=3)) == (True, None)
+    assert window_state((60, 360), at.replace(hour=6, minute=0)) == (
+        False,
+        datetime(2026, 12, 2, 1, 0),
+    )
+    assert window_state((22 * 60, 6 * 60), at) == (True, None)  # 22:00-06:00 at 00:30
+    assert window_state((22 * 60, 6 * 60), at.replace(hour=12)) == (
+        False,
+        datetime(2026, 12, 1, 22, 0),
+    )
+    assert window_state(None, at) == (True, None)
+
+
+async def test_a_closed_window_holds_its_tasks_until_it_opens(
+    live_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside its window the lane's tasks wait in the queue saying when they start; when
+    the window opens, they start."""
+    import tower.core.supervisor as sup_mod
+
+    now = [datetime(2026, 12, 1, 0, 59, 59)]
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Clock:  # type: ignore[override]
+            return cls.fromtimestamp(now[0].timestamp())
+
+    monkeypatch.setattr(sup_mod, "datetime", Clock)
+    toml = """
+[project]
+name = "night"
+retry_backoff_s = 0
+
+[lanes.night]
+window = "01:00-06:00"
+batch = false
+
+[[agents]]
+name = "a"
+cascade = ["sim/instant"]
+tools = ["finish"]
+
+[[tasks]]
+id = "t"
+agent = "a"
+prompt = "go"
+lane = "night"
+[[tasks.script]]
+tool = "finish"
+args = { answer = "done" }
+"""
+    live: Live = await live_factory(toml)
+    await live.waiter.until(lambda: live.view("t").reason == "lane opens at 01:00")
+    assert live.view("t").state is ThreadState.QUEUED
+    assert not [e for e in live.events if e.kind is EventKind.LLM_STARTED]
+    now[0] += timedelta(seconds=2)  # the timer fires about a second later: 01:00:01
+    await live.waiter.until(ended(live, "t"), timeout=30)
+    assert live.view("t").state is ThreadState.DONE and live.view("t").answer == "done"
