@@ -227,3 +227,91 @@ args = { answer = "done" }
     now[0] += timedelta(seconds=2)  # the timer fires about a second later: 01:00:01
     await live.waiter.until(ended(live, "t"), timeout=30)
     assert live.view("t").state is ThreadState.DONE and live.view("t").answer == "done"
+
+
+# --- from the orchestrator's seat -------------------------------------------------------------
+
+SIM_LANE = """
+[project]
+name = "night-batch"
+retry_backoff_s = 0
+
+[lanes.batch]
+collect_s = 0.1
+poll_s = 3
+
+[lanes.later]
+window = "{window}"
+
+[[agents]]
+name = "a"
+cascade = ["sim/instant"]
+tools = ["finish"]
+
+[[tasks]]
+id = "now"
+agent = "a"
+prompt = "go"
+lane = "batch"
+repeat = 2
+[[tasks.script]]
+tool = "finish"
+args = {{ answer = "batched" }}
+
+[[tasks]]
+id = "late"
+agent = "a"
+prompt = "go later"
+lane = "later"
+[[tasks.script]]
+tool = "finish"
+args = {{ answer = "never today" }}
+"""
+
+
+async def test_the_list_shows_threads_waiting_on_their_batch_and_when_a_lane_opens(
+    tmp_path: Any,
+) -> None:
+    """The person sees each batched thread as "batch <age>" while its batch is out, the
+    lane's tasks outside its window as "at HH:MM"; the detail of a batched thread says
+    which batch it waits in; then the batch answers and the threads finish."""
+    from textual.widgets import RichLog
+
+    from tests.tui_harness import tui
+    from tower.ui.screens.detail import ThreadScreen
+
+    opens = datetime.now() + timedelta(hours=2)
+    closes = opens + timedelta(hours=1)
+    window = f"{opens:%H:%M}-{closes:%H:%M}"
+    async with tui(tmp_path, SIM_LANE.format(window=window)) as t:
+        await t.until(
+            lambda: all(
+                tid in t.state().threads and t.view(tid).batch is not None
+                for tid in ("now-1", "now-2")
+            ),
+            "both in a batch",
+        )
+        await t.settle()
+        for tid in ("now-1", "now-2"):
+            assert t.view(tid).state is ThreadState.WAITING
+            assert " batch " in t.row(tid) and "waiting" not in t.row(tid)
+        assert f" at {opens:%H:%M} " in t.row("late")
+        assert t.view("late").state is ThreadState.QUEUED
+        batch = t.view("now-1").batch
+        assert batch is not None and batch in t.state().batches
+        t.threads.focus()
+        while t.threads.current != "now-1":
+            await t.press("down")
+        await t.press("enter")
+        screen = await t.screen_is(ThreadScreen)
+        assert screen.thread == "now-1"
+        log = screen.query_one(RichLog)
+        await t.until(
+            lambda: f"● waiting — batch {batch}" in "\n".join(s.text for s in log.lines),
+            "the transcript names the batch",
+        )
+        await t.press("escape")
+        await t.until(lambda: t.view("now-1").state.ended and t.view("now-2").state.ended, "done")
+        assert t.view("now-1").answer == "batched" and t.view("now-1").batch is None
+        assert not t.state().batches
+        assert t.view("late").state is ThreadState.QUEUED  # still waiting for its window
