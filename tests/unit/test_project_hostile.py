@@ -400,6 +400,57 @@ VARIANTS = [
         'expected "auto" or a number of processes from 0 to 64',
     ),
     Variant(
+        "cache-prompt-word", VALID + '[cache]\nprompt = "yes"\n', "cache.prompt", "valid boolean"
+    ),
+    Variant(
+        "cache-unknown-key",
+        VALID + "[cache]\nresponse = true\n",
+        "cache.response",
+        "unknown key",
+    ),
+    Variant(
+        "compaction-share-above-one",
+        VALID + "[compaction]\nat = 2\n",
+        "compaction.at",
+        "less than or equal to 1",
+    ),
+    Variant(
+        "lane-window-hour-25",
+        VALID + '[lanes.night]\nwindow = "25:00-06:00"\n',
+        "lanes.night.window",
+        'expected local times "HH:MM-HH:MM"',
+    ),
+    Variant(
+        "lane-window-empty",
+        VALID + '[lanes.night]\nwindow = "01:00-01:00"\n',
+        "lanes.night.window",
+        "opens and closes at the same minute",
+    ),
+    Variant(
+        "lane-poll-zero",
+        VALID + "[lanes.batch]\npoll_s = 0\n",
+        "lanes.batch.poll_s",
+        "greater than 0",
+    ),
+    Variant(
+        "task-lane-unknown",
+        HEAD + AGENT + TASK + 'lane = "nightly"\n',
+        "tasks[0].lane",
+        "unknown lane 'nightly', expected batch",
+    ),
+    Variant(
+        "context-window-tiny",
+        VALID + '[models."sim/small"]\ncontext_window = 10\n',
+        "models.sim/small.context_window",
+        "greater than or equal to 256",
+    ),
+    Variant(
+        "temperature-negative",
+        HEAD + AGENT + "temperature = -1\n" + TASK,
+        "agents[0].temperature",
+        "greater than or equal to 0",
+    ),
+    Variant(
         "repeat-string", HEAD + AGENT + _task(repeat='"5"'), "tasks[0].repeat", "valid integer"
     ),
     Variant("repeat-float", HEAD + AGENT + _task(repeat="2.0"), "tasks[0].repeat", "valid integer"),
