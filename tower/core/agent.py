@@ -380,6 +380,9 @@ class AgentLoop:
                 except llm.CallError as err:
                     self.host.release(res)
                     note = f"the summary failed ({err}): elided"
+                except BaseException:  # killed or stopped meanwhile: the room is given back
+                    self.host.release(res)
+                    raise
                 else:
                     tokens = result.prompt_tokens + result.completion_tokens
                     if result.cost_usd is not None:

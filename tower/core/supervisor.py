@@ -38,6 +38,7 @@ from tower.core.project import (
     AgentSettings,
     CheckSettings,
     CompactionSettings,
+    LaneSettings,
     Project,
     ProjectMeta,
     TaskSettings,
@@ -806,19 +807,23 @@ class Supervisor:
 
     # --- lanes ---------------------------------------------------------------------------
 
-    def lane_of(self, th: ThreadRun) -> str | None:
-        """The batch lane the thread's calls take (its task's `lane`, else the project's),
-        or None for the ordinary way."""
+    def _lane(self, th: ThreadRun) -> tuple[str | None, LaneSettings | None]:
+        """The lane the thread's task names (else the project's), and its settings."""
+        p = self.project
+        if not p.lanes and p.project.lane is None and not any(t.lane for t in p.tasks):
+            return None, None  # no lanes at all: asked on every call, answered at once
         found = self._task_of(th.task_id)
-        name = (found[0].lane if found is not None else None) or self.project.project.lane
-        settings = self.project.lane(name)
+        name = (found[0].lane if found is not None else None) or p.project.lane
+        return name, p.lane(name)
+
+    def lane_of(self, th: ThreadRun) -> str | None:
+        """The batch lane the thread's calls take, or None for the ordinary way."""
+        name, settings = self._lane(th)
         return name if settings is not None and settings.batch else None
 
     def lane_closed(self, th: ThreadRun) -> datetime | None:
         """When the thread's lane next opens, if its window is closed now (else None)."""
-        found = self._task_of(th.task_id)
-        name = (found[0].lane if found is not None else None) or self.project.project.lane
-        settings = self.project.lane(name)
+        _name, settings = self._lane(th)
         if settings is None or settings.window is None:
             return None
         _open, opens = window_state(settings.minutes(), datetime.now())
