@@ -7,6 +7,7 @@ the output file's content), reached through litellm's own batch functions."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -315,3 +316,102 @@ async def test_the_list_shows_threads_waiting_on_their_batch_and_when_a_lane_ope
         assert t.view("now-1").answer == "batched" and t.view("now-1").batch is None
         assert not t.state().batches
         assert t.view("late").state is ThreadState.QUEUED  # still waiting for its window
+
+
+# --- hostile output, and a crash with a batch out ------------------------------------------------
+
+
+def test_a_batch_output_of_hostile_lines_fails_only_those_calls() -> None:
+    from tower.core.batchlane import _answers
+
+    good = {
+        "custom_id": "c1",
+        "response": {
+            "status_code": 200,
+            "body": {
+                "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+            },
+        },
+    }
+    lines = [
+        json.dumps(good),
+        "not json at all",
+        json.dumps({"response": {"status_code": 200}}),  # no custom_id
+        json.dumps(
+            {
+                "custom_id": "c2",
+                "response": {"status_code": 429, "body": {"error": {"message": "slow down"}}},
+            }
+        ),
+        json.dumps({"custom_id": "c3", "response": {"status_code": 200, "body": {"choices": []}}}),
+        json.dumps(
+            {
+                "custom_id": "c4",
+                "response": {
+                    "status_code": 200,
+                    "body": {"choices": [{"message": {"tool_calls": [{"id": 1}]}}]},
+                },
+            }
+        ),
+        "",
+    ]
+    out = _answers("\n".join(lines), "m")
+    assert isinstance(out["c1"], llm.CallResult) and out["c1"].text == "ok"
+    assert out["c1"].prompt_tokens == 5
+    assert out["c2"] == "m: HTTP 429: slow down"
+    assert "wrong shape" in str(out["c3"]) and "wrong shape" in str(out["c4"])
+    assert set(out) == {"c1", "c2", "c3", "c4"}
+
+
+async def test_a_crash_with_a_batch_out_books_its_calls_and_makes_them_again(tmp_path: Any) -> None:
+    """Killed while a batch was at the provider: the resume books each of its calls as
+    possibly billed (at its reservation) and sends them again; every thread finishes."""
+    import sqlite3
+
+    from tests.helpers import write_project
+    from tower.core.project import load_project
+    from tower.core.session import resume_headless, run_headless
+    from tower.core.store import Store
+
+    toml = SIM_LANE.format(window="00:00-23:59").replace(
+        '[lanes.later]\nwindow = "00:00-23:59"\n', ""
+    )
+    toml = toml[: toml.index('[[tasks]]\nid = "late"')]
+    toml = toml.replace("poll_s = 3", "poll_s = 0.2")
+    root = write_project(tmp_path / "p", toml, {})
+    db = tmp_path / "t.db"
+    ref = await run_headless(load_project(root), db, "all", None)
+    session = ref.summary["session"]
+    store = await Store.open(db)
+    events = [ev async for ev in store.events(session)]
+    await store.close()
+    sub = next(
+        e for e in events if e.kind is EventKind.BATCH and e.payload["status"] == "submitted"
+    )
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM events WHERE session = ? AND seq > ?", (session, sub.seq))
+        conn.execute("DELETE FROM snapshots WHERE session = ?", (session,))
+        conn.execute(
+            "UPDATE sessions SET status = 'running', ended = NULL, pid = 999999999 WHERE id = ?",
+            (session,),
+        )
+    resumed = await resume_headless(db, session, "all", None)
+    assert {t: v.answer for t, v in resumed.state.threads.items()} == {
+        "now-1": "batched",
+        "now-2": "batched",
+    }
+    store = await Store.open(db)
+    after = [ev async for ev in store.events(session)]
+    await store.close()
+    lost = [e for e in after if e.kind is EventKind.LLM_LOST]
+    assert sorted(e.thread for e in lost) == sorted(sub.payload["threads"])
+    reserved = {
+        e.payload["call"]: e.payload["reserved_usd"]
+        for e in after
+        if e.kind is EventKind.LLM_STARTED and e.payload["call"] in sub.payload["calls"]
+    }
+    assert sorted(e.payload["reserved_usd"] for e in lost) == sorted(reserved.values())
+    assert resumed.state.budget.lost_usd == pytest.approx(sum(reserved.values()))
+    later = [e for e in after if e.kind is EventKind.BATCH and e.seq > sub.seq]
+    assert later and later[-1].payload["status"] == "completed"
