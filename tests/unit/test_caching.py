@@ -68,3 +68,21 @@ def test_the_sims_cache_reads_back_the_previous_prompt_in_blocks() -> None:
     assert estimate_tokens(first, None) - cached < 128
     small = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
     assert _cached_tokens([*small, {"role": "user", "content": "x"}], None) == 0  # < 1,024
+
+
+def test_after_a_fold_the_sims_cache_reads_only_what_came_before_it() -> None:
+    """A compaction rewrites the prompt from the first folded result on: the next call can
+    read only the part before it from the cache (`cache_upto`), as a provider would."""
+    big = {"role": "system", "content": "word " * 2_000}
+    tail = [{"role": "user", "content": "go"}, {"role": "assistant", "content": "done"}]
+    messages = [
+        big,
+        {"role": "user", "content": "word " * 1_500},
+        *tail,
+        {"role": "user", "content": "x"},
+    ]
+    whole = _cached_tokens(messages, None)
+    capped = _cached_tokens(messages, None, upto=1)  # the fold begins at message 1
+    assert whole > capped > 0
+    assert capped == estimate_tokens(messages[:1], None) // 128 * 128
+    assert _cached_tokens(messages, None, upto=0) == 0

@@ -294,6 +294,7 @@ class AgentLoop:
                 attempt = retry
                 continue
             deltas.flush()
+            th.cache_break = None  # the provider has seen the shortened prompt now
             self._settle(result, res, call, model, price, use, key)
             return result
 
@@ -402,6 +403,8 @@ class AgentLoop:
                         note = "the summary came back empty: elided"
         after = [dict(m) for m in th.messages]
         compaction.apply_fold(after, ids, mode, summary)
+        first = next(i for i, m in enumerate(th.messages) if m.get("tool_call_id") in ids)
+        th.cache_break = first if th.cache_break is None else min(th.cache_break, first)
         self.host.emit(
             pl.Compacted(
                 folded=ids,

@@ -169,6 +169,8 @@ class Models:
                 "profile": overrides,
                 # `[cache] prompt = false`: the sim's automatic cache is off too (a baseline).
                 **({} if self.project.cache.prompt else {"cache": False}),
+                # A compaction changed the prompt from this message on: no cache past it.
+                **({} if th.cache_break is None else {"cache_upto": th.cache_break}),
                 # A sub-agent without a script reads the file its prompt names and reports.
                 **({"sub_agent": True} if th.parent is not None else {}),
             }

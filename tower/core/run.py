@@ -75,6 +75,9 @@ class ThreadRun:
     parent: str | None = None  # sub-agents: the thread whose spawn_agent started it
     collected: set[str] = field(default_factory=set)  # children whose answers it was given
     ended_event: asyncio.Event | None = None  # see on_end()
+    # A compaction changed the prompt from this message on: the provider's prompt cache can
+    # serve only what comes before it on the next call (the sim models are told so).
+    cache_break: int | None = None
     # The messages the model is sent: folded from this thread's events as they are emitted.
     conversation: Conversation | None = None
 

@@ -61,16 +61,20 @@ _CACHE_MIN_TOKENS = 1024
 _CACHE_BLOCK = 128
 
 
-def _cached_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+def _cached_tokens(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, upto: int | None = None
+) -> int:
     """Prompt tokens the sim reads from its cache: the thread's previous prompt (everything
-    before its last answer), when this prompt still begins with it. Stateless, so a thread
-    sees the same figures in any process, and deterministic, as replay needs."""
+    before its last answer), up to `upto` when a compaction changed the prompt from there.
+    Stateless, so a thread sees the same figures in any process, and deterministic."""
     last = next(
         (i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "assistant"),
         None,
     )
     if last is None:
         return 0
+    if upto is not None:
+        last = min(last, upto)
     prefix = estimate_tokens(messages[:last], tools)
     if prefix < _CACHE_MIN_TOKENS:
         return 0
@@ -288,7 +292,11 @@ class SimProvider(CustomLLM):
                     "function": {"name": tool or "", "arguments": call_args},
                 }
             )
-        cached = _cached_tokens(messages, optional.get("tools")) if sim.get("cache", True) else 0
+        cached = (
+            _cached_tokens(messages, optional.get("tools"), sim.get("cache_upto"))
+            if sim.get("cache", True)
+            else 0
+        )
         completion = text_tokens(text) + sum(text_tokens(a) for a in calls)
         max_tokens = optional.get("max_tokens")
         if max_tokens:
