@@ -145,6 +145,12 @@ async def test_a_summary_model_writes_the_fold_and_its_call_is_budgeted(tmp_path
     calls = sum(e.payload["cost_usd"] for e in events if e.kind is EventKind.LLM_FINISHED)
     assert result.state.budget.spent_usd == pytest.approx(calls + sum(p["cost_usd"] for p in folds))
     assert view.cost_usd == pytest.approx(result.state.budget.spent_usd)
+    store = await Store.open(db)  # the sessions list counts the summaries' cost too
+    try:
+        (row,) = [r for r in await store.list_sessions() if r.id == result.summary["session"]]
+    finally:
+        await store.close()
+    assert row.cost_usd == pytest.approx(result.state.budget.spent_usd)
     sent = of_thread(events, "t", {"a": load_project(root).agents[0].system_prompt})
     tool_msgs = [m["content"] for m in sent if m["role"] == "tool"]
     assert any(c.startswith("Summary of earlier tool results") for c in tool_msgs)

@@ -443,16 +443,17 @@ class Store:
         SELECT s.id, s.project, s.project_dir, s.started, s.ended, s.status, s.pid, s.host,
           (SELECT count(*) FROM events e WHERE e.session = s.id AND e.kind = ?),
           (SELECT coalesce(sum(json_extract(e.payload, '$.cost_usd')), 0) FROM events e
-             WHERE e.session = s.id AND e.kind = ?)
+             WHERE e.session = s.id AND e.kind IN (?, ?))
         FROM sessions s ORDER BY s.started
-        """
+        """  # a compaction's summary is a paid call too
         host = socket.gethostname()
         ends = await self._thread_ends()
         people = await self._human_time()
         lost = await self._lost_usd()
         rows = []
         async with self._conn.execute(
-            sql, (str(EventKind.THREAD_SPAWNED), str(EventKind.LLM_FINISHED))
+            sql,
+            (str(EventKind.THREAD_SPAWNED), str(EventKind.LLM_FINISHED), str(EventKind.COMPACTED)),
         ) as cur:
             async for r in cur:
                 status = r[5]
