@@ -979,12 +979,15 @@ async def test_palette_experiment_runs_the_variants_side_by_side(tmp_path: Path)
         rows = {str(grid.get_row_at(i)[0]): grid.get_row_at(i) for i in range(grid.row_count)}
         assert set(rows) == {"cheap", "strong"}
         assert str(rows["cheap"][1]).startswith("1/1") and str(rows["strong"][1]).startswith("1/1")
-        assert str(rows["cheap"][6]) == "1.00"  # the wrong answer escalated once
-        assert str(rows["strong"][6]) == "0.00"
+        cols = [str(c.label) for c in grid.columns.values()]
+        esc, ses = cols.index("escalations/task"), cols.index("session")
+        assert "saved by caching" in cols
+        assert str(rows["cheap"][esc]) == "1.00"  # the wrong answer escalated once
+        assert str(rows["strong"][esc]) == "0.00"
         con = sqlite3.connect(t.db)
         recorded = {r[0] for r in con.execute("SELECT id FROM sessions")}
         con.close()
-        assert {str(rows["cheap"][8]), str(rows["strong"][8])} <= recorded
+        assert {str(rows["cheap"][ses]), str(rows["strong"][ses])} <= recorded
         await t.press("escape")
         await t.until(lambda: not isinstance(t.app.screen, ExperimentScreen), "closed")
 

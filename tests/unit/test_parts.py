@@ -1042,6 +1042,18 @@ class FakeHost:
     def lane_of(self, th: ThreadRun) -> str | None:
         return None  # every call the ordinary way
 
+    def batch_price(self, model: str) -> llm.Price | None:
+        return None
+
+    async def batch_call(self, th: ThreadRun, *args: Any) -> llm.CallResult:
+        raise AssertionError("no thread of the fake host is on a batch lane")
+
+    def context_window(self, model: str) -> int | None:
+        return None  # compaction is off anyway
+
+    def compaction_metadata(self, th: ThreadRun, model: str) -> dict[str, Any] | None:
+        return None
+
     def __init__(
         self,
         *,
