@@ -198,6 +198,7 @@ class FakeOpenAI:
         # times a batch is polled "in_progress" before it is answered from the script.
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
+        self.batch_api = True  # False: /v1/files and /v1/batches answer 404, as llama.cpp's do
         self.batch_polls = 1
         self.batch_status = "completed"  # or "failed" / "expired": how a batch ends
         self.batch_requests: list[dict[str, Any]] = []  # every request line of every batch
@@ -298,7 +299,7 @@ class FakeOpenAI:
         self, req: Received, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Sends one reply; False when the connection should not be reused."""
-        if req.path.startswith(("/v1/files", "/v1/batches")):
+        if req.path.startswith(("/v1/files", "/v1/batches")) and self.batch_api:
             self.requests.append(req)
             self._notify()
             status, body, kind = self._batch_api(req)

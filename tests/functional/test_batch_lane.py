@@ -140,6 +140,22 @@ async def test_a_batch_that_expires_fails_its_calls_with_one_line(
     assert live.bus.state.budget.reserved_usd == pytest.approx(0, abs=1e-12)
 
 
+async def test_a_server_without_a_batch_api_fails_the_lane_in_one_line(
+    server: FakeOpenAI, live_factory: Callable[..., Any]
+) -> None:
+    """llama.cpp's server has no /v1/files: the lane's calls fail saying so, not "model not
+    found", and no call is made the ordinary way behind the person's back."""
+    server.batch_api = False
+    live: Live = await live_factory(project(server, repeat=2), FILES)
+    await live.waiter.until(ended(live, "t-1", "t-2"), timeout=60)
+    for tid in ("t-1", "t-2"):
+        assert live.view(tid).state is ThreadState.FAILED
+    failed = [e.payload["error"] for e in live.events if e.kind is EventKind.LLM_FAILED]
+    assert failed and all(f"{server.base_url} has no batch API (HTTP 404)" in e for e in failed)
+    assert not [r for r in server.requests if r.path.endswith("/chat/completions")]
+    assert live.bus.state.budget.reserved_usd == pytest.approx(0, abs=1e-12)
+
+
 async def test_a_cap_sends_only_calls_it_reserved(
     server: FakeOpenAI, live_factory: Callable[..., Any]
 ) -> None:

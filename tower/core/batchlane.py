@@ -145,7 +145,13 @@ class BatchLane:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # litellm raises many types: the batch failed, one line
-            err = llm.read_error(exc, model, reqs[0].endpoint.get("api_base"))
+            base = reqs[0].endpoint.get("api_base")
+            err = llm.read_error(exc, model, base)
+            if "(404)" in str(err) and not isinstance(exc, llm.CallError):
+                # A 404 from the files or batches endpoint: a server without a batch API
+                # (llama.cpp's, say), not a missing model.
+                where = base or "the provider"
+                err = llm.CallError(f"{model}: {where} has no batch API (HTTP 404)", False)
             self._record(batch, model, "failed", calls, threads, error=str(err))
             for r in reqs:
                 if not r.future.done():
