@@ -91,6 +91,37 @@ async def test_run_starts_a_fleet_and_the_screen_is_a_view_that_can_leave_it_run
     assert len(starts) == 1
 
 
+async def test_enter_opens_a_threads_transcript_in_a_view_of_a_fleet(
+    place: dict[str, Any],
+) -> None:
+    """What the README's demo opens is a view of a fleet: enter on a thread there opens its
+    transcript, read from the fleet's log, and keeps it live (it did nothing before)."""
+    from textual.widgets import RichLog
+
+    from tower.ui.screens.detail import ThreadScreen
+
+    p = place
+    async with booted(run_view(p), p["db"], check_log=False) as t:
+        assert t.app.session is None  # the core is in the fleet's process
+        await t.until(lambda: len(t.state().inbox) == 3, "the fleet's three questions")
+        await t.press("t")
+        chosen = t.threads.current
+        assert chosen is not None
+        await t.press("enter")
+        screen = await t.screen_is(ThreadScreen)
+        assert screen.thread == chosen
+        log = screen.query_one(RichLog)
+        await t.until(lambda: "── step 1 ·" in "\n".join(s.text for s in log.lines), "steps")
+        text = "\n".join(s.text for s in log.lines)
+        assert "task: Prepare the 2024 federal return" in text  # its spawn, from the log
+        await t.press("escape")
+        await t.until(lambda: not isinstance(t.app.screen, ThreadScreen), "back")
+        await t.press("q")
+        await t.screen_is(ChoiceDialog)
+        await t.press("s")
+        await t.until(lambda: not t.app.is_running, "the view leaves")
+
+
 async def test_a_fleet_that_cannot_start_closes_the_screen_with_its_own_error(
     place: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1887,8 +1887,11 @@ class TowerApp(App[int]):
             await self.open_thread(key)
 
     async def open_thread(self, tid: str) -> None:
-        """The detail view: past events from the log, then live ones as they come."""
-        if self.store is None or self.control is None:
+        """The detail view: past events from the log, then live ones as they come. An
+        attached view (`tower run`, `tower attach`) reads them from the fleet's log."""
+        if self.control is None:
+            return
+        if self.store is None and not isinstance(self.control, RemoteControl):
             return
         screen = ThreadScreen(tid)
         await self.push_screen(screen)
