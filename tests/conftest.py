@@ -26,6 +26,7 @@ for _var in ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME"):
 atexit.register(shutil.rmtree, TEST_HOME, True)
 # (tower is imported after this, so that nothing it sets up sees the real folders)
 
+from tests.fake_openai import FakeOpenAI  # noqa: E402
 from tests.helpers import write_project  # noqa: E402
 from tower.core.bus import Bus  # noqa: E402
 from tower.core.events import Event, EventKind  # noqa: E402
@@ -118,3 +119,14 @@ async def live_factory(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
             await live.sup.close()
         finally:
             await live.store.close()
+
+
+@pytest.fixture
+async def fake_server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
+    """tests/fake_openai.py's server, started, with no provider variable set (only a
+    project's api_base leads to it); a request it had no scripted reply for fails the test."""
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_BASE", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    async with FakeOpenAI() as srv:
+        yield srv
+        assert srv.unscripted == 0, f"{srv.unscripted} request(s) found no scripted reply"

@@ -8,7 +8,7 @@ the output file's content), reached through litellm's own batch functions."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,11 +25,8 @@ FILES = {"ws/a.txt": "alpha\n"}
 
 
 @pytest.fixture
-async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
-    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_BASE"):
-        monkeypatch.delenv(var, raising=False)
-    async with FakeOpenAI() as srv:
-        yield srv
+def server(fake_server: FakeOpenAI) -> FakeOpenAI:
+    return fake_server
 
 
 def answer(req: Received) -> Reply:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import write_project
+from tests.helpers import db_events, write_project
 from tower.core.events import Event, EventKind, ThreadState
 from tower.core.messages import of_thread
 from tower.core.project import load_project
@@ -60,14 +60,6 @@ args = {{ answer = "file 0 says 0" }}
 """
 
 
-async def events_of(db: Path, session: str) -> list[Event]:
-    store = await Store.open(db)
-    try:
-        return [ev async for ev in store.events(session)]
-    finally:
-        await store.close()
-
-
 def prompt_tokens(events: list[Event]) -> int:
     return sum(
         e.payload["usage"]["prompt_tokens"] for e in events if e.kind is EventKind.LLM_FINISHED
@@ -84,7 +76,7 @@ async def test_a_long_thread_finishes_with_fewer_prompt_tokens_instead_of_failin
 
     big = await run_headless(load_project(roomy), db, "all", None)
     assert big.state.threads["t"].state is ThreadState.DONE
-    big_events = await events_of(db, big.summary["session"])
+    big_events = db_events(db, big.summary["session"])
     peak = max(
         e.payload["usage"]["prompt_tokens"] for e in big_events if e.kind is EventKind.LLM_FINISHED
     )
@@ -95,7 +87,7 @@ async def test_a_long_thread_finishes_with_fewer_prompt_tokens_instead_of_failin
     assert view.state is ThreadState.FAILED
     errors = [
         e.payload["error"]
-        for e in await events_of(db, failed.summary["session"])
+        for e in db_events(db, failed.summary["session"])
         if e.kind is EventKind.LLM_FAILED
     ]
     assert errors and "context window" in errors[-1]
@@ -103,7 +95,7 @@ async def test_a_long_thread_finishes_with_fewer_prompt_tokens_instead_of_failin
     ok = await run_headless(load_project(folded), db, "all", None)
     assert ok.state.threads["t"].state is ThreadState.DONE
     assert ok.state.threads["t"].answer == "file 0 says 0"
-    events = await events_of(db, ok.summary["session"])
+    events = db_events(db, ok.summary["session"])
     assert not [e for e in events if e.kind is EventKind.LLM_FAILED]
     folds = [e for e in events if e.kind is EventKind.COMPACTED]
     assert folds and ok.state.threads["t"].compactions == len(folds)
@@ -136,7 +128,7 @@ async def test_a_summary_model_writes_the_fold_and_its_call_is_budgeted(tmp_path
     result = await run_headless(load_project(root), db, "all", None)
     view = result.state.threads["t"]
     assert view.state is ThreadState.DONE
-    events = await events_of(db, result.summary["session"])
+    events = db_events(db, result.summary["session"])
     folds = [e.payload for e in events if e.kind is EventKind.COMPACTED]
     assert folds and all(p["mode"] == "summary" and p["model"] == "sim/small" for p in folds)
     assert all(p["cost_usd"] > 0 and p["reserved_usd"] >= p["cost_usd"] for p in folds)
@@ -165,7 +157,7 @@ async def test_no_room_for_a_summary_elides_and_says_why(tmp_path: Path) -> None
         FILES,
     )
     result = await run_headless(load_project(root), tmp_path / "t.db", "all", None)
-    events = await events_of(tmp_path / "t.db", result.summary["session"])
+    events = db_events(tmp_path / "t.db", result.summary["session"])
     folds = [e.payload for e in events if e.kind is EventKind.COMPACTED]
     assert folds and folds[0]["mode"] == "elide" and "no room for a summary" in folds[0]["note"]
     assert result.state.threads["t"].cost_usd <= 0.004 + 1e-12
@@ -176,7 +168,7 @@ async def test_a_resume_after_a_fold_rebuilds_the_folded_conversation(tmp_path: 
     db = tmp_path / "t.db"
     ref = await run_headless(load_project(root), db, "all", None)
     session = ref.summary["session"]
-    events = await events_of(db, session)
+    events = db_events(db, session)
     cut = next(e.seq for e in events if e.kind is EventKind.COMPACTED)
     with sqlite3.connect(db) as conn:
         conn.execute("DELETE FROM events WHERE session = ? AND seq > ?", (session, cut))
@@ -187,7 +179,7 @@ async def test_a_resume_after_a_fold_rebuilds_the_folded_conversation(tmp_path: 
         )
     resumed = await resume_headless(db, session, "all", None)
     assert resumed.state.threads["t"].state is ThreadState.DONE
-    after = await events_of(db, session)
+    after = db_events(db, session)
     finished = [e for e in after if e.kind is EventKind.LLM_FINISHED]
     assert max(e.payload["usage"]["prompt_tokens"] for e in finished) <= 3_000
     assert not [e for e in after if e.kind is EventKind.LLM_FAILED]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,9 @@ SYSTEM = "You count files carefully. " * 40
 
 
 @pytest.fixture
-async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
-    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_BASE", "ANTHROPIC_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
+def server(fake_server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> FakeOpenAI:
     monkeypatch.setenv(KEY_ENV, "sk-test-not-a-real-key")
-    async with FakeOpenAI() as srv:
-        yield srv
-        assert srv.unscripted == 0
+    return fake_server
 
 
 def _project(model: str, api_base: str, prompt_cache: bool = True) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,12 @@ import pytest
 
 from tests.conftest import Live, ended
 from tests.fake_openai import FakeOpenAI, Reply, ScriptedCall, Usage
-from tests.helpers import write_project
+from tests.helpers import db_events, write_project
 from tower.core.events import Event, EventKind, ThreadState
 from tower.core.messages import of_thread
 from tower.core.project import load_project
 from tower.core.responsecache import response_key, worth_keeping
 from tower.core.session import fork_headless, resume_headless, run_headless
-from tower.core.store import Store
 
 FILES = {"ws/1.txt": "alpha\n", "ws/2.txt": "beta\n", "ws/a.txt": "alpha\n"}
 
@@ -62,14 +61,6 @@ args = {{ answer = "{{last_result}}" }}
 """
 
 
-async def events_of(db: Path, session: str) -> list[Event]:
-    store = await Store.open(db)
-    try:
-        return [ev async for ev in store.events(session)]
-    finally:
-        await store.close()
-
-
 def of_kind(events: list[Event], kind: EventKind) -> list[Event]:
     return [e for e in events if e.kind is kind]
 
@@ -85,8 +76,8 @@ async def test_a_second_run_is_served_from_the_cache_at_no_cost(tmp_path: Path) 
     assert first.state.budget.spent_usd > 0 and first.state.budget.cache_hits == 0
     assert second.state.budget.spent_usd == 0 and second.state.budget.tokens == 0
 
-    one = await events_of(db, first.summary["session"])
-    two = await events_of(db, second.summary["session"])
+    one = db_events(db, first.summary["session"])
+    two = db_events(db, second.summary["session"])
     paid = of_kind(one, EventKind.LLM_FINISHED)
     hits = of_kind(two, EventKind.LLM_CACHED)
     assert not of_kind(two, EventKind.LLM_FINISHED) and not of_kind(two, EventKind.LLM_STARTED)
@@ -118,7 +109,7 @@ async def test_calls_above_temperature_zero_are_never_served_unless_the_project_
     for _ in range(2):
         result = await run_headless(load_project(default), db, "all", None)
         assert result.state.budget.cache_hits == 0 and result.state.budget.spent_usd > 0
-    events = await events_of(db, result.summary["session"])
+    events = db_events(db, result.summary["session"])
     assert all("key" not in e.payload for e in of_kind(events, EventKind.LLM_FINISHED))
 
     warm = write_project(tmp_path / "w", project(temperature="temperature = 0.7"), FILES)
@@ -141,7 +132,7 @@ async def test_off_by_default_and_an_identical_call_in_the_same_run_is_reused(
     root = write_project(tmp_path / "p", same, FILES)
     result = await run_headless(load_project(root), tmp_path / "t.db", "all", None)
     assert result.state.budget.cache_hits == 2  # the second copy's two calls
-    events = await events_of(tmp_path / "t.db", result.summary["session"])
+    events = db_events(tmp_path / "t.db", result.summary["session"])
     assert {e.payload["source_session"] for e in of_kind(events, EventKind.LLM_CACHED)} == {
         result.summary["session"]
     }
@@ -158,7 +149,7 @@ async def test_a_fork_and_an_experiment_reuse_the_answers(tmp_path: Path) -> Non
     db = tmp_path / "t.db"
     first = await run_headless(load_project(root), db, "all", None)
     session = first.summary["session"]
-    events = await events_of(db, session)
+    events = db_events(db, session)
     at = of_kind(events, EventKind.THREAD_SPAWNED)[-1].seq  # before any call
     fork = await fork_headless(db, session, at, "all")
     assert fork.state.budget.spent_usd == 0 and fork.state.budget.cache_hits == 4
@@ -176,7 +167,7 @@ async def test_a_crash_in_a_cached_run_resumes_from_the_cache(tmp_path: Path) ->
     await run_headless(load_project(root), db, "all", None)
     second = await run_headless(load_project(root), db, "all", None)
     session = second.summary["session"]
-    events = await events_of(db, session)
+    events = db_events(db, session)
     cut = of_kind(events, EventKind.LLM_CACHED)[0].seq
     with sqlite3.connect(db) as conn:
         conn.execute("DELETE FROM events WHERE session = ? AND seq > ?", (session, cut))
@@ -189,7 +180,7 @@ async def test_a_crash_in_a_cached_run_resumes_from_the_cache(tmp_path: Path) ->
     assert {t: v.answer for t, v in resumed.state.threads.items()} == {
         t: v.answer for t, v in second.state.threads.items()
     }
-    after = await events_of(db, session)
+    after = db_events(db, session)
     assert not of_kind(after, EventKind.LLM_FINISHED)  # no call reached the provider
     assert len(of_kind(after, EventKind.LLM_CACHED)) == 4
     assert resumed.state.budget.spent_usd == 0
@@ -224,7 +215,7 @@ async def test_hostile_rows_are_misses_never_errors(tmp_path: Path) -> None:
     # are answered from the cache; the non-JSON row is skipped by the lookup.
     assert second.state.budget.cache_hits == 3
     assert second.state.budget.spent_usd > 0
-    events = await events_of(db, second.summary["session"])
+    events = db_events(db, second.summary["session"])
     (paid,) = of_kind(events, EventKind.LLM_FINISHED)
     assert paid.thread == victim and paid.payload["step"] == json.loads(payload)["step"]
 
@@ -233,12 +224,8 @@ async def test_hostile_rows_are_misses_never_errors(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
-    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_BASE"):
-        monkeypatch.delenv(var, raising=False)
-    async with FakeOpenAI() as srv:
-        yield srv
-        assert srv.unscripted == 0
+def server(fake_server: FakeOpenAI) -> FakeOpenAI:
+    return fake_server
 
 
 def http_project(server: FakeOpenAI) -> str:
