@@ -279,3 +279,9 @@ async def test_the_bar_and_the_transcript_show_what_caching_saved(tmp_path: Path
         assert f"cached, saved {usd(step_saved)})" in head
         first = next(line for line in transcript().splitlines() if "step 1" in line)
         assert "cached" not in first  # the first call found the cache cold
+        # The thread's own total, in the screen's head.
+        from textual.widgets import Static
+
+        head = drawn(screen.query_one("#head", Static))
+        assert f"saved {usd(t.view(chosen).saved_usd)} by caching" in head
+        assert t.view(chosen).saved_usd >= step_saved

@@ -1926,9 +1926,16 @@ class TowerApp(App[int]):
             if view.children:  # its spending ceiling bounds its sub-agents' too
                 n = len(subtree(self.state(), view.id))
                 tree += f" · subtree {usd(view.subtree_usd)} ({n} threads)"
+            saved = ""
+            if view.saved_usd > 0:  # what the provider's prompt cache kept off its bill
+                saved += f" · saved {usd(view.saved_usd)} by caching"
+            if view.cache_hits:  # calls the response cache answered at $0
+                saved += f" · {view.cache_hits} cached answer(s)"
+            if view.compactions:
+                saved += f" · folded {view.compactions}×"
             head = Text(
                 f"{view.id} · {view.agent} · {status} · {view.model} · step {view.step}"
-                f" · {usd(view.cost_usd)}{tree}\n{view.title}"
+                f" · {usd(view.cost_usd)}{saved}{tree}\n{view.title}"
             )
         screen.show_head(head)
 
