@@ -428,3 +428,5 @@ async def test_a_crash_with_a_batch_out_books_its_calls_and_makes_them_again(tmp
     assert resumed.state.budget.lost_usd == pytest.approx(sum(reserved.values()))
     later = [e for e in after if e.kind is EventKind.BATCH and e.seq > sub.seq]
     assert later and later[-1].payload["status"] == "completed"
+    assert not resumed.state.batches  # the batch the crash cut off is not shown as open
+    assert all(v.batch is None for v in resumed.state.threads.values())

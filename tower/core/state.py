@@ -475,6 +475,12 @@ def _session_resumed(
 ) -> None:
     state.ended = None
     state.end_reason = None
+    # Batches out at the crash are gone with it (their calls are booked as lost): no thread
+    # waits in one any more.
+    if state.batches:
+        for v in state.threads.values():
+            v.batch, v.batch_since = None, None
+        state.batches.clear()
 
 
 def _checked(state: TowerState, ev: Event, p: pl.Checked, view: ThreadView | None) -> None:
