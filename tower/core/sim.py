@@ -294,7 +294,7 @@ class SimProvider(CustomLLM):
             )
         cached = (
             _cached_tokens(messages, optional.get("tools"), sim.get("cache_upto"))
-            if sim.get("cache", True)
+            if sim.get("cache", True) and prompt >= _CACHE_MIN_TOKENS  # else none to read
             else 0
         )
         completion = text_tokens(text) + sum(text_tokens(a) for a in calls)
