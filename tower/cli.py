@@ -481,9 +481,8 @@ def _export_otlp(args: argparse.Namespace) -> int:
     async def build(store: Store) -> tuple[str, list[Any]]:
         session = await resolve_session(store, args.session)
         await store.check_log(session)
-        events = (ev async for ev in store.events(session))
-        spans = otel.collect_spans([ev async for ev in events], session)
-        return session, spans
+        events = [ev async for ev in store.events(session)]
+        return session, otel.collect_spans(events, session)
 
     session, spans = _with_store(args.db, build)
     try:

@@ -68,7 +68,6 @@ class SpanBuilder:
         self.tools: dict[tuple[str, str], Span] = {}  # by (thread, tool call id)
         self.ended: set[str] = set()  # threads whose span has ended
         self.last_ts = 0.0
-        self.spans = 0
 
     # --- spans -----------------------------------------------------------------------------
 
@@ -85,7 +84,6 @@ class SpanBuilder:
             start_time=_ns(ts),
             attributes={k.replace("__", "."): v for k, v in attrs.items() if v is not None},
         )
-        self.spans += 1
         return span
 
     def _end(self, span: Span | None, ts: float, error: str | None = None) -> None:

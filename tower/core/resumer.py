@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from tower.core.budget import INF, Ledger
 from tower.core.events import Event, EventKind
 from tower.core.items import fill_item
 from tower.core.project import Project
 from tower.core.resume import Rebuilder, ThreadPlan
-from tower.core.run import CommandError, ThreadRun, fill
+from tower.core.run import CommandError, ThreadRun, fill, id_number
 from tower.core.state import BudgetView, ThreadView
 from tower.core.subagents import collect
 from tower.core.tasks import item_of, script_of, task_of
@@ -102,12 +101,6 @@ def restore_thread(ledger: Ledger, run: ThreadRun, view: ThreadView) -> None:
     acct.spent_tokens = view.subtree_tokens
 
 
-def _number(value: Any) -> int:
-    """12 for an id like "c12" (0 for anything else)."""
-    text = str(value or "")
-    return int(text[1:]) if text[1:].isdigit() else 0
-
-
 class LogDigest:
     """Everything a resume needs from a recorded log, gathered in the one pass that folds
     it, so the log is never held whole: held as a list, a 650,000-event log doubled a
@@ -127,7 +120,7 @@ class LogDigest:
         self.rebuilder.feed(ev)
         kind = ev.kind
         if kind is EventKind.LLM_STARTED:
-            self.last_call = max(self.last_call, _number(ev.payload.get("call")))
+            self.last_call = max(self.last_call, id_number(ev.payload.get("call")))
         elif kind is EventKind.THREAD_SPAWNED:
             by = ev.payload.get("spawned_by")
             if by and ev.thread is not None:
@@ -135,7 +128,7 @@ class LogDigest:
         elif kind is EventKind.TOOL_RESULT:
             collect(self.collected, ev)
         elif kind is EventKind.INBOX_OPENED:
-            self.last_item = max(self.last_item, _number(ev.payload.get("item")))
+            self.last_item = max(self.last_item, id_number(ev.payload.get("item")))
         elif kind in (EventKind.RULE_GRANTED, EventKind.RULE_ENDED):
             self.rule_events.append(ev)
         elif kind is EventKind.SESSION_STARTED and not self.started:

@@ -163,8 +163,13 @@ def fill(value: Any, n: int | None) -> Any:
     return value
 
 
+def id_number(value: Any) -> int:
+    """12 for an id like "c12" or "i12" (0 for anything else)."""
+    text = str(value or "")
+    return int(text[1:]) if text[1:].isdigit() else 0
+
+
 def highest_number(events: Iterable[Event], kind: EventKind, key: str) -> int:
     """The highest number among ids like "c12" the log used for `key` of `kind` events, so
     new ids continue after it and never reuse one."""
-    ids = [str(e.payload.get(key) or "") for e in events if e.kind is kind]
-    return max((int(i[1:]) for i in ids if i[1:].isdigit()), default=0)
+    return max((id_number(e.payload.get(key)) for e in events if e.kind is kind), default=0)
